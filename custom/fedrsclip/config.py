@@ -1,0 +1,204 @@
+"""One configuration schema for every entry point: the CLI, the in-process federation and the FLARE jobs.
+
+A configuration is built from the defaults below, then a YAML file, then `section.key=value` overrides. Jobs
+pass overrides, never copies. Unknown keys and wrong types stop with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from .ot import OTConfig  # frozen and self-validating; FedOTP's values as defaults
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message says which setting and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "ViT-B-16"  # any open_clip model name (`open_clip.list_models()`)
+    pretrained: str | None = "openai"  # a pretrained tag, a local checkpoint file, or null
+    random_init: bool = False  # explicit opt-in to random weights (offline demo, tests)
+    init_seed: int = 0  # seeds random weights so every site builds the same frozen CLIP
+    quick_gelu: bool | None = None  # null: on for OpenAI weights (the tag "openai"), off otherwise
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    cache_dir: str | None = None  # where open_clip keeps hub downloads
+
+
+@dataclass
+class PromptConfig:
+    n_ctx: int = 4  # learnable context vectors per prompt: 4 x 512 = the paper's 2,048 shared values
+    class_position: str = "middle"  # middle (paper, eq. 4) | end | front
+    init: str = "random"  # "random" (N(0, 0.02), as CoOp) or a phrase such as "a satellite photo of"
+    init_std: float = 0.02
+
+
+@dataclass
+class DPACConfig:
+    weight: float = 1.0
+    scale: float = 10.0  # s in eq. 9
+    negatives: str = "classes"  # classes (no extra download) | peers (other sites' shared prompts, as the paper)
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 32  # paper
+    eval_batch_size: int = 100  # paper
+    lr: float = 0.001  # paper: SGD, lr 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    fedprox_mu: float = 0.01  # used by `fedprox` only
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    manifest: str | None = None  # partition manifest (simulation); a deployed site sets its own root instead
+    root: str | None = None  # overrides the manifest's root (where this site's images are)
+    cache_dir: str = ".cache/fedrsclip-features"
+    num_workers: int = 0
+
+
+@dataclass
+class ClassifierConfig:
+    """The paper's full-model FedAvg baseline: a plain timm image classifier, every weight sent."""
+
+    arch: str = "vit_tiny_patch16_224"  # or efficientnet_b1, vit_base_patch16_224, efficientnet_b3
+    pretrained: bool = False  # ImageNet weights from the hub; offline runs use random init
+    image_size: int = 224
+    lr: float = 0.01
+
+
+@dataclass
+class Config:
+    algorithm: str = "fedrsclip"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    ot: OTConfig = field(default_factory=OTConfig)
+    dpac: DPACConfig = field(default_factory=DPACConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> "Config":
+        from .algorithms import ALGORITHMS
+
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
+        _choice("prompt.class_position", self.prompt.class_position, ("middle", "end", "front"))
+        _choice("dpac.negatives", self.dpac.negatives, ("classes", "peers"))
+        _positive("prompt.n_ctx", self.prompt.n_ctx)
+        _positive("train.rounds", self.train.rounds)
+        _positive("train.local_epochs", self.train.local_epochs)
+        _positive("train.batch_size", self.train.batch_size)
+        _positive("train.eval_batch_size", self.train.eval_batch_size)
+        _positive("train.lr", self.train.lr)
+        if self.model.pretrained is None and not self.model.random_init:
+            raise ConfigError(
+                "model.pretrained is null but model.random_init is false: set model.pretrained to a pretrained tag "
+                "(e.g. openai) or a local checkpoint file, or set model.random_init: true for a random-weights run"
+            )
+        return self
+
+
+def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive; got {value!r}")
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a field's annotation (str | None, int, float, bool)."""
+    hints = typing.get_args(annotation) or (annotation,)
+    if value is None:
+        if type(None) in hints:
+            return None
+        raise ConfigError(f"{name} may not be null")
+    for hint in hints:
+        if hint is bool and isinstance(value, bool):
+            return value
+        if hint is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if hint is str and isinstance(value, (str, Path)):
+            return str(value)
+    expected = " or ".join(getattr(h, "__name__", str(h)) for h in hints)
+    raise ConfigError(f"{name} must be {expected}; got {value!r}")
+
+
+def _merge(obj: Any, values: Mapping[str, Any], prefix: str, source: str) -> Any:
+    """A copy of the dataclass `obj` with `values` applied (sections may be frozen dataclasses)."""
+    known = {f.name: f for f in fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"unknown setting {name!r} in {source}; valid here: {', '.join(known)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{name} in {source} must be a mapping of settings, got {value!r}")
+            changes[key] = _merge(current, value, f"{name}.", source)
+        else:
+            changes[key] = _coerce(name, value, hints[key])
+    try:
+        return dataclasses.replace(obj, **changes)
+    except ValueError as exc:  # a section's own validation (e.g. OTConfig)
+        raise ConfigError(f"{exc} (in {source})") from exc
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Turn ["train.lr=0.01", "algorithm=fedprox"] into a nested mapping; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        node = nested
+        *parents, leaf = dotted.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return nested
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+) -> Config:
+    """Defaults, then the YAML file at `path`, then `overrides` (a nested mapping or `a.b=c` strings)."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"configuration file {path} must hold a mapping of settings")
+        cfg = _merge(cfg, loaded, "", str(path))
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            overrides = parse_overrides(list(overrides))
+        cfg = _merge(cfg, overrides, "", "overrides")
+    return cfg.validate()

@@ -1,0 +1,143 @@
+"""Learnable text prompts (CoOp-style context vectors) and the text encoder they run through.
+
+A prompt is `[SOS] [V]_1 .. [V]_h/2 [CLASS] [V]_h/2+1 .. [V]_h . [EOT]` (class in the middle, eq. 4), or with the
+class at the end or front. FedRSCLIP learns two such contexts, shared and private; both run through the frozen
+text encoder in one batch.
+
+The text transformer's mask is causal, so the feature at the EOT token depends only on tokens up to it: the
+encoder runs on sequences cut right after the longest EOT position (a few tokens instead of 77).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbone import Backbone
+from .config import PromptConfig
+
+PROMPT_NAMES = ("shared", "private")
+
+
+class TextEncoder(nn.Module):
+    """The frozen CLIP text tower applied to token embeddings instead of token ids."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.transformer = clip.transformer
+        self.positional_embedding = clip.positional_embedding
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+
+    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """embeddings [N, L, W] with L >= max(eot_index) + 1 -> text features [N, E]."""
+        length = embeddings.shape[1]
+        x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
+        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+        x = self.transformer(x, attn_mask=mask)
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+
+def _class_token_ids(tokenizer, classnames: list[str]) -> list[list[int]]:
+    if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "sot_token_id"):
+        raise ValueError("prompt learning needs an open_clip model with the CLIP BPE tokenizer (e.g. ViT-B-16)")
+    return [tokenizer.encode(name.replace("_", " ")) for name in classnames]
+
+
+class PromptLearner(nn.Module):
+    """Shared (and optionally private) context vectors, assembled into per-class prompt embeddings."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        classnames: list[str],
+        cfg: PromptConfig,
+        dual: bool = True,
+        seed: int = 0,
+        private_seed: int | None = None,
+    ):
+        super().__init__()
+        clip, tokenizer = backbone.model, backbone.tokenizer
+        width = backbone.text_width
+        context_length = int(clip.positional_embedding.shape[0])
+        token_embedding = clip.token_embedding
+        placeholder = tokenizer.encode("X")[0]
+
+        init_ids: list[int] = []
+        n_ctx = cfg.n_ctx
+        if cfg.init != "random":
+            init_ids = tokenizer.encode(cfg.init)
+            n_ctx = len(init_ids)  # a phrase fixes the context length, as in CoOp
+        half = n_ctx // 2
+
+        ids, ctx_positions = [], []
+        for name_ids in _class_token_ids(tokenizer, classnames):
+            ctx = [placeholder] * n_ctx
+            dot = tokenizer.encode(".")
+            if cfg.class_position == "middle":
+                body = ctx[:half] + name_ids + ctx[half:] + dot
+                pos = list(range(1, 1 + half)) + list(range(1 + half + len(name_ids), 1 + n_ctx + len(name_ids)))
+            elif cfg.class_position == "end":
+                body = ctx + name_ids + dot
+                pos = list(range(1, 1 + n_ctx))
+            elif cfg.class_position == "front":
+                body = name_ids + ctx + dot
+                pos = list(range(1 + len(name_ids), 1 + len(name_ids) + n_ctx))
+            else:
+                raise ValueError(f"prompt.class_position must be middle, end or front; got {cfg.class_position!r}")
+            seq = [tokenizer.sot_token_id] + body + [tokenizer.eot_token_id]
+            if len(seq) > context_length:
+                raise ValueError(f"class name {name_ids!r} is too long for the text encoder ({context_length} tokens)")
+            ids.append(seq + [0] * (context_length - len(seq)))
+            ctx_positions.append(pos)
+
+        token_ids = torch.tensor(ids, dtype=torch.long)
+        eot_index = token_ids.argmax(dim=-1)
+        self.length = int(eot_index.max()) + 1
+        with torch.no_grad():
+            template = token_embedding(token_ids.to(token_embedding.weight.device))[:, : self.length].float()
+        self.register_buffer("template", template.cpu(), persistent=False)  # [K, L, W]
+        self.register_buffer("ctx_positions", torch.tensor(ctx_positions), persistent=False)  # [K, n_ctx]
+        self.register_buffer("eot_index", eot_index, persistent=False)
+        self.register_buffer("token_ids", token_ids, persistent=False)
+        self.classnames = list(classnames)
+        self.n_ctx = n_ctx
+
+        def init_ctx(generator_seed: int) -> torch.Tensor:
+            if init_ids:
+                with torch.no_grad():
+                    ids_t = torch.tensor(init_ids, device=token_embedding.weight.device)
+                    return token_embedding(ids_t).float().cpu().clone()
+            gen = torch.Generator().manual_seed(generator_seed)
+            return torch.randn(n_ctx, width, generator=gen) * cfg.init_std
+
+        # Every site draws the same shared init (same seed); the private one is the site's own.
+        self.shared_ctx = nn.Parameter(init_ctx(seed))
+        self.private_ctx = nn.Parameter(init_ctx(seed + 1 if private_seed is None else private_seed)) if dual else None
+        self.text_encoder = TextEncoder(clip)
+
+    @property
+    def contexts(self) -> list[torch.Tensor]:
+        return [self.shared_ctx] if self.private_ctx is None else [self.shared_ctx, self.private_ctx]
+
+    def embeddings(self, ctx: torch.Tensor) -> torch.Tensor:
+        """ctx [P, n_ctx, W] -> prompt embeddings [P, K, L, W] (differentiable in ctx)."""
+        num_prompts, num_classes = ctx.shape[0], self.template.shape[0]
+        out = self.template.unsqueeze(0).repeat(num_prompts, 1, 1, 1)
+        rows = torch.arange(num_classes, device=ctx.device)[:, None].expand_as(self.ctx_positions)
+        for p in range(num_prompts):
+            out[p, rows, self.ctx_positions] = ctx[p].unsqueeze(0).expand(num_classes, -1, -1).to(out.dtype)
+        return out
+
+    def text_features(self, contexts: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Text features [P, K, E] for the given contexts (default: this learner's own)."""
+        ctx = torch.stack(contexts if contexts is not None else self.contexts)
+        emb = self.embeddings(ctx)
+        num_prompts, num_classes = emb.shape[:2]
+        feats = self.text_encoder(emb.flatten(0, 1), self.eot_index.repeat(num_prompts))
+        return feats.view(num_prompts, num_classes, -1)

@@ -1,0 +1,90 @@
+"""A site: its data split, cached image features, prompt trainer and local state on disk.
+
+Used by the in-process federation and by the FLARE executor alike. Local state (the private prompt and the last
+shared prompt) is written atomically after every round and reloaded at start, so a site that runs each round in
+a fresh process, or restarts, continues where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .backbone import Backbone, load_backbone
+from .config import Config
+from .data.errors import DataError
+from .data.manifest import load_manifest, site_split
+from .features import FeatureSet, cached_features
+from .io import atomic_torch_save
+from .trainer import Payload, PromptTrainer, RoundResult
+
+log = logging.getLogger(__name__)
+
+
+class Site:
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        manifest: Mapping[str, Any] | None = None,
+        backbone: Backbone | None = None,
+        state_dir: str | Path | None = None,
+        progress: bool = True,
+    ):
+        self.cfg, self.name = cfg, name
+        if manifest is None:
+            if not cfg.data.manifest:
+                raise DataError(f"{name}: no data configured; set data.manifest to a partition manifest "
+                                "(fedrsclip data partition ...)")
+            manifest = load_manifest(cfg.data.manifest)
+        self.classnames: list[str] = list(manifest["classes"])
+        self.backbone = backbone or load_backbone(cfg.model)
+        cache_dir = Path(cfg.data.cache_dir) / name
+        splits = {}
+        for split in ("train", "test"):
+            items = site_split(manifest, name, split, root=cfg.data.root)
+            missing = [p for p, _ in items if not p.is_file()]
+            if missing:
+                raise DataError(f"{name}: {len(missing)} of {len(items)} {split} images are missing, e.g. "
+                                f"{missing[0]}; set data.root to the folder that holds the class folders")
+            splits[split] = cached_features(self.backbone, items, cache_dir, f"{split}", progress=progress) \
+                if items else None
+        if splits["train"] is None:
+            raise DataError(f"{name}: the manifest gives this site no training images")
+        self.train_set: FeatureSet = splits["train"]
+        self.test_set: FeatureSet | None = splits["test"]
+        self.trainer = PromptTrainer(cfg, self.backbone, self.classnames, site=name)
+        self.state_path = Path(state_dir) / f"{name}-state.pt" if state_dir else None
+        self.load_state()
+
+    def load_state(self) -> bool:
+        if self.state_path is None or not self.state_path.is_file():
+            return False
+        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        self.trainer.load_local_state(state["prompts"])
+        log.info("%s: resumed local prompts from %s (round %s)", self.name, self.state_path, state.get("round"))
+        return True
+
+    def save_state(self, round_idx: int) -> None:
+        if self.state_path is not None:
+            atomic_torch_save(self.state_path, {"round": round_idx, "prompts": self.trainer.local_state()})
+
+    def train_round(self, global_payload: Payload | None, round_idx: int, peers: np.ndarray | None = None,
+                    **kwargs) -> RoundResult:
+        if global_payload:
+            self.trainer.set_global(global_payload)
+        result = self.trainer.train_round(self.train_set, round_idx, peers=peers, **kwargs)
+        self.save_state(round_idx)
+        return result
+
+    def evaluate(self, global_payload: Payload | None = None) -> dict:
+        """Accuracy on this site's own test split with its shared (as received) + private prompts."""
+        if global_payload:
+            self.trainer.set_global(global_payload)
+        if self.test_set is None:
+            return {"accuracy": float("nan"), "loss": float("nan"), "samples": 0}
+        return self.trainer.evaluate(self.test_set)

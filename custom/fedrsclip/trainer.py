@@ -1,0 +1,233 @@
+"""Local training and evaluation of one site for one round: plain PyTorch, no FLARE.
+
+Per step only the text encoder runs (K classes x 1 or 2 prompts); image features come from the cache. The loss is
+cross-entropy on the class scores (cosine, or CMFAC's 1 - d_OT), plus DPAC for dual prompts, plus the proximal
+term for FedProx. The optimiser (SGD) is created afresh each round so no momentum leaks between rounds or sites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .algorithms import SHARED, Algorithm, get_algorithm
+from .backbone import Backbone
+from .config import Config
+from .features import FeatureSet
+from .losses import class_negatives, dpac_loss, peer_negatives, proximal_term
+from .ot import ot_scores
+from .prompts import PromptLearner
+
+log = logging.getLogger(__name__)
+
+Payload = dict[str, np.ndarray]
+
+
+class PayloadError(ValueError):
+    """A received model update does not fit this site's model (shape, dtype, non-finite values)."""
+
+
+def site_seed(seed: int, site: str) -> int:
+    """A per-site seed that is stable across processes (`hash()` is salted per process)."""
+    return (seed * 1_000_003 + int(hashlib.sha256(site.encode()).hexdigest()[:8], 16)) % (2**31)
+
+
+def payload_nbytes(payload: Payload) -> int:
+    return int(sum(np.asarray(v).nbytes for v in payload.values()))
+
+
+@dataclass
+class RoundResult:
+    payload: Payload  # what leaves the site: exactly the algorithm's `sends` keys
+    num_samples: int  # training samples: the aggregation weight (eq. 6)
+    metrics: dict = field(default_factory=dict)
+
+
+class PromptModel(torch.nn.Module):
+    """Prompt learner + the algorithm's class scoring over cached image features."""
+
+    def __init__(self, backbone: Backbone, classnames: list[str], cfg: Config, algorithm: Algorithm, seed: int,
+                 private_seed: int):
+        super().__init__()
+        self.learner = PromptLearner(backbone, classnames, cfg.prompt, dual=algorithm.dual, seed=seed,
+                                     private_seed=private_seed).to(backbone.device)
+        self.algorithm = algorithm
+        self.ot = cfg.ot
+        self.logit_scale = backbone.logit_scale
+        self.device = backbone.device
+
+    def scores(self, global_feats: torch.Tensor, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Class logits [B, K] from image features and text features [P, K, E]."""
+        if self.algorithm.scoring == "cosine":
+            image = F.normalize(global_feats.float(), dim=-1)
+            sims = torch.einsum("be,pke->pbk", image, F.normalize(text.float(), dim=-1))
+            return self.logit_scale * sims.mean(0)
+        return self.logit_scale * ot_scores(tokens, text, self.ot, plan=self.algorithm.scoring)
+
+
+class PromptTrainer:
+    """One site's prompt model: receives the global shared prompt, trains locally, returns its shared prompt."""
+
+    def __init__(self, cfg: Config, backbone: Backbone, classnames: list[str], site: str = "site-1"):
+        self.cfg = cfg
+        self.algorithm = get_algorithm(cfg.algorithm)
+        self.site = site
+        self.seed = site_seed(cfg.train.seed, site)
+        self.model = PromptModel(backbone, classnames, cfg, self.algorithm, seed=cfg.train.seed,
+                                 private_seed=self.seed)
+        self.device = backbone.device
+
+    # ---- what crosses the wire -------------------------------------------------------------------------
+    def payload(self) -> Payload:
+        return {SHARED: self.model.learner.shared_ctx.detach().cpu().numpy().astype(np.float32)}
+
+    def set_global(self, payload: Payload) -> None:
+        """Load the aggregated shared prompt; refuses anything that does not fit."""
+        if SHARED not in payload:
+            raise PayloadError(f"{self.site}: the global model has no {SHARED!r} (keys: {sorted(payload)})")
+        param = self.model.learner.shared_ctx
+        value = np.asarray(payload[SHARED])
+        if value.shape != tuple(param.shape):
+            raise PayloadError(f"{self.site}: received {SHARED} of shape {value.shape}, this model needs "
+                               f"{tuple(param.shape)} (check model.arch and prompt.n_ctx match the job's)")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise PayloadError(f"{self.site}: received {SHARED} of dtype {value.dtype}, expected floats")
+        if not np.isfinite(value).all():
+            raise PayloadError(f"{self.site}: received {SHARED} with NaN or Inf values; not loaded")
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(value.astype(np.float32)))
+
+    # ---- site-local state (never sent) --------------------------------------------------------------------
+    def local_state(self) -> dict[str, torch.Tensor]:
+        learner = self.model.learner
+        state = {"shared_ctx": learner.shared_ctx.detach().cpu().clone()}
+        if learner.private_ctx is not None:
+            state["private_ctx"] = learner.private_ctx.detach().cpu().clone()
+        return state
+
+    def load_local_state(self, state: dict[str, torch.Tensor]) -> None:
+        learner = self.model.learner
+        with torch.no_grad():
+            for name in ("shared_ctx", "private_ctx"):
+                param = getattr(learner, name)
+                if param is None or name not in state:
+                    continue
+                if tuple(state[name].shape) != tuple(param.shape):
+                    raise PayloadError(f"{self.site}: saved {name} has shape {tuple(state[name].shape)}, the "
+                                       f"model needs {tuple(param.shape)}; the configuration changed since it was saved")
+                param.copy_(state[name])
+
+    # ---- training -----------------------------------------------------------------------------------------------
+    def _loss(self, text: torch.Tensor, global_feats, tokens, labels, peers, anchor) -> tuple[torch.Tensor, dict]:
+        logits = self.model.scores(global_feats, tokens, text)
+        ce = F.cross_entropy(logits, labels)
+        parts = {"ce": ce}
+        if self.algorithm.dpac and self.algorithm.dual and self.cfg.dpac.weight > 0:
+            shared, private = text[0], text[1]
+            if self.cfg.dpac.negatives == "peers":
+                negatives = peer_negatives(peers) if peers is not None else shared.new_zeros(shared.shape[0], 0,
+                                                                                             shared.shape[1])
+            else:
+                negatives = class_negatives(shared)
+            parts["dpac"] = self.cfg.dpac.weight * dpac_loss(private, shared, negatives, self.cfg.dpac.scale)
+        if self.algorithm.proximal:
+            parts["prox"] = proximal_term([self.model.learner.shared_ctx], [anchor], self.cfg.train.fedprox_mu)
+        return sum(parts.values()), parts
+
+    def train_round(
+        self,
+        train: FeatureSet,
+        round_idx: int = 0,
+        peers: np.ndarray | None = None,
+        should_abort: Callable[[], bool] = lambda: False,
+    ) -> RoundResult:
+        """Local epochs on the cached training features. `peers`: other sites' shared prompts [J, n_ctx, W]."""
+        tc = self.cfg.train
+        learner = self.model.learner
+        params = [p for p in learner.contexts]
+        optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        anchor = learner.shared_ctx.detach().clone()
+        peer_feats = None
+        if peers is not None and len(peers):
+            with torch.no_grad():
+                peer_ctx = [torch.as_tensor(p, dtype=torch.float32, device=self.device) for p in peers]
+                peer_feats = learner.text_features(peer_ctx)
+        gen = torch.Generator().manual_seed(site_seed(tc.seed + 7919 * round_idx, self.site))
+        n = len(train)
+        totals: dict[str, float] = {}
+        steps = correct = 0
+        start = time.perf_counter()
+        self.model.train()
+        for _epoch in range(tc.local_epochs):
+            order = torch.randperm(n, generator=gen)
+            for begin in range(0, n, tc.batch_size):
+                if should_abort():
+                    raise InterruptedError(f"{self.site}: training aborted in round {round_idx}")
+                idx = order[begin : begin + tc.batch_size]
+                labels = train.labels[idx].to(self.device)
+                text = learner.text_features()
+                loss, parts = self._loss(text, train.global_feats[idx].to(self.device).float(),
+                                         train.tokens[idx].to(self.device), labels, peer_feats, anchor)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{self.site}: loss became {loss.item()} in round {round_idx} "
+                                             f"({ {k: float(v) for k, v in parts.items()} }); lower train.lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                for key, value in parts.items():
+                    totals[key] = totals.get(key, 0.0) + float(value.detach())
+                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+        seconds = time.perf_counter() - start
+        metrics = {f"train_{k}": v / max(steps, 1) for k, v in totals.items()}
+        metrics.update(train_seconds=seconds, steps=steps)
+        payload = self.payload() if self.algorithm.federated else {}
+        return RoundResult(payload=payload, num_samples=n, metrics=metrics)
+
+    # ---- evaluation ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, features: FeatureSet, shared_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [N, K] and predictions [N]; `shared_only` scores with the shared prompt alone."""
+        self.model.eval()
+        learner = self.model.learner
+        text = learner.text_features([learner.shared_ctx] if shared_only else None)
+        out = []
+        for begin in range(0, len(features), self.cfg.train.eval_batch_size):
+            sl = slice(begin, begin + self.cfg.train.eval_batch_size)
+            out.append(self.model.scores(features.global_feats[sl].to(self.device).float(),
+                                         features.tokens[sl].to(self.device), text).cpu())
+        logits = torch.cat(out)
+        return logits, logits.argmax(-1)
+
+    def evaluate(self, features: FeatureSet, shared_only: bool = False) -> dict:
+        logits, pred = self.predict(features, shared_only)
+        return {"accuracy": float((pred == features.labels).float().mean()) * 100.0,
+                "loss": float(F.cross_entropy(logits, features.labels)), "samples": len(features)}
+
+
+@torch.no_grad()
+def zero_shot_accuracy(backbone: Backbone, classnames: list[str], features: FeatureSet,
+                       template: str = "a satellite photo of {}.") -> dict:
+    """Zero-shot CLIP with a hand-written prompt (the LRSCLIP protocol's reference row)."""
+    text = F.normalize(backbone.encode_text([template.format(c) for c in classnames]), dim=-1).cpu()
+    image = F.normalize(features.global_feats.float(), dim=-1)
+    pred = (image @ text.T).argmax(-1)
+    return {"accuracy": float((pred == features.labels).float().mean()) * 100.0, "samples": len(features),
+            "prompt": template}
+
+
+def aggregate(results: list[RoundResult]) -> Payload:
+    """Sample-weighted mean of the sites' payloads (eq. 6 with w_i = m_i / m)."""
+    if not results:
+        raise ValueError("no site results to aggregate")
+    total = sum(r.num_samples for r in results)
+    keys = results[0].payload.keys()
+    return {k: sum(r.payload[k].astype(np.float64) * (r.num_samples / total) for r in results).astype(np.float32)
+            for k in keys}
