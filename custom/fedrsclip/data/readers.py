@@ -123,7 +123,7 @@ def _resolve_base(dataset: str, root: Path) -> Path:
     return root
 
 
-def _layout_error(dataset: str, root: Path, base: Path) -> DataError:
+def _layout_error(dataset: str, base: Path) -> DataError:
     msg = (
         f"no class folders with images found under {base} for dataset '{dataset}'; "
         f"expected {_LAYOUTS[dataset].expected}"
@@ -157,9 +157,10 @@ def _scan_class(base: Path, folder: str) -> tuple[list[str], list[tuple[str, str
     subdirs: list[str] = []
     for entry in sorted(os.scandir(base / folder), key=lambda e: e.name):
         rel = f"{folder}/{entry.name}"
+        if _is_hidden(entry.name):  # .DS_Store, ._x.png AppleDouble files, Thumbs.db
+            continue
         if entry.is_dir():
-            if not _is_hidden(entry.name):
-                subdirs.append(rel)
+            subdirs.append(rel)
             continue
         suffix = Path(entry.name).suffix.lower()
         if suffix in IMAGE_EXTENSIONS:
@@ -239,7 +240,7 @@ def list_dataset(
     folders = _class_dirs(base)
     scanned = {f: _scan_class(base, f) for f in folders}
     if not any(scanned[f][0] for f in folders):
-        raise _layout_error(dataset, root, base)
+        raise _layout_error(dataset, base)
     for folder in folders:
         images, _, subdirs = scanned[folder]
         if not images:
