@@ -29,3 +29,10 @@ def test_local_sends_nothing_and_never_aggregates(synth_manifest, feature_cache)
     for record in history["rounds"]:
         assert "global" not in record
         assert all(s["bytes_up"] == 0 and s["bytes_down"] == 0 for s in record["sites"].values())
+
+
+def test_centralized_pools_every_site(synth_manifest, feature_cache):
+    cfg = tiny_config("algorithm=centralized", "train.rounds=1", cache_dir=feature_cache)
+    history = run_federation(cfg, synth_manifest, progress=False)
+    (site,) = history["rounds"][0]["sites"].values()
+    assert site["samples_train"] == sum(len(s["train"]) for s in synth_manifest["sites"].values())

@@ -66,6 +66,27 @@ class DataConfig:
     root: str | None = None  # overrides the manifest's root (where this site's images are)
     cache_dir: str = ".cache/fedrsclip-features"
     num_workers: int = 0
+    # Where the images come from: "manifest" (data.manifest, the default) or "synthetic": every site generates the
+    # same seeded synthetic dataset (fedrsclip.data.synth) and the same partition manifest over synthetic_sites
+    # sites, then takes its part. No download, no preparation step (offline demo, tests).
+    source: str = "manifest"
+    synthetic_sites: int = 10  # sites the synthetic dataset is partitioned over (site-1 .. site-N)
+    synthetic_classes: int = 10
+    synthetic_per_class: int = 40
+    synthetic_size: int = 64  # pixels
+    synthetic_seed: int = 0  # images, train/test split and partition
+    synthetic_scheme: str = "uniform"  # a partition scheme: uniform | label-skew | dirichlet
+    synthetic_dir: str | None = None  # where to generate it; null: the caller's default (a FLARE site's workspace)
+
+    def __post_init__(self) -> None:
+        if self.source not in ("manifest", "synthetic"):
+            raise ValueError(f"data.source must be manifest or synthetic; got {self.source!r}")
+        if self.source == "synthetic" and self.manifest:
+            raise ValueError(f"data.manifest is set ({self.manifest}) but data.source is synthetic: set "
+                             "data.source: manifest to use the manifest, or data.manifest: null")
+        for name in ("synthetic_sites", "synthetic_classes", "synthetic_per_class", "synthetic_size"):
+            if isinstance(getattr(self, name), int) and getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be positive; got {getattr(self, name)!r}")
 
 
 @dataclass

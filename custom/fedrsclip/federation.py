@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .backbone import load_backbone
 from .config import Config
+from .data.manifest import centralized
 from .features import FeatureSet
 from .site import Site
 from .trainer import Payload, aggregate, payload_nbytes, zero_shot_accuracy
@@ -32,6 +33,8 @@ def summarize(site_metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, float]
 def run_federation(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Path | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Run cfg.train.rounds rounds over every site of `manifest`; returns the per-round, per-site history."""
+    if cfg.algorithm == "centralized":
+        manifest = centralized(manifest)
     backbone = load_backbone(cfg.model)
     sites = [Site(cfg, name, manifest, backbone, state_dir, progress=progress) for name in manifest["sites"]]
     algorithm = sites[0].trainer.algorithm

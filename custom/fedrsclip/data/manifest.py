@@ -247,3 +247,12 @@ def site_counts_table(manifest: Mapping[str, Any]) -> str:
         f"skipped files: {len(manifest.get('skipped', []))}",
     ]
     return "\n".join(lines)
+
+
+def centralized(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The same data pooled at one site ("site-1"): the centralized reference column."""
+    pooled: dict[str, list] = {split: [] for split in SPLITS}
+    for parts in manifest["sites"].values():
+        for split in SPLITS:
+            pooled[split].extend(parts[split])
+    return {**manifest, "scheme": "centralized", "sites": {"site-1": pooled}}
