@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_algorithms)
 
     p = sub.add_parser("run", help="run a federation in this process (no FLARE), for quick experiments")
-    p.add_argument("--config", help="YAML configuration (see configs/)")
+    p.add_argument("--config", help="YAML configuration (settings in README: Configuration)")
     p.add_argument("--manifest", help="partition manifest (fedrsclip data partition ...)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
     p.add_argument("--state-dir", help="keep each site's prompts here between runs")

@@ -13,13 +13,12 @@ Paths are posix and relative to "root"; labels index "classes".
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write
 from .errors import DataError
 from .partition import partition
 from .readers import DatasetListing
@@ -82,35 +81,9 @@ def dumps_manifest(manifest: Mapping[str, Any]) -> str:
 
 
 def write_manifest(manifest: Mapping[str, Any], path: str | Path) -> Path:
-    """Write the manifest atomically (temp file in the same folder, fsync, rename).
-
-    Readers never see a half-written file, even if the process is killed.
-    Creates the parent folder if needed. Returns the path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps_manifest(manifest)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return path
+    """Write the manifest atomically: readers never see a half-written file, even if the process is killed."""
+    data = dumps_manifest(manifest).encode("utf-8")
+    return atomic_write(path, lambda handle: handle.write(data))
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
