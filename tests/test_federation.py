@@ -36,3 +36,11 @@ def test_centralized_pools_every_site(synth_manifest, feature_cache):
     history = run_federation(cfg, synth_manifest, progress=False)
     (site,) = history["rounds"][0]["sites"].values()
     assert site["samples_train"] == sum(len(s["train"]) for s in synth_manifest["sites"].values())
+
+
+def test_full_model_fedavg_baseline_runs_in_the_same_loop(synth_manifest):
+    cfg = tiny_config("algorithm=fedavg-full", "classifier.image_size=32", "train.rounds=2")
+    history = run_federation(cfg, synth_manifest, progress=False)
+    last = history["rounds"][-1]
+    assert last["global"]["samples"] == sum(len(s["test"]) for s in synth_manifest["sites"].values())
+    assert all(s["bytes_up"] > 5_000_000 * 4 for s in last["sites"].values())  # every ViT-Tiny weight, float32

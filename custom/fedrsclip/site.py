@@ -88,3 +88,15 @@ class Site:
         if self.test_set is None:
             return {"accuracy": float("nan"), "loss": float("nan"), "samples": 0}
         return self.trainer.evaluate(self.test_set)
+
+
+def make_site(cfg: Config, name: str, manifest: Mapping[str, Any] | None = None, backbone: Backbone | None = None,
+              state_dir: str | Path | None = None, progress: bool = True):
+    """A prompt-learning `Site`, or a `ClassifierSite` for the full-model baseline (same interface)."""
+    from .algorithms import get_algorithm
+
+    if get_algorithm(cfg.algorithm).kind == "classifier":
+        from .classifier import ClassifierSite
+
+        return ClassifierSite(cfg, name, manifest, state_dir=state_dir, progress=progress)
+    return Site(cfg, name, manifest, backbone, state_dir, progress=progress)

@@ -1,0 +1,163 @@
+"""A FLARE site's configuration: the job's settings, then the site's own (never part of the submitted job).
+
+Layers, later ones win:
+  1. the package defaults;
+  2. the job's YAML (app/config/fedrsclip.yaml) and the executor's `overrides` (job settings, the same for all);
+  3. the site configuration: the file named by $FEDRSCLIP_SITE_CONFIG ("{site}" in it becomes the site name), else
+     `<site workspace>/local/fedrsclip_site.yaml` when it exists. It says where this institution's data and
+     weights are, so it may only set `data.*` and `model.pretrained / random_init / cache_dir / device`; whatever
+     decides the shared model (algorithm, model.arch, prompt, train.*) comes from the job so every site trains the
+     same one. Relative paths in it are relative to the file's folder.
+
+Relative `data.cache_dir` and the synthetic dataset's folder live under the site's workspace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from ..config import Config, ConfigError, load_config, parse_overrides
+from ..data.errors import DataError
+
+SITE_CONFIG_ENV = "FEDRSCLIP_SITE_CONFIG"
+SITE_CONFIG_FILE = "fedrsclip_site.yaml"
+SITE_MODEL_KEYS = ("pretrained", "random_init", "cache_dir", "device")
+_SITE_PATH_KEYS = {"data": ("manifest", "root", "cache_dir", "synthetic_dir"), "model": ("cache_dir",)}
+SYNTHETIC_SUBDIR = "fedrsclip-data"
+
+
+class SiteConfigError(ConfigError):
+    """The site's own configuration file is wrong (not the job's)."""
+
+
+@dataclass
+class SiteSettings:
+    cfg: Config
+    manifest: dict | None  # the loaded manifest for data.source: synthetic, else None (Site loads data.manifest)
+    site_config: Path | None  # the site configuration file applied, if any
+    data_description: str
+
+
+def _nested(overrides: Mapping[str, Any] | Sequence[str] | None) -> dict:
+    if not overrides:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of 'section.key=value' strings, got the string {overrides!r}")
+    return parse_overrides(list(overrides))
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def find_site_config(site: str, local_dir: str | Path | None) -> Path | None:
+    """The site configuration file that applies, or None. A set but missing $FEDRSCLIP_SITE_CONFIG is an error."""
+    env = os.environ.get(SITE_CONFIG_ENV)
+    if env:
+        path = Path(env.replace("{site}", site)).expanduser()
+        if not path.is_file():
+            raise SiteConfigError(f"{site}: ${SITE_CONFIG_ENV} names {path}, which does not exist; fix the variable "
+                                  "or unset it")
+        return path
+    if local_dir is not None:
+        path = Path(local_dir) / SITE_CONFIG_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def read_site_config(path: Path) -> dict:
+    """The site file as a nested mapping, restricted to site settings, relative paths made absolute."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise SiteConfigError(f"cannot read the site configuration {path}: {exc}") from exc
+    if not isinstance(loaded, Mapping):
+        raise SiteConfigError(f"the site configuration {path} must hold a mapping of settings")
+    allowed = ["data.*"] + [f"model.{k}" for k in SITE_MODEL_KEYS]
+    for section, values in loaded.items():
+        if section not in ("data", "model") or not isinstance(values, Mapping):
+            raise SiteConfigError(
+                f"the site configuration {path} sets {section!r}; a site may only set {', '.join(allowed)} "
+                "(algorithm, model.arch, prompt and train settings come from the job so every site trains the "
+                "same model)")
+        if section == "model":
+            extra = sorted(set(values) - set(SITE_MODEL_KEYS))
+            if extra:
+                raise SiteConfigError(f"the site configuration {path} sets model.{extra[0]}; a site may only set "
+                                      f"{', '.join(allowed)} (model.arch comes from the job)")
+    out = {section: dict(values) for section, values in loaded.items()}
+    for section, keys in _SITE_PATH_KEYS.items():
+        for key in keys:
+            value = out.get(section, {}).get(key)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                out[section][key] = str((path.parent / value).resolve())
+    pretrained = out.get("model", {}).get("pretrained")
+    if isinstance(pretrained, str) and ("/" in pretrained or os.sep in pretrained) \
+            and not Path(pretrained).expanduser().is_absolute():
+        out["model"]["pretrained"] = str((path.parent / pretrained).resolve())
+    return out
+
+
+def resolve_site_settings(
+    site: str,
+    job_config: str | Path | None,
+    overrides: Mapping[str, Any] | Sequence[str] | None,
+    workspace_root: str | Path,
+    local_dir: str | Path | None = None,
+) -> SiteSettings:
+    """The configuration this site trains with, and its data (generated first for data.source: synthetic).
+
+    Raises ConfigError for the job's settings, SiteConfigError for the site file, DataError for missing data.
+    """
+    from ..data.manifest import load_manifest
+    from ..data.source import synthetic_manifest
+
+    job_overrides = _nested(overrides)
+    cfg = load_config(job_config, job_overrides)  # the job alone: its errors are the job's
+    if cfg.dpac.negatives == "peers":
+        raise ConfigError("dpac.negatives: peers needs every other site's shared prompt each round, which this FLARE "
+                          "job does not send; use dpac.negatives: classes")
+    site_path = find_site_config(site, local_dir)
+    if site_path is not None:
+        site_values = read_site_config(site_path)
+        try:
+            cfg = load_config(job_config, _deep_merge(job_overrides, site_values))
+        except ConfigError as exc:
+            raise SiteConfigError(f"{exc} (after applying the site configuration {site_path})") from exc
+
+    workspace_root = Path(workspace_root)
+    data = cfg.data
+    if not Path(data.cache_dir).expanduser().is_absolute():
+        data = dataclasses.replace(data, cache_dir=str(workspace_root / data.cache_dir))
+    cfg = dataclasses.replace(cfg, data=data)
+    where = f"{site_path}" if site_path else f"{Path(local_dir or workspace_root / 'local') / SITE_CONFIG_FILE} " \
+                                               f"or ${SITE_CONFIG_ENV}"
+    if data.source == "synthetic":
+        path = synthetic_manifest(data, workspace_root / SYNTHETIC_SUBDIR)
+        manifest = load_manifest(path)
+        return SiteSettings(cfg, manifest, site_path,
+                            f"SYNTHETIC scenes ({data.synthetic_classes} classes, {data.synthetic_per_class}/class, "
+                            f"{data.synthetic_sites} sites, {data.synthetic_scheme}) at {path.parent}")
+    if not data.manifest:
+        raise DataError(f"{site}: no data configured for this site: set data.manifest (the partition manifest that "
+                        f"names {site}) and, if the images are elsewhere, data.root, in {where}; or data.source: "
+                        "synthetic for the offline demo")
+    if not Path(data.manifest).expanduser().is_file():
+        raise DataError(f"{site}: data.manifest is {data.manifest}, which does not exist here; fix data.manifest "
+                        f"in {where} (create one with `fedrsclip data partition`)")
+    return SiteSettings(cfg, None, site_path, f"manifest {data.manifest}" + (f", root {data.root}" if data.root else ""))
