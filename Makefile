@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 WS      ?= workspaces/demo
 SITES   ?= 10
 
-.PHONY: setup test test-slow demo clean
+.PHONY: setup test test-slow demo poc provision bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -25,6 +25,16 @@ test-slow: $(STAMP)
 # The main job, offline: synthetic scenes, a small RANDOM-weight CLIP, 10 sites.
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.cli demo --workspace $(WS) --sites $(SITES)
+
+# A local POC deployment: a real server and $(POC_SITES) sites on localhost, the job submitted and its results fetched.
+POC_SITES ?= 2
+poc: $(STAMP)
+	poc/prepare.sh $(POC_SITES) --rounds 2 && poc/start.sh && poc/submit.sh cli; rc=$$?; poc/stop.sh; exit $$rc
+
+# Certificates, keys and HE contexts for a multi-institution deployment (provisioning/project.yml).
+PROVISION_WS ?= workspaces/provision
+provision: $(STAMP)
+	provisioning/provision.sh $(PROVISION_WS)
 
 clean:
 	rm -rf workspaces .cache/fedrsclip-features

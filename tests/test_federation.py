@@ -39,7 +39,7 @@ def test_centralized_pools_every_site(synth_manifest, feature_cache):
 
 
 def test_full_model_fedavg_baseline_runs_in_the_same_loop(synth_manifest):
-    cfg = tiny_config("algorithm=fedavg-full", "classifier.image_size=32", "train.rounds=2")
+    cfg = tiny_config("algorithm=fedavg-full", "classifier.image_size=32", "train.rounds=1")
     history = run_federation(cfg, synth_manifest, progress=False)
     last = history["rounds"][-1]
     assert last["global"]["samples"] == sum(len(s["test"]) for s in synth_manifest["sites"].values())

@@ -8,6 +8,7 @@ there (the manifest is written last and marks a complete dataset), so image file
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -40,10 +41,17 @@ def synthetic_folder(data: DataConfig, base_dir: str | Path) -> Path:
 def synthetic_manifest(data: DataConfig, base_dir: str | Path, progress: bool = False) -> Path:
     """Generate (once) the configured synthetic dataset under `base_dir` and return its manifest's path.
 
-    `data.synthetic_dir`, when set, replaces `base_dir`. Not safe for two processes preparing the same folder at
-    the same moment; a FLARE site prepares its own workspace's folder, one task at a time.
+    `data.synthetic_dir`, when set, replaces `base_dir`. A file lock serialises processes preparing the same
+    folder (two jobs starting at once at one site): the second waits and reuses the first one's dataset.
     """
     folder = synthetic_folder(data, data.synthetic_dir or base_dir)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _prepare(data, folder, progress)
+
+
+def _prepare(data: DataConfig, folder: Path, progress: bool) -> Path:
     manifest_path = folder / _MANIFEST
     if manifest_path.is_file():
         try:

@@ -41,7 +41,8 @@ class SiteSettings:
     cfg: Config
     manifest: dict | None  # the loaded manifest for data.source: synthetic, else None (Site loads data.manifest)
     site_config: Path | None  # the site configuration file applied, if any
-    data_description: str
+    data_description: str  # the same on every site (goes into the results)
+    manifest_path: Path | None  # this site's manifest file
 
 
 def _nested(overrides: Mapping[str, Any] | Sequence[str] | None) -> dict:
@@ -150,9 +151,15 @@ def resolve_site_settings(
     if data.source == "synthetic":
         path = synthetic_manifest(data, workspace_root / SYNTHETIC_SUBDIR)
         manifest = load_manifest(path)
+        if site not in manifest["sites"]:
+            raise DataError(f"{site}: the synthetic dataset is partitioned over data.synthetic_sites = "
+                            f"{data.synthetic_sites} sites ({', '.join(manifest['sites'])}), which does not include "
+                            f"{site}; set data.synthetic_sites to the number of sites in the job's fedrsclip.yaml "
+                            "or overrides")
         return SiteSettings(cfg, manifest, site_path,
                             f"SYNTHETIC scenes ({data.synthetic_classes} classes, {data.synthetic_per_class}/class, "
-                            f"{data.synthetic_sites} sites, {data.synthetic_scheme}) at {path.parent}")
+                            f"{data.synthetic_size}px, seed {data.synthetic_seed}, {data.synthetic_sites} sites, "
+                            f"{data.synthetic_scheme})", path)
     if not data.manifest:
         raise DataError(f"{site}: no data configured for this site: set data.manifest (the partition manifest that "
                         f"names {site}) and, if the images are elsewhere, data.root, in {where}; or data.source: "
@@ -160,4 +167,4 @@ def resolve_site_settings(
     if not Path(data.manifest).expanduser().is_file():
         raise DataError(f"{site}: data.manifest is {data.manifest}, which does not exist here; fix data.manifest "
                         f"in {where} (create one with `fedrsclip data partition`)")
-    return SiteSettings(cfg, None, site_path, f"manifest {data.manifest}" + (f", root {data.root}" if data.root else ""))
+    return SiteSettings(cfg, None, site_path, f"manifest {Path(data.manifest).name}", Path(data.manifest))

@@ -1,0 +1,134 @@
+"""The offline demo: the FLARE job run by the real `nvflare simulator` (a subprocess), then the accuracy table.
+
+The job's defaults need nothing downloaded or prepared: a small CLIP with random weights, synthetic scenes that
+every site generates in its own workspace. Accuracy on them is not meaningful; the demo shows the federation runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .job import DEFAULT_JOB, job_settings, prepare_job
+from .report import SIMULATOR_RESULTS, format_table, load_results
+
+_ROUND_DONE = re.compile(r"Round (\d+) finished")
+_SITE_FAILED = re.compile(r"ERROR - task \S+ .*failed at (\S+) \((\S+)\): (.*)")
+_FATAL = re.compile(r"ERROR - .*(FATAL_SYSTEM_ERROR.*)")
+
+
+def simulator_command(job: str | Path, workspace: str | Path, sites: int, threads: int) -> list[str]:
+    """`nvflare simulator` of this Python environment (its console script, else the module)."""
+    script = Path(sys.executable).with_name("nvflare")
+    base = [str(script), "simulator"] if script.is_file() else \
+        [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator"]
+    return [*base, str(job), "-w", str(workspace), "-n", str(sites), "-t", str(threads)]
+
+
+def _resolve_job(job: str | Path) -> Path:
+    path = Path(job).expanduser()
+    if (path / "meta.json").is_file():
+        return path.resolve()
+    if str(job) == "jobs/fedrsclip" and (DEFAULT_JOB / "meta.json").is_file():
+        return DEFAULT_JOB  # run from another folder than the repository root
+    raise FileNotFoundError(f"{path} is not a FLARE job folder (no meta.json)")
+
+
+def _progress(line: str, workspace: Path, start: float, num_rounds: int | None, shown: set) -> None:
+    match = _ROUND_DONE.search(line)
+    if match:
+        rnd = int(match.group(1)) + 1
+        text = f"[demo] round {rnd}/{num_rounds or '?'} done ({time.time() - start:.0f}s)"
+        try:
+            results = load_results(workspace / SIMULATOR_RESULTS)
+            previous = next((r for r in results["rounds"] if r.get("round") == rnd - 1), None)
+            if previous and previous.get("mean_accuracy") is not None:
+                text += f"; mean accuracy after round {rnd - 1}: {previous['mean_accuracy']:.1f}%"
+            elif rnd == 1 and (results.get("initial") or {}).get("mean_accuracy") is not None:
+                text += f"; mean accuracy of the initial model: {results['initial']['mean_accuracy']:.1f}%"
+        except (OSError, ValueError):
+            pass
+        print(text, flush=True)
+        return
+    for pattern in (_SITE_FAILED, _FATAL):
+        match = pattern.search(line)
+        if match and match.group(0) not in shown:
+            shown.add(match.group(0))
+            print(f"[demo] {match.group(0).split(' - ', 1)[-1][:400]}", flush=True)
+            return
+
+
+def run_demo(
+    workspace: str,
+    sites: int = 10,
+    threads: int | None = None,
+    job: str = "jobs/fedrsclip",
+    *,
+    rounds: int | None = None,
+    overrides: Sequence[str] = (),
+    log_file: str | None = None,
+) -> int:
+    """Run `job` in the FLARE simulator with `sites` sites and print the per-round, per-site accuracy table.
+
+    workspace: the simulator workspace (emptied by the simulator, except startup/ and local/).
+    threads: simulator threads (default: one per site, so each site keeps its process; fewer threads start a
+        fresh process per task and take longer, with the same results).
+    rounds / overrides: change the job's num_rounds or fedrsclip settings (e.g. ["train.lr=0.01"]) for this run.
+    log_file: where the simulator's full output goes (default: <workspace>.log next to the workspace).
+    Returns 0 when the run finished and produced its results; the simulator's exit code or 1 otherwise.
+    """
+    if sites < 1:
+        print("error: --sites must be at least 1", file=sys.stderr)
+        return 1
+    threads = threads or sites
+    ws = Path(workspace).expanduser().resolve()
+    try:
+        src = _resolve_job(job)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    log_path = Path(log_file) if log_file else ws.with_name(ws.name + ".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="fedrsclip-job-"))
+    try:
+        run_job = prepare_job(src, tmp / src.name, sites=sites, rounds=rounds, overrides=overrides)
+        num_rounds = job_settings(run_job)["num_rounds"]
+        cmd = simulator_command(run_job, ws, sites, threads)
+        print(f"[demo] nvflare simulator: {sites} sites, {num_rounds} rounds, {threads} threads; workspace {ws}; "
+              f"full log {log_path}", flush=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.setdefault("HF_HUB_OFFLINE", "1")  # the demo never downloads
+        start = time.time()
+        shown: set[str] = set()
+        with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace"
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                _progress(line, ws, start, num_rounds, shown)
+            rc = proc.wait()
+        print(f"[demo] simulator exited with code {rc} after {time.time() - start:.0f}s", flush=True)
+    except KeyboardInterrupt:
+        print("[demo] interrupted", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        results = load_results(ws / SIMULATOR_RESULTS)
+    except (OSError, ValueError) as exc:
+        print(f"error: the run left no results ({exc}); see {log_path}", file=sys.stderr)
+        return rc or 1
+    print()
+    print(format_table(results))
+    print(f"results file: {ws / SIMULATOR_RESULTS}")
+    if rc != 0:
+        return rc
+    return 0 if results.get("status") == "finished" else 1

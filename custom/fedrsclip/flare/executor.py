@@ -1,0 +1,296 @@
+"""The FLARE executor: a thin adapter between FLARE tasks and a `fedrsclip.site.Site`.
+
+train: receive the global shared prompt (empty in round 1: every site then starts from the identical init the
+    trainer draws from train.seed), evaluate it with this site's private prompt on the site's own test split (the
+    accuracy of the global model of the previous round, sent as MetaKey.INITIAL_METRICS for best-model selection),
+    train the local epochs, return the algorithm's payload as DXO WEIGHTS, weighted by the training sample count
+    (MetaKey.NUM_STEPS_CURRENT_ROUND: eq. 6).
+validate: evaluate the final global model and keep it, with the private prompt, on disk.
+
+WEIGHTS, not WEIGHT_DIFF: the global model starts empty (the server never builds CLIP), so there is no base to add
+a difference to in round 1; the payload is 2,048 values either way; the sample-weighted mean of WEIGHTS is eq. 6
+exactly; and an encrypted (HE) job aggregates the same WEIGHTS.
+
+A failing task replies EXECUTION_EXCEPTION (TASK_ABORTED when aborted) with the reason in the log and in the reply
+headers (ERROR_HEADER, ERROR_KIND_HEADER) for the server's results file. Local state is written only after a
+successful round, so a failure never loses or half-writes the private prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.executor import Executor
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants
+
+from ..config import ConfigError
+from ..data.errors import DataError
+from ..io import atomic_torch_save
+from ..trainer import PayloadError, payload_nbytes
+from .settings import (SITE_CONFIG_ENV, SITE_CONFIG_FILE, SiteConfigError, find_site_config,
+                       resolve_site_settings)
+
+META_KEY = "fedrsclip"  # DXO meta entry with this site's round record
+ERROR_HEADER = "fedrsclip_error"
+ERROR_KIND_HEADER = "fedrsclip_error_kind"  # config (the job's settings: fatal) | site_config | data | payload | ...
+ROUND_HEADER = "fedrsclip_round"
+STATE_SUBDIR = "fedrsclip"  # under the job's run folder: <site workspace>/<job id>/fedrsclip/
+
+
+class FedRSCLIPExecutor(Executor):
+    def __init__(
+        self,
+        config: str = "fedrsclip.yaml",
+        overrides: list[str] | dict | None = None,
+        train_task_name: str = AppConstants.TASK_TRAIN,
+        validate_task_name: str = AppConstants.TASK_VALIDATION,
+        analytic_sender_id: str = "",
+        torch_threads: int = 0,
+    ):
+        """
+        Args:
+            config: the job's fedrsclip YAML (the package's config schema), relative to the app's config folder.
+            overrides: job settings on top of it: ["train.lr=0.05", ...] or a nested mapping.
+            train_task_name / validate_task_name: the task names of ScatterAndGather and GlobalModelEval.
+            analytic_sender_id: a TBWriter component to stream accuracy and loss to the server ("" for none).
+            torch_threads: CPU threads for torch in this site's process (0: torch's default, all cores). Several
+                sites simulated on one machine run much faster with 1 than with every process using every core.
+        """
+        super().__init__()
+        self.config = config
+        self.overrides = overrides or []
+        self.train_task_name = train_task_name
+        self.validate_task_name = validate_task_name
+        self.analytic_sender_id = analytic_sender_id
+        self.torch_threads = int(torch_threads)
+        self._site = None  # built at the first task; kept while the process lives (-t N), rebuilt from disk otherwise
+        self._settings = None
+        self._resumed = False
+
+    # ---- FLARE plumbing ----------------------------------------------------------------------------------------
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == EventType.END_RUN:
+            self._site = None
+
+    def _paths(self, fl_ctx: FLContext) -> dict[str, Path]:
+        workspace = fl_ctx.get_engine().get_workspace()
+        job_id = fl_ctx.get_job_id()
+        app_root = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT) or workspace.get_app_dir(job_id))
+        config = Path(self.config)
+        if not config.is_absolute():
+            config = app_root / "config" / config
+        return {"root": Path(workspace.get_root_dir()), "local": Path(workspace.get_site_config_dir()),
+                "run": Path(workspace.get_run_dir(job_id)), "config": config}
+
+    def _get_site(self, fl_ctx: FLContext):
+        if self._site is not None:
+            return self._site
+        import torch
+
+        from ..site import make_site  # torch / open_clip: imported when a task arrives, not when FLARE loads the job
+
+        if self.torch_threads > 0:
+            torch.set_num_threads(self.torch_threads)
+
+        name = fl_ctx.get_identity_name()
+        paths = self._paths(fl_ctx)
+        settings = resolve_site_settings(name, paths["config"], self.overrides, paths["root"], paths["local"])
+        state_dir = paths["run"] / STATE_SUBDIR
+        resumed = (state_dir / f"{name}-state.pt").is_file()
+        site = make_site(settings.cfg, name, settings.manifest, state_dir=state_dir, progress=False)
+        self.log_info(fl_ctx, f"{name}: {settings.cfg.algorithm}, {_model_description(site)}; data: "
+                              f"{settings.data_description} ({settings.manifest_path}); {len(site.train_set)} train / "
+                              f"{len(site.test_set) if site.test_set is not None else 0} test images; local state "
+                              f"{'resumed from' if resumed else 'will be kept in'} {site.state_path}"
+                              + (f"; site configuration {settings.site_config}" if settings.site_config else ""))
+        self._site, self._settings, self._resumed = site, settings, resumed
+        return site
+
+    def _where(self, fl_ctx: FLContext) -> str:
+        """Where this site's data settings come from, for error messages."""
+        name = fl_ctx.get_identity_name()
+        try:
+            local = self._paths(fl_ctx)["local"]
+            applied = find_site_config(name, local)
+        except Exception:
+            local, applied = Path("<site workspace>/local"), None
+        if applied is not None:
+            return f"this site's settings are in {applied}"
+        return f"set this site's data in {local / SITE_CONFIG_FILE} or a file named by ${SITE_CONFIG_ENV}"
+
+    def _fail(self, fl_ctx: FLContext, rc: str, kind: str, message: str, round_idx: Any) -> Shareable:
+        name = fl_ctx.get_identity_name()
+        if name not in message:
+            message = f"{name}: {message}"
+        self.log_error(fl_ctx, f"{kind} error: {message}")
+        # A failed round may have left half-trained prompts in memory: the next task starts again from the state
+        # on disk (the last completed round), exactly as a fresh process would.
+        self._site = None
+        reply = make_reply(rc)
+        reply.set_header(ERROR_HEADER, message)
+        reply.set_header(ERROR_KIND_HEADER, kind)
+        reply.set_header(ROUND_HEADER, round_idx)
+        return reply
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        round_idx = shareable.get_header(AppConstants.CURRENT_ROUND)
+        name = fl_ctx.get_identity_name()
+        if task_name not in (self.train_task_name, self.validate_task_name):
+            self.log_error(fl_ctx, f"{name}: unknown task {task_name!r}")
+            return make_reply(ReturnCode.TASK_UNKNOWN)
+        if abort_signal.triggered:
+            return self._fail(fl_ctx, ReturnCode.TASK_ABORTED, "aborted", f"task {task_name} aborted",
+                              round_idx)
+        try:
+            try:
+                site = self._get_site(fl_ctx)
+            except PayloadError as exc:  # the state on disk does not fit the model: refuse, never start over
+                return self._fail(fl_ctx, ReturnCode.EXECUTION_EXCEPTION, "state",
+                                  f"{exc}; the saved local state was left as it is (move it away to start this "
+                                  "site from scratch)", round_idx)
+            payload = self._global_payload(shareable, site)
+            if task_name == self.train_task_name:
+                return self._train(site, payload, int(round_idx or 0), shareable, fl_ctx, abort_signal)
+            return self._validate(site, payload, shareable, fl_ctx)
+        except SiteConfigError as exc:
+            return self._fail(fl_ctx, ReturnCode.EXECUTION_EXCEPTION, "site_config", str(exc), round_idx)
+        except ConfigError as exc:
+            return self._fail(fl_ctx, ReturnCode.EXECUTION_EXCEPTION, "config",
+                              f"the job's fedrsclip configuration is wrong: {exc}", round_idx)
+        except DataError as exc:
+            return self._fail(fl_ctx, ReturnCode.EXECUTION_EXCEPTION, "data",
+                              f"{exc} ({self._where(fl_ctx)})", round_idx)
+        except PayloadError as exc:
+            return self._fail(fl_ctx, ReturnCode.EXECUTION_EXCEPTION, "payload",
+                              f"{exc}; the global model was not loaded, local state left unchanged", round_idx)
+        except InterruptedError as exc:
+            return self._fail(fl_ctx, ReturnCode.TASK_ABORTED, "aborted",
+                              f"{exc}; local state left as of the previous round", round_idx)
+        except Exception as exc:  # anything else (backbone, numerical trouble): fail this task, keep the state
+            self.log_exception(fl_ctx, f"{name}: task {task_name} failed")
+            return self._fail(fl_ctx, ReturnCode.EXECUTION_EXCEPTION, type(exc).__name__,
+                              f"{type(exc).__name__}: {exc}; local state left as of the previous round",
+                              round_idx)
+
+    # ---- the model that arrives ------------------------------------------------------------------------------
+    def _global_payload(self, shareable: Shareable, site) -> dict[str, np.ndarray] | None:
+        try:
+            dxo = from_shareable(shareable)
+        except ValueError as exc:
+            raise PayloadError(f"{site.name}: the task carries no model ({exc})") from exc
+        if dxo.data_kind != DataKind.WEIGHTS:
+            raise PayloadError(f"{site.name}: expected the global model as {DataKind.WEIGHTS}, got {dxo.data_kind} "
+                               "(the job's shareable generator and aggregator must exchange WEIGHTS)")
+        data = dxo.data or {}
+        if not data:
+            return None  # round 1: nothing aggregated yet; the trainer's shared init is identical on every site
+        shapes = {k: tuple(np.shape(v)) for k, v in site.trainer.payload().items()}
+        if set(data) != set(shapes):
+            unexpected, missing = sorted(set(data) - set(shapes)), sorted(set(shapes) - set(data))
+            raise PayloadError(f"{site.name}: the global model does not fit algorithm {site.cfg.algorithm}: "
+                               f"{len(missing)} missing entries {missing[:3]}, {len(unexpected)} unexpected "
+                               f"{unexpected[:3]} (check that every site runs the same job)")
+        payload = {}
+        for key, value in data.items():
+            if isinstance(value, (list, tuple)):  # an HE-decrypted vector arrives flat: give it the model's shape
+                value = np.asarray(value, dtype=np.float64)
+                if value.ndim == 1 and value.size == int(np.prod(shapes[key])):
+                    value = value.reshape(shapes[key])
+            payload[key] = np.asarray(value)
+        return payload
+
+    # ---- tasks ----------------------------------------------------------------------------------------------
+    def _train(self, site, payload, round_idx: int, shareable: Shareable, fl_ctx: FLContext,
+               abort_signal: Signal) -> Shareable:
+        start = time.perf_counter()
+        received = site.evaluate(payload)  # loads the global shared prompt (PayloadError if it does not fit)
+        result = site.train_round(payload, round_idx, should_abort=lambda: abort_signal.triggered)
+        seconds = time.perf_counter() - start
+        num_rounds = shareable.get_header(AppConstants.NUM_ROUNDS)
+        record = {
+            "site": site.name, "task": "train", "round": round_idx + 1, "num_rounds": num_rounds,
+            "samples_train": int(result.num_samples), "seconds": seconds,
+            "bytes_up": payload_nbytes(result.payload), "bytes_down": payload_nbytes(payload or {}),
+            "received": _clean(received), "metrics": _clean(result.metrics),
+            "state_continued": bool(self._resumed) or round_idx == 0, "algorithm": site.cfg.algorithm,
+            "backbone": _model_description(site), "data": self._settings.data_description,
+        }
+        self._resumed = True  # later rounds in this process continue from memory (and the state file)
+        dxo = DXO(DataKind.WEIGHTS, data=dict(result.payload), meta={
+            MetaKey.NUM_STEPS_CURRENT_ROUND: int(result.num_samples),
+            MetaKey.INITIAL_METRICS: {"accuracy": received["accuracy"], "loss": received["loss"]},
+            META_KEY: record,
+        })
+        if round_idx > 0 and not record["state_continued"]:
+            self.log_warning(fl_ctx, f"{site.name}: round {round_idx + 1} but no local state from earlier rounds: "
+                                     "the private prompt restarted from its initial value")
+        self.log_info(fl_ctx, f"{site.name} round {round_idx + 1}/{num_rounds}: received global model accuracy "
+                              f"{received['accuracy']:.2f}% on {received['samples']} own test images; trained on "
+                              f"{result.num_samples} images, loss {result.metrics.get('train_loss', float('nan')):.4f}"
+                              f", {seconds:.1f}s")
+        self._stream(fl_ctx, {"accuracy": (received["accuracy"], round_idx),
+                              "train_loss": (result.metrics.get("train_loss"), round_idx + 1)})
+        return dxo.to_shareable()
+
+    def _validate(self, site, payload, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        start = time.perf_counter()
+        if payload is None:
+            raise PayloadError(f"{site.name}: the model sent for validation is empty")
+        metrics = site.evaluate(payload)
+        final_path = site.state_path.with_name(f"{site.name}-final.pt")
+        key = "prompts" if getattr(site, "backbone", None) is not None else "model"  # as in the site's state file
+        atomic_torch_save(final_path, {"global_model": shareable.get_header(AppConstants.MODEL_OWNER),
+                                       key: site.trainer.local_state()})
+        record = {"site": site.name, "task": "validate", "model": shareable.get_header(AppConstants.MODEL_OWNER),
+                  "seconds": time.perf_counter() - start, "bytes_down": payload_nbytes(payload),
+                  "received": _clean(metrics), "final_state": str(final_path)}
+        self.log_info(fl_ctx, f"{site.name}: final global model accuracy {metrics['accuracy']:.2f}% on "
+                              f"{metrics['samples']} own test images; final shared + private prompts kept in "
+                              f"{final_path}")
+        self._stream(fl_ctx, {"final_accuracy": (metrics["accuracy"], None)})
+        return DXO(DataKind.METRICS, data=_clean(metrics), meta={META_KEY: record}).to_shareable()
+
+    def _stream(self, fl_ctx: FLContext, values: dict[str, tuple[Any, int | None]]) -> None:
+        if not self.analytic_sender_id:
+            return
+        writer = fl_ctx.get_engine().get_component(self.analytic_sender_id)
+        if writer is None:
+            self.log_warning(fl_ctx, f"analytic_sender_id {self.analytic_sender_id!r} names no component; "
+                                     "metrics are not streamed")
+            self.analytic_sender_id = ""
+            return
+        for tag, (value, step) in values.items():
+            if value is not None and np.isfinite(value):
+                writer.add_scalar(tag, float(value), global_step=step)
+
+
+def _model_description(site) -> str:
+    backbone = getattr(site, "backbone", None)
+    if backbone is not None:
+        return backbone.description
+    classifier = site.cfg.classifier
+    return f"timm {classifier.arch} (pretrained={classifier.pretrained})"
+
+
+def _clean(values: dict) -> dict:
+    """Plain Python numbers (FLARE's serializer and JSON want them), NaN as None."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, (np.floating, float)):
+            value = float(value)
+            out[key] = value if np.isfinite(value) else None
+        elif isinstance(value, (np.integer, int)):
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,109 @@
+"""Server side: the global shared prompt on disk, and the locator that hands it to the final evaluation.
+
+The global model starts empty: the server never builds CLIP, and every site draws the same initial shared prompt
+from train.seed. After each round the aggregated prompt is written atomically to `<app root>/FL_global_model.npz`;
+the best one (IntimeModelSelector's GLOBAL_BEST_MODEL_AVAILABLE, or the results collector after the final
+evaluation) to `best_FL_global_model.npz`. Under HE these hold ciphertext; the sites keep the decrypted prompt.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nvflare.apis.dxo import DXO, DataKind
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey, make_model_learnable
+from nvflare.app_common.abstract.model_locator import ModelLocator
+from nvflare.app_common.abstract.model_persistor import ModelPersistor
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+
+from ..io import atomic_write
+
+GLOBAL_MODEL_NAME = "FL_global_model"
+
+
+def save_npz(path: Path, weights: dict[str, Any], info: dict) -> Path:
+    """Arrays under their names plus `__info__` (JSON text), written atomically."""
+    arrays = {k: np.asarray(v) for k, v in weights.items() if isinstance(v, np.ndarray)}
+    opaque = sorted(k for k in weights if k not in arrays)  # e.g. HE ciphertext objects: not numpy
+    buf = io.BytesIO()
+    np.savez(buf, __info__=np.array(json.dumps({**info, "not_saved": opaque})), **arrays)
+    return atomic_write(path, lambda handle: handle.write(buf.getvalue()))
+
+
+def load_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    with np.load(path, allow_pickle=False) as blob:
+        info = json.loads(str(blob["__info__"])) if "__info__" in blob else {}
+        return {k: blob[k] for k in blob.files if k != "__info__"}, info
+
+
+class PromptPersistor(ModelPersistor):
+    def __init__(self, model_file: str = f"{GLOBAL_MODEL_NAME}.npz",
+                 best_model_file: str = f"best_{GLOBAL_MODEL_NAME}.npz"):
+        super().__init__()
+        self.model_file = model_file
+        self.best_model_file = best_model_file
+        self.weights: dict[str, Any] = {}
+        self.round: int | None = None  # rounds aggregated into self.weights
+        self.best_round: int | None = None
+        self._app_root: Path | None = None
+
+    def _path(self, fl_ctx: FLContext, name: str) -> Path:
+        if self._app_root is None:
+            self._app_root = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
+        return self._app_root / name
+
+    def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
+        self._path(fl_ctx, self.model_file)
+        self.log_info(fl_ctx, "global shared prompt starts empty: every site draws the same initial prompt from "
+                              "train.seed in round 1")
+        return make_model_learnable({}, {})
+
+    def save_model(self, model: ModelLearnable, fl_ctx: FLContext):
+        self.weights = dict(model.get(ModelLearnableKey.WEIGHTS) or {})
+        self.round = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
+        path = save_npz(self._path(fl_ctx, self.model_file), self.weights, {"round": self.round})
+        self.log_info(fl_ctx, f"global model after round {self.round} saved to {path}")
+
+    def save_best(self, fl_ctx: FLContext, weights: dict[str, Any], after_round: int, metric: float) -> Path:
+        self.best_round = after_round
+        path = save_npz(self._path(fl_ctx, self.best_model_file), weights,
+                        {"round": after_round, "weighted_accuracy": metric})
+        self.log_info(fl_ctx, f"best global model so far (after round {after_round}, weighted accuracy "
+                              f"{metric:.2f}%) saved to {path}")
+        return path
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE:
+            # IntimeModelSelector, at round r's aggregation: the sites' accuracies of the model they received in
+            # round r, i.e. the global model after round r (0-based r = rounds aggregated into it).
+            model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL) or {}
+            weights = dict(model.get(ModelLearnableKey.WEIGHTS) or {})
+            if weights:
+                self.save_best(fl_ctx, weights, int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)),
+                               float(fl_ctx.get_prop(AppConstants.VALIDATION_RESULT, float("nan"))))
+
+
+class PromptModelLocator(ModelLocator):
+    """Hands the final global model (held by the persistor) to GlobalModelEval."""
+
+    def __init__(self, persistor_id: str = "persistor"):
+        super().__init__()
+        self.persistor_id = persistor_id
+
+    def get_model_names(self, fl_ctx: FLContext) -> list[str]:
+        return [GLOBAL_MODEL_NAME]
+
+    def locate_model(self, model_name, fl_ctx: FLContext) -> DXO:
+        persistor = fl_ctx.get_engine().get_component(self.persistor_id)
+        if not isinstance(persistor, PromptPersistor):
+            self.system_panic(f"persistor_id {self.persistor_id!r} is not a PromptPersistor", fl_ctx)
+            return None
+        return DXO(DataKind.WEIGHTS, data=dict(persistor.weights), meta={"round": persistor.round})

@@ -1,0 +1,166 @@
+"""The FLARE job on the real `nvflare simulator` (subprocess), offline default: tiny random CLIP, synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedrsclip.flare.demo import run_demo, simulator_command
+from fedrsclip.flare.job import DEFAULT_JOB, job_settings, prepare_job
+from fedrsclip.flare.persistor import load_npz
+from fedrsclip.flare.report import SIMULATOR_RESULTS, find_results, format_table, load_results, report_command
+
+SITES, ROUNDS = 3, 3
+FAST = ["data.synthetic_per_class=40"]  # smaller synthetic dataset: quicker, same code path
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def simulate(job: Path, ws: Path, sites: int, threads: int, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(simulator_command(job, ws, sites, threads), capture_output=True, text=True, env=ENV,
+                          timeout=timeout, errors="replace")
+    (ws.parent / f"{ws.name}.log").write_text(proc.stdout + proc.stderr)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flare")
+    job = prepare_job(DEFAULT_JOB, tmp / "job", sites=SITES, rounds=ROUNDS, overrides=FAST)
+    ws = tmp / "ws"
+    proc = simulate(job, ws, SITES, SITES)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return {"job": job, "ws": ws, "log": proc.stdout + proc.stderr}
+
+
+def _state(ws: Path, site: str, kind: str = "state") -> dict:
+    path = ws / site / "simulate_job" / "fedrsclip" / f"{site}-{kind}.pt"
+    assert path.is_file(), f"missing {path}"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_results_file_records_every_site_every_round(run):
+    path = find_results(run["ws"])
+    assert path == run["ws"] / SIMULATOR_RESULTS
+    results = json.loads(path.read_text())
+    assert results["status"] == "finished"
+    assert results["algorithm"] == "fedrsclip"
+    assert "RANDOM" in results["backbone"] and "SYNTHETIC" in results["data"]
+    assert results["sites"] == [f"site-{i}" for i in range(1, SITES + 1)]
+    assert [r["round"] for r in results["rounds"]] == list(range(1, ROUNDS + 1))
+    for record in results["rounds"]:
+        assert record["missing"] == []
+        for site in results["sites"]:
+            entry = record["sites"][site]
+            assert 0.0 <= entry["accuracy"] <= 100.0
+            assert entry["samples"] > 0 and entry["samples_train"] > 0
+            assert entry["bytes_up"] == 4 * 64 * 4  # n_ctx x width x float32: the shared prompt only
+            assert entry["bytes_down"] == (0 if record["round"] == 1 else entry["bytes_up"])
+            assert entry["seconds"] > 0 and np.isfinite(entry["train_loss"])
+        assert record["mean_accuracy"] is not None and record["weighted_accuracy"] is not None
+    assert set(results["initial"]["sites"]) == set(results["sites"])
+    assert set(results["final"]["sites"]) == set(results["sites"])
+    assert results["best"]["round"] in range(1, ROUNDS + 1)
+    assert results["errors"] == []
+
+
+def test_server_keeps_global_and_best_model(run):
+    app = run["ws"] / "server" / "simulate_job" / "app_server"
+    weights, info = load_npz(app / "FL_global_model.npz")
+    assert info["round"] == ROUNDS
+    assert weights["shared_ctx"].shape == (4, 64) and np.isfinite(weights["shared_ctx"]).all()
+    best, best_info = load_npz(app / "best_FL_global_model.npz")
+    assert best["shared_ctx"].shape == (4, 64)
+    assert best_info["round"] == load_results(app / "fedrsclip_results.json")["best"]["round"]
+
+
+def test_each_site_keeps_its_private_prompt_and_the_final_global_prompt(run):
+    global_prompt = load_npz(run["ws"] / "server" / "simulate_job" / "app_server" / "FL_global_model.npz")[0]
+    privates = []
+    for i in range(1, SITES + 1):
+        site = f"site-{i}"
+        state = _state(run["ws"], site)
+        assert state["round"] == ROUNDS - 1  # saved after the last training round (0-based)
+        assert set(state["prompts"]) == {"shared_ctx", "private_ctx"}
+        final = _state(run["ws"], site, "final")["prompts"]
+        np.testing.assert_array_equal(final["shared_ctx"].numpy(), global_prompt["shared_ctx"])
+        torch.testing.assert_close(final["private_ctx"], state["prompts"]["private_ctx"])
+        privates.append(final["private_ctx"])
+    assert not torch.equal(privates[0], privates[1])  # private prompts stay local and differ
+
+
+def test_metrics_streamed_to_tensorboard(run):
+    tb = run["ws"] / "server" / "simulate_job" / "tb_events"
+    assert sorted(p.name for p in tb.iterdir()) == [f"site-{i}" for i in range(1, SITES + 1)]
+    assert all(any(p.glob("events.out.tfevents.*")) for p in tb.iterdir())
+
+
+def test_report_of_the_run(run, capsys):
+    assert report_command(run["ws"]) == 0
+    out = capsys.readouterr().out
+    assert "synthetic data, RANDOM-weight CLIP — not meaningful accuracy" in out
+    assert "site-1" in out and "weighted" in out
+    table = format_table(load_results(find_results(run["ws"])))
+    assert len([line for line in table.splitlines() if line.split()[:1] and line.split()[0].isdigit()]) == ROUNDS
+
+
+def test_job_folder_is_configuration_only():
+    settings = job_settings(DEFAULT_JOB)
+    assert settings["num_rounds"] == 10 and settings["min_clients"] == 10 and settings["overrides"] == []
+    assert not [p for p in (DEFAULT_JOB / "app" / "custom").rglob("*.py")]  # the code is the installed package
+
+
+def test_job_zip_is_valid_byoc_job():
+    """What `nvflare job submit` and the simulator do with the folder: zip it and validate it server-side."""
+    from nvflare.fuel.utils.zip_utils import zip_directory_to_bytes
+    from nvflare.private.fed.server.job_meta_validator import JobMetaValidator
+
+    data = zip_directory_to_bytes(str(DEFAULT_JOB.parent), DEFAULT_JOB.name)
+    valid, error, meta = JobMetaValidator().validate(DEFAULT_JOB.name, data)
+    assert valid, error
+    assert meta["byoc"] is True  # app/custom/ present: the fedrsclip.* components are not on FLARE's allow-list
+    assert meta["min_clients"] == 10
+
+
+def test_run_demo_prints_progress_and_the_labelled_table(tmp_path, capsys):
+    assert run_demo(str(tmp_path / "ws"), sites=2, rounds=1, overrides=["data.synthetic_per_class=10"]) == 0
+    out = capsys.readouterr().out
+    assert "[demo] round 1/1 done" in out
+    assert "synthetic data, RANDOM-weight CLIP — not meaningful accuracy" in out
+    assert "round  site-1  site-2  mean  weighted" in out
+    assert (tmp_path / "ws.log").is_file()
+    assert run_demo(str(tmp_path / "ws2"), sites=2, job=str(tmp_path / "nojob")) == 1
+    assert "is not a FLARE job folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_thread_gives_the_same_results_as_one_thread_per_site(run, tmp_path):
+    """-t 1: every task in a fresh process, all state from disk; must match -t N (one process per site)."""
+    ws = tmp_path / "ws1"
+    proc = simulate(run["job"], ws, SITES, 1)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    a, b = load_results(find_results(run["ws"])), load_results(find_results(ws))
+    for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
+        for site in a["sites"]:
+            assert ra["sites"][site]["accuracy"] == pytest.approx(rb["sites"][site]["accuracy"], abs=1e-6)
+            assert ra["sites"][site]["train_loss"] == pytest.approx(rb["sites"][site]["train_loss"], abs=1e-5)
+    for i in range(1, SITES + 1):
+        pa, pb = _state(run["ws"], f"site-{i}", "final")["prompts"], _state(ws, f"site-{i}", "final")["prompts"]
+        for key in pa:
+            torch.testing.assert_close(pa[key], pb[key], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_repository_job_as_is_with_ten_sites(tmp_path):
+    """`nvflare simulator jobs/fedrsclip -n 10 -t 10` from a fresh clone: no preparation step."""
+    ws = tmp_path / "demo"
+    proc = simulate(DEFAULT_JOB, ws, 10, 10, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    results = load_results(find_results(ws))
+    assert results["status"] == "finished" and len(results["rounds"]) == 10 and results["errors"] == []
+    assert results["rounds"][-1]["mean_accuracy"] > results["initial"]["mean_accuracy"] + 10
