@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 WS      ?= workspaces/demo
 SITES   ?= 10
 
-.PHONY: setup test test-slow demo poc provision bench clean
+.PHONY: setup test test-slow demo poc provision bench bench-quick clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -25,6 +25,13 @@ test-slow: $(STAMP)
 # The main job, offline: synthetic scenes, a small RANDOM-weight CLIP, 10 sites.
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.cli demo --workspace $(WS) --sites $(SITES)
+
+# Speed, payload and memory against the targets (README: Performance); the last line is JSON.
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.cli bench
+
+bench-quick: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.cli bench --quick
 
 # A local POC deployment: a real server and $(POC_SITES) sites on localhost, the job submitted and its results fetched.
 POC_SITES ?= 2

@@ -61,6 +61,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .bench import add_bench_command
     from .data.cli import add_data_commands
 
     parser = argparse.ArgumentParser(prog="fedrsclip", description=__doc__)
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print the per-round, per-site table of a FLARE workspace")
     p.add_argument("workspace")
     p.set_defaults(func=_report)
+    add_bench_command(sub)
     return parser
 
 
