@@ -22,7 +22,6 @@ from fedrsclip.classifier import (  # noqa: E402
     ClassifierError,
     ClassifierSite,
     ClassifierTrainer,
-    ImageDataset,
     build_classifier,
     classifier_num_params,
 )

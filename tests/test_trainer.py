@@ -4,7 +4,7 @@ import torch
 
 from fedrsclip.algorithms import ALGORITHMS, SHARED
 from fedrsclip.site import Site
-from fedrsclip.trainer import PayloadError, PromptTrainer, RoundResult, aggregate, payload_nbytes
+from fedrsclip.trainer import PayloadError, RoundResult, aggregate, payload_nbytes
 from conftest import tiny_config
 
 PROMPT_ALGOS = [a.name for a in ALGORITHMS.values() if a.kind == "prompt"]

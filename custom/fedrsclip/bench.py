@@ -247,7 +247,6 @@ def bench_step(backbone, images, labels, num_classes: int, settings: dict, arch:
     hits both. A third, untimed path runs the project's code in lockstep with the reference on the very features
     the reference has just computed live: its losses must equal the reference's.
     """
-    import torch
 
     from .trainer import PromptTrainer
 

@@ -30,8 +30,7 @@ from .backbone import resolve_device
 from .config import Config, ConfigError
 from .data.errors import DataError, ImageReadError
 from .data.images import load_rgb
-from .data.manifest import load_manifest, site_split
-from .io import atomic_torch_save
+from .site import SiteBase
 from .trainer import Payload, PayloadError, RoundResult, site_seed
 
 log = logging.getLogger(__name__)
@@ -418,12 +417,10 @@ class ClassifierTrainer:
 
 
 # ---- site -----------------------------------------------------------------------------------------------------------
-class ClassifierSite:
-    """A site of the full-model baseline: its images, a ClassifierTrainer and its local state on disk.
+class ClassifierSite(SiteBase):
+    """A site of the full-model baseline: its images and a ClassifierTrainer; the whole model is its state."""
 
-    Same interface as `Site` (name, classnames, trainer, train_set, test_set, train_round, evaluate, save_state,
-    load_state); the whole model is saved after every round and reloaded at construction.
-    """
+    STATE_KEY = "model"
 
     def __init__(
         self,
@@ -436,21 +433,11 @@ class ClassifierSite:
         if state_dir is not None and not isinstance(state_dir, (str, os.PathLike)):
             raise TypeError(f"state_dir must be a folder path or None, got {type(state_dir).__name__} "
                             "(ClassifierSite takes no backbone; pass state_dir and progress by keyword)")
-        self.cfg, self.name = cfg, name
-        if manifest is None:
-            if not cfg.data.manifest:
-                raise DataError(f"{name}: no data configured; set data.manifest to a partition manifest "
-                                "(fedrsclip data partition ...)")
-            manifest = load_manifest(cfg.data.manifest)
-        self.classnames: list[str] = list(manifest["classes"])
+        super().__init__(cfg, name, manifest, state_dir)
         self.trainer = ClassifierTrainer(cfg, self.classnames, site=name)
         splits: dict[str, ImageDataset | None] = {}
         for split in ("train", "test"):
-            items = site_split(manifest, name, split, root=cfg.data.root)
-            missing = [p for p, _ in items if not p.is_file()]
-            if missing:
-                raise DataError(f"{name}: {len(missing)} of {len(items)} {split} images are missing, e.g. "
-                                f"{missing[0]}; set data.root to the folder that holds the class folders")
+            items = self.split_items(split)
             splits[split] = self.trainer.make_dataset(items, train=split == "train", progress=progress,
                                                       desc=f"{name}: decoding {split} images") if items else None
         if splits["train"] is None or len(splits["train"]) == 0:
@@ -458,38 +445,13 @@ class ClassifierSite:
         self.train_set: ImageDataset = splits["train"]
         self.test_set: ImageDataset | None = splits["test"] if splits["test"] is not None and len(splits["test"]) \
             else None
-        self.state_path = Path(state_dir) / f"{name}-state.pt" if state_dir else None
         self.load_state()
 
-    def load_state(self) -> bool:
-        if self.state_path is None or not self.state_path.is_file():
-            return False
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+    def state_blob(self, round_idx: int | None = None) -> dict[str, Any]:
+        return {**super().state_blob(round_idx), "arch": self.cfg.classifier.arch}
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
         arch = state.get("arch")
         if arch is not None and arch != self.cfg.classifier.arch:
             raise PayloadError(f"{self.name}: saved state {self.state_path} is for {arch}, the configuration asks "
                                f"for {self.cfg.classifier.arch}; delete it or use another state folder")
-        self.trainer.load_local_state(state["model"])
-        log.info("%s: resumed local model from %s (round %s)", self.name, self.state_path, state.get("round"))
-        return True
-
-    def save_state(self, round_idx: int) -> None:
-        if self.state_path is not None:
-            atomic_torch_save(self.state_path, {"round": round_idx, "arch": self.cfg.classifier.arch,
-                                                "model": self.trainer.local_state()})
-
-    def train_round(self, global_payload: Payload | None, round_idx: int, peers: np.ndarray | None = None,
-                    **kwargs) -> RoundResult:
-        if global_payload:
-            self.trainer.set_global(global_payload)
-        result = self.trainer.train_round(self.train_set, round_idx, peers=peers, **kwargs)
-        self.save_state(round_idx)
-        return result
-
-    def evaluate(self, global_payload: Payload | None = None) -> dict:
-        """Accuracy of the (received global) model on this site's own test split."""
-        if global_payload:
-            self.trainer.set_global(global_payload)
-        if self.test_set is None:
-            return {"accuracy": float("nan"), "loss": float("nan"), "samples": 0}
-        return self.trainer.evaluate(self.test_set)

@@ -1,8 +1,8 @@
-"""A site: its data split, cached image features, prompt trainer and local state on disk.
+"""A site: its data split, cached image features, trainer and local state on disk.
 
 Used by the in-process federation and by the FLARE executor alike. Local state (the private prompt and the last
-shared prompt) is written atomically after every round and reloaded at start, so a site that runs each round in
-a fresh process, or restarts, continues where it was.
+shared prompt, or the baseline's whole model) is written atomically after every round and reloaded at start, so
+a site that runs each round in a fresh process, or restarts, continues where it was.
 """
 
 from __future__ import annotations
@@ -25,53 +25,55 @@ from .trainer import Payload, PromptTrainer, RoundResult
 log = logging.getLogger(__name__)
 
 
-class Site:
-    def __init__(
-        self,
-        cfg: Config,
-        name: str,
-        manifest: Mapping[str, Any] | None = None,
-        backbone: Backbone | None = None,
-        state_dir: str | Path | None = None,
-        progress: bool = True,
-    ):
+class SiteBase:
+    """What every kind of site shares: its manifest part, its state file, and the round protocol.
+
+    Subclasses set `trainer`, `train_set` and `test_set`, and `STATE_KEY`, the entry of the state file that holds
+    `trainer.local_state()`.
+    """
+
+    STATE_KEY = "local"
+
+    def __init__(self, cfg: Config, name: str, manifest: Mapping[str, Any] | None,
+                 state_dir: str | Path | None):
         self.cfg, self.name = cfg, name
         if manifest is None:
             if not cfg.data.manifest:
                 raise DataError(f"{name}: no data configured; set data.manifest to a partition manifest "
                                 "(fedrsclip data partition ...)")
             manifest = load_manifest(cfg.data.manifest)
+        self.manifest = manifest
         self.classnames: list[str] = list(manifest["classes"])
-        self.backbone = backbone or load_backbone(cfg.model)
-        cache_dir = Path(cfg.data.cache_dir) / name
-        splits = {}
-        for split in ("train", "test"):
-            items = site_split(manifest, name, split, root=cfg.data.root)
-            missing = [p for p, _ in items if not p.is_file()]
-            if missing:
-                raise DataError(f"{name}: {len(missing)} of {len(items)} {split} images are missing, e.g. "
-                                f"{missing[0]}; set data.root to the folder that holds the class folders")
-            splits[split] = cached_features(self.backbone, items, cache_dir, f"{split}", progress=progress) \
-                if items else None
-        if splits["train"] is None:
-            raise DataError(f"{name}: the manifest gives this site no training images")
-        self.train_set: FeatureSet = splits["train"]
-        self.test_set: FeatureSet | None = splits["test"]
-        self.trainer = PromptTrainer(cfg, self.backbone, self.classnames, site=name)
         self.state_path = Path(state_dir) / f"{name}-state.pt" if state_dir else None
-        self.load_state()
+
+    def split_items(self, split: str) -> list[tuple[Path, int]]:
+        """This site's (path, label) items of a split; every file must exist."""
+        items = site_split(self.manifest, self.name, split, root=self.cfg.data.root)
+        missing = [p for p, _ in items if not p.is_file()]
+        if missing:
+            raise DataError(f"{self.name}: {len(missing)} of {len(items)} {split} images are missing, e.g. "
+                            f"{missing[0]}; set data.root to the folder that holds the class folders")
+        return items
+
+    def state_blob(self, round_idx: int | None = None) -> dict[str, Any]:
+        """The site-local state as saved on disk (never sent)."""
+        return {"round": round_idx, self.STATE_KEY: self.trainer.local_state()}
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Refuse a saved state that belongs to another configuration (subclasses add checks)."""
 
     def load_state(self) -> bool:
         if self.state_path is None or not self.state_path.is_file():
             return False
         state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        self.trainer.load_local_state(state["prompts"])
-        log.info("%s: resumed local prompts from %s (round %s)", self.name, self.state_path, state.get("round"))
+        self.check_state(state)
+        self.trainer.load_local_state(state[self.STATE_KEY])
+        log.info("%s: resumed local state from %s (round %s)", self.name, self.state_path, state.get("round"))
         return True
 
     def save_state(self, round_idx: int) -> None:
         if self.state_path is not None:
-            atomic_torch_save(self.state_path, {"round": round_idx, "prompts": self.trainer.local_state()})
+            atomic_torch_save(self.state_path, self.state_blob(round_idx))
 
     def train_round(self, global_payload: Payload | None, round_idx: int, peers: np.ndarray | None = None,
                     **kwargs) -> RoundResult:
@@ -82,7 +84,7 @@ class Site:
         return result
 
     def evaluate(self, global_payload: Payload | None = None) -> dict:
-        """Accuracy on this site's own test split with its shared (as received) + private prompts."""
+        """Accuracy on this site's own test split with the received global model (and its private part)."""
         if global_payload:
             self.trainer.set_global(global_payload)
         if self.test_set is None:
@@ -90,8 +92,38 @@ class Site:
         return self.trainer.evaluate(self.test_set)
 
 
+class Site(SiteBase):
+    """A prompt-learning site: cached CLIP image features and a PromptTrainer."""
+
+    STATE_KEY = "prompts"
+
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        manifest: Mapping[str, Any] | None = None,
+        backbone: Backbone | None = None,
+        state_dir: str | Path | None = None,
+        progress: bool = True,
+    ):
+        super().__init__(cfg, name, manifest, state_dir)
+        self.backbone = backbone or load_backbone(cfg.model)
+        cache_dir = Path(cfg.data.cache_dir) / name
+        splits = {}
+        for split in ("train", "test"):
+            items = self.split_items(split)
+            splits[split] = cached_features(self.backbone, items, cache_dir, split, progress=progress) \
+                if items else None
+        if splits["train"] is None:
+            raise DataError(f"{name}: the manifest gives this site no training images")
+        self.train_set: FeatureSet = splits["train"]
+        self.test_set: FeatureSet | None = splits["test"]
+        self.trainer = PromptTrainer(cfg, self.backbone, self.classnames, site=name)
+        self.load_state()
+
+
 def make_site(cfg: Config, name: str, manifest: Mapping[str, Any] | None = None, backbone: Backbone | None = None,
-              state_dir: str | Path | None = None, progress: bool = True):
+              state_dir: str | Path | None = None, progress: bool = True) -> SiteBase:
     """A prompt-learning `Site`, or a `ClassifierSite` for the full-model baseline (same interface)."""
     from .algorithms import get_algorithm
 

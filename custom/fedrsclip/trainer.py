@@ -162,7 +162,7 @@ class PromptTrainer:
         gen = torch.Generator().manual_seed(site_seed(tc.seed + 7919 * round_idx, self.site))
         n = len(train)
         totals: dict[str, float] = {}
-        steps = correct = 0
+        steps = 0
         start = time.perf_counter()
         self.model.train()
         for _epoch in range(tc.local_epochs):

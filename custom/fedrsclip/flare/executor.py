@@ -248,9 +248,8 @@ class FedRSCLIPExecutor(Executor):
             raise PayloadError(f"{site.name}: the model sent for validation is empty")
         metrics = site.evaluate(payload)
         final_path = site.state_path.with_name(f"{site.name}-final.pt")
-        key = "prompts" if getattr(site, "backbone", None) is not None else "model"  # as in the site's state file
-        atomic_torch_save(final_path, {"global_model": shareable.get_header(AppConstants.MODEL_OWNER),
-                                       key: site.trainer.local_state()})
+        atomic_torch_save(final_path, {**site.state_blob(), "global_model":
+                                       shareable.get_header(AppConstants.MODEL_OWNER)})
         record = {"site": site.name, "task": "validate", "model": shareable.get_header(AppConstants.MODEL_OWNER),
                   "seconds": time.perf_counter() - start, "bytes_down": payload_nbytes(payload),
                   "received": _clean(metrics), "final_state": str(final_path)}
