@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .algorithms import ALGORITHMS
 
@@ -52,6 +53,21 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.workspace, sites=args.sites, threads=args.threads)
 
 
+def _job(args: argparse.Namespace) -> int:
+    """A runnable FLARE job for any algorithm, generated from the one template (jobs/fedrsclip)."""
+    from .config import load_config
+    from .flare.job import prepare_job
+
+    overrides = [f"algorithm={args.algorithm}", *(args.set or [])]
+    template_cfg = Path(args.template) / "app" / "config" / "fedrsclip.yaml"
+    load_config(template_cfg if template_cfg.is_file() else None, overrides)  # refuse bad settings before writing
+    out = prepare_job(args.template, args.out, sites=args.sites, rounds=args.rounds, overrides=overrides)
+    print(f"wrote {out}: algorithm {args.algorithm}"
+          + (f", {args.sites} sites" if args.sites else "") + (f", {args.rounds} rounds" if args.rounds else ""))
+    print(f"run it: nvflare simulator {out} -w workspaces/{out.name} -n {args.sites or 'N'} -t {args.sites or 'N'}")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from .flare.report import report_command
 
@@ -83,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="simulator threads (default: one per site)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("job", help="generate a FLARE job for an algorithm from the jobs/fedrsclip template")
+    p.add_argument("--algorithm", required=True, choices=list(ALGORITHMS))
+    p.add_argument("--out", required=True, help="job folder to write (replaced if it exists)")
+    p.add_argument("--sites", type=int, help="min_clients (and data.synthetic_sites for the synthetic demo)")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every site")
+    p.add_argument("--template", default="jobs/fedrsclip")
+    p.set_defaults(func=_job)
 
     p = sub.add_parser("report", help="print the per-round, per-site table of a FLARE workspace")
     p.add_argument("workspace")
