@@ -56,12 +56,13 @@ def _demo(args: argparse.Namespace) -> int:
 def _job(args: argparse.Namespace) -> int:
     """A runnable FLARE job for any algorithm, generated from the one template (jobs/fedrsclip)."""
     from .config import load_config
-    from .flare.job import prepare_job
+    from .flare.job import DEFAULT_JOB, prepare_job
 
+    template = Path(args.template or DEFAULT_JOB)
     overrides = [f"algorithm={args.algorithm}", *(args.set or [])]
-    template_cfg = Path(args.template) / "app" / "config" / "fedrsclip.yaml"
+    template_cfg = template / "app" / "config" / "fedrsclip.yaml"
     load_config(template_cfg if template_cfg.is_file() else None, overrides)  # refuse bad settings before writing
-    out = prepare_job(args.template, args.out, sites=args.sites, rounds=args.rounds, overrides=overrides)
+    out = prepare_job(template, args.out, sites=args.sites, rounds=args.rounds, overrides=overrides)
     print(f"wrote {out}: algorithm {args.algorithm}"
           + (f", {args.sites} sites" if args.sites else "") + (f", {args.rounds} rounds" if args.rounds else ""))
     print(f"run it: nvflare simulator {out} -w workspaces/{out.name} -n {args.sites or 'N'} -t {args.sites or 'N'}")
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", type=int, help="min_clients (and data.synthetic_sites for the synthetic demo)")
     p.add_argument("--rounds", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every site")
-    p.add_argument("--template", default="jobs/fedrsclip")
+    p.add_argument("--template", default=None, help="job folder to start from (default: the repository's jobs/fedrsclip)")
     p.set_defaults(func=_job)
 
     p = sub.add_parser("report", help="print the per-round, per-site table of a FLARE workspace")
