@@ -100,6 +100,16 @@ class ClassifierConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Opt-in differential privacy of what a site sends (fedrsclip.privacy), applied at the site before it leaves."""
+
+    dp_clip_norm: float | None = None  # L2 clip of the shared-prompt UPDATE (sent minus received); null: no DP
+    dp_noise_multiplier: float = 0.0  # Gaussian noise std = multiplier x clip norm (needs dp_clip_norm)
+    dp_delta: float = 1e-5  # the delta the accountant reports epsilon for
+    dp_seed: int | None = None  # null: noise from OS entropy (secret); an int: reproducible noise per site and round
+
+
+@dataclass
 class Config:
     algorithm: str = "fedrsclip"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -109,6 +119,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,12 +137,28 @@ class Config:
         _positive("train.batch_size", self.train.batch_size)
         _positive("train.eval_batch_size", self.train.eval_batch_size)
         _positive("train.lr", self.train.lr)
+        self._validate_privacy(ALGORITHMS[self.algorithm])
         if self.model.pretrained is None and not self.model.random_init:
             raise ConfigError(
                 "model.pretrained is null but model.random_init is false: set model.pretrained to a pretrained tag "
                 "(e.g. openai) or a local checkpoint file, or set model.random_init: true for a random-weights run"
             )
         return self
+
+    def _validate_privacy(self, algorithm) -> None:
+        pc = self.privacy
+        if pc.dp_clip_norm is not None and not pc.dp_clip_norm > 0:
+            raise ConfigError(f"privacy.dp_clip_norm must be positive (or null for no DP); got {pc.dp_clip_norm!r}")
+        if not pc.dp_noise_multiplier >= 0:
+            raise ConfigError(f"privacy.dp_noise_multiplier must be >= 0; got {pc.dp_noise_multiplier!r}")
+        if not 0 < pc.dp_delta < 1:
+            raise ConfigError(f"privacy.dp_delta must be between 0 and 1; got {pc.dp_delta!r}")
+        if pc.dp_noise_multiplier > 0 and pc.dp_clip_norm is None:
+            raise ConfigError("privacy.dp_noise_multiplier is set but privacy.dp_clip_norm is null: the noise is "
+                              "scaled by the clip norm; set privacy.dp_clip_norm (e.g. 1.0)")
+        if pc.dp_clip_norm is not None and algorithm.kind == "classifier":
+            raise ConfigError(f"privacy.dp_clip_norm: differential privacy is implemented for the prompt algorithms, "
+                              f"not {algorithm.name}; set privacy.dp_clip_norm: null")
 
 
 def _choice(name: str, value: str, allowed: Sequence[str]) -> None:

@@ -20,6 +20,7 @@ from .data.errors import DataError
 from .data.manifest import load_manifest, site_split
 from .features import FeatureSet, cached_features
 from .io import atomic_torch_save
+from .privacy import protect_outgoing
 from .trainer import Payload, PromptTrainer, RoundResult
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class SiteBase:
         if global_payload:
             self.trainer.set_global(global_payload)
         result = self.trainer.train_round(self.train_set, round_idx, peers=peers, **kwargs)
+        result = protect_outgoing(result, self.trainer, self.cfg, round_idx)  # DP (opt-in) + the allow-list check
         self.save_state(round_idx)
         return result
 

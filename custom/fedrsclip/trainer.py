@@ -83,8 +83,14 @@ class PromptTrainer:
         self.model = PromptModel(backbone, classnames, cfg, self.algorithm, seed=cfg.train.seed,
                                  private_seed=self.seed)
         self.device = backbone.device
+        self.round_start_shared: np.ndarray | None = None  # the shared prompt a round started from (DP reference)
 
     # ---- what crosses the wire -------------------------------------------------------------------------
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every payload entry (as ClassifierTrainer.shapes)."""
+        return {SHARED: tuple(self.model.learner.shared_ctx.shape)}
+
     def payload(self) -> Payload:
         return {SHARED: self.model.learner.shared_ctx.detach().cpu().numpy().astype(np.float32)}
 
@@ -154,6 +160,7 @@ class PromptTrainer:
         params = [p for p in learner.contexts]
         optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
         anchor = learner.shared_ctx.detach().clone()
+        self.round_start_shared = anchor.cpu().numpy().astype(np.float32)  # the received global (round 1: the init)
         peer_feats = None
         if peers is not None and len(peers):
             with torch.no_grad():

@@ -1,0 +1,133 @@
+"""What may leave a site, and (opt-in) differential privacy of it. Applied in one place: at the end of
+`SiteBase.train_round`, which the FLARE executor and the in-process federation both call, so the payload they send
+(the DXO's data, the in-process aggregation's input) has always been through it.
+
+The allow-list: a payload carries exactly the algorithm's `sends` keys (for "classifier" algorithms, `("*",)`:
+exactly the trainer's state_dict entries), each a finite float array of the trainer's shape. Anything else - a
+private prompt, an extra key, a NaN - raises `PrivacyError` and nothing is sent (the local state is not saved).
+
+Differential privacy (privacy.dp_clip_norm / dp_noise_multiplier): the UPDATE of the shared prompt (sent minus
+the shared prompt the round started from: the received global model, or in round 1 the deterministic init) is
+clipped to L2 norm dp_clip_norm and Gaussian noise of std dp_noise_multiplier x dp_clip_norm is added to it, at the
+site, before the allow-list check and before anything leaves (later: before encryption). Every round is one
+Gaussian mechanism on the site's whole data set (sample rate 1: full participation, one release per round);
+opacus's RDP accountant turns (noise multiplier, rounds so far) into the (epsilon, delta) the site reports in its
+round metrics (dp_epsilon, dp_delta). This is record-level DP for a site's data against whoever sees its updates
+(the server, or anyone who sees the aggregate), assuming a site takes part at most once per round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from .algorithms import SHARED, Algorithm
+from .trainer import Payload, RoundResult, site_seed
+
+log = logging.getLogger(__name__)
+
+DP_SEED_SALT = 104_729  # keeps the noise stream apart from the training seeds derived from the same numbers
+
+
+class PrivacyError(RuntimeError):
+    """A site was about to send something it must not (a key outside the allow-list, a bad array)."""
+
+
+def allowed_keys(algorithm: Algorithm, expected_shapes: Mapping[str, tuple] | None) -> set[str]:
+    sends = algorithm.sends
+    if sends == ("*",):
+        if expected_shapes is None:
+            raise PrivacyError(f"{algorithm.name} sends every model weight: the check needs the trainer's shapes "
+                               "to know which keys are weights")
+        return set(expected_shapes)
+    return set(sends)
+
+
+def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
+                   expected_shapes: Mapping[str, tuple] | None = None, site: str = "site") -> dict[str, np.ndarray]:
+    """Refuse any payload that is not exactly the algorithm's allow-list of finite, correctly shaped floats.
+
+    Returns the payload as float32 arrays (what is then sent)."""
+    allowed = allowed_keys(algorithm, expected_shapes)
+    extra = sorted(set(payload) - allowed)
+    if extra:
+        raise PrivacyError(f"{site}: refusing to send {extra[:5]}{' ...' if len(extra) > 5 else ''}: algorithm "
+                           f"{algorithm.name} may send only {sorted(allowed)[:5]}; nothing was sent")
+    missing = sorted(allowed - set(payload))
+    if missing:
+        raise PrivacyError(f"{site}: the outgoing payload lacks {missing[:5]} that algorithm {algorithm.name} sends")
+    out = {}
+    for key, value in payload.items():
+        array = np.asarray(value)
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise PrivacyError(f"{site}: refusing to send {key!r} of dtype {array.dtype}; only numbers are sent")
+        if expected_shapes is not None and key in expected_shapes and array.shape != tuple(expected_shapes[key]):
+            raise PrivacyError(f"{site}: refusing to send {key!r} of shape {array.shape}; the model's is "
+                               f"{tuple(expected_shapes[key])}")
+        if not np.isfinite(array).all():
+            raise PrivacyError(f"{site}: refusing to send {key!r}: it holds NaN or Inf values")
+        out[key] = array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+    log.info("%s: outgoing keys: %s", site, sorted(out))
+    return out
+
+
+def clip_and_noise(update: np.ndarray, clip: float, noise_multiplier: float,
+                   rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+    """L2-clip `update` to `clip`, then add N(0, (noise_multiplier * clip)^2) to every entry."""
+    if not clip > 0:
+        raise ValueError(f"clip must be positive; got {clip!r}")
+    if not noise_multiplier >= 0:
+        raise ValueError(f"noise_multiplier must be >= 0; got {noise_multiplier!r}")
+    update = np.asarray(update, dtype=np.float64)
+    norm = float(np.linalg.norm(update))
+    clipped = update * min(1.0, clip / norm) if norm > 0 else update.copy()
+    std = noise_multiplier * clip
+    noised = clipped + rng.normal(0.0, std, size=update.shape) if std > 0 else clipped
+    return noised, {"dp_update_norm": norm, "dp_clipped": norm > clip, "dp_noise_std": std}
+
+
+def dp_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
+    """Epsilon after `rounds` full-participation Gaussian releases (opacus RDP accountant); inf without noise."""
+    if noise_multiplier <= 0:
+        return math.inf
+    from opacus.accountants import RDPAccountant  # imported only when DP is on: opacus imports much of torch
+
+    accountant = RDPAccountant()
+    for _ in range(rounds):
+        accountant.step(noise_multiplier=noise_multiplier, sample_rate=1.0)
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def dp_rng(dp_seed: int | None, site: str, round_idx: int) -> np.random.Generator:
+    """The noise generator: reproducible per site and round from privacy.dp_seed, or from OS entropy when null (the
+    job's seeds are known to the server, which could then regenerate the noise and subtract it)."""
+    if dp_seed is None:
+        return np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+    return np.random.default_rng([site_seed(dp_seed + DP_SEED_SALT, site), round_idx])
+
+
+def protect_outgoing(result: RoundResult, trainer, cfg, round_idx: int) -> RoundResult:
+    """DP (when configured) then the allow-list check, on what a site is about to send; the one place for both."""
+    algorithm: Algorithm = trainer.algorithm
+    site = getattr(trainer, "site", "site")
+    shapes = getattr(trainer, "shapes", None)
+    payload: Payload = dict(result.payload)
+    metrics = dict(result.metrics)
+    pc = cfg.privacy
+    if pc.dp_clip_norm is not None and payload:
+        reference = getattr(trainer, "round_start_shared", None)
+        if reference is None or SHARED not in payload:
+            raise PrivacyError(f"{site}: differential privacy needs the shared prompt the round started from")
+        update = np.asarray(payload[SHARED], dtype=np.float64) - reference
+        noised, info = clip_and_noise(update, pc.dp_clip_norm, pc.dp_noise_multiplier,
+                                      dp_rng(pc.dp_seed, site, round_idx))
+        payload[SHARED] = (reference + noised).astype(np.float32)
+        metrics.update(info)
+        metrics.update(dp_epsilon=dp_epsilon(pc.dp_noise_multiplier, round_idx + 1, pc.dp_delta),
+                       dp_delta=pc.dp_delta, dp_rounds=round_idx + 1)
+    payload = check_outgoing(payload, algorithm, shapes, site)
+    return RoundResult(payload=payload, num_samples=result.num_samples, metrics=metrics)
