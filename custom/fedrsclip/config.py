@@ -228,6 +228,17 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return nested
 
 
+def read_yaml_mapping(path: Path, error: type[Exception] = ConfigError, what: str = "configuration file") -> dict:
+    """A YAML file that must hold a mapping; `error` names the file and what is wrong."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from exc
+    if not isinstance(loaded, Mapping):
+        raise error(f"{what} {path} must hold a mapping of settings")
+    return dict(loaded)
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
@@ -238,13 +249,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"configuration file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"configuration file {path} must hold a mapping of settings")
-        cfg = _merge(cfg, loaded, "", str(path))
+        cfg = _merge(cfg, read_yaml_mapping(path), "", str(path))
     if overrides:
         if not isinstance(overrides, Mapping):
             overrides = parse_overrides(list(overrides))

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 
-from ..config import Config, ConfigError, load_config, parse_overrides
+from ..config import Config, ConfigError, load_config, parse_overrides, read_yaml_mapping
 from ..data.errors import DataError
 
 SITE_CONFIG_ENV = "FEDRSCLIP_SITE_CONFIG"
@@ -83,12 +82,7 @@ def find_site_config(site: str, local_dir: str | Path | None) -> Path | None:
 
 def read_site_config(path: Path) -> dict:
     """The site file as a nested mapping, restricted to site settings, relative paths made absolute."""
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise SiteConfigError(f"cannot read the site configuration {path}: {exc}") from exc
-    if not isinstance(loaded, Mapping):
-        raise SiteConfigError(f"the site configuration {path} must hold a mapping of settings")
+    loaded = read_yaml_mapping(path, SiteConfigError, "the site configuration")
     allowed = ["data.*"] + [f"model.{k}" for k in SITE_MODEL_KEYS]
     for section, values in loaded.items():
         if section not in ("data", "model") or not isinstance(values, Mapping):
