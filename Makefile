@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 WS      ?= workspaces/demo
 SITES   ?= 10
 
-.PHONY: setup test test-slow demo poc provision bench bench-quick clean
+.PHONY: setup test test-slow demo demo-he poc provision bench bench-quick clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -25,6 +25,10 @@ test-slow: $(STAMP)
 # The main job, offline: synthetic scenes, a small RANDOM-weight CLIP, 10 sites.
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.cli demo --workspace $(WS) --sites $(SITES)
+
+# The same job with CKKS-encrypted shared-prompt updates (contexts made in the workspace's startup/).
+demo-he: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.cli demo --he --workspace $(WS)-he --sites $(SITES)
 
 # Speed, payload and memory against the targets (README: Performance); the last line is JSON.
 bench: $(STAMP)

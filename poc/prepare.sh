@@ -4,17 +4,19 @@
 # REPLACES $NVFLARE_POC_WORKSPACE (default workspaces/poc) and writes:
 #   <ws>/example_project/prod_00/{server,site-1..N,admin@nvidia.com,...}   startup kits (localhost)
 #   <ws>/jobs/fedrsclip      jobs/fedrsclip with min_clients = data.synthetic_sites = N (and R rounds, --set overrides)
-# --he adds the TenSEAL contexts (HEBuilder) to the kits; the job itself is not changed by it.
+#   <ws>/jobs/fedrsclip-he   with --he: the same job with CKKS-encrypted updates (submit.sh cli <ws>/jobs/fedrsclip-he)
+# --he also puts CKKS contexts into the kits (fedrsclip he-context --kits: N=4096, one key; the sites get the
+# secret key, the server only the keyless context).
 # The POC server listens on localhost:8002 only (FLARE's POC would listen on all interfaces).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
 [[ $# -ge 1 && "$1" =~ ^[1-9][0-9]*$ ]] || usage
 SITES="$1"; shift
-HE=(); ROUNDS=""; OVERRIDES=()
+HE=0; ROUNDS=""; OVERRIDES=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --he) HE=(-he) ;;
+    --he) HE=1 ;;
     --rounds) ROUNDS="${2:?--rounds needs a number}"; shift ;;
     --set) OVERRIDES+=("${2:?--set needs section.key=value}"); shift ;;
     *) usage ;;
@@ -25,7 +27,7 @@ done
 if [[ -e "$WS" && ! -f "$WS/project.yml" && -n "$(ls -A "$WS")" ]]; then
   echo "poc/prepare.sh: $WS exists and is not a POC workspace; refusing to replace it" >&2; exit 1
 fi
-"$NVFLARE" poc prepare -n "$SITES" "${HE[@]}" --force </dev/null
+"$NVFLARE" poc prepare -n "$SITES" --force </dev/null
 KIT="$(POC_ADMIN= admin_kit)"
 PROD="$(dirname "$KIT")"
 
@@ -40,11 +42,17 @@ for server in config["servers"]:
 json.dump(config, open(path, "w"), indent=2)
 PYEOF
 
-"$PY" - "$REPO/jobs/fedrsclip" "$JOB" "$SITES" "$ROUNDS" "${OVERRIDES[@]}" <<'PYEOF'
+if [[ "$HE" == 1 ]]; then
+  "$PY" -m fedrsclip.cli he-context --kits "$PROD"
+fi
+
+"$PY" - "$REPO/jobs/fedrsclip" "$JOB" "$SITES" "$ROUNDS" "$HE" "${OVERRIDES[@]}" <<'PYEOF'
 import sys
 from fedrsclip.flare.job import job_settings, prepare_job
-src, dst, sites, rounds, *overrides = sys.argv[1:]
-prepare_job(src, dst, sites=int(sites), rounds=int(rounds) if rounds else None, overrides=overrides)
-print(f"job for this POC: {dst} ({job_settings(dst)})")
+src, dst, sites, rounds, he, *overrides = sys.argv[1:]
+for variant in (False, True) if he == "1" else (False,):
+    out = prepare_job(src, dst + ("-he" if variant else ""), sites=int(sites), rounds=int(rounds) if rounds else None,
+                      overrides=overrides, he=variant)
+    print(f"job for this POC: {out} ({job_settings(out)})")
 PYEOF
 echo "POC ready: $WS ($SITES sites; admin kit $KIT). Next: poc/start.sh"

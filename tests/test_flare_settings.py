@@ -138,7 +138,7 @@ def test_job_errors_are_configuration_errors(tmp_path):
 
 def test_prepare_job_changes_only_configuration(tmp_path):
     job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=3, rounds=2, overrides=["train.lr=0.01"])
-    assert job_settings(job) == {"min_clients": 3, "num_rounds": 2,
+    assert job_settings(job) == {"min_clients": 3, "num_rounds": 2, "he": False,
                                  "overrides": ["data.synthetic_sites=3", "train.lr=0.01"]}
     assert json.loads((job / "meta.json").read_text())["min_clients"] == 3
     assert (job / "app" / "config" / "fedrsclip.yaml").read_text() == JOB_YAML.read_text()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from fedrsclip.flare.job import job_settings
+
 REPO = Path(__file__).resolve().parents[1]
 POC = REPO / "poc"
 SITES, ROUNDS = 2, 2
@@ -69,6 +71,8 @@ def test_prepare_makes_kits_and_the_job_variant(tmp_path):
         assert (prod / site / "startup" / "fed_client.json").is_file()
         assert (prod / site / "startup" / "client_context.tenseal").is_file()  # --he
     assert (prod / "server" / "startup" / "server_context.tenseal").is_file()
+    assert not (prod / "server" / "startup" / "client_context.tenseal").exists()  # the server gets no secret key
+    assert job_settings(ws / "jobs" / "fedrsclip-he")["he"] and not job_settings(ws / "jobs" / "fedrsclip")["he"]
     server = json.loads((prod / "server" / "startup" / "fed_server.json").read_text())
     assert server["servers"][0]["service"]["target"] == "localhost:8002"  # binds the loopback interface only
     job = ws / "jobs" / "fedrsclip"
@@ -153,7 +157,7 @@ def poc(tmp_path_factory):
     env = poc_env(ws, tmp / "home", marker)
     log = []
     try:
-        proc = run([POC / "prepare.sh", str(SITES), "--rounds", str(ROUNDS), *FAST], env, 300)
+        proc = run([POC / "prepare.sh", str(SITES), "--he", "--rounds", str(ROUNDS), *FAST], env, 300)
         log.append(output(proc))
         assert proc.returncode == 0, output(proc)
         started = time.time()
@@ -226,6 +230,19 @@ def test_submit_with_nvflare_job_submit(poc):
     proc = run([POC / "submit.sh", "cli"], poc["env"], 1000)
     path, _ = check_results(proc, poc["ws"])
     print(f"cli: {time.time() - started:.0f}s, {path}")
+
+
+@pytest.mark.slow
+def test_submit_the_ckks_job(poc):
+    """The CKKS variant on the same running system: the kits' contexts (server: keyless) are what it uses."""
+    started = time.time()
+    proc = run([POC / "submit.sh", "cli", poc["ws"] / "jobs" / "fedrsclip-he"], poc["env"], 1000)
+    path, results = check_results(proc, poc["ws"])
+    for record in results["rounds"]:
+        assert all(60_000 < v["bytes_up"] < 100 * 1024 for v in record["sites"].values())  # ciphertext
+    server_log = (path.parents[1] / "log.txt").read_text(errors="replace")
+    assert server_log.count("added the encrypted update of site-") == SITES * ROUNDS
+    print(f"ckks: {time.time() - started:.0f}s, {path}")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -41,8 +42,11 @@ def test_project_file_roles_and_builders():
     builders = [b["path"].rsplit(".", 1)[1] for b in project["builders"]]
     assert builders == ["WorkspaceBuilder", "StaticFileBuilder", "CertBuilder", "HEBuilder", "SignatureBuilder"]
     he = next(b for b in project["builders"] if b["path"].endswith("HEBuilder"))["args"]
-    assert he == {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 40], "scale_bits": 40,
-                  "scheme": "CKKS"}
+    from fedrsclip.he import DEFAULT_PARAMS  # the kits' contexts have the parameters the project chose
+
+    assert he == {"poly_modulus_degree": DEFAULT_PARAMS.poly_modulus_degree,
+                  "coeff_mod_bit_sizes": list(DEFAULT_PARAMS.coeff_mod_bit_sizes),
+                  "scale_bits": DEFAULT_PARAMS.scale_bits, "scheme": "CKKS"}
     assert len(of_type("server")) == 1
     clients = of_type("client")
     assert len({c["org"] for c in clients}) == len(clients) == 3  # one org per institution
@@ -108,14 +112,22 @@ def test_he_contexts_secret_key_only_at_the_sites(kits):
     assert client.is_private() and client.has_secret_key()
     assert not server_ctx.is_private() and not server_ctx.has_secret_key()
 
-    # what an HE job does: sites encrypt, the server adds ciphertexts (it cannot decrypt), a site decrypts
-    a, b = [0.5, -1.25, 3.0], [1.0, 2.0, -0.5]
-    enc = [ts.ckks_vector(client, v).serialize() for v in (a, b)]
-    total = ts.ckks_vector_from(server_ctx, enc[0]) + ts.ckks_vector_from(server_ctx, enc[1])
+    # the CKKS job's protocol with the provisioned contexts: sites encrypt Enc(n_k x_k), the server adds without
+    # being able to decrypt, a site decrypts the sample-weighted mean
+    from fedrsclip.he import EncryptedSum, decrypt_average, encrypt_update, load_context
+
+    site_ctx = load_context(client_bytes[0], "client_context.tenseal", need_secret=True)
+    server_he = load_context(server_bytes, "server_context.tenseal", need_secret=False)
+    x = [np.linspace(-1, 1, 2048).reshape(4, 512), np.full((4, 512), 0.25)]
+    total = EncryptedSum(server_he)
+    for k, (values, weight) in enumerate(zip(x, (30.0, 10.0))):
+        update = encrypt_update(site_ctx, {"shared_ctx": values}, weight)
+        assert update.nbytes < 100 * 1024  # HEBuilder's N=4096 in project.yml: one ciphertext
+        total.add(update, f"site-{k + 1}")
     with pytest.raises(Exception):
-        total.decrypt()
-    decrypted = ts.ckks_vector_from(client, total.serialize()).decrypt()
-    assert decrypted == pytest.approx([x + y for x, y in zip(a, b)], abs=1e-4)
+        ts.ckks_vector_from(server_ctx, total.result().vectors["shared_ctx"]).decrypt()
+    mean = decrypt_average(site_ctx, total.result(), "global")["shared_ctx"]
+    assert np.abs(mean - (30 * x[0] + 10 * x[1]) / 40).max() < 1e-5
 
 
 def test_default_authorization_matches_the_roles_in_project_yml(kits):

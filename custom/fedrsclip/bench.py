@@ -78,10 +78,10 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
 # full reference steps and proj_warmup project steps.
 FULL = dict(feature_images=64, feature_images_cuda=210, feature_repeats=3, ref_warmup=0, ref_repeats=4,
             proj_warmup=2, proj_per_ref=3, class_counts=(21, 45), rss_images=48, rss_epochs=2, flare=True,
-            flare_sites=10, flare_rounds=3)
+            flare_sites=10, flare_rounds=3, site_images=105, site_rounds=2)
 QUICK = dict(feature_images=32, feature_images_cuda=64, feature_repeats=1, ref_warmup=0, ref_repeats=1,
              proj_warmup=1, proj_per_ref=3, class_counts=(21,), rss_images=12, rss_epochs=2, flare=False,
-             flare_sites=2, flare_rounds=2)
+             flare_sites=2, flare_rounds=2, site_images=32, site_rounds=1)
 
 
 _START = time.perf_counter()
@@ -374,7 +374,8 @@ def bench_features(backbone, items: Sequence[tuple[Path, int]], repeats: int) ->
 
 # ---- 3. upload sizes ------------------------------------------------------------------------------------------------
 def plaintext_upload(payload: dict) -> dict:
-    """The payload's values and bytes, and the size of FLARE's serialized DXO carrying it (when nvflare is here)."""
+    """The payload's values and bytes, and FLARE's serialized DXO around them alone (no FLARE headers, no round
+    record: a lower bound; the full run replaces `upload_bytes_plain` with the real upload it measures)."""
     import numpy as np
 
     from .trainer import payload_nbytes
@@ -384,46 +385,78 @@ def plaintext_upload(payload: dict) -> dict:
                            "upload_bytes_plain_serialized": None, "upload_bytes_dxo_envelope": None}
     try:
         from nvflare.apis.dxo import DXO, DataKind, MetaKey
-        from nvflare.app_common.decomposers import common_decomposers
-        from nvflare.fuel.utils import fobs
 
-        common_decomposers.register()
+        from .flare.upload_audit import account
 
-        def size(data: dict) -> int:
+        def size(data: dict) -> dict:
             dxo = DXO(DataKind.WEIGHTS, data=data, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 168})
-            return len(fobs.dumps(dxo.to_shareable()))
+            return account(dxo.to_shareable())
 
-        out["upload_bytes_plain_serialized"] = size(dict(payload))
-        out["upload_bytes_dxo_envelope"] = size({})
-        out["upload_plain_how"] = ("nvflare fobs.dumps of a WEIGHTS DXO shareable holding the payload "
-                                   "(and the sample count); the executor's per-round record in the meta adds more")
+        bare = size(dict(payload))
+        out["upload_bytes_plain_serialized"] = bare["total"]
+        out["upload_bytes_dxo_envelope"] = size({})["total"]
+        out["upload_dxo_breakdown"] = {k: bare[k] for k in ("values", "data_encoding", "meta", "envelope")}
+        out["upload_plain_how"] = ("lower bound: nvflare fobs.dumps of a WEIGHTS DXO shareable holding the payload and "
+                                   "the sample count only (FLARE's task headers and peer context and the executor's "
+                                   "round record come on top; the full run measures them)")
     except Exception as exc:  # nvflare missing or its API changed: the values' bytes only
         out["upload_plain_how"] = f"numpy nbytes only (FLARE serialization unavailable: {type(exc).__name__}: {exc})"
     out["upload_bytes_plain"] = out["upload_bytes_plain_serialized"] or out["upload_bytes_payload_nbytes"]
     return out
 
 
-def ckks_upload(values) -> dict:
-    """Serialized TenSEAL CKKS vector of the payload (without the context) for two parameter sets."""
+def ckks_upload(values, sites: int = 10) -> dict:
+    """The CKKS job's upload as FLARE serializes it (fobs of the WEIGHTS DXO), the aggregation error over `sites`
+    sample-weighted updates, and the same payload on FLARE's stock HE path (HEBuilder's default N=8192; its
+    CKKSVector decomposer ships the context with every vector)."""
     import numpy as np
 
-    out: dict[str, Any] = {"upload_bytes_ckks": None, "upload_bytes_ckks_n8192": None}
+    out: dict[str, Any] = {"upload_bytes_ckks": None, "upload_bytes_ckks_stock_flare": None}
     try:
         import tenseal as ts
+        from nvflare.apis.dxo import DXO, DataKind, MetaKey
+        from nvflare.app_common.decomposers import common_decomposers
+        from nvflare.app_opt.he import decomposers
+        from nvflare.fuel.utils import fobs
     except ImportError as exc:
-        out["upload_ckks_note"] = f"TenSEAL is not installed ({exc})"
+        out["upload_ckks_note"] = f"TenSEAL or nvflare is not installed ({exc})"
         return out
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    for key, degree, bits, scale in (("upload_bytes_ckks", 4096, [30, 25, 30], 2**25),
-                                     ("upload_bytes_ckks_n8192", 8192, [60, 40, 40], 2**40)):
-        ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=degree, coeff_mod_bit_sizes=bits)
-        ctx.global_scale = scale
-        vector = ts.ckks_vector(ctx, flat.tolist())
-        out[key] = len(vector.serialize())
-        error_key = "ckks_max_abs_error" + key.removeprefix("upload_bytes_ckks")
-        out[error_key] = float(np.abs(np.asarray(vector.decrypt()) - flat).max())
-    out["upload_ckks_how"] = ("TenSEAL CKKS vector of the 2,048 values, .serialize() without the context: N=4096, "
-                              "coeff_mod_bit_sizes [30, 25, 30], scale 2^25 (and N=8192 [60, 40, 40], scale 2^40)")
+    from .he import DEFAULT_PARAMS, EncryptedSum, decrypt_average, encrypt_update, load_context, make_contexts
+
+    common_decomposers.register()
+    decomposers.register()
+
+    def wire(data: dict) -> int:
+        dxo = DXO(DataKind.WEIGHTS, data=data, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: 168})
+        return len(fobs.dumps(dxo.to_shareable()))
+
+    base = np.asarray(values, dtype=np.float32)
+    client, server = make_contexts()
+    site_ctx = load_context(client, "client", need_secret=True)
+    total = EncryptedSum(load_context(server, "server", need_secret=False))
+    rng = np.random.default_rng(0)
+    updates = [base + rng.normal(0, 0.02, base.shape).astype(np.float32) for _ in range(sites)]
+    weights = rng.integers(50, 500, sites).astype(float)
+    for k, (update, weight) in enumerate(zip(updates, weights)):
+        encrypted = encrypt_update(site_ctx, {"shared_ctx": update}, float(weight))
+        total.add(encrypted, f"site-{k + 1}")
+        if k == 0:
+            out["upload_bytes_ckks"] = wire(encrypted.to_data())
+            out["upload_bytes_ckks_ciphertext"] = encrypted.nbytes
+    mean = decrypt_average(site_ctx, total.result(), "bench")["shared_ctx"]
+    expected = np.tensordot(weights / weights.sum(), np.stack(updates).astype(np.float64), axes=1)
+    out["ckks_aggregation_max_error"] = float(np.abs(mean - expected).max())
+
+    stock = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40],
+                       encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC)
+    stock.generate_relin_keys()
+    stock.global_scale = 2 ** 40
+    out["upload_bytes_ckks_stock_flare"] = wire({"shared_ctx": ts.ckks_vector(stock, base.ravel().tolist())})
+    params = DEFAULT_PARAMS
+    out["upload_ckks_how"] = (f"fobs of the WEIGHTS DXO: this project's CKKS update (N={params.poly_modulus_degree}, "
+                              f"moduli {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits}; error over "
+                              f"{sites} weighted sites after decryption) vs FLARE's stock HE path (N=8192, the "
+                              "context with every vector)")
     return out
 
 
@@ -554,11 +587,56 @@ class _DemoLines(io.TextIOBase):
         return len(text)
 
 
-def bench_flare_overhead(sites: int, rounds: int, workdir: Path, arch: str | None = None) -> dict:
-    """Run the FLARE job (jobs/fedrsclip) in the simulator and compute the overhead from its results file.
+def _audited_job(workdir: Path) -> Path:
+    """A copy of the repository's job with the upload audit widget on every site (the shipped job has none)."""
+    from .flare.job import DEFAULT_JOB, prepare_job
+    from .io import atomic_write_json
+
+    job = prepare_job(DEFAULT_JOB, workdir / DEFAULT_JOB.name)
+    path = job / "app" / "config" / "config_fed_client.json"
+    client = json.loads(path.read_text())
+    client.setdefault("components", []).append(
+        {"id": "upload_audit", "path": "fedrsclip.flare.upload_audit.UploadAudit", "args": {}})
+    atomic_write_json(path, client)
+    return job
+
+
+def upload_from_audits(workspace: Path, values_bytes: int = 2048 * 4) -> dict:
+    """The real plaintext upload per site per round, from the sites' upload audits of a simulator run.
+
+    The job's model sends fewer values than ViT-B/16; its serialized update differs from a ViT-B/16 one only in
+    the array's bytes as long as both arrays take the same msgpack length prefix (256 B to 64 KiB: bin 16), so the
+    ViT-B/16 figure is the measured total with the values swapped: total - job values + `values_bytes`.
+    """
+    from .flare.upload_audit import read_audit
+
+    entries = [e for p in sorted(workspace.glob("site-*/*/fedrsclip/upload_audit-*.json")) for e in read_audit(p)]
+    if not entries:
+        return {"upload_bytes_plain_measured": None, "upload_note": f"no upload audit under {workspace}"}
+    later = [e for e in entries if isinstance(e.get("round"), int) and e["round"] > 0] or entries
+    typical = sorted(later, key=lambda e: e["total"])[len(later) // 2]  # the median upload
+    out: dict[str, Any] = {
+        "upload_bytes_plain_measured": typical["total"], "upload_job_values_bytes": typical["values"],
+        "upload_bytes_plain_first_round": max((e["total"] for e in entries if e.get("round") == 0), default=None),
+        "upload_breakdown": {k: typical[k] for k in ("values", "data_encoding", "meta", "headers", "envelope")},
+        "upload_fields": typical["fields"], "upload_results_audited": len(entries)}
+    if 256 <= typical["values"] < 65536 and 256 <= values_bytes < 65536:
+        out["upload_bytes_plain"] = typical["total"] - typical["values"] + values_bytes
+        out["upload_plain_how"] = (
+            "measured: FOBS size of the train result each site sent in the 10-site simulator run (after FLARE added "
+            "its headers and peer context; arrays inline), rounds after the first (the first also carries the run's "
+            f"descriptions), with the job's {typical['values']:,} B of values replaced by ViT-B/16's {values_bytes:,}")
+    return out
+
+
+def bench_flare_overhead(sites: int, rounds: int, workdir: Path, arch: str | None = None,
+                         threads: int | None = None) -> dict:
+    """Run the FLARE job (jobs/fedrsclip, with an upload audit on every site) in the simulator; compute FLARE's
+    overhead from its results file and the real upload from the audits.
 
     arch: None runs the job's own model (its offline demo: a small random-weight CLIP on synthetic scenes); a
     name (e.g. ViT-B-16, random weights) makes every site load that model - 10 ViT-B/16 sites need ~20 GB of RAM.
+    threads: simulator threads (default: one per site).
     """
     try:
         from .flare.demo import run_demo
@@ -569,6 +647,7 @@ def bench_flare_overhead(sites: int, rounds: int, workdir: Path, arch: str | Non
                 "flare_overhead_note": f"the FLARE job machinery is not importable ({type(exc).__name__}: {exc})"}
     if not (DEFAULT_JOB / "meta.json").is_file():
         return {"flare_overhead_fraction": None, "flare_overhead_note": f"no FLARE job at {DEFAULT_JOB}"}
+    workdir.mkdir(parents=True, exist_ok=True)
     workspace = workdir / "flare-ws"
     overrides = [f"model.arch={arch}", "model.pretrained=null", "model.random_init=true"] if arch else []
     try:
@@ -578,8 +657,8 @@ def bench_flare_overhead(sites: int, rounds: int, workdir: Path, arch: str | Non
     _progress(f"FLARE: simulator job {DEFAULT_JOB.name}, {sites} sites, {rounds} rounds, {model}; this takes minutes")
     start = time.perf_counter()
     with contextlib.redirect_stdout(_DemoLines()):
-        rc = run_demo(str(workspace), sites=sites, job=str(DEFAULT_JOB), rounds=rounds, overrides=overrides,
-                      log_file=str(workdir / "flare-ws.log"))
+        rc = run_demo(str(workspace), sites=sites, threads=threads, job=str(_audited_job(workdir)), rounds=rounds,
+                      overrides=overrides, log_file=str(workdir / "flare-ws.log"))
     wall = time.perf_counter() - start
     try:
         results = load_results(workspace / SIMULATOR_RESULTS)
@@ -587,11 +666,27 @@ def bench_flare_overhead(sites: int, rounds: int, workdir: Path, arch: str | Non
         return {"flare_overhead_fraction": None,
                 "flare_overhead_note": f"the simulator run (exit {rc}) left no results file: {exc}"}
     out = overhead_from_results(results)
-    out.update(flare_sites=sites, flare_rounds=rounds, flare_job_wall_s=wall, flare_exit_code=rc,
-               flare_model=f"{model}, the job's own data settings")
+    out.update(flare_sites=sites, flare_rounds=rounds, flare_threads=threads or sites, flare_job_wall_s=wall,
+               flare_exit_code=rc, flare_model=f"{model}, the job's own data settings")
     if rc != 0:
         out["flare_overhead_note"] = f"the simulator exited with {rc}; " + out.get("flare_overhead_note", "")
+    out.update(upload_from_audits(workspace))
     return out
+
+
+def realistic_overhead(flare: dict, site_round_s: float | None) -> dict:
+    """FLARE's share of a round whose local work is a real site's: FLARE's seconds per round (measured in the
+    simulator job) against one ViT-B/16 site's round (measured in this process)."""
+    overhead = flare.get("flare_overhead_s_per_round")
+    if overhead is None or not site_round_s:
+        return {}
+    return {"flare_overhead_fraction_demo_job": flare.get("flare_overhead_fraction"),
+            "flare_overhead_fraction": overhead / (overhead + site_round_s),
+            "flare_overhead_how": (
+                f"FLARE's seconds per round in the {flare.get('flare_sites')}-site simulator job (round wall time - "
+                f"the slowest site's task seconds, median of the rounds after the first: {overhead:.2f} s) / (those "
+                f"+ one ViT-B/16 site's round measured here: {site_round_s:.2f} s); the demo job's own fraction, "
+                "with its tiny model, is flare_overhead_fraction_demo_job")}
 
 
 # ---- the whole benchmark --------------------------------------------------------------------------------------------
@@ -658,7 +753,6 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
         cache = None  # the step's cached features: those extract_features just computed, when they cover the batch
         if features.paths[:BATCH] == [str(p) for p, _ in step_items]:
             cache = (features.global_feats[:BATCH], features.tokens[:BATCH])
-        del features
         steps: dict[int, dict] = {}
         payload = None
         for k in (21, 45):
@@ -686,7 +780,17 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
             "the project's code on the features the reference computed live with the reference, step by step from "
             "the same prompts; loss_abs_diff_fp16_cache: the project's first step on its fp16 cache vs the "
             "reference's")
-        del backbone
+
+        from .scaling import time_site_round
+
+        n = settings["site_images"]
+        _progress(f"one site's round: K=21, {n} train + {n} test images (UC Merced at 10 sites)")
+        site_round = time_site_round(backbone, features, 21, n, rounds=settings["site_rounds"],
+                                     warmup=not quick)  # --quick: a single round, no warm-up
+        results["site_round"] = {**site_round, "how": "PromptTrainer.evaluate (test split) + train_round (batch 32, "
+                                 "1 local epoch), as a FLARE train task does; real image features repeated to the count"}
+        results["site_round_s"] = site_round["round_s"]
+        del backbone, features
 
         _progress("upload sizes: plaintext DXO, CKKS, full-model baseline")
         results.update(plaintext_upload(payload))
@@ -694,8 +798,10 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
         results.update(full_model_upload(21))
 
         if settings["flare"]:
-            results.update(bench_flare_overhead(settings["flare_sites"], settings["flare_rounds"], workdir,
-                                                arch=flare_arch))
+            flare_figures = bench_flare_overhead(settings["flare_sites"], settings["flare_rounds"], workdir,
+                                                 arch=flare_arch)
+            results.update(flare_figures)
+            results.update(realistic_overhead(flare_figures, results["site_round_s"]))
         else:
             results.update({"flare_overhead_fraction": None,
                             "flare_overhead_note": "skipped in --quick (a 10-site simulator job takes minutes); "
@@ -728,17 +834,24 @@ def format_table(r: dict) -> str:
              "PASS" if r["loss_equal"] else "MISS (> 1e-4)"),
             ("feature extraction: project / raw open_clip", f"{_fmt(r['feature_images_per_s_project'])} / "
              f"{_fmt(r['feature_images_per_s_raw'])} img/s", _fmt(r['feature_throughput_ratio'], '.2f', 'x')),
-            ("upload, plaintext: values / serialized DXO", f"{r['upload_bytes_payload_nbytes']:,} / "
-             f"{_fmt(r['upload_bytes_plain_serialized'], ',')} B", f"{r['payload_values']:,} values"),
-            ("upload, CKKS N=4096 / N=8192", f"{_fmt(r['upload_bytes_ckks'], ',')} / "
-             f"{_fmt(r['upload_bytes_ckks_n8192'], ',')} B", ""),
+            ("upload, plaintext: values / bare DXO / as sent", f"{r['upload_bytes_payload_nbytes']:,} / "
+             f"{_fmt(r['upload_bytes_plain_serialized'], ',')} / "
+             f"{_fmt(r['upload_bytes_plain'] if 'upload_bytes_plain_measured' in r else None, ',')} B",
+             f"{r['payload_values']:,} values" + (
+                 "; as sent: " + ", ".join(f"{k} {v:,}" for k, v in r["upload_breakdown"].items())
+                 if r.get("upload_breakdown") else "")),
+            ("upload, CKKS (this project) / FLARE stock HE", f"{_fmt(r['upload_bytes_ckks'], ',')} / "
+             f"{_fmt(r['upload_bytes_ckks_stock_flare'], ',')} B", ""),
             ("upload, full model (ViT-Tiny, 21 classes)", f"{r['upload_bytes_full_model']:,} B",
              f"{r['full_model_values']:,} values"),
             ("peak RSS of one site process (CPU)", f"{_fmt(r['peak_rss_mb'], '.0f')} MB", ""),
-            ("FLARE overhead (share of round wall time)", _fmt(r["flare_overhead_fraction"], ".1%"),
-             f"{_fmt(r.get('flare_overhead_s_per_round'))} s of {_fmt(r.get('flare_round_wall_s'))} s a round; "
-             f"{r.get('flare_sites')} sites, {r.get('flare_model')}" if r["flare_overhead_fraction"] is not None
-             else r.get("flare_overhead_note", ""))]
+            ("one ViT-B/16 site's round (evaluate + train)", f"{_fmt(r.get('site_round_s'), '.2f')} s",
+             f"K=21, {r['site_round']['train_images']} train + {r['site_round']['test_images']} test images, "
+             f"{r['site_round']['steps']} steps" if r.get("site_round") else ""),
+            ("FLARE overhead (share of a real site's round)", _fmt(r["flare_overhead_fraction"], ".1%"),
+             f"FLARE {_fmt(r.get('flare_overhead_s_per_round'), '.2f')} s a round ({r.get('flare_sites')} sites, "
+             f"{r.get('flare_model')}; that job's own share: {_fmt(r.get('flare_overhead_fraction_demo_job'), '.1%')})"
+             if r["flare_overhead_fraction"] is not None else r.get("flare_overhead_note", ""))]
     width = max(len(a) for a, _, _ in rows)
     lines += [f"  {a:<{width}}  {b:<26} {c}" for a, b, c in rows]
     lines += ["", "targets:"]
@@ -768,11 +881,22 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     flare.add_argument("--no-flare", dest="flare", action="store_false", help="skip the FLARE simulator job")
     p.add_argument("--flare-arch", metavar="MODEL", help="open_clip model the FLARE job's sites load, with random "
                    "weights (default: the job's own; 10 ViT-B-16 sites need ~20 GB of RAM)")
+    p.add_argument("--scaling", action="store_true", help="instead: round time vs classes, images per site and sites "
+                   "(about 10 minutes on 2 CPU cores; with --quick a smoke run); writes scaling.json and scaling.png")
+    p.add_argument("--out-dir", default="workspaces/scaling", help="where --scaling writes (default: %(default)s)")
     p.set_defaults(func=bench_command)
     return p
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    if getattr(args, "scaling", False):
+        from .scaling import scaling_command
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(int(args.threads))
+        return scaling_command(args.out_dir, args.device, quick=args.quick)
     results = run_bench(quick=args.quick, device=args.device, out=args.json_out, threads=args.threads,
                         flare=getattr(args, "flare", None), flare_arch=getattr(args, "flare_arch", None))
     print(format_table(results), flush=True)

@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .flare.demo import run_demo
 
-    return run_demo(args.workspace, sites=args.sites, threads=args.threads)
+    return run_demo(args.workspace, sites=args.sites, threads=args.threads, he=args.he)
 
 
 def _job(args: argparse.Namespace) -> int:
@@ -62,10 +62,46 @@ def _job(args: argparse.Namespace) -> int:
     overrides = [f"algorithm={args.algorithm}", *(args.set or [])]
     template_cfg = template / "app" / "config" / "fedrsclip.yaml"
     load_config(template_cfg if template_cfg.is_file() else None, overrides)  # refuse bad settings before writing
-    out = prepare_job(template, args.out, sites=args.sites, rounds=args.rounds, overrides=overrides)
-    print(f"wrote {out}: algorithm {args.algorithm}"
+    out = prepare_job(template, args.out, sites=args.sites, rounds=args.rounds, overrides=overrides, he=args.he)
+    _job_reliability(out, args)
+    print(f"wrote {out}: algorithm {args.algorithm}" + (", CKKS-encrypted updates" if args.he else "")
           + (f", {args.sites} sites" if args.sites else "") + (f", {args.rounds} rounds" if args.rounds else ""))
+    if args.he:
+        print(f"HE contexts for the simulator: fedrsclip he-context --simulator workspaces/{out.name}")
     print(f"run it: nvflare simulator {out} -w workspaces/{out.name} -n {args.sites or 'N'} -t {args.sites or 'N'}")
+    return 0
+
+
+def _job_reliability(out: Path, args: argparse.Namespace) -> None:
+    """--min-clients / --train-timeout / --wait-after-min and --resume (README: Reliability)."""
+    from .flare.job import resume_job, set_fault_tolerance
+
+    if (args.min_clients, args.train_timeout, args.wait_after_min) != (None, None, None):
+        values = set_fault_tolerance(out, args.min_clients, args.train_timeout, args.wait_after_min, args.sites)
+        print(f"fault tolerance: {values}")
+    if args.resume:
+        resumed = resume_job(out, args.resume)
+        print(f"resumes after round {resumed['rounds_done']} from {resumed['model']} ({resumed['rounds_left']} rounds "
+              f"left); sites copy their state from {resumed['site_state']}. In the simulator use a NEW -w: it wipes "
+              "its workspace, and the earlier run's sites' state is there")
+
+
+def _he_context(args: argparse.Namespace) -> int:
+    """CKKS contexts for the simulator's workspace or for unsigned (POC) kits."""
+    from .he import CKKSParams
+    from .flare.he_context import install_kit_contexts, prepare_simulator_contexts
+
+    params = CKKSParams(args.poly_modulus_degree, tuple(int(b) for b in args.coeff_mod_bit_sizes.split(",")),
+                        args.scale_bits)
+    if args.simulator:
+        folder, made = prepare_simulator_contexts(args.simulator, params, replace=args.replace)
+        print(f"{'wrote' if made else 'kept the existing'} client and server contexts in {folder}"
+              + ("" if made else " (--replace makes a new key)"))
+    else:
+        for folder in install_kit_contexts(args.kits, params):
+            print(f"wrote a context into {folder}")
+    print(f"CKKS: N={params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)}, scale "
+          f"2^{params.scale_bits}")
     return 0
 
 
@@ -73,6 +109,17 @@ def _report(args: argparse.Namespace) -> int:
     from .flare.report import report_command
 
     return report_command(args.workspace)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    """A grid of FLARE simulator runs (fedrsclip.experiment)."""
+    from .experiment import DataSource, parse_sites, run_experiment
+
+    data = DataSource(manifest=args.manifest, dataset=args.dataset, root=args.root, data_seed=args.data_seed)
+    return run_experiment(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
+                          parse_sites(args.sites), [p.strip() for p in args.partition.split(",") if p.strip()],
+                          [int(s) for s in args.seeds.split(",") if s.strip()], rounds=args.rounds,
+                          overrides=args.set or [], data=data, template=args.template, max_threads=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", default="workspaces/demo")
     p.add_argument("--sites", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="simulator threads (default: one per site)")
+    p.add_argument("--he", action="store_true", help="CKKS-encrypted shared-prompt updates (contexts made in the "
+                                                     "workspace's startup/ when missing)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("job", help="generate a FLARE job for an algorithm from the jobs/fedrsclip template")
@@ -108,11 +157,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every site")
     p.add_argument("--template", default=None, help="job folder to start from (default: the repository's jobs/fedrsclip)")
+    p.add_argument("--he", action="store_true", help="the CKKS variant: sites encrypt their updates, the server adds "
+                                                     "ciphertexts (needs HE contexts: see he-context)")
+    p.add_argument("--min-clients", type=int, help="fewest sites a round needs (default: all --sites)")
+    p.add_argument("--train-timeout", type=int, help="seconds a round waits for min-clients updates (0: forever)")
+    p.add_argument("--wait-after-min", type=int, help="seconds a round waits for the others after min-clients")
+    p.add_argument("--resume", metavar="RUN", help="continue an aborted run from its last global model: its server "
+                                                   "app folder, simulator workspace or FL_global_model.npz")
     p.set_defaults(func=_job)
 
-    p = sub.add_parser("report", help="print the per-round, per-site table of a FLARE workspace")
+    from .he import DEFAULT_PARAMS
+
+    p = sub.add_parser("he-context", help="make CKKS (TenSEAL) contexts for the simulator or for POC kits")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--simulator", metavar="WORKSPACE", help="into WORKSPACE/startup/ (both contexts; the "
+                                                                "simulator copies them to every participant)")
+    where.add_argument("--kits", metavar="PROD_DIR", help="into the unsigned kits of a POC prod_NN folder (the "
+                                                          "server's kit gets the keyless context)")
+    p.add_argument("--replace", action="store_true", help="make a new key even if the workspace has contexts")
+    p.add_argument("--poly-modulus-degree", type=int, default=DEFAULT_PARAMS.poly_modulus_degree)
+    p.add_argument("--coeff-mod-bit-sizes", default=",".join(map(str, DEFAULT_PARAMS.coeff_mod_bit_sizes)))
+    p.add_argument("--scale-bits", type=int, default=DEFAULT_PARAMS.scale_bits)
+    p.set_defaults(func=_he_context)
+
+    p = sub.add_parser("report", help="a FLARE workspace: print its per-round, per-site table; an experiment "
+                                      "folder: write report.md and PNG figures into it")
     p.add_argument("workspace")
     p.set_defaults(func=_report)
+
+    from .experiment import DEFAULT_SITES, MAX_THREADS
+
+    p = sub.add_parser("experiment", help="run a grid of algorithms x sites x partitions x seeds, each cell a FLARE "
+                                          "simulator job (resumable); then: fedrsclip report DIR")
+    p.add_argument("--out", required=True, help="experiment folder (a rerun skips its finished cells)")
+    p.add_argument("--algorithms", default="fedrsclip,fedavg-pl,fedprox,fedotp",
+                   help="comma-separated (fedrsclip algorithms lists them; ablations and local are algorithms too)")
+    p.add_argument("--sites", default=DEFAULT_SITES, help=f"comma-separated site counts and/or 'centralized' "
+                                                          f"(default {DEFAULT_SITES})")
+    p.add_argument("--partition", default="uniform", help="comma-separated schemes: uniform, label-skew, dirichlet")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds (train.seed)")
+    p.add_argument("--rounds", type=int, help="FL rounds per cell (default: the job's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every cell")
+    p.add_argument("--manifest", help="real data: manifest path pattern with {sites} (and {partition}), e.g. "
+                                      "ucm{sites}.json; the centralized cell pools a manifest's sites")
+    p.add_argument("--dataset", help="real data partitioned here for every site count: the layout (ucmerced, "
+                                     "nwpu, optimal31, imagefolder); with --root")
+    p.add_argument("--root", help="the dataset folder (with --dataset)")
+    p.add_argument("--data-seed", type=int, default=0, help="split and partition seed for --dataset (default 0)")
+    p.add_argument("--threads", type=int, default=MAX_THREADS,
+                   help=f"at most this many simulator threads per cell (default {MAX_THREADS}; one per site up to it)")
+    p.add_argument("--template", default=None, help="job folder to start from (default: the repository's jobs/fedrsclip)")
+    p.set_defaults(func=_experiment)
     add_bench_command(sub)
     return parser
 

@@ -58,6 +58,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     fedprox_mu: float = 0.01  # used by `fedprox` only
     seed: int = 0
+    # A resumed FLARE job: the folder holding each site's state from the earlier job ("{site}" becomes the site
+    # name; relative to the site's workspace). A site without state of its own starts from a copy of it.
+    resume_from: str | None = None
 
 
 @dataclass

@@ -7,9 +7,11 @@ a site that runs each round in a fresh process, or restarts, continues where it 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,11 +21,41 @@ from .config import Config
 from .data.errors import DataError
 from .data.manifest import load_manifest, site_split
 from .features import FeatureSet, cached_features
-from .io import atomic_torch_save
+from .io import atomic_torch_save, atomic_write
 from .privacy import protect_outgoing
-from .trainer import Payload, PromptTrainer, RoundResult
+from .trainer import Payload, PayloadError, PromptTrainer, RoundResult
 
 log = logging.getLogger(__name__)
+
+STATE_SUFFIX = "-state.pt"
+
+
+def class_fingerprint(classnames: Sequence[str]) -> str:
+    """A short, stable name of a class list ("K:sha256 prefix"), sent with each update: the server must never
+    average prompts trained on different class lists (the prompts' shapes would not show it)."""
+    return f"{len(classnames)}:{hashlib.sha256(json.dumps(list(classnames)).encode()).hexdigest()[:12]}"
+
+
+def adopt_state(resume_from: str | None, name: str, state_dir: str | Path, workspace_root: str | Path) -> Path | None:
+    """Start a resumed job from an earlier job's site state (train.resume_from), copied, never moved: the earlier
+    file stays as it was. Only when this job has no state of its own yet. Returns the file copied, if any."""
+    if not resume_from:
+        return None
+    target = Path(state_dir) / f"{name}{STATE_SUFFIX}"
+    source = Path(resume_from.replace("{site}", name)).expanduser()
+    if not source.is_absolute():
+        source = Path(workspace_root) / source
+    source = source / f"{name}{STATE_SUFFIX}"
+    if target.is_file():
+        return None
+    if not source.is_file():
+        log.warning("%s: train.resume_from names %s, which does not exist: this site's private prompt starts over",
+                    name, source)
+        return None
+    data = source.read_bytes()
+    atomic_write(target, lambda handle: handle.write(data))
+    log.info("%s: local state of the earlier job copied from %s to %s", name, source, target)
+    return source
 
 
 class SiteBase:
@@ -45,7 +77,7 @@ class SiteBase:
             manifest = load_manifest(cfg.data.manifest)
         self.manifest = manifest
         self.classnames: list[str] = list(manifest["classes"])
-        self.state_path = Path(state_dir) / f"{name}-state.pt" if state_dir else None
+        self.state_path = Path(state_dir) / f"{name}{STATE_SUFFIX}" if state_dir else None
 
     def split_items(self, split: str) -> list[tuple[Path, int]]:
         """This site's (path, label) items of a split; every file must exist."""
@@ -58,7 +90,7 @@ class SiteBase:
 
     def state_blob(self, round_idx: int | None = None) -> dict[str, Any]:
         """The site-local state as saved on disk (never sent)."""
-        return {"round": round_idx, self.STATE_KEY: self.trainer.local_state()}
+        return {"round": round_idx, "classes": list(self.classnames), self.STATE_KEY: self.trainer.local_state()}
 
     def check_state(self, state: Mapping[str, Any]) -> None:
         """Refuse a saved state that belongs to another configuration (subclasses add checks)."""
@@ -66,7 +98,15 @@ class SiteBase:
     def load_state(self) -> bool:
         if self.state_path is None or not self.state_path.is_file():
             return False
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated or foreign file: refuse, never overwrite it with a fresh start
+            raise PayloadError(f"{self.name}: the saved state {self.state_path} cannot be read ({exc})") from exc
+        saved = state.get("classes")
+        if saved is not None and list(saved) != self.classnames:
+            raise PayloadError(f"{self.name}: the saved state {self.state_path} was trained on {len(saved)} classes "
+                               f"({', '.join(saved[:3])}, ...), this site's manifest has {len(self.classnames)} "
+                               f"({', '.join(self.classnames[:3])}, ...); use the manifest it was trained with")
         self.check_state(state)
         self.trainer.load_local_state(state[self.STATE_KEY])
         log.info("%s: resumed local state from %s (round %s)", self.name, self.state_path, state.get("round"))
@@ -82,6 +122,7 @@ class SiteBase:
             self.trainer.set_global(global_payload)
         result = self.trainer.train_round(self.train_set, round_idx, peers=peers, **kwargs)
         result = protect_outgoing(result, self.trainer, self.cfg, round_idx)  # DP (opt-in) + the allow-list check
+        result.metrics["classes"] = class_fingerprint(self.classnames)  # checked by the server's aggregator
         self.save_state(round_idx)
         return result
 

@@ -184,7 +184,7 @@ class PromptTrainer:
                                          train.tokens[idx].to(self.device), labels, peer_feats, anchor)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{self.site}: loss became {loss.item()} in round {round_idx} "
-                                             f"({ {k: float(v) for k, v in parts.items()} }); lower train.lr")
+                                             f"({ {k: float(v.detach()) for k, v in parts.items()} }); lower train.lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -74,6 +74,7 @@ def run_demo(
     rounds: int | None = None,
     overrides: Sequence[str] = (),
     log_file: str | None = None,
+    he: bool = False,
 ) -> int:
     """Run `job` in the FLARE simulator with `sites` sites and print the per-round, per-site accuracy table.
 
@@ -82,6 +83,7 @@ def run_demo(
         fresh process per task and take longer, with the same results).
     rounds / overrides: change the job's num_rounds or fedrsclip settings (e.g. ["train.lr=0.01"]) for this run.
     log_file: where the simulator's full output goes (default: <workspace>.log next to the workspace).
+    he: the CKKS variant of the job; the workspace's HE contexts are made when missing (kept when present).
     Returns 0 when the run finished and produced its results; the simulator's exit code or 1 otherwise.
     """
     if sites < 1:
@@ -98,8 +100,13 @@ def run_demo(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fedrsclip-job-"))
     try:
-        run_job = prepare_job(src, tmp / src.name, sites=sites, rounds=rounds, overrides=overrides)
+        run_job = prepare_job(src, tmp / src.name, sites=sites, rounds=rounds, overrides=overrides, he=he)
         num_rounds = job_settings(run_job)["num_rounds"]
+        if he:
+            from .he_context import prepare_simulator_contexts
+
+            startup, made = prepare_simulator_contexts(ws)
+            print(f"[demo] CKKS-encrypted updates; HE contexts {'made' if made else 'kept'} in {startup}", flush=True)
         cmd = simulator_command(run_job, ws, sites, threads)
         print(f"[demo] nvflare simulator: {sites} sites, {num_rounds} rounds, {threads} threads; workspace {ws}; "
               f"full log {log_path}", flush=True)

@@ -35,6 +35,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from ..config import ConfigError
 from ..data.errors import DataError
+from ..he import HEADER_KEY as HE_HEADER_KEY
 from ..io import atomic_torch_save
 from ..trainer import PayloadError, payload_nbytes
 from .settings import (SITE_CONFIG_ENV, SITE_CONFIG_FILE, SiteConfigError, find_site_config,
@@ -76,6 +77,7 @@ class FedRSCLIPExecutor(Executor):
         self._site = None  # built at the first task; kept while the process lives (-t N), rebuilt from disk otherwise
         self._settings = None
         self._resumed = False
+        self._described = None  # the site object whose first upload carried the run's descriptions
 
     # ---- FLARE plumbing ----------------------------------------------------------------------------------------
     def handle_event(self, event_type: str, fl_ctx: FLContext):
@@ -97,7 +99,7 @@ class FedRSCLIPExecutor(Executor):
             return self._site
         import torch
 
-        from ..site import make_site  # torch / open_clip: imported when a task arrives, not when FLARE loads the job
+        from ..site import adopt_state, make_site  # torch / open_clip: imported when a task arrives, not at job load
 
         if self.torch_threads > 0:
             torch.set_num_threads(self.torch_threads)
@@ -106,12 +108,14 @@ class FedRSCLIPExecutor(Executor):
         paths = self._paths(fl_ctx)
         settings = resolve_site_settings(name, paths["config"], self.overrides, paths["root"], paths["local"])
         state_dir = paths["run"] / STATE_SUBDIR
+        adopted = adopt_state(settings.cfg.train.resume_from, name, state_dir, paths["root"])  # a resumed job
         resumed = (state_dir / f"{name}-state.pt").is_file()
         site = make_site(settings.cfg, name, settings.manifest, state_dir=state_dir, progress=False)
         self.log_info(fl_ctx, f"{name}: {settings.cfg.algorithm}, {_model_description(site)}; data: "
                               f"{settings.data_description} ({settings.manifest_path}); {len(site.train_set)} train / "
                               f"{len(site.test_set) if site.test_set is not None else 0} test images; local state "
                               f"{'resumed from' if resumed else 'will be kept in'} {site.state_path}"
+                              + (f" (copied from the earlier job's {adopted})" if adopted else "")
                               + (f"; site configuration {settings.site_config}" if settings.site_config else ""))
         self._site, self._settings, self._resumed = site, settings, resumed
         return site
@@ -151,6 +155,9 @@ class FedRSCLIPExecutor(Executor):
         if abort_signal.triggered:
             return self._fail(fl_ctx, ReturnCode.TASK_ABORTED, "aborted", f"task {task_name} aborted",
                               round_idx)
+        if shareable.get_header(ERROR_HEADER):  # a task data filter (CKKS decryption) refused the model
+            return self._fail(fl_ctx, ReturnCode.EXECUTION_EXCEPTION, shareable.get_header(ERROR_KIND_HEADER) or
+                              "filter", shareable.get_header(ERROR_HEADER), round_idx)
         try:
             try:
                 site = self._get_site(fl_ctx)
@@ -194,6 +201,9 @@ class FedRSCLIPExecutor(Executor):
         data = dxo.data or {}
         if not data:
             return None  # round 1: nothing aggregated yet; the trainer's shared init is identical on every site
+        if HE_HEADER_KEY in data:
+            raise PayloadError(f"{site.name}: the global model is CKKS-encrypted but this site's job has no "
+                               "decryption filter: every site must run the job made with --he")
         shapes = {k: tuple(np.shape(v)) for k, v in site.trainer.payload().items()}
         if set(data) != set(shapes):
             unexpected, missing = sorted(set(data) - set(shapes)), sorted(set(shapes) - set(data))
@@ -217,21 +227,28 @@ class FedRSCLIPExecutor(Executor):
         result = site.train_round(payload, round_idx, should_abort=lambda: abort_signal.triggered)
         seconds = time.perf_counter() - start
         num_rounds = shareable.get_header(AppConstants.NUM_ROUNDS)
+        # The round record travels with every upload, so it holds only what the server's results collector reads
+        # (the sender's name comes with FLARE's peer context): the run's descriptions go with the first result of
+        # each site object (a fresh process, or after a failure), and state_continued only when it is false.
+        state_continued = bool(self._resumed) or round_idx == 0
         record = {
-            "site": site.name, "task": "train", "round": round_idx + 1, "num_rounds": num_rounds,
-            "samples_train": int(result.num_samples), "seconds": seconds,
+            "round": round_idx + 1, "samples_train": int(result.num_samples), "seconds": seconds,
             "bytes_up": payload_nbytes(result.payload), "bytes_down": payload_nbytes(payload or {}),
             "received": _clean(received), "metrics": _clean(result.metrics),
-            "state_continued": bool(self._resumed) or round_idx == 0, "algorithm": site.cfg.algorithm,
-            "backbone": _model_description(site), "data": self._settings.data_description,
         }
+        if not state_continued:
+            record["state_continued"] = False
+        if self._described is not site:
+            record.update(algorithm=site.cfg.algorithm, backbone=_model_description(site),
+                          data=self._settings.data_description)
+            self._described = site
         self._resumed = True  # later rounds in this process continue from memory (and the state file)
         dxo = DXO(DataKind.WEIGHTS, data=dict(result.payload), meta={
             MetaKey.NUM_STEPS_CURRENT_ROUND: int(result.num_samples),
             MetaKey.INITIAL_METRICS: {"accuracy": received["accuracy"], "loss": received["loss"]},
             META_KEY: record,
         })
-        if round_idx > 0 and not record["state_continued"]:
+        if round_idx > 0 and not state_continued:
             self.log_warning(fl_ctx, f"{site.name}: round {round_idx + 1} but no local state from earlier rounds: "
                                      "the private prompt restarted from its initial value")
         self.log_info(fl_ctx, f"{site.name} round {round_idx + 1}/{num_rounds}: received global model accuracy "
@@ -243,19 +260,25 @@ class FedRSCLIPExecutor(Executor):
         return dxo.to_shareable()
 
     def _validate(self, site, payload, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        from ..algorithms import get_algorithm
+        from ..io import atomic_write_json
+        from ..predictions import predictions_path, site_predictions
+
         start = time.perf_counter()
-        if payload is None:
+        if payload is None and get_algorithm(site.cfg.algorithm).federated:
             raise PayloadError(f"{site.name}: the model sent for validation is empty")
-        metrics = site.evaluate(payload)
+        metrics = site.evaluate(payload)  # `local` sends nothing: its model is the site's own, already loaded
         final_path = site.state_path.with_name(f"{site.name}-final.pt")
         atomic_torch_save(final_path, {**site.state_blob(), "global_model":
                                        shareable.get_header(AppConstants.MODEL_OWNER)})
+        # Confusion counts and sample images name this site's files: kept in its own workspace, never sent.
+        predictions = atomic_write_json(predictions_path(final_path.parent, site.name), site_predictions(site))
         record = {"site": site.name, "task": "validate", "model": shareable.get_header(AppConstants.MODEL_OWNER),
-                  "seconds": time.perf_counter() - start, "bytes_down": payload_nbytes(payload),
+                  "seconds": time.perf_counter() - start, "bytes_down": payload_nbytes(payload or {}),
                   "received": _clean(metrics), "final_state": str(final_path)}
         self.log_info(fl_ctx, f"{site.name}: final global model accuracy {metrics['accuracy']:.2f}% on "
                               f"{metrics['samples']} own test images; final shared + private prompts kept in "
-                              f"{final_path}")
+                              f"{final_path}; predictions (site-local) in {predictions}")
         self._stream(fl_ctx, {"final_accuracy": (metrics["accuracy"], None)})
         return DXO(DataKind.METRICS, data=_clean(metrics), meta={META_KEY: record}).to_shareable()
 

@@ -4,6 +4,10 @@ The global model starts empty: the server never builds CLIP, and every site draw
 from train.seed. After each round the aggregated prompt is written atomically to `<app root>/FL_global_model.npz`;
 the best one (IntimeModelSelector's GLOBAL_BEST_MODEL_AVAILABLE, or the results collector after the final
 evaluation) to `best_FL_global_model.npz`. Under HE these hold ciphertext; the sites keep the decrypted prompt.
+Each file records the rounds aggregated into it and the job id.
+
+A resumed job (`fedrsclip job --resume`) starts from an earlier job's FL_global_model.npz instead (`resume_from`);
+the workflow's start_round must equal the round recorded in it, so the round count continues.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
 from ..io import atomic_write
+from ..he import HEADER_KEY as HE_HEADER_KEY, EncryptedUpdate
+from .aggregator import check_update
 
 GLOBAL_MODEL_NAME = "FL_global_model"
 
@@ -46,10 +52,12 @@ def load_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
 
 class PromptPersistor(ModelPersistor):
     def __init__(self, model_file: str = f"{GLOBAL_MODEL_NAME}.npz",
-                 best_model_file: str = f"best_{GLOBAL_MODEL_NAME}.npz"):
+                 best_model_file: str = f"best_{GLOBAL_MODEL_NAME}.npz", resume_from: str = ""):
+        """`resume_from`: an earlier job's global model file (relative to the app folder) to start from."""
         super().__init__()
         self.model_file = model_file
         self.best_model_file = best_model_file
+        self.resume_from = resume_from
         self.weights: dict[str, Any] = {}
         self.round: int | None = None  # rounds aggregated into self.weights
         self.best_round: int | None = None
@@ -62,14 +70,37 @@ class PromptPersistor(ModelPersistor):
 
     def load_model(self, fl_ctx: FLContext) -> ModelLearnable:
         self._path(fl_ctx, self.model_file)
+        if self.resume_from:
+            return self._resume(fl_ctx)
         self.log_info(fl_ctx, "global shared prompt starts empty: every site draws the same initial prompt from "
                               "train.seed in round 1")
         return make_model_learnable({}, {})
 
+    def _resume(self, fl_ctx: FLContext) -> ModelLearnable:
+        path = self._path(fl_ctx, self.resume_from)
+        start = fl_ctx.get_prop(AppConstants.START_ROUND, 0)
+        try:
+            weights, info = load_npz(path)
+            if HE_HEADER_KEY in weights:  # a CKKS job's model: ciphertext, checked as far as the server can
+                EncryptedUpdate.from_data(weights, str(path))
+            else:
+                check_update(weights, None, None)
+            if info.get("round") != start:
+                raise ValueError(f"it holds the global model after round {info.get('round')}, but the workflow's "
+                                 f"start_round is {start}; they must be equal (fedrsclip job --resume sets both)")
+        except Exception as exc:  # missing, truncated, foreign or non-finite: stop and name the file
+            self.system_panic(f"cannot resume from the global model {path}: {exc}", fl_ctx)
+            return make_model_learnable({}, {})
+        self.weights, self.round = weights, start
+        self.log_info(fl_ctx, f"resuming from {path}: the global model after round {start} of job "
+                              f"{info.get('job_id', '?')}; the next round is {start + 1}")
+        return make_model_learnable(weights, {})
+
     def save_model(self, model: ModelLearnable, fl_ctx: FLContext):
         self.weights = dict(model.get(ModelLearnableKey.WEIGHTS) or {})
         self.round = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
-        path = save_npz(self._path(fl_ctx, self.model_file), self.weights, {"round": self.round})
+        path = save_npz(self._path(fl_ctx, self.model_file), self.weights,
+                        {"round": self.round, "job_id": fl_ctx.get_job_id()})
         self.log_info(fl_ctx, f"global model after round {self.round} saved to {path}")
 
     def save_best(self, fl_ctx: FLContext, weights: dict[str, Any], after_round: int, metric: float) -> Path:

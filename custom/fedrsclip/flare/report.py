@@ -136,8 +136,22 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def report_command(workspace: str | Path) -> int:
-    """Print the table of the run in `workspace`. 0: a finished run; 2: the run failed or is incomplete;
-    1: no readable results file."""
+    """An experiment folder (`fedrsclip experiment --out`): write its report.md and figures, print the report;
+    0, or 1 when it has no finished cell. Otherwise print the table of the run in `workspace`. 0: a finished run;
+    2: the run failed or is incomplete; 1: no readable results file."""
+    from ..reporting.cells import is_experiment
+
+    if is_experiment(workspace):
+        from ..reporting import write_report
+
+        try:
+            path = write_report(workspace)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(path.read_text(encoding="utf-8"))
+        print(f"report: {path} (figures next to it)")
+        return 0
     try:
         path = find_results(workspace)
         results = load_results(path)

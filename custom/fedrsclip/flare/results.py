@@ -5,7 +5,9 @@ atomically after every round and at the end. Per round and site it holds what th
 (fedrsclip.federation): training samples, seconds, bytes up and down, training metrics, and the accuracy/loss on
 the site's own test split of the global model after that round (with the site's private prompt) - measured when
 the site receives that model: at the next round's train task, or the final GlobalModelEval task for the last round.
-A site without a result for a round is marked {"missing": true, "error": ...}.
+A site without a result for a round is marked {"missing": true, "error": ...}; so is a site whose update the
+aggregator rejected (kind "rejected", fedrsclip.flare.aggregator), and, when the job stops mid-round, every site
+that had not answered yet.
 
 A task that failed because of the job's own fedrsclip configuration (an unknown algorithm, a bad option) is the
 same on every site: the collector then stops the job (system_panic) with that message.
@@ -27,6 +29,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
 from ..io import atomic_write_json
+from .aggregator import CONTRIBUTION_REJECTED, REJECTION_PROP
 from .executor import ERROR_HEADER, ERROR_KIND_HEADER, META_KEY, ROUND_HEADER
 from .report import RESULTS_FILE, site_order
 
@@ -75,6 +78,8 @@ class ResultsCollector(Widget):
                 self._submission(fl_ctx)
             elif event_type == AppEventType.ROUND_DONE:
                 self._round_done(fl_ctx)
+            elif event_type == CONTRIBUTION_REJECTED:
+                self._rejected(fl_ctx.get_prop(REJECTION_PROP) or {})
             elif event_type == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE:
                 value = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)
                 self.best = {"round": int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)),
@@ -85,6 +90,9 @@ class ResultsCollector(Widget):
                 reason = fl_ctx.get_prop(FLContextKey.EVENT_DATA, "")
                 if reason:
                     self.errors.append({"site": "server", "kind": "fatal", "error": str(reason)})
+                open_rounds = [r for r, v in self.rounds.items() if "finished" not in v]
+                if open_rounds:  # stopped mid-round: whoever had not answered is missing from it
+                    self._mark_absent(self.rounds[max(open_rounds)])
                 self._write()
             elif event_type == EventType.END_RUN:
                 self._end(fl_ctx)
@@ -143,7 +151,7 @@ class ResultsCollector(Widget):
         if not isinstance(record, dict):
             self._record_error(site, task, rnd, "result", "the result carries no fedrsclip record")
             return
-        for key in ("algorithm", "backbone", "data"):
+        for key in ("algorithm", "backbone", "data", "encryption"):
             if key in record:
                 self.results.setdefault(key, record[key])
         received = {k: record.get("received", {}).get(k) for k in _EVAL_KEYS}
@@ -151,6 +159,8 @@ class ResultsCollector(Widget):
             rnd = int(record["round"])
             entry = {"samples_train": record["samples_train"], "seconds": record["seconds"],
                      "bytes_up": record["bytes_up"], "bytes_down": record["bytes_down"], **record.get("metrics", {})}
+            if "bytes_up_plain" in record:  # CKKS: bytes_up is the ciphertext, this the values it encrypts
+                entry["bytes_up_plain"] = record["bytes_up_plain"]
             if not record.get("state_continued", True):
                 entry["state_restarted"] = True
             self.rounds.setdefault(rnd, {"round": rnd, "sites": {}, "missing": {}})["sites"].setdefault(
@@ -172,13 +182,23 @@ class ResultsCollector(Widget):
         elif task == self.validate_task_name:
             self.final[site] = {"missing": True, "kind": kind, "error": message}
 
-    def _round_done(self, fl_ctx: FLContext) -> None:
-        rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
-        record = self.rounds.setdefault(rnd, {"round": rnd, "sites": {}, "missing": {}})
+    def _rejected(self, info: dict) -> None:
+        """The aggregator refused a site's update: it did not count in that round."""
+        site, rnd = info.get("site", "?"), info.get("round")
+        if isinstance(rnd, int):
+            self.rounds.get(rnd, {}).get("sites", {}).pop(site, None)
+        self._record_error(site, self.train_task_name, rnd, "rejected", str(info.get("error")))
+
+    def _mark_absent(self, record: dict) -> None:
         for site in self.sites:
             if site not in record["sites"] and site not in record["missing"]:
                 record["missing"][site] = {"missing": True, "kind": "no_result",
                                            "error": "no result from this site in this round"}
+
+    def _round_done(self, fl_ctx: FLContext) -> None:
+        rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
+        record = self.rounds.setdefault(rnd, {"round": rnd, "sites": {}, "missing": {}})
+        self._mark_absent(record)
         record["finished"] = time.time()
         self._write()
         if self.sites and not record["sites"]:

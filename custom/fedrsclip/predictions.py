@@ -1,0 +1,63 @@
+"""What a site's final model predicts on its own test split: per-class confusion counts and a few sample images.
+
+Site-local information (it names the site's image files and shows its class balance): the FLARE executor writes it
+into the site's own workspace at the final validate task and never sends it to the server. In a simulation every
+workspace is on one machine, so the experiment runner gathers these files into the cell's results for the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PREDICTIONS_SUFFIX = "-predictions.json"  # <site state dir>/<site>-predictions.json
+SAMPLES_PER_CLASS = 2
+
+
+def predictions_path(state_dir: str | Path, site: str) -> Path:
+    return Path(state_dir) / f"{site}{PREDICTIONS_SUFFIX}"
+
+
+def _paths_labels_preds(site) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+    """Test image paths (None when they cannot be matched to predictions), true labels and predicted labels."""
+    test = site.test_set
+    if hasattr(test, "global_feats"):  # a prompt site: cached CLIP features, paths in the same order
+        _, pred = site.trainer.predict(test)
+        return list(test.paths), test.labels.numpy(), pred.numpy()
+    logits, labels = site.trainer.predict(test)  # a classifier site: only readable images come back
+    items = getattr(test, "items", [])
+    paths = [str(p) for p, _ in items] if len(items) == len(labels) else None
+    return paths, labels.numpy(), logits.argmax(-1).numpy()
+
+
+def site_predictions(site, samples_per_class: int = SAMPLES_PER_CLASS) -> dict[str, Any]:
+    """Confusion counts [true][predicted] over the site's test split, `samples_per_class` (path, true, predicted)
+    samples of each class drawn with a seed fixed per site (neither mistakes nor successes are favoured), and the
+    zero-shot reference on the same images when the site has a CLIP backbone."""
+    classes = list(site.classnames)
+    out: dict[str, Any] = {"site": site.name, "algorithm": site.cfg.algorithm, "classes": classes}
+    if site.test_set is None or len(site.test_set) == 0:
+        return {**out, "samples_test": 0, "confusion": [], "samples": []}
+    paths, labels, preds = _paths_labels_preds(site)
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (labels, preds), 1)
+    samples = []
+    if paths is not None:
+        from .trainer import site_seed  # torch: only where a site predicts, not for the experiment runner
+
+        rng = np.random.default_rng(site_seed(site.cfg.train.seed, site.name))
+        for cls in range(k):
+            index = np.flatnonzero(labels == cls)
+            for i in sorted(rng.choice(index, size=min(samples_per_class, len(index)), replace=False)):
+                samples.append({"path": paths[i], "true": int(labels[i]), "predicted": int(preds[i])})
+    out.update(samples_test=int(len(labels)), accuracy=float((labels == preds).mean() * 100.0),
+               confusion=confusion.tolist(), samples=samples)
+    backbone = getattr(site, "backbone", None)
+    if backbone is not None:
+        from .trainer import zero_shot_accuracy
+
+        out["zero_shot"] = zero_shot_accuracy(backbone, classes, site.test_set)
+    return out

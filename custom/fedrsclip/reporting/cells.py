@@ -1,0 +1,69 @@
+"""Reading an experiment folder: its grid (experiment.json) and one results record per cell (cells/*.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..experiment import CELLS_DIR, CENTRALIZED, EXPERIMENT_FILE
+
+Record = dict[str, Any]
+
+
+def is_experiment(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / EXPERIMENT_FILE).is_file() or (folder / CELLS_DIR).is_dir()
+
+
+def load_experiment(folder: str | Path) -> tuple[dict[str, Any], list[Record]]:
+    """The grid settings and every finished cell's record (unfinished ones are left out of the report)."""
+    folder = Path(folder)
+    try:
+        grid = json.loads((folder / EXPERIMENT_FILE).read_text()) if (folder / EXPERIMENT_FILE).is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {folder / EXPERIMENT_FILE}: {exc}") from exc
+    records = []
+    for path in sorted((folder / CELLS_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            record["cell"]["algorithm"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a fedrsclip experiment cell ({exc}); delete it and rerun "
+                             "fedrsclip experiment to redo that cell") from exc
+        record["path"] = str(path)
+        records.append(record)
+    if not any(finished(r) for r in records):
+        raise ValueError(f"no finished cell in {folder / CELLS_DIR}: run fedrsclip experiment --out {folder} first")
+    return grid, records
+
+
+def finished(record: Record) -> bool:
+    return record.get("returncode") == 0 and (record.get("results") or {}).get("status") == "finished"
+
+
+def number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def final_accuracy(record: Record) -> float | None:
+    """The final global model's accuracy, each site on its own test split (with its private prompt), weighted by
+    test samples; the last round's when the final evaluation is missing."""
+    results = record.get("results") or {}
+    value = number((results.get("final") or {}).get("weighted_accuracy"))
+    if value is None and results.get("rounds"):
+        value = number(results["rounds"][-1].get("weighted_accuracy"))
+    return value
+
+
+def column_key(column: str) -> tuple[int, int]:
+    return (0, 0) if column == CENTRALIZED else (1, int(column))
+
+
+def columns(records: Iterable[Record]) -> list[str]:
+    return sorted({r["cell"]["column"] for r in records}, key=column_key)
+
+
+def select(records: Iterable[Record], **where: Any) -> list[Record]:
+    return [r for r in records if finished(r) and all(r["cell"].get(k) == v for k, v in where.items())]

@@ -1,0 +1,82 @@
+"""`report.md` of an experiment folder: what was run (backbone, weights, data, seeds, rounds), the tables, the
+figures, and the cells behind them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..flare.report import caveat
+from ..io import atomic_write
+from . import figures
+from .cells import Record, column_key, load_experiment, select
+from .tables import ABLATIONS, COMPARISON, ordered, table
+
+REPORT_FILE = "report.md"
+
+
+def _distinct(records: list[Record], key: str) -> list[str]:
+    """The distinct values of a results entry; the site count, which varies by column, left out."""
+    return sorted({re.sub(r"\b\d+ sites?, ", "", str(r["results"][key])) for r in records if r["results"].get(key)})
+
+
+def _header(grid: dict, done: list[Record], records: list[Record]) -> list[str]:
+    notes = sorted({n for n in (caveat(r["results"]) for r in done) if n})
+    seeds = sorted({r["cell"]["seed"] for r in done})
+    rounds = sorted({len(r["results"].get("rounds", [])) for r in done})
+    lines = ["# FedRSCLIP experiment report", ""]
+    if notes:
+        lines += [f"> **Not a result about FedRSCLIP: {'; '.join(notes)}.** These numbers show that the federation "
+                  "and the methods run; they are not comparable with the paper's tables.", ""]
+    lines += [f"- backbone and weights: {'; '.join(_distinct(done, 'backbone')) or '?'}",
+              f"- data: {grid.get('data', '?')}; as the sites saw it: {'; '.join(_distinct(done, 'data')) or '?'}",
+              f"- seeds (train.seed): {', '.join(map(str, seeds))}: each entry is the mean ± sample std over seeds "
+              "(one value: one seed)",
+              f"- rounds: {', '.join(map(str, rounds))}; settings for every cell: "
+              f"{', '.join(f'`{o}`' for o in grid.get('overrides') or []) or 'the job defaults'}",
+              "- accuracy (%): the final global model, evaluated by each site on its own test split (with its private "
+              "prompt where the algorithm has one), weighted by test samples",
+              "- centralized: the same FLARE job with one site holding all the data (every site's train and test "
+              "split pooled)",
+              f"- cells: {len(done)} finished of {len(records)} recorded"
+              + (f" ({len(grid.get('cells', []))} in the grid)" if grid.get("cells") else ""), ""]
+    return lines
+
+
+def write_report(folder: str | Path) -> Path:
+    """Write `<folder>/report.md` and its PNG figures; returns the report's path."""
+    folder = Path(folder)
+    grid, records = load_experiment(folder)
+    done = select(records)
+    algorithms = list(dict.fromkeys([*(grid.get("algorithms") or []), *(r["cell"]["algorithm"] for r in done)]))
+    partitions = [p for p in dict.fromkeys(r["cell"]["partition"] for r in done) if p != "pooled"] or ["uniform"]
+    lines = _header(grid, done, records)
+    comparison = ordered([a for a in algorithms if a not in ABLATIONS[:-1]], COMPARISON)
+    ablations = ordered([a for a in algorithms if a in ABLATIONS], ABLATIONS)
+    for partition in partitions:
+        suffix = "" if len(partitions) == 1 else f"-{partition}"
+        lines += [f"## Partition: {partition}", "", "### Comparison (layout of Tables II-IV)", "",
+                  table(done, partition, comparison, zero_shot_row=True), ""]
+        if len(ablations) > 1:
+            lines += ["### Ablations (layout of Tables V-VII)", "", table(done, partition, ablations, False), ""]
+        lines += ["### Figures", ""]
+        pictures = [figures.accuracy_per_round(done, algorithms, partition,
+                                               folder / f"accuracy_per_round{suffix}.png")]
+        federated = sorted({r["cell"]["column"] for r in select(done, partition=partition)}, key=column_key)
+        if federated:
+            pictures.append(figures.per_site_accuracy(done, algorithms, federated[-1], partition,
+                                                      folder / f"per_site_accuracy{suffix}.png"))
+        shown = figures.showcase(done, ordered(algorithms, ["fedrsclip"]), partition)
+        if shown is not None:
+            pictures.append(figures.confusion_matrix(shown, folder / f"confusion_matrix{suffix}.png"))
+            pictures.append(figures.prediction_grid(shown, folder / f"predictions{suffix}.png"))
+        lines += [f"![{p.stem}]({p.name})" for p in pictures if p is not None] + [""]
+    lines += ["## Cells", "", "| cell | status | seconds | results |", "|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: r["cell"]["name"]):
+        status = (r.get("results") or {}).get("status", "?")
+        lines.append(f"| {r['cell']['name']} | {status} | {r.get('seconds', 0):.0f} | "
+                     f"{Path(r['path']).relative_to(folder)} |")
+    path = folder / REPORT_FILE
+    text = "\n".join(lines) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+    return path

@@ -1,0 +1,180 @@
+"""CKKS encryption of the shared prompt: real TenSEAL ciphertexts, the server's keyless sum, per-site weights, the
+wire size against FLARE's stock HE path, and every bad input refused with a message naming what to fix."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+ts = pytest.importorskip("tenseal")
+
+from fedrsclip.flare.he_context import install_kit_contexts, prepare_simulator_contexts  # noqa: E402
+from fedrsclip.flare.job import CKKS_AGGREGATOR, CKKS_DECRYPTOR, CKKS_ENCRYPTOR, DEFAULT_JOB, job_settings, \
+    prepare_job  # noqa: E402
+from fedrsclip.he import (CLIENT_CONTEXT_FILE, HEADER_KEY, SERVER_CONTEXT_FILE, EncryptedSum,  # noqa: E402
+                          EncryptedUpdate, HEError, decrypt_average, encrypt_update, key_id, load_context,
+                          make_contexts)
+
+
+@pytest.fixture(scope="module")
+def contexts():
+    client, server = make_contexts()
+    return load_context(client, "client", need_secret=True), load_context(server, "server", need_secret=False)
+
+
+def _prompts(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"shared_ctx": rng.normal(0, 0.3, (4, 512)).astype(np.float32)} for _ in range(n)]
+
+
+def _aggregate(client_ctx, server_ctx, payloads, weights):
+    total = EncryptedSum(server_ctx)
+    for k, (payload, weight) in enumerate(zip(payloads, weights)):
+        update = EncryptedUpdate.from_data(encrypt_update(client_ctx, payload, weight).to_data(), f"site-{k + 1}")
+        total.add(update, f"site-{k + 1}")
+    return total.result()
+
+
+def test_weighted_mean_through_ciphertexts_applies_each_sites_weight(contexts):
+    client_ctx, server_ctx = contexts
+    payloads, weights = _prompts(5), [10.0, 400.0, 37.0, 2500.0, 84.0]
+    result = _aggregate(client_ctx, server_ctx, payloads, weights)
+    got = decrypt_average(client_ctx, EncryptedUpdate.from_data(result.to_data(), "global"), "global")["shared_ctx"]
+    stacked = np.stack([p["shared_ctx"] for p in payloads]).astype(np.float64)
+    weighted = np.tensordot(np.asarray(weights) / sum(weights), stacked, axes=1)
+    unweighted = stacked.mean(axis=0)
+    assert got.shape == (4, 512) and got.dtype == np.float32
+    error = np.abs(got - weighted).max()
+    assert error < 1e-6, error
+    assert np.abs(got - unweighted).max() > 100 * error  # the weights really changed the result
+    assert result.contributions == 5 and result.weight == sum(weights)
+
+
+def test_server_context_cannot_decrypt_and_one_ciphertext_fits_2048_values(contexts):
+    client_ctx, server_ctx = contexts
+    update = encrypt_update(client_ctx, _prompts(1)[0], 3.0)
+    vector = ts.ckks_vector_from(server_ctx, update.vectors["shared_ctx"])
+    with pytest.raises(ValueError, match="secret"):
+        vector.decrypt()
+    assert vector.size() == 2048
+    assert update.nbytes < 100 * 1024  # one N=4096 ciphertext (issue target: CKKS upload <= 100 KB)
+
+
+def test_plaintext_where_ciphertext_expected_and_reverse_are_refused(contexts):
+    client_ctx, server_ctx = contexts
+    with pytest.raises(HEError, match="plaintext values.*--he"):
+        EncryptedUpdate.from_data(_prompts(1)[0], "the update from site-2")
+    data = encrypt_update(client_ctx, _prompts(1)[0], 1.0).to_data()
+    data["shared_ctx"] = np.zeros(2048, np.float32)  # a plaintext array in an encrypted update
+    with pytest.raises(HEError, match="not a serialized ciphertext"):
+        EncryptedUpdate.from_data(data, "the update from site-2")
+
+
+def test_size_and_shape_mismatches_are_rejected_before_adding(contexts):
+    client_ctx, server_ctx = contexts
+    total = EncryptedSum(server_ctx)
+    total.add(encrypt_update(client_ctx, _prompts(1)[0], 1.0), "site-1")
+    small = encrypt_update(client_ctx, {"shared_ctx": np.ones((2, 512), np.float32)}, 1.0)
+    with pytest.raises(HEError, match="do not match"):
+        total.add(small, "site-2")
+    lying = encrypt_update(client_ctx, {"shared_ctx": np.ones((2, 512), np.float32)}, 1.0)
+    lying.shapes = {"shared_ctx": (4, 512)}  # claims 2,048 values, holds 1,024
+    with pytest.raises(HEError, match="holds 1024 encrypted values"):
+        total.add(lying, "site-3")
+    garbage = EncryptedUpdate({"shared_ctx": b"\x00" * 100}, {"shared_ctx": (4, 512)}, 1.0, key_id(client_ctx))
+    with pytest.raises(HEError, match="not a ciphertext"):
+        total.add(garbage, "site-4")
+    assert total.count == 1 and total.weight == 1.0  # nothing of the bad ones was added
+
+
+def test_another_key_is_detected_by_the_server_and_by_the_site(contexts):
+    client_ctx, server_ctx = contexts
+    other = load_context(make_contexts()[0], "other", need_secret=True)
+    total = EncryptedSum(server_ctx)
+    total.add(encrypt_update(client_ctx, _prompts(1)[0], 1.0), "site-1")
+    with pytest.raises(HEError, match="not the one the other sites use"):
+        total.add(encrypt_update(other, _prompts(1)[0], 1.0), "site-2")
+    with pytest.raises(HEError, match="same client context"):
+        decrypt_average(other, total.result(), "the global model")
+
+
+def test_context_files_are_checked(contexts, tmp_path):
+    client, server = make_contexts()
+    with pytest.raises(HEError, match="holds no secret key"):
+        load_context(server, "site-1/startup/server_context.tenseal", need_secret=True)
+    with pytest.raises(HEError, match="must never have it"):
+        load_context(client, "server/startup/client_context.tenseal", need_secret=False)
+    with pytest.raises(HEError, match="not a TenSEAL context.*he-context"):
+        load_context(b"not a context", "startup/client_context.tenseal", need_secret=True)
+    with pytest.raises(HEError, match="missing or empty"):
+        load_context(b"", "startup/client_context.tenseal", need_secret=True)
+    with pytest.raises(HEError, match="NaN or Inf"):
+        encrypt_update(contexts[0], {"shared_ctx": np.full(4, np.nan)}, 1.0)
+    with pytest.raises(HEError, match="smaller scale"):  # beyond the parameters' headroom: refused, not wrapped
+        encrypt_update(contexts[0], {"shared_ctx": np.full(4, 1e9)}, 1.0)
+
+
+def test_simulator_and_kit_contexts(tmp_path):
+    startup, made = prepare_simulator_contexts(tmp_path / "ws")
+    assert made and (startup / CLIENT_CONTEXT_FILE).is_file() and (startup / SERVER_CONTEXT_FILE).is_file()
+    before = (startup / CLIENT_CONTEXT_FILE).read_bytes()
+    assert prepare_simulator_contexts(tmp_path / "ws") == (startup, False)  # kept: a rerun keeps its key
+    assert (startup / CLIENT_CONTEXT_FILE).read_bytes() == before
+
+    prod = tmp_path / "prod_00"
+    for name, kind in (("server", "fed_server.json"), ("site-1", "fed_client.json"), ("site-2", "fed_client.json"),
+                       ("admin@nvidia.com", "fed_admin.json")):
+        (prod / name / "startup").mkdir(parents=True)
+        (prod / name / "startup" / kind).write_text("{}")
+    (prod / "server" / "startup" / CLIENT_CONTEXT_FILE).write_bytes(before)  # a leftover secret key on the server
+    install_kit_contexts(prod)
+    assert not (prod / "server" / "startup" / CLIENT_CONTEXT_FILE).exists()
+    load_context((prod / "server" / "startup" / SERVER_CONTEXT_FILE).read_bytes(), "server", need_secret=False)
+    keys = {key_id(load_context((prod / s / "startup" / CLIENT_CONTEXT_FILE).read_bytes(), s, need_secret=True))
+            for s in ("site-1", "site-2")}
+    assert len(keys) == 1  # one key for all sites
+    assert not (prod / "admin@nvidia.com" / "startup" / CLIENT_CONTEXT_FILE).exists()
+    (prod / "site-1" / "startup" / "signature.json").write_text("{}")
+    with pytest.raises(HEError, match="signed"):
+        install_kit_contexts(prod)
+
+
+def test_he_job_variant(tmp_path):
+    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=3, rounds=2, he=True)
+    assert job_settings(job)["he"] and not job_settings(DEFAULT_JOB)["he"]
+    config = job / "app" / "config"
+    server = json.loads((config / "config_fed_server.json").read_text())
+    client = json.loads((config / "config_fed_client.json").read_text())
+    assert next(c for c in server["components"] if c["id"] == "aggregator")["path"] == CKKS_AGGREGATOR
+    (data_chain,) = client["task_data_filters"]
+    (result_chain,) = client["task_result_filters"]
+    assert data_chain["filters"][0]["path"] == CKKS_DECRYPTOR and set(data_chain["tasks"]) == {"train", "validate"}
+    assert result_chain["tasks"] == ["train"] and result_chain["filters"][-1]["path"] == CKKS_ENCRYPTOR
+    assert json.loads((job / "meta.json").read_text())["name"].endswith("-he")
+    again = prepare_job(job, tmp_path / "again", he=True)  # already CKKS: not doubled
+    client2 = json.loads((again / "app" / "config" / "config_fed_client.json").read_text())
+    assert [len(c["filters"]) for c in client2["task_result_filters"]] == [1]
+
+
+def test_header_is_data_not_code(contexts):
+    update = encrypt_update(contexts[0], _prompts(1)[0], 2.0)
+    data = update.to_data()
+    header = json.loads(bytes(data[HEADER_KEY]).decode())
+    assert header["shapes"] == {"shared_ctx": [4, 512]} and header["weight"] == 2.0
+    assert set(header) == {"format", "shapes", "weight", "key_id", "contributions"}  # no values in the clear
+
+
+def test_he_context_command(tmp_path, capsys):
+    from fedrsclip.cli import main
+
+    assert main(["he-context", "--simulator", str(tmp_path / "ws")]) == 0
+    assert "wrote client and server contexts" in capsys.readouterr().out
+    assert main(["he-context", "--simulator", str(tmp_path / "ws")]) == 0
+    assert "kept the existing" in capsys.readouterr().out
+    assert main(["he-context", "--kits", str(tmp_path / "nothing")]) == 2  # a clear error, not a traceback
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["he-context", "--kits", str(tmp_path / "empty")]) == 2
+    assert "holds no server or no client startup kit" in capsys.readouterr().err

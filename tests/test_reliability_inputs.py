@@ -1,0 +1,145 @@
+"""Bad input that the other test files do not cover: a NaN loss and a diverging OT mid-round, a saved state from
+another class list or a corrupt one, a site without training images, updates the server must refuse, unreadable
+configuration files, and wrong fault-tolerance / resume options. Each must fail with a message that says what and
+where, and leave what was saved before exactly as it was."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from fedrsclip.algorithms import SHARED
+from fedrsclip.config import ConfigError
+from fedrsclip.data.errors import DataError
+from fedrsclip.flare.aggregator import ContributionError, check_update
+from fedrsclip.flare.job import DEFAULT_JOB, prepare_job, resume_job, set_fault_tolerance
+from fedrsclip.flare.persistor import save_npz
+from fedrsclip.flare.settings import SiteConfigError, resolve_site_settings
+from fedrsclip.ot import OTDivergedError
+from fedrsclip.site import Site, class_fingerprint
+from fedrsclip.trainer import PayloadError
+from conftest import tiny_config
+
+
+@pytest.fixture()
+def make_site(tiny_backbone, synth_manifest, feature_cache, tmp_path):
+    def make(*overrides, manifest=None, name="site-1"):
+        cfg = tiny_config("train.lr=0.05", *overrides, cache_dir=feature_cache)
+        return Site(cfg, name, manifest or synth_manifest, tiny_backbone, state_dir=tmp_path / "state",
+                    progress=False)
+    return make
+
+
+def saved_once(make_site, *overrides):
+    site = make_site(*overrides)
+    site.train_round(None, 0)
+    return site, site.state_path.read_bytes()
+
+
+def huge(site) -> dict:
+    """A finite shared prompt (so it is accepted) whose text features overflow."""
+    return {SHARED: np.full_like(site.trainer.payload()[SHARED], 3e38)}
+
+
+def test_nan_loss_fails_the_round_and_keeps_the_state(make_site):
+    _, before = saved_once(make_site, "algorithm=fedavg-pl")  # cosine scores: the loss itself goes non-finite
+    site = make_site("algorithm=fedavg-pl")
+    with pytest.raises(FloatingPointError, match="loss became .* in round 1 .*lower train.lr"):
+        site.train_round(huge(site), 1)
+    assert site.state_path.read_bytes() == before
+
+
+def test_diverging_ot_fails_the_round_and_keeps_the_state(make_site):
+    site, before = saved_once(make_site)
+    with pytest.raises(OTDivergedError, match="ot.log_domain: true"):
+        site.train_round(huge(site), 1)
+    assert site.state_path.read_bytes() == before
+
+
+def test_saved_state_of_another_class_list_is_refused(make_site, synth_manifest):
+    site, before = saved_once(make_site)
+    other = copy.deepcopy(synth_manifest)
+    other["classes"] = list(reversed(other["classes"]))
+    with pytest.raises(PayloadError, match=f"{site.state_path}.* was trained on 10 classes .*use the manifest"):
+        make_site(manifest=other)
+    assert site.state_path.read_bytes() == before
+    assert class_fingerprint(other["classes"]) != class_fingerprint(synth_manifest["classes"])
+
+
+def test_corrupt_saved_state_is_refused_not_replaced(make_site):
+    site, before = saved_once(make_site)
+    site.state_path.write_bytes(before[: len(before) // 2])
+    with pytest.raises(PayloadError, match="cannot be read"):
+        make_site()
+    assert site.state_path.read_bytes() == before[: len(before) // 2]
+
+
+def test_site_without_training_images(make_site, synth_manifest):
+    empty = copy.deepcopy(synth_manifest)
+    empty["sites"]["site-2"]["train"] = []
+    with pytest.raises(DataError, match="site-2: the manifest gives this site no training images"):
+        make_site(manifest=empty, name="site-2")
+
+
+@pytest.mark.parametrize("data, weight, words", [
+    ({SHARED: np.full((4, 64), np.nan, np.float32)}, 10, "holds 256 NaN or Inf"),
+    ({SHARED: np.full((4, 64), np.inf, np.float32)}, 10, "NaN or Inf"),
+    ({SHARED: np.zeros((4, 64), np.int64)}, 10, "dtype int64"),
+    ({SHARED: np.zeros((5, 64), np.float32)}, 10, r"shape \(5, 64\), the global model's is \(4, 64\)"),
+    ({"other": np.zeros((4, 64), np.float32)}, 10, "not the global model's"),
+    ({SHARED: [0.0] * 256}, 10, "list, not an array"),
+    ({}, 10, r"entries \[\] are not the global model's"),  # empty is valid only when every site sends nothing
+    ({SHARED: np.zeros((4, 64), np.float32)}, float("nan"), "weight"),
+    ({SHARED: np.zeros((4, 64), np.float32)}, 0, "weight"),
+])
+def test_server_refuses_bad_updates(data, weight, words):
+    with pytest.raises(ContributionError, match=words):
+        check_update(data, weight, {SHARED: (4, 64)})
+    assert check_update({SHARED: np.zeros((4, 64), np.float32)}, 10, {SHARED: (4, 64)}) == {SHARED: (4, 64)}
+
+
+def test_missing_or_unreadable_configuration_files(tmp_path):
+    with pytest.raises(ConfigError, match=f"configuration file {tmp_path / 'job.yaml'} does not exist"):
+        resolve_site_settings("site-1", tmp_path / "job.yaml", [], tmp_path, tmp_path)
+    (tmp_path / "fedrsclip_site.yaml").write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(SiteConfigError, match=f"cannot read the site configuration {tmp_path / 'fedrsclip_site.yaml'}"):
+        resolve_site_settings("site-1", None, [], tmp_path, tmp_path)
+
+
+def test_fault_tolerance_options(tmp_path):
+    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=4, rounds=3)
+    assert set_fault_tolerance(job, min_clients=3, train_timeout=60, wait_after_min=5) == {
+        "min_clients": 3, "train_timeout": 60, "wait_time_after_min_received": 5}
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    assert next(c for c in server["components"] if c["id"] == "aggregator")["args"]["min_clients"] == 3
+    assert json.loads((job / "meta.json").read_text())["min_clients"] == 3
+    evaluation = next(w for w in server["workflows"] if w["path"].endswith("GlobalModelEval"))
+    assert evaluation["args"]["validation_timeout"] == 60
+    for bad, words in [({"min_clients": 5, "sites": 4}, "between 1 and the job's 4 sites"),
+                       ({"min_clients": 0}, "between"),
+                       ({"train_timeout": -1}, "--train-timeout must be 0 or more")]:
+        with pytest.raises(ValueError, match=words):
+            set_fault_tolerance(job, **bad)
+
+
+def test_resume_options(tmp_path):
+    run = tmp_path / "run" / "server" / "simulate_job" / "app_server"
+    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=2, rounds=3)
+    with pytest.raises(FileNotFoundError, match="no FL_global_model.npz"):
+        resume_job(job, tmp_path / "run")
+    save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 3, "job_id": "simulate_job"})
+    with pytest.raises(ValueError, match="after round 3, and the job has 3 rounds: nothing is left"):
+        resume_job(job, tmp_path / "run")
+    (run / "FL_global_model.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="cannot read the global model"):
+        resume_job(job, tmp_path / "run")
+    save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 1, "job_id": "simulate_job"})
+    info = resume_job(job, run)
+    assert (info["rounds_done"], info["rounds_left"]) == (1, 2)
+    assert info["site_state"] == str(tmp_path / "run" / "{site}" / "simulate_job" / "fedrsclip")
+    save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 1, "job_id": "1234-abcd"})
+    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=2, rounds=3)
+    assert resume_job(job, run / "FL_global_model.npz")["site_state"] == "1234-abcd/fedrsclip"  # POC / deployment
