@@ -143,3 +143,10 @@ def test_resume_options(tmp_path):
     save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 1, "job_id": "1234-abcd"})
     job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=2, rounds=3)
     assert resume_job(job, run / "FL_global_model.npz")["site_state"] == "1234-abcd/fedrsclip"  # POC / deployment
+
+
+def test_an_empty_update_is_valid_only_without_a_global_model():
+    """`local` sends nothing: every site's update is empty and the global model stays empty."""
+    assert check_update({}, 10, None) == {}
+    with pytest.raises(ContributionError, match="not the global model's"):
+        check_update({}, 10, {SHARED: (4, 64)})

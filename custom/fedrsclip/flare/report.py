@@ -120,8 +120,11 @@ def format_table(results: Mapping[str, Any]) -> str:
                    f"({best.get('selected_by', '')})")
     bytes_up = [v.get("bytes_up") for r in rounds for v in r.get("sites", {}).values()
                 if isinstance(v.get("bytes_up"), int)]
+    plain = [v.get("bytes_up_plain") for r in rounds for v in r.get("sites", {}).values()
+             if isinstance(v.get("bytes_up_plain"), int)]
     if bytes_up:
-        out.append(f"sent per site and round: {max(bytes_up):,} bytes up")
+        out.append(f"sent per site and round: {max(bytes_up):,} bytes up"
+                   + (f" (CKKS ciphertext of {max(plain):,} bytes of values)" if plain else ""))
     errors = results.get("errors") or []
     if errors:
         out.append(f"{len(errors)} failed task(s):")
