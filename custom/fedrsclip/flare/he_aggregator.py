@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nvflare.apis.dxo import DXO, DataKind, MetaKey
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
@@ -51,8 +51,6 @@ class CKKSAggregator(GatedAggregator):
         return (tuple(sorted(update.shapes.items())), update.key_id)
 
     def _combine(self, held: dict[str, tuple[Shareable, dict]], fl_ctx: FLContext) -> tuple[list[str], Shareable]:
-        from nvflare.apis.dxo import from_shareable
-
         total = EncryptedSum(self._context(fl_ctx))
         accepted = []
         for site in sorted(held, key=site_order):
