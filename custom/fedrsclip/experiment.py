@@ -180,11 +180,12 @@ def cell_path(out: Path, cell: Cell) -> Path:
 
 
 def is_finished(path: Path) -> bool:
+    from .reporting.cells import finished  # the report's own test of a finished cell
+
     try:
-        record = json.loads(path.read_text())
+        return finished(json.loads(path.read_text()))
     except (OSError, ValueError):
         return False
-    return record.get("returncode") == 0 and (record.get("results") or {}).get("status") == "finished"
 
 
 def gather_site_predictions(workspace: Path, results: dict[str, Any]) -> dict[str, Any]:
