@@ -147,6 +147,11 @@ def test_too_long_description_names_the_class_and_the_limit(tiny_backbone, tiny_
 def test_bad_descriptions_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="prompt.class_descriptions: .*missing.yaml does not exist"):
         load_class_descriptions(tmp_path / "missing.yaml", CLASSES)
+    folders = write(tmp_path, {"dense_residential": "houses", "airplane": "planes"}, "folders.yaml")
+    assert load_class_descriptions(folders, ["dense residential"]) == {"dense residential": "houses"}
+    twice = write(tmp_path, {"golf_course": "a", "golf course": "b"}, "twice.yaml")
+    with pytest.raises(ConfigError, match="twice.yaml names a class twice"):
+        load_class_descriptions(twice, CLASSES)
     partial = write(tmp_path, {"airplane": "planes"})
     with pytest.raises(ConfigError, match=r"no description for 4 class\(es\): 'dense residential'"):
         load_class_descriptions(partial, CLASSES)

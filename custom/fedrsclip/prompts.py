@@ -13,6 +13,7 @@ encoder runs on sequences cut right after the longest EOT position (a few tokens
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -22,6 +23,8 @@ from torch import nn
 from .backbone import Backbone
 from .config import ConfigError, PromptConfig, read_yaml_mapping
 
+log = logging.getLogger(__name__)
+
 PROMPT_NAMES = ("shared", "private")
 SPECIAL_TOKENS = 2  # [SOS] and [EOT]
 
@@ -29,8 +32,9 @@ SPECIAL_TOKENS = 2  # [SOS] and [EOT]
 def load_class_descriptions(path: str | Path, classnames: Sequence[str] | None = None) -> dict[str, str]:
     """Read a YAML or JSON file mapping class name -> description (prompt.class_descriptions).
 
-    With `classnames`, every class must have a description (extra entries are allowed: one file may serve several
-    class lists). Raises ConfigError naming the file and the classes at fault.
+    With `classnames`, every class must have a description, keyed by its name ('_' and ' ' alike), and the result
+    is keyed by `classnames`; extra entries are allowed (one file may serve several class lists). Raises
+    ConfigError naming the file and the classes at fault.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -41,13 +45,21 @@ def load_class_descriptions(path: str | Path, classnames: Sequence[str] | None =
     if bad:
         raise ConfigError(f"class descriptions file {path}: each entry must map a class name to a non-empty text; "
                           f"not so for {', '.join(repr(b) for b in bad[:5])}")
-    if classnames is not None:
-        missing = [c for c in classnames if c not in loaded]
-        if missing:
-            raise ConfigError(f"class descriptions file {path} has no description for {len(missing)} class(es): "
-                              f"{', '.join(repr(m) for m in missing[:10])}; its keys must be the class names "
-                              f"({', '.join(repr(c) for c in list(classnames)[:5])}, ...)")
-    return dict(loaded)
+    if classnames is None:
+        return dict(loaded)
+    by_text = {_as_text(k): v for k, v in loaded.items()}  # "dense_residential" (a folder) = "dense residential"
+    if len(by_text) != len(loaded):
+        raise ConfigError(f"class descriptions file {path} names a class twice ('_' and ' ' count the same)")
+    missing = [c for c in classnames if _as_text(c) not in by_text]
+    if missing:
+        raise ConfigError(f"class descriptions file {path} has no description for {len(missing)} class(es): "
+                          f"{', '.join(repr(m) for m in missing[:10])}; its keys must be the class names "
+                          f"({', '.join(repr(c) for c in list(classnames)[:5])}, ...)")
+    return {c: by_text[_as_text(c)] for c in classnames}
+
+
+def _as_text(name: str) -> str:
+    return name.replace("_", " ")
 
 
 def class_texts(classnames: Sequence[str], descriptions: Mapping[str, str] | None = None) -> list[str]:
@@ -56,7 +68,7 @@ def class_texts(classnames: Sequence[str], descriptions: Mapping[str, str] | Non
     A description's trailing periods are dropped: the prompt adds its own ('... description . [EOT]').
     """
     if descriptions is None:
-        return [name.replace("_", " ") for name in classnames]
+        return [_as_text(name) for name in classnames]
     missing = [c for c in classnames if c not in descriptions]
     if missing:
         raise ConfigError(f"no class description for {', '.join(repr(m) for m in missing[:10])}")
@@ -137,6 +149,7 @@ class PromptLearner(nn.Module):
         descriptions = None
         if cfg.class_descriptions:
             descriptions = load_class_descriptions(cfg.class_descriptions, classnames)
+            log.info("class texts: the descriptions in %s (%d classes)", cfg.class_descriptions, len(classnames))
         ids, ctx_positions = [], []
         for classname, name_ids in zip(classnames, _class_token_ids(tokenizer, class_texts(classnames, descriptions))):
             ctx = [placeholder] * n_ctx
