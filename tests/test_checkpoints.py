@@ -288,6 +288,8 @@ def test_context_length_248_applies_kps(tiny_backbone):
 def test_impossible_context_lengths_are_refused(original, tmp_path):
     with pytest.raises(BackboneError, match="model.context_length: 100 is not possible .* 77, or 248"):
         load_backbone(tiny_cfg(context_length=100))
+    with pytest.raises(BackboneError, match="model.context_length: 100 is not possible for ViT-B-16/openai"):
+        load_backbone(ModelConfig(arch="ViT-B-16", pretrained="openai", context_length=100))  # before downloading
     path = tmp_path / "long.pt"
     torch.save(long_clip_state(original), path)
     with pytest.raises(BackboneError, match="model.context_length: 77 is not possible .*248 positions"):

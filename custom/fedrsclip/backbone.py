@@ -274,10 +274,11 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
                 "(set model.pretrained: null for random weights, or model.random_init: false)"
             )
         quick_gelu = bool(chosen)  # no weights to match: GELU unless asked
+        stretch = _stretch_wanted(cfg, native, native, cfg.arch)
         torch.manual_seed(cfg.init_seed)  # every site must build the same frozen random CLIP
         model, _, preprocess = open_clip.create_model_and_transforms(
             cfg.arch, pretrained=None, force_quick_gelu=quick_gelu, pretrained_text=False)
-        if _stretch_wanted(cfg, native, native, f"{cfg.arch}"):
+        if stretch:
             model = _stretched(model, cfg.arch, quick_gelu)
         fingerprint = f"{cfg.arch}|random|seed={cfg.init_seed}|quickgelu={quick_gelu}"
         description = f"{cfg.arch} with RANDOM weights (seed {cfg.init_seed}): not a pretrained CLIP"
@@ -299,6 +300,7 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         else:
             tag_cfg = open_clip.get_pretrained_cfg(cfg.arch, pretrained) or {}
             quick_gelu = bool(tag_cfg.get("quick_gelu", False)) if chosen is None else chosen
+            stretch = _stretch_wanted(cfg, native, native, f"{cfg.arch}/{pretrained}")  # before any download
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     cfg.arch, pretrained=pretrained, require_pretrained=True, cache_dir=cfg.cache_dir,
@@ -308,13 +310,13 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
                 raise BackboneError(f"cannot get pretrained weights {cfg.arch}/{pretrained} "
                                     f"({type(exc).__name__}: {exc}). {_offline_help(cfg, pretrained, quick_gelu)}"
                                     ) from exc
-            if _stretch_wanted(cfg, native, native, f"{cfg.arch}/{pretrained}"):
+            if stretch:
                 model = _stretched(model, cfg.arch, quick_gelu)
             fingerprint = f"{cfg.arch}|tag={pretrained}|quickgelu={quick_gelu}"
             description = f"{cfg.arch} with {pretrained} weights"
 
     context_length = int(model.positional_embedding.shape[0])
-    if context_length != native:  # the text tower differs from the stock one: so does everything cached from it
+    if context_length != native:  # another text tower than the stock one: the fingerprint names the model
         fingerprint += f"|ctx={context_length}"
         description += f", {context_length} text positions"
     model = model.to(device).eval()
