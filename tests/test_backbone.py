@@ -35,14 +35,20 @@ def test_unknown_arch_and_missing_checkpoint(tmp_path):
 def test_local_checkpoint_file_loads(tiny_backbone, tmp_path):
     path = tmp_path / "tiny.pt"
     torch.save(tiny_backbone.model.state_dict(), path)
-    loaded = load_backbone(ModelConfig(arch="fedrsclip-tiny", pretrained=str(path)))
+    with pytest.raises(BackboneError, match="model.quick_gelu"):  # a bare state dict does not say its activation
+        load_backbone(ModelConfig(arch="fedrsclip-tiny", pretrained=str(path)))
+    loaded = load_backbone(ModelConfig(arch="fedrsclip-tiny", pretrained=str(path), quick_gelu=False))
     assert "tiny.pt" in loaded.description and "file=" in loaded.fingerprint
     for a, b in zip(tiny_backbone.model.state_dict().values(), loaded.model.state_dict().values()):
         assert torch.equal(a, b)
     bad = tmp_path / "wrong.pt"
     torch.save({"not": torch.zeros(1)}, bad)
-    with pytest.raises(BackboneError, match="cannot load checkpoint"):
-        load_backbone(ModelConfig(arch="fedrsclip-tiny", pretrained=str(bad)))
+    with pytest.raises(BackboneError, match="not a CLIP"):
+        load_backbone(ModelConfig(arch="fedrsclip-tiny", pretrained=str(bad), quick_gelu=False))
+    other = tmp_path / "other-arch.pt"
+    torch.save({**tiny_backbone.model.state_dict(), "token_embedding.weight": torch.zeros(10, 64)}, other)
+    with pytest.raises(BackboneError, match="(?s)cannot load checkpoint .* model.arch"):
+        load_backbone(ModelConfig(arch="fedrsclip-tiny", pretrained=str(other), quick_gelu=False))
 
 
 def test_openai_weights_use_quickgelu(monkeypatch):
@@ -61,6 +67,13 @@ def test_openai_weights_use_quickgelu(monkeypatch):
     with pytest.raises(BackboneError):
         load_backbone(ModelConfig(arch="ViT-B-16", pretrained="laion2b_s34b_b88k"))
     assert seen["force_quick_gelu"] is False
+    # not only "openai": open_clip's own table says which tags were trained with QuickGELU
+    with pytest.raises(BackboneError, match="model.quick_gelu: true"):
+        load_backbone(ModelConfig(arch="ViT-B-32", pretrained="laion400m_e31"))
+    assert seen["force_quick_gelu"] is True
+    with pytest.raises(BackboneError):
+        load_backbone(ModelConfig(arch="ViT-B-32", pretrained="laion400m_e31", quick_gelu=False))  # the user's say
+    assert seen["force_quick_gelu"] is False
 
 
 def test_offline_pretrained_fails_with_instructions():
@@ -71,6 +84,7 @@ def test_offline_pretrained_fails_with_instructions():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "model.pretrained: /path/to/that/file" in proc.stderr
+    assert "model.quick_gelu: true" in proc.stderr  # a bare file does not carry the activation
     assert "Model initialized randomly" not in proc.stderr
 
 

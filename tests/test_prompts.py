@@ -1,8 +1,13 @@
+import json
+
 import pytest
 import torch
+import yaml
 
-from fedrsclip.config import ModelConfig, PromptConfig
-from fedrsclip.prompts import PromptLearner
+from fedrsclip.config import ConfigError, ModelConfig, PromptConfig
+from fedrsclip.features import FeatureSet
+from fedrsclip.prompts import PromptLearner, class_texts, load_class_descriptions
+from fedrsclip.trainer import zero_shot_accuracy
 
 CLASSES = ["dense residential", "airplane", "golf course", "storage tanks", "baseball diamond"]
 
@@ -81,3 +86,105 @@ def test_gradient_reaches_context(tiny_backbone):
     learner = PromptLearner(tiny_backbone, CLASSES, PromptConfig())
     learner.text_features().sum().backward()
     assert learner.shared_ctx.grad.abs().sum() > 0 and learner.private_ctx.grad.abs().sum() > 0
+
+
+# ---- long class descriptions (prompt.class_descriptions) and 248-position backbones ------------------------------
+
+SCENE = ("seen from above, {} lie in regular rows between straight paved roads, with small gardens, parked cars, "
+         "trees along the pavements and a few larger buildings at the corners of the blocks")
+
+
+def long_descriptions(repeat: int) -> dict[str, str]:
+    return {c: f"{c}: " + "; ".join([SCENE.format(c)] * repeat) + "." for c in CLASSES}
+
+
+@pytest.fixture(scope="module")
+def tiny_long():
+    """The tiny CLIP with 248 text positions (KPS of its 77-row table)."""
+    from fedrsclip.backbone import load_backbone
+
+    return load_backbone(ModelConfig(arch="fedrsclip-tiny", pretrained=None, random_init=True, context_length=248))
+
+
+def write(tmp_path, data, name="descriptions.yaml"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if name.endswith(".json") else yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("position", ["middle", "end", "front"])
+def test_truncation_exact_for_200_token_descriptions_at_248(tiny_long, tmp_path, position):
+    path = write(tmp_path, long_descriptions(repeat=6), "descriptions.json")
+    learner = PromptLearner(tiny_long, CLASSES, PromptConfig(class_position=position, class_descriptions=path))
+    assert learner.token_ids.shape[1] == 248
+    assert 200 < learner.length <= 248
+    with torch.no_grad():
+        torch.testing.assert_close(learner.text_features(), full_length_features(learner, tiny_long),
+                                   atol=1e-5, rtol=0)
+
+
+def test_description_takes_the_class_position(tiny_long, tmp_path):
+    text = "an airport with two runways and parked airplanes"
+    path = write(tmp_path, {"airplane": text + ".", "unused": "another class"})
+    learner = PromptLearner(tiny_long, ["airplane"], PromptConfig(n_ctx=4, class_descriptions=path))
+    tok = tiny_long.tokenizer
+    body, x, dot = tok.encode(text), tok.encode("X")[0], tok.encode(".")
+    ids = learner.token_ids[0].tolist()
+    # [SOS] X X description X X . [EOT]: the description's own final period is not doubled
+    assert ids[: 7 + len(body)] == [tok.sot_token_id, x, x, *body, x, x, *dot, tok.eot_token_id]
+    assert learner.ctx_positions[0].tolist() == [1, 2, 3 + len(body), 4 + len(body)]
+
+
+def test_too_long_description_names_the_class_and_the_limit(tiny_backbone, tiny_long, tmp_path):
+    path = write(tmp_path, long_descriptions(repeat=2))
+    with pytest.raises(ConfigError, match=r"class 'dense residential'.* limit of 77 tokens.*context_length: 248"):
+        PromptLearner(tiny_backbone, CLASSES, PromptConfig(class_descriptions=path))
+    path = write(tmp_path, long_descriptions(repeat=8), "longer.yaml")
+    with pytest.raises(ConfigError, match=r"class 'dense residential'.* limit of 248 tokens"):
+        PromptLearner(tiny_long, CLASSES, PromptConfig(class_descriptions=path))
+
+
+def test_bad_descriptions_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="prompt.class_descriptions: .*missing.yaml does not exist"):
+        load_class_descriptions(tmp_path / "missing.yaml", CLASSES)
+    folders = write(tmp_path, {"dense_residential": "houses", "airplane": "planes"}, "folders.yaml")
+    assert load_class_descriptions(folders, ["dense residential"]) == {"dense residential": "houses"}
+    twice = write(tmp_path, {"golf_course": "a", "golf course": "b"}, "twice.yaml")
+    with pytest.raises(ConfigError, match="twice.yaml names a class twice"):
+        load_class_descriptions(twice, CLASSES)
+    partial = write(tmp_path, {"airplane": "planes"})
+    with pytest.raises(ConfigError, match=r"no description for 4 class\(es\): 'dense residential'"):
+        load_class_descriptions(partial, CLASSES)
+    bad = write(tmp_path, {c: ["not", "text"] for c in CLASSES}, "bad.yaml")
+    with pytest.raises(ConfigError, match="bad.yaml: each entry must map a class name to a non-empty text"):
+        load_class_descriptions(bad, CLASSES)
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_class_descriptions(tmp_path / "list.yaml", CLASSES)
+
+
+def test_class_texts_names_and_descriptions():
+    assert class_texts(["baseball_diamond"]) == ["baseball diamond"]
+    assert class_texts(["a"], {"a": "  long text ending in a period.  "}) == ["long text ending in a period"]
+    with pytest.raises(ConfigError, match="'b'"):
+        class_texts(["a", "b"], {"a": "x"})
+
+
+def test_zero_shot_uses_the_descriptions(tiny_long, tmp_path):
+    descriptions = long_descriptions(repeat=1)
+    texts = [f"a satellite photo of {t}." for t in class_texts(CLASSES, descriptions)]
+    # images whose features are exactly their class's zero-shot text feature: every one is right only if the
+    # zero-shot classifier is built from those same description texts
+    feats = tiny_long.encode_text(texts)
+    features = FeatureSet(feats, feats[:, None], torch.arange(len(CLASSES)), [f"{c}.png" for c in CLASSES])
+    result = zero_shot_accuracy(tiny_long, CLASSES, features, descriptions=descriptions)
+    assert result["accuracy"] == 100.0 and result["samples"] == len(CLASSES)
+    by_name = tiny_long.encode_text([f"a satellite photo of {c}." for c in CLASSES])
+    assert not torch.allclose(by_name, feats, atol=1e-3)  # names alone would be another classifier
+
+
+def test_zero_shot_too_long_stops_instead_of_cutting(tiny_backbone):
+    descriptions = long_descriptions(repeat=2)
+    features = FeatureSet(torch.zeros(1, 64), torch.zeros(1, 1, 64), torch.zeros(1, dtype=torch.long), ["x.png"])
+    with pytest.raises(ConfigError, match=r"class 'dense residential'.* limit of 77 tokens"):
+        zero_shot_accuracy(tiny_backbone, CLASSES, features, descriptions=descriptions)

@@ -27,9 +27,19 @@ class ModelConfig:
     pretrained: str | None = "openai"  # a pretrained tag, a local checkpoint file, or null
     random_init: bool = False  # explicit opt-in to random weights (offline demo, tests)
     init_seed: int = 0  # seeds random weights so every site builds the same frozen CLIP
-    quick_gelu: bool | None = None  # null: on for OpenAI weights (the tag "openai"), off otherwise
+    # null: from the weights (a tag's open_clip entry, or a recognised checkpoint file: README "Backbones"); a file
+    # that does not tell stops and asks for it. Random weights: off unless true.
+    quick_gelu: bool | None = None
+    # Text positions. null: the weights' own (77; 248 for Long-CLIP/LRSCLIP files). 248 on a 77-position CLIP
+    # applies Long-CLIP's Knowledge-Preserved Stretching (fedrsclip.checkpoints.kps_stretch).
+    context_length: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str | None = None  # where open_clip keeps hub downloads
+
+    def __post_init__(self) -> None:
+        if self.context_length is not None and isinstance(self.context_length, int) and self.context_length < 2:
+            raise ValueError(f"model.context_length must be at least 2 (or null: the weights' own); "
+                             f"got {self.context_length!r}")
 
 
 @dataclass
@@ -38,6 +48,10 @@ class PromptConfig:
     class_position: str = "middle"  # middle (paper, eq. 4) | end | front
     init: str = "random"  # "random" (N(0, 0.02), as CoOp) or a phrase such as "a satellite photo of"
     init_std: float = 0.02
+    # A YAML or JSON file mapping each class name to a description used as the class text in the prompts and in
+    # the zero-shot reference (fedrsclip.prompts.load_class_descriptions); null: the class names. Read where the
+    # prompts are built: in a FLARE job, at every site (give a path that exists there).
+    class_descriptions: str | None = None
 
 
 @dataclass

@@ -4,19 +4,90 @@ A prompt is `[SOS] [V]_1 .. [V]_h/2 [CLASS] [V]_h/2+1 .. [V]_h . [EOT]` (class i
 class at the end or front. FedRSCLIP learns two such contexts, shared and private; both run through the frozen
 text encoder in one batch.
 
+The class text is the class name, or its description from `prompt.class_descriptions` (a paragraph fits a
+248-position backbone: Long-CLIP, LRSCLIP, or KPS).
+
 The text transformer's mask is causal, so the feature at the EOT token depends only on tokens up to it: the
-encoder runs on sequences cut right after the longest EOT position (a few tokens instead of 77).
+encoder runs on sequences cut right after the longest EOT position (a few tokens instead of 77 or 248).
 """
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .backbone import Backbone
-from .config import PromptConfig
+from .config import ConfigError, PromptConfig, read_yaml_mapping
+
+log = logging.getLogger(__name__)
 
 PROMPT_NAMES = ("shared", "private")
+SPECIAL_TOKENS = 2  # [SOS] and [EOT]
+
+
+def load_class_descriptions(path: str | Path, classnames: Sequence[str] | None = None) -> dict[str, str]:
+    """Read a YAML or JSON file mapping class name -> description (prompt.class_descriptions).
+
+    With `classnames`, every class must have a description, keyed by its name ('_' and ' ' alike), and the result
+    is keyed by `classnames`; extra entries are allowed (one file may serve several class lists). Raises
+    ConfigError naming the file and the classes at fault.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"prompt.class_descriptions: {path} does not exist; give a YAML or JSON file mapping "
+                          "each class name to its description")
+    loaded = read_yaml_mapping(path, what="class descriptions file (prompt.class_descriptions)")
+    bad = [str(k) for k, v in loaded.items() if not isinstance(k, str) or not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise ConfigError(f"class descriptions file {path}: each entry must map a class name to a non-empty text; "
+                          f"not so for {', '.join(repr(b) for b in bad[:5])}")
+    if classnames is None:
+        return dict(loaded)
+    by_text = {_as_text(k): v for k, v in loaded.items()}  # "dense_residential" (a folder) = "dense residential"
+    if len(by_text) != len(loaded):
+        raise ConfigError(f"class descriptions file {path} names a class twice ('_' and ' ' count the same)")
+    missing = [c for c in classnames if _as_text(c) not in by_text]
+    if missing:
+        raise ConfigError(f"class descriptions file {path} has no description for {len(missing)} class(es): "
+                          f"{', '.join(repr(m) for m in missing[:10])}; its keys must be the class names "
+                          f"({', '.join(repr(c) for c in list(classnames)[:5])}, ...)")
+    return {c: by_text[_as_text(c)] for c in classnames}
+
+
+def _as_text(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def class_texts(classnames: Sequence[str], descriptions: Mapping[str, str] | None = None) -> list[str]:
+    """The text standing for each class in a prompt: its description, else its name with '_' as spaces.
+
+    A description's trailing periods are dropped: the prompt adds its own ('... description . [EOT]').
+    """
+    if descriptions is None:
+        return [_as_text(name) for name in classnames]
+    missing = [c for c in classnames if c not in descriptions]
+    if missing:
+        raise ConfigError(f"no class description for {', '.join(repr(m) for m in missing[:10])}")
+    return [descriptions[name].strip().rstrip(".").strip() for name in classnames]
+
+
+def _too_long(classname: str, tokens: int, context_length: int, what: str) -> ConfigError:
+    hint = ("shorten the description, or use a 248-position backbone (model.context_length: 248, or a "
+            "Long-CLIP/LRSCLIP checkpoint)" if context_length < 248 else "shorten the description")
+    return ConfigError(f"class {classname!r}: {what} is {tokens} tokens, over the text encoder's limit of "
+                       f"{context_length} tokens (model.context_length): {hint}")
+
+
+def check_texts_fit(tokenizer, texts: Sequence[str], classnames: Sequence[str], context_length: int) -> None:
+    """Stop with the class and the limit when a text would be cut by the tokenizer ([SOS] text [EOT])."""
+    for name, text in zip(classnames, texts):
+        tokens = len(tokenizer.encode(text)) + SPECIAL_TOKENS
+        if tokens > context_length:
+            raise _too_long(name, tokens, context_length, "the prompt text with [SOS] and [EOT]")
 
 
 class TextEncoder(nn.Module):
@@ -43,10 +114,10 @@ class TextEncoder(nn.Module):
         return x @ self.text_projection
 
 
-def _class_token_ids(tokenizer, classnames: list[str]) -> list[list[int]]:
+def _class_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "sot_token_id"):
         raise ValueError("prompt learning needs an open_clip model with the CLIP BPE tokenizer (e.g. ViT-B-16)")
-    return [tokenizer.encode(name.replace("_", " ")) for name in classnames]
+    return [tokenizer.encode(text) for text in texts]
 
 
 class PromptLearner(nn.Module):
@@ -75,8 +146,12 @@ class PromptLearner(nn.Module):
             n_ctx = len(init_ids)  # a phrase fixes the context length, as in CoOp
         half = n_ctx // 2
 
+        descriptions = None
+        if cfg.class_descriptions:
+            descriptions = load_class_descriptions(cfg.class_descriptions, classnames)
+            log.info("class texts: the descriptions in %s (%d classes)", cfg.class_descriptions, len(classnames))
         ids, ctx_positions = [], []
-        for name_ids in _class_token_ids(tokenizer, classnames):
+        for classname, name_ids in zip(classnames, _class_token_ids(tokenizer, class_texts(classnames, descriptions))):
             ctx = [placeholder] * n_ctx
             dot = tokenizer.encode(".")
             if cfg.class_position == "middle":
@@ -92,7 +167,9 @@ class PromptLearner(nn.Module):
                 raise ValueError(f"prompt.class_position must be middle, end or front; got {cfg.class_position!r}")
             seq = [tokenizer.sot_token_id] + body + [tokenizer.eot_token_id]
             if len(seq) > context_length:
-                raise ValueError(f"class name {name_ids!r} is too long for the text encoder ({context_length} tokens)")
+                what = "the prompt ([SOS], {} context vectors, the {}, '.', [EOT])".format(
+                    n_ctx, "description" if descriptions else "class name")
+                raise _too_long(classname, len(seq), context_length, what)
             ids.append(seq + [0] * (context_length - len(seq)))
             ctx_positions.append(pos)
 
@@ -106,6 +183,7 @@ class PromptLearner(nn.Module):
         self.register_buffer("eot_index", eot_index, persistent=False)
         self.register_buffer("token_ids", token_ids, persistent=False)
         self.classnames = list(classnames)
+        self.descriptions = descriptions
         self.n_ctx = n_ctx
 
         def init_ctx(generator_seed: int) -> torch.Tensor:
