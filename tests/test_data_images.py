@@ -146,6 +146,6 @@ def test_text_file_named_jpg_and_missing_file(tmp_path):
 
 
 def test_image_extensions_case_insensitive():
-    assert {".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp", ".webp"} == set(IMAGE_EXTENSIONS)
+    assert {".tif", ".tiff", ".jp2", ".jpg", ".jpeg", ".png", ".bmp", ".webp"} == set(IMAGE_EXTENSIONS)
     assert is_image_file("a/B.TIF") and is_image_file("x.JpEg") and is_image_file("y.webp")
     assert not is_image_file("readme.txt") and not is_image_file("Thumbs.db") and not is_image_file("noext")

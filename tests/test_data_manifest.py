@@ -60,7 +60,8 @@ def test_build_manifest_format(listing):
     assert {"dataset", "root", "classes", "seed", "scheme", "sites"} <= set(m)
     assert m["version"] == 1 and m["dataset"] == "imagefolder" and m["seed"] == 7 and m["scheme"] == "uniform"
     assert m["root"] == str(listing.root) and Path(m["root"]).is_absolute()
-    assert m["classes"] == ["class00", "class01", "class02"] == m["class_folders"]
+    assert m["class_folders"] == ["class00", "class01", "class02"]
+    assert m["classes"] == ["class 00", "class 01", "class 02"]  # letters and digits split
     assert list(m["sites"]) == ["site-1", "site-2"]
     assert m["skipped"] == [["class00/bad.png", listing.skipped[0][1]]]
     rec = m["sites"]["site-1"]["train"][0]
@@ -142,4 +143,4 @@ def test_site_counts_table(listing):
     assert "site" in lines[1] and "train" in lines[1] and "test" in lines[1] and "classes" in lines[1]
     assert any(line.startswith("site-1") and "2/3" in line for line in lines)
     assert any(line.startswith("total") and "3/3" in line for line in lines)
-    assert lines[-1] == "skipped files: 1"
+    assert lines[-1] == "skipped files: 1 (unreadable 1)"  # counted by reason
