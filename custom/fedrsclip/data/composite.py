@@ -6,9 +6,11 @@ composites and the display range of each band. The settings `data.modality`, `da
 `image_settings()` resolves them into one `ImageSettings`, whose `signature()` is part of the feature-cache key.
 
 Scaling (per output channel, then clipped to 0..255):
-  auto        8-bit data as they are; wider integers and floats by ONE linear scale from min(0, minimum) to the
-              image's maximum over the composite's channels: a 12-bit image in a 16-bit container keeps its
-              brightness and colour balance, nothing is clipped.
+  auto        8-bit data as they are. Wider integers by ONE scale for all channels, 0 .. their bit depth, found
+              per image as the smallest 2^k - 1 (k >= 8) at or above the maximum of the composite's channels: a
+              12-bit image in a 16-bit container is shown as 0..4095, like its 8-bit rendering (brightness and
+              colour balance kept, nothing clipped). Negative integers start at their minimum. Floats within 0..1
+              as they are, other floats from min(0, minimum) to the maximum.
   range       a fixed range per channel (Sentinel-2 reflectance x 10000, Sentinel-1 backscatter in dB):
               comparable brightness across images, as a sensor would show them.
   percentile  each channel stretched between its own stretch_low and stretch_high percentiles (2 and 98).
@@ -311,11 +313,9 @@ def render(raster: Raster, settings: ImageSettings) -> np.ndarray:
             lows[i], highs[i] = lo, hi if hi > lo else lo + 1.0
     elif raster.dtype == "uint8" and all(_parse_channel(s, "")[1] is None for s in specs):  # 8-bit with alpha
         lows, highs = np.float32(0.0), np.float32(255.0)
-    else:  # auto for wide data: one scale for every channel, from the image's own range
-        values = channels[valid]
-        lo = min(0.0, float(values.min())) if values.size else 0.0
-        hi = float(values.max()) if values.size else 1.0
-        lows, highs = np.float32(lo), np.float32(hi if hi > lo else lo + 1.0)
+    else:  # auto for wide data: one scale for every channel (see the module docstring)
+        lo, hi = _auto_range(channels[valid], raster.dtype)
+        lows, highs = np.float32(lo), np.float32(hi)
     scaled = np.clip((channels - lows) / (highs - lows), 0.0, 1.0)
     if alpha is not None:
         scaled = scaled * alpha
@@ -325,6 +325,19 @@ def render(raster: Raster, settings: ImageSettings) -> np.ndarray:
         out = np.repeat(out, 3, axis=0)
     _check_dynamic_range(out, valid.all(axis=0), raster, settings)
     return np.ascontiguousarray(np.moveaxis(out, 0, -1))
+
+
+def _auto_range(values: np.ndarray, dtype: str) -> tuple[float, float]:
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        depth = max(8, math.ceil(math.log2(max(high, 0.0) + 1.0)))
+        return min(0.0, low), float(2 ** depth - 1)
+    if low >= 0.0 and high <= 1.0:
+        return 0.0, 1.0
+    low = min(0.0, low)
+    return low, high if high > low else low + 1.0
 
 
 def _check_dynamic_range(out: np.ndarray, valid: np.ndarray | None, raster: Raster, settings: ImageSettings) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .composite import ImageSettings, convention_for, render, select_channels
 from .errors import ImageReadError
-from .raster import Raster, read_band_folder, read_raster
+from .raster import Raster, band_files, read_band_folder, read_raster
 
 # Lower-case suffixes (with the dot) that the readers treat as images.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -209,3 +209,16 @@ def _read_error(path: Path, exc: BaseException) -> ImageReadError:
         path=str(path),
         reason=reason,
     )
+
+
+def detect_modality(path: str | Path) -> str | None:
+    """s2 or s1 for a band-per-file patch folder holding Sentinel-2 or Sentinel-1 bands, else None (rgb)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    names = set(band_files(path))
+    if names & {"VV", "VH"}:
+        return "s1"
+    if names & {"B02", "B03", "B04", "B08"}:
+        return "s2"
+    return None
