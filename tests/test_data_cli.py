@@ -131,5 +131,5 @@ def test_preview_writes_what_the_encoder_sees(tmp_path, capsys):
     assert main(["data", "preview", str(patch), str(s1), "--out", str(out), "--force"]) == 0
     assert Image.open(out).size == (120 + 4 + 120, 120)
     assert main(["data", "preview", str(patch), "--out", str(tmp_path / "p.png"),
-                 "--set", "data.composite=VV"]) == 2
+                 "--set", "data.composite=VV,VH,B02"]) == 2
     assert "modality s2 has no band VV" in capsys.readouterr().err

@@ -239,4 +239,6 @@ def test_settings_are_checked_where_they_enter():
         with pytest.raises(ConfigError, match=message):
             load_config(overrides=bad)
     with pytest.raises(DataError, match="modality s2 has no band"):
-        image_settings("s2", "VV")
+        image_settings("s2", "B04,VV,B02")
+    with pytest.raises(DataError, match="false-color' is a composite of modality s2, not rgb; set data.modality=s2"):
+        image_settings("auto", "false-color")

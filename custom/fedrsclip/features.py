@@ -145,7 +145,8 @@ def _load_cache(path: Path, key: str) -> FeatureSet | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("key") != key:
-            log.warning("feature cache %s is stale (backbone, preprocessing, image settings or files changed): rebuilding", path)
+            log.warning("feature cache %s is stale (backbone, preprocessing, image settings or files changed): "
+                        "rebuilding", path)
             return None
         fs = FeatureSet(blob["global"], blob["tokens"], blob["labels"], list(blob["paths"]),
                         [tuple(x) for x in blob["skipped"]])

@@ -4,8 +4,8 @@ The archive labels each patch with CORINE Land Cover level-3 names (43 classes).
 nomenclature (Sumbul et al., "BigEarthNet Deep Learning Models with a New Class-Nomenclature for Remote Sensing
 Image Understanding", 2020) merges 32 of them and drops the 11 that are hard to recognise from a 1.2 km patch
 (roads, ports, airports, mines, dumps, construction sites, green urban areas, sport facilities, bare rock, burnt
-areas, intertidal flats; CORINE's glaciers class never occurs in the archive). Sentinel-1 patches carry the same labels and name their Sentinel-2
-partner in `corresponding_s2_patch`.
+areas, intertidal flats; CORINE's glaciers class never occurs in the archive). Sentinel-1 patches carry the same
+labels and name their Sentinel-2 partner in `corresponding_s2_patch`.
 """
 
 from __future__ import annotations

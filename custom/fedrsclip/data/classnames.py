@@ -1,8 +1,8 @@
 """Turn dataset folder names into readable class names for CLIP text prompts, and check them before training.
 
 The rule (README "Datasets"), in order:
-1. Sort prefixes are dropped when EVERY folder has one: a number ("01_airport", "7-beach", "03river") or a single
-   lower-case letter before a capital, in alphabetical order ("aGrass", "bField", ..., as RSSCN7).
+1. Sort prefixes are dropped when EVERY folder has one: a number ("01_airport", "7-beach", "03river"), or a single
+   lower-case letter before a capital, a different letter for each folder ("aGrass", "bField", ..., as RSSCN7).
 2. The rest is split at separators (space _ - .), CamelCase and letter/digit boundaries ("Tank2" -> "tank 2").
 3. Each word is lower-cased (acronyms such as "SAR" kept) and, when it is a run of known words written together
    ("denseresidential"), split into them (VOCABULARY).
@@ -110,8 +110,7 @@ def strip_sort_prefixes(folders: Sequence[str]) -> list[str]:
     if len(folders) >= 2 and all(_NUMBER_PREFIX.match(f) for f in folders):
         return [_NUMBER_PREFIX.sub("", f) for f in folders]
     if len(folders) >= 2 and all(_LETTER_PREFIX.match(f) for f in folders):
-        letters = [f[0] for f in sorted(folders)]
-        if letters == [chr(ord("a") + i) for i in range(len(letters))]:
+        if len({f[0] for f in folders}) == len(folders):  # one letter per folder: it sorts them
             return [f[1:] for f in folders]
     return folders
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .classnames import class_name_problems, name_token_limit, token_count
 from .composite import DynamicRangeWarning, describe, modality_table, settings_from_config
-from .errors import DataError, ImageReadError
+from .errors import DataError
 from .manifest import build_manifest, load_manifest, site_counts_table, write_manifest
 from .partition import SCHEMES
 from .readers import DATASETS, dataset_modality, list_dataset
@@ -227,7 +227,7 @@ def _preview(args: argparse.Namespace) -> int:
     for tile in tiles:
         strip[: tile.shape[0], x : x + tile.shape[1]] = tile
         x += tile.shape[1] + gap
-    atomic_write(out, lambda handle: Image.fromarray(strip, "RGB").save(handle, format="PNG"))
+    atomic_write(out, lambda handle: Image.fromarray(strip, "RGB").save(handle, format="PNG", optimize=True))
     print(f"wrote {out} ({len(tiles)} image{'s' if len(tiles) > 1 else ''}, as the encoder sees them before its "
           "own resize and crop)")
     return 0

@@ -139,6 +139,10 @@ def parse_composite(text: str, modality: Modality | None) -> tuple[str, ...]:
     name = text.strip().lower()
     if modality is not None and name in modality.composites:
         return modality.composites[name]
+    owners = [m.name for m in MODALITIES.values() if name in m.composites]
+    if owners and modality is not None:
+        raise DataError(f"data.composite {name!r} is a composite of modality {owners[0]}, not {modality.name}; set "
+                        f"data.modality={owners[0]} (or name the bands, e.g. 1,2,3)")
     parts = [p for p in text.split(",")]
     if len(parts) not in (1, 3):
         presets = f" or one of {', '.join(modality.composites)}" if modality and modality.composites else ""

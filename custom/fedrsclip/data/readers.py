@@ -206,7 +206,8 @@ def _scan_class(base: Path, folder: str, root: Path) -> tuple[list[str], list[tu
         if _is_hidden(entry.name):  # .DS_Store, ._x.png AppleDouble files, Thumbs.db
             continue
         if entry.is_symlink() and _outside(entry.path, root):
-            unsupported.append((rel, skip_reason("outside the data root", f"a symlink to {Path(entry.path).resolve()}")))
+            target = Path(entry.path).resolve()
+            unsupported.append((rel, skip_reason("outside the data root", f"a symlink to {target}")))
             continue
         if entry.is_dir():
             subdirs.append(rel)
