@@ -1,6 +1,7 @@
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import torch
 
@@ -121,3 +122,32 @@ def test_image_settings_are_part_of_the_key(tiny_backbone, synth_manifest, tmp_p
                            image=image_settings(composite="G"))
     assert not torch.equal(first.global_feats, grey.global_feats)
     assert len(list(tmp_path.glob("train-*.pt"))) == 1
+
+
+def test_site_extracts_through_the_manifest_modality(tmp_path):
+    # A single-label Sentinel-2 dataset (EuroSAT MS layout): the site composites B04,B03,B02 because the manifest
+    # says s2; data.composite changes what it extracts.
+    import numpy as np
+    import rasterio
+
+    from conftest import tiny_config
+    from fedrsclip.data import build_manifest, list_dataset
+    from fedrsclip.data.composite import image_settings
+    from fedrsclip.site import Site
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "EuroSATallBands"
+    for cls in ("Forest", "River"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            with rasterio.open(root / cls / f"{cls}_{i}.tif", "w", driver="GTiff", count=13, height=16, width=16,
+                               dtype="uint16") as ds:
+                ds.write(rng.integers(0, 3000, (13, 16, 16)).astype(np.uint16))
+    manifest = build_manifest(list_dataset("eurosat-ms", root, progress=False), 1, "uniform", seed=0)
+    assert manifest["modality"] == "s2"
+    site = Site(tiny_config(cache_dir=tmp_path / "cache"), "site-1", manifest, progress=False)
+    items = [(Path(p), label) for p, label in zip(site.train_set.paths, site.train_set.labels.tolist())]
+    expected = extract_features(site.backbone, items, progress=False, image=image_settings("s2"))
+    assert torch.equal(site.train_set.global_feats, expected.global_feats)
+    swir = Site(tiny_config("data.composite=swir", cache_dir=tmp_path / "cache"), "site-1", manifest, progress=False)
+    assert not torch.equal(swir.train_set.global_feats, site.train_set.global_feats)
