@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fedrsclip.data import load_manifest
 from fedrsclip.data.cli import add_data_commands, main, run_data_command
 
@@ -65,3 +67,69 @@ def test_python_dash_m(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "RuntimeWarning" not in done.stderr
     assert json.loads(out.read_text())["dataset"] == "synthetic"
+
+
+BEN = REPO.parent / "shared/data/bigearthnet-sample"
+
+
+def test_classes_prints_folders_names_and_tokens(tmp_path, capsys):
+    from PIL import Image
+
+    for name in ("aGrass", "bField", "cIndustry", "dRiverLake"):
+        (tmp_path / "rsscn7" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "rsscn7" / name / "1.jpg")
+    assert main(["data", "classes", "--dataset", "imagefolder", "--root", str(tmp_path / "rsscn7")]) == 0
+    out = capsys.readouterr().out
+    assert "dRiverLake  river lake" in out and "aGrass      grass" in out and "at most 70 tokens" in out
+    (tmp_path / "rsscn7" / "eGrass").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "rsscn7" / "eGrass" / "1.jpg")
+    assert main(["data", "classes", "--dataset", "imagefolder", "--root", str(tmp_path / "rsscn7")]) == 2
+    captured = capsys.readouterr()
+    assert "eGrass      grass" in captured.out
+    assert "'aGrass', 'eGrass' all get the class name 'grass'" in captured.err
+
+
+def test_partition_counts_skipped_files_by_reason_and_takes_image_settings(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    for cls in ("beach", "forest"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20 + i * 20, 20), (i * 50, 0, 0)).save(root / cls / f"{i}.png")
+    (root / "forest" / "broken.png").write_text("no")
+    out = tmp_path / "m.json"
+    rc = main(["data", "partition", "--dataset", "imagefolder", "--root", str(root), "--clients", "2", "--quiet",
+               "--out", str(out), "--set", "data.max_pixels=700"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    # 40x20 and 60x20 exceed 700 pixels in each class; one file is not an image at all
+    assert "skipped files: 5 (too large 4, unreadable 1)" in printed
+    assert main(["data", "partition", "--dataset", "imagefolder", "--root", str(root), "--clients", "2",
+                 "--out", str(out), "--set", "train.lr=1"]) == 2
+    assert "--set takes data.* settings" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not BEN.is_dir(), reason=f"real BigEarthNet sample not found at {BEN}")
+def test_preview_writes_what_the_encoder_sees(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from fedrsclip.data import load_rgb
+    from fedrsclip.data.composite import image_settings
+
+    patch = sorted((BEN / "S2").iterdir())[0]
+    out = tmp_path / "preview.png"
+    assert main(["data", "preview", str(patch), "--out", str(out), "--set", "data.composite=false-color"]) == 0
+    assert "modality s2, composite B08,B04,B03" in capsys.readouterr().out
+    written = np.asarray(Image.open(out))
+    assert np.array_equal(written, np.asarray(load_rgb(patch, image_settings("s2", "false-color"))))
+    # an existing file is never replaced without --force
+    assert main(["data", "preview", str(patch), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    s1 = sorted((BEN / "S1").iterdir())[0]
+    assert main(["data", "preview", str(patch), str(s1), "--out", str(out), "--force"]) == 0
+    assert Image.open(out).size == (120 + 4 + 120, 120)
+    assert main(["data", "preview", str(patch), "--out", str(tmp_path / "p.png"),
+                 "--set", "data.composite=VV,VH,B02"]) == 2
+    assert "modality s2 has no band VV" in capsys.readouterr().err

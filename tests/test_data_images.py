@@ -64,7 +64,7 @@ def test_grayscale_and_1bit(tmp_path):
         assert im.mode == "RGB" and _px(im) == (255, 255, 255)
 
 
-def test_16bit_tiff_is_scaled_by_its_max_not_clipped(tmp_path):
+def test_16bit_tiff_is_scaled_by_its_bit_depth_not_clipped(tmp_path):
     arr = np.array([[0, 250], [500, 1000]], dtype=np.uint16)
     p = tmp_path / "i16.tif"
     Image.fromarray(arr).save(p)
@@ -72,8 +72,9 @@ def test_16bit_tiff_is_scaled_by_its_max_not_clipped(tmp_path):
     im = load_rgb(p)
     assert im.mode == "RGB"
     got = np.asarray(im)[..., 0]
-    # Scaled by the image's max (1000): 250 -> 64, 500 -> 128, 1000 -> 255.
-    assert got.tolist() == [[0, 64], [128, 255]]
+    # Scaled by its bit depth, found from its maximum (1000 -> 10 bits, 0..1023): nothing clipped, and a
+    # 10-bit image looks as its 8-bit rendering would.
+    assert got.tolist() == [[0, 62], [125, 249]]
     assert (np.asarray(im)[..., 0] == np.asarray(im)[..., 2]).all()
 
 
@@ -81,12 +82,12 @@ def test_16bit_big_endian_and_32bit_tiff(tmp_path):
     arr = np.array([[0, 300], [600, 1200]], dtype=">u2")
     big = Image.frombytes("I;16B", (2, 2), arr.tobytes())
     big.save(tmp_path / "i16b.tif")
-    assert np.asarray(load_rgb(tmp_path / "i16b.tif"))[..., 1].tolist() == [[0, 64], [128, 255]]
+    assert np.asarray(load_rgb(tmp_path / "i16b.tif"))[..., 1].tolist() == [[0, 37], [75, 149]]  # 11 bits
 
     i32 = Image.fromarray(np.array([[0, 70000], [35000, 140000]], dtype=np.int32))
     assert i32.mode == "I"
     i32.save(tmp_path / "i32.tif")
-    assert np.asarray(load_rgb(tmp_path / "i32.tif"))[..., 0].tolist() == [[0, 128], [64, 255]]
+    assert np.asarray(load_rgb(tmp_path / "i32.tif"))[..., 0].tolist() == [[0, 68], [34, 136]]  # 18 bits
 
     f32 = Image.fromarray(np.array([[0.0, 0.5], [1.0, 2.0]], dtype=np.float32))
     f32.save(tmp_path / "f.tif")
@@ -146,6 +147,6 @@ def test_text_file_named_jpg_and_missing_file(tmp_path):
 
 
 def test_image_extensions_case_insensitive():
-    assert {".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp", ".webp"} == set(IMAGE_EXTENSIONS)
+    assert {".tif", ".tiff", ".jp2", ".jpg", ".jpeg", ".png", ".bmp", ".webp"} == set(IMAGE_EXTENSIONS)
     assert is_image_file("a/B.TIF") and is_image_file("x.JpEg") and is_image_file("y.webp")
     assert not is_image_file("readme.txt") and not is_image_file("Thumbs.db") and not is_image_file("noext")

@@ -60,7 +60,8 @@ def test_build_manifest_format(listing):
     assert {"dataset", "root", "classes", "seed", "scheme", "sites"} <= set(m)
     assert m["version"] == 1 and m["dataset"] == "imagefolder" and m["seed"] == 7 and m["scheme"] == "uniform"
     assert m["root"] == str(listing.root) and Path(m["root"]).is_absolute()
-    assert m["classes"] == ["class00", "class01", "class02"] == m["class_folders"]
+    assert m["class_folders"] == ["class00", "class01", "class02"]
+    assert m["classes"] == ["class 00", "class 01", "class 02"]  # letters and digits split
     assert list(m["sites"]) == ["site-1", "site-2"]
     assert m["skipped"] == [["class00/bad.png", listing.skipped[0][1]]]
     rec = m["sites"]["site-1"]["train"][0]
@@ -142,4 +143,61 @@ def test_site_counts_table(listing):
     assert "site" in lines[1] and "train" in lines[1] and "test" in lines[1] and "classes" in lines[1]
     assert any(line.startswith("site-1") and "2/3" in line for line in lines)
     assert any(line.startswith("total") and "3/3" in line for line in lines)
-    assert lines[-1] == "skipped files: 1"
+    assert lines[-1] == "skipped files: 1 (unreadable 1)"  # counted by reason
+
+
+def _with_record(manifest, rel):
+    m = json.loads(json.dumps(manifest))
+    m["sites"]["site-1"]["train"].append([rel, 0])
+    return m
+
+
+def test_paths_outside_the_data_root_are_refused_naming_the_entry(listing, tmp_path):
+    # Issue 11 item 7: manifest paths with '..' or absolute paths outside the data root were trained on.
+    m = build_manifest(listing, 2, "uniform", seed=0)
+    n = len(m["sites"]["site-1"]["train"])
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(secret)
+    for rel in ("../secret.png", str(secret), "class00/../../secret.png", "/etc/passwd", "C:\\\\x.png"):
+        with pytest.raises(DataError, match=rf"manifest entry {n} of site-1/train.*(absolute|outside the data root)"):
+            site_split(_with_record(m, rel), "site-1", "train")
+    # a symlink inside the root that leads out of it
+    link = Path(m["root"]) / "class00" / "link.png"
+    link.symlink_to(secret)
+    with pytest.raises(DataError, match="outside the data root"):
+        site_split(_with_record(m, "class00/link.png"), "site-1", "train")
+    # '..' that stays inside is fine, and so is a data root that is itself a symlink
+    inside = site_split(_with_record(m, "class01/../class00/class0000.png"), "site-1", "train")
+    assert inside[-1][0] == Path(m["root"]).resolve() / "class00" / "class0000.png"
+    alias = tmp_path / "alias"
+    alias.symlink_to(m["root"])
+    assert len(site_split(m, "site-1", "train", root=alias)) == n
+
+
+def test_partition_skips_symlinks_that_leave_the_root(tmp_path):
+    root = _folder(tmp_path / "ds", 2, 3)
+    outside = tmp_path / "elsewhere.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    (root / "class00" / "escape.png").symlink_to(outside)
+    (root / "class01" / "inside.png").symlink_to(root / "class00" / "class0000.png")
+    with pytest.warns(UserWarning, match="not images"):
+        listing = list_dataset("imagefolder", root, progress=False)
+    assert dict(listing.skipped)["class00/escape.png"].startswith("outside the data root")
+    assert "class01/inside.png" in {p for p, _ in listing.records}
+
+
+def test_multi_label_records_round_trip(tmp_path):
+    from fedrsclip.data import validate_manifest
+
+    m = {"version": 1, "dataset": "x", "root": str(tmp_path), "classes": ["a", "b", "c"], "seed": 0,
+         "scheme": "uniform", "multi_label": True, "modality": "s2",
+         "sites": {"site-1": {"train": [["p1", [0, 2]], ["p2", [1]]], "test": []}}}
+    path = write_manifest(m, tmp_path / "m.json")
+    assert '["p1", [0, 2]]' in path.read_text()  # one record per line
+    assert load_manifest(path)["sites"]["site-1"]["train"][0] == ["p1", [0, 2]]
+    for bad in ([["p1", 0]], [["p1", []]], [["p1", [3]]]):
+        with pytest.raises(DataError, match="record 0"):
+            validate_manifest({**m, "sites": {"site-1": {"train": bad, "test": []}}})
+    with pytest.raises(DataError, match="modality"):
+        validate_manifest({**m, "modality": "radar"})
+    assert site_split(m, "site-1", "train", multi_label=True)[0][1] == (0, 2)

@@ -27,7 +27,8 @@ def _folder(base: Path, classes: dict[str, int], ext: str = ".png") -> Path:
 
 
 def test_datasets_names():
-    assert set(DATASETS) == {"ucmerced", "optimal31", "nwpu", "imagefolder", "synthetic"}
+    assert set(DATASETS) == {"ucmerced", "optimal31", "nwpu", "eurosat", "eurosat-ms", "bigearthnet-s2",
+                             "bigearthnet-s1", "imagefolder", "synthetic"}
 
 
 def test_ucmerced_with_and_without_images_subfolder(tmp_path):
@@ -147,8 +148,8 @@ def test_root_one_level_too_high_gets_a_hint(tmp_path):
 def test_root_missing_unknown_dataset_and_single_class(tmp_path):
     with pytest.raises(DataError, match="root not found"):
         list_dataset("nwpu", tmp_path / "absent", progress=False)
-    with pytest.raises(DataError, match="unknown dataset 'eurosat'.*ucmerced.*nwpu"):
-        list_dataset("eurosat", tmp_path, progress=False)
+    with pytest.raises(DataError, match="unknown dataset 'eurosat2'.*ucmerced.*nwpu"):
+        list_dataset("eurosat2", tmp_path, progress=False)
     root = _folder(tmp_path / "one", {"forest": 3})
     with pytest.raises(DataError, match="at least 2 classes"):
         list_dataset("imagefolder", root, progress=False)

@@ -1,6 +1,7 @@
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import torch
 
@@ -63,3 +64,90 @@ def test_unreadable_image_skipped_and_reported(tiny_backbone, synth_manifest, tm
         fs = extract_features(tiny_backbone, items + [(broken, 0)], progress=False)
     assert len(fs) == 3 and fs.skipped and "broken.png" in fs.skipped[0][0]
     assert "broken.png" in caplog.text
+
+
+def test_image_replaced_with_same_size_and_mtime_rebuilds_the_cache(tiny_backbone, synth_manifest, tmp_path):
+    # Issue 11 item 12: a file replaced by another of the same size and mtime kept its stale features.
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    items = []
+    for i, (path, label) in enumerate(_items(synth_manifest, 3)):
+        copy = data / f"img{i}.bmp"  # BMP: the size depends only on the picture's size
+        Image.open(path).convert("RGB").save(copy)
+        items.append((copy, label))
+    cache = tmp_path / "cache"
+    first = cached_features(tiny_backbone, items, cache, "train", progress=False)
+    target = items[0][0]
+    stat = target.stat()
+    other = Image.open(items[1][0]).convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    other.save(target)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    again = cached_features(tiny_backbone, items, cache, "train", progress=False)
+    fresh = extract_features(tiny_backbone, items, progress=False)
+    assert not torch.equal(again.global_feats[0], first.global_feats[0])
+    assert torch.equal(again.global_feats, fresh.global_feats)
+    assert torch.equal(again.global_feats[1:], first.global_feats[1:])
+
+
+def test_unchanged_files_are_hashed_once(tiny_backbone, synth_manifest, tmp_path):
+    from fedrsclip.data.digests import DigestMemo
+    from fedrsclip.features import cache_key
+
+    items = _items(synth_manifest, 5)
+    memo = DigestMemo(tmp_path)
+    key = cache_key(tiny_backbone, items, memo=memo)
+    memo.save()
+    assert memo.hashed == 5
+    again = DigestMemo(tmp_path)
+    assert cache_key(tiny_backbone, items, memo=again) == key and again.hashed == 0
+    (tmp_path / "file-digests.json").write_text("{not json")  # a corrupt memo: everything hashed again
+    broken = DigestMemo(tmp_path)
+    assert cache_key(tiny_backbone, items, memo=broken) == key and broken.hashed == 5
+
+
+def test_image_settings_are_part_of_the_key(tiny_backbone, synth_manifest, tmp_path):
+    from fedrsclip.data.composite import image_settings
+    from fedrsclip.features import cache_key
+
+    items = _items(synth_manifest, 2)
+    keys = {cache_key(tiny_backbone, items, image_settings(**kw)) for kw in (
+        {}, {"scaling": "percentile"}, {"scaling": "percentile", "stretch": (1.0, 99.0)},
+        {"composite": "G,G,G"}, {"max_pixels": 10**6})}
+    assert len(keys) == 5
+    first = cached_features(tiny_backbone, items, tmp_path, "train", progress=False)
+    grey = cached_features(tiny_backbone, items, tmp_path, "train", progress=False,
+                           image=image_settings(composite="G"))
+    assert not torch.equal(first.global_feats, grey.global_feats)
+    assert len(list(tmp_path.glob("train-*.pt"))) == 1
+
+
+def test_site_extracts_through_the_manifest_modality(tmp_path):
+    # A single-label Sentinel-2 dataset (EuroSAT MS layout): the site composites B04,B03,B02 because the manifest
+    # says s2; data.composite changes what it extracts.
+    import numpy as np
+    import rasterio
+
+    from conftest import tiny_config
+    from fedrsclip.data import build_manifest, list_dataset
+    from fedrsclip.data.composite import image_settings
+    from fedrsclip.site import Site
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "EuroSATallBands"
+    for cls in ("Forest", "River"):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            with rasterio.open(root / cls / f"{cls}_{i}.tif", "w", driver="GTiff", count=13, height=16, width=16,
+                               dtype="uint16") as ds:
+                ds.write(rng.integers(0, 3000, (13, 16, 16)).astype(np.uint16))
+    manifest = build_manifest(list_dataset("eurosat-ms", root, progress=False), 1, "uniform", seed=0)
+    assert manifest["modality"] == "s2"
+    site = Site(tiny_config(cache_dir=tmp_path / "cache"), "site-1", manifest, progress=False)
+    items = [(Path(p), label) for p, label in zip(site.train_set.paths, site.train_set.labels.tolist())]
+    expected = extract_features(site.backbone, items, progress=False, image=image_settings("s2"))
+    assert torch.equal(site.train_set.global_feats, expected.global_feats)
+    swir = Site(tiny_config("data.composite=swir", cache_dir=tmp_path / "cache"), "site-1", manifest, progress=False)
+    assert not torch.equal(swir.train_set.global_feats, site.train_set.global_feats)

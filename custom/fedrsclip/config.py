@@ -94,6 +94,17 @@ class DataConfig:
     synthetic_seed: int = 0  # images, train/test split and partition
     synthetic_scheme: str = "uniform"  # a partition scheme: uniform | label-skew | dirichlet
     synthetic_dir: str | None = None  # where to generate it; null: the caller's default (a FLARE site's workspace)
+    # What the image encoder sees (fedrsclip.data.composite; README "Your imagery"). All of them are part of the
+    # feature-cache key. `fedrsclip data preview FILE --set data.X=...` shows the result.
+    modality: str = "auto"  # auto (the manifest's: s2/s1 for BigEarthNet and EuroSAT MS, else rgb) | rgb | s2 | s1
+    composite: str | None = None  # null: the modality's default; a preset (true-color, false-color, swir, agriculture,
+    #                               vv-vh-diff, vv, vh) or 3 comma-separated bands/expressions: B08,B04,B03  VV,VH,VV/VH
+    scaling: str | None = None  # null: the modality's default (rgb auto, s2/s1 range) | auto | range | percentile
+    scale_range: str | None = None  # scaling range: "low,high" for all channels or "l,h;l,h;l,h"; null: modality's
+    stretch_low: float = 2.0  # scaling percentile: each channel stretched between these percentiles of the image
+    stretch_high: float = 98.0
+    linear_to_db: bool = False  # SAR stored as linear power: 10 log10 before the composite, so dB ranges apply
+    max_pixels: int = 40_000_000  # larger images are skipped, checked from the header before decoding
 
     def __post_init__(self) -> None:
         if self.source not in ("manifest", "synthetic"):
@@ -104,6 +115,9 @@ class DataConfig:
         for name in ("synthetic_sites", "synthetic_classes", "synthetic_per_class", "synthetic_size"):
             if isinstance(getattr(self, name), int) and getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be positive; got {getattr(self, name)!r}")
+        from .data.composite import check_image_settings  # the image settings' own rules, in one place
+
+        check_image_settings(self)
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Image features from the frozen image encoder, computed once per image and cached on disk per site.
 
-The cache key covers the backbone and its weights (fingerprint), the preprocessing, and every file's identity
-(path, size, modification time, label): any change rebuilds the cache. A cache that does not load, or whose
-content does not match its key, is rebuilt with a warning, never trusted.
+Images reach the encoder through `fedrsclip.data.images.load_rgb` with the site's ImageSettings (composite and
+scaling), the same function `fedrsclip data preview` uses. The cache key covers the backbone and its weights
+(fingerprint), the preprocessing, the image settings, and every file's path, content digest (sha256, remembered
+per file identity: fedrsclip.data.digests) and label: any change rebuilds the cache. A cache that does not load,
+or whose content does not match its key, is rebuilt with a warning, never trusted.
 """
 
 from __future__ import annotations
@@ -10,19 +12,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, preprocess_signature
+from .data.composite import DynamicRangeWarning, ImageSettings, describe
+from .data.digests import DigestMemo
+from .data.errors import DataError, ImageReadError
+from .data.images import DEFAULT_SETTINGS, load_rgb
 from .io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: content digests and image settings in the key
+
+Label = Any  # an int (single-label) or a sequence of ints (multi-label)
 
 
 @dataclass
@@ -31,7 +40,7 @@ class FeatureSet:
 
     global_feats: torch.Tensor  # [N, E] pooled, projected image embeddings
     tokens: torch.Tensor  # [N, V, E] projected patch tokens
-    labels: torch.Tensor  # [N]
+    labels: torch.Tensor  # [N] class indices, or [N, K] float multi-hot for multi-label items
     paths: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable files (path, reason)
 
@@ -49,39 +58,73 @@ class FeatureSet:
         )
 
 
-def cache_key(backbone: Backbone, items: Sequence[tuple[Path, int]]) -> str:
+def _label_key(label: Label) -> int | list[int]:
+    return int(label) if isinstance(label, int) else [int(x) for x in label]
+
+
+def cache_key(backbone: Backbone, items: Sequence[tuple[Path, Label]], image: ImageSettings | None = None,
+              memo: DigestMemo | None = None) -> str:
+    """sha256 over the backbone, its preprocessing, the image settings and every item's (path, content, label)."""
+    image = image or DEFAULT_SETTINGS
+    memo = memo or DigestMemo(None)
     digest = hashlib.sha256()
-    digest.update(f"format={CACHE_FORMAT}|{backbone.fingerprint}|{preprocess_signature(backbone.preprocess)}".encode())
+    digest.update(f"format={CACHE_FORMAT}|{backbone.fingerprint}|{preprocess_signature(backbone.preprocess)}|"
+                  f"{image.signature()}".encode())
     for path, label in items:
-        stat = Path(path).stat()
-        digest.update(json.dumps([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, int(label)]).encode())
+        digest.update(json.dumps([str(Path(path).resolve()), memo.digest(path), _label_key(label)]).encode())
     return digest.hexdigest()
+
+
+def _labels_tensor(labels: list[Label], num_classes: int | None) -> torch.Tensor:
+    if all(isinstance(x, int) for x in labels):
+        return torch.tensor(labels)
+    if num_classes is None:
+        raise ValueError("multi-label items need num_classes (the length of the manifest's class list)")
+    hot = torch.zeros(len(labels), num_classes)
+    for row, label in enumerate(labels):
+        hot[row, list(label)] = 1.0
+    return hot
+
+
+def _warn_dynamic_range(caught: list[str], total: int, image: ImageSettings, desc: str) -> None:
+    if caught:
+        log.warning("%s: %d of %d images look wrong after scaling (%s), e.g. %s", desc, len(caught), total,
+                    describe(image), caught[0])
 
 
 @torch.no_grad()
 def extract_features(
     backbone: Backbone,
-    items: Sequence[tuple[Path, int]],
+    items: Sequence[tuple[Path, Label]],
     batch_size: int = 64,
     progress: bool = True,
     desc: str = "image features",
+    image: ImageSettings | None = None,
+    num_classes: int | None = None,
 ) -> FeatureSet:
-    """Run the frozen image encoder over `items` [(path, label)]; unreadable files are skipped with a warning."""
-    from .data.images import ImageReadError, load_rgb
+    """Run the frozen image encoder over `items` [(path, label)]: each image as `load_rgb(path, image)` gives it.
 
-    globals_, tokens_, labels, paths, skipped = [], [], [], [], []
+    Labels are ints, or sequences of ints for multi-label items (then `num_classes` is needed and the labels
+    become a [N, K] multi-hot tensor). Unreadable files are skipped with a warning naming them; images that
+    render near-black or saturated are counted in one warning. Raises DataError when no image is readable.
+    """
+    image = image or DEFAULT_SETTINGS
+    globals_, tokens_, labels, paths, skipped, odd = [], [], [], [], [], []
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, len(items), batch_size):
         batch, batch_labels, batch_paths = [], [], []
         for path, label in items[start : start + batch_size]:
             try:
-                image = load_rgb(path)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", DynamicRangeWarning)
+                    picture = load_rgb(path, image)
+                odd += [str(w.message) for w in caught if issubclass(w.category, DynamicRangeWarning)][:1]
             except ImageReadError as exc:
-                log.warning("skipping unreadable image %s: %s", path, exc)
+                log.warning("skipping %s: %s", path, exc)
                 skipped.append((str(path), str(exc)))
                 continue
-            batch.append(backbone.preprocess(image))
-            batch_labels.append(int(label))
+            batch.append(backbone.preprocess(picture))
+            batch_labels.append(int(label) if isinstance(label, int) else tuple(int(x) for x in label))
             batch_paths.append(str(path))
         if batch:
             pooled, toks = backbone.encode_images(torch.stack(batch))
@@ -91,16 +134,19 @@ def extract_features(
             paths.extend(batch_paths)
         bar.update(min(batch_size, len(items) - start))
     bar.close()
+    _warn_dynamic_range(odd, len(items), image, desc)
     if not labels:
-        raise ValueError(f"no readable images among {len(items)} files ({desc})")
-    return FeatureSet(torch.cat(globals_), torch.cat(tokens_), torch.tensor(labels), paths, skipped)
+        first = f"; the first: {skipped[0][1]}" if skipped else ""
+        raise DataError(f"no readable images among {len(items)} files ({desc}){first}")
+    return FeatureSet(torch.cat(globals_), torch.cat(tokens_), _labels_tensor(labels, num_classes), paths, skipped)
 
 
 def _load_cache(path: Path, key: str) -> FeatureSet | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("key") != key:
-            log.warning("feature cache %s is stale (backbone, preprocessing or files changed): rebuilding", path)
+            log.warning("feature cache %s is stale (backbone, preprocessing, image settings or files changed): "
+                        "rebuilding", path)
             return None
         fs = FeatureSet(blob["global"], blob["tokens"], blob["labels"], list(blob["paths"]),
                         [tuple(x) for x in blob["skipped"]])
@@ -117,16 +163,23 @@ def _load_cache(path: Path, key: str) -> FeatureSet | None:
 
 def cached_features(
     backbone: Backbone,
-    items: Sequence[tuple[Path, int]],
+    items: Sequence[tuple[Path, Label]],
     cache_dir: str | Path,
     name: str,
     batch_size: int = 64,
     progress: bool = True,
+    image: ImageSettings | None = None,
+    num_classes: int | None = None,
 ) -> FeatureSet:
-    """Features for `items`, from `<cache_dir>/<name>-<key>.pt` when it matches, else extracted and saved."""
+    """Features for `items`, from `<cache_dir>/<name>-<key>.pt` when it matches, else extracted and saved.
+
+    image: the site's ImageSettings (default: rgb, auto scaling); part of the key like every file's content.
+    """
     if not items:
         raise ValueError(f"{name}: no images to extract features from")
-    key = cache_key(backbone, items)
+    memo = DigestMemo(cache_dir)
+    key = cache_key(backbone, items, image, memo)
+    memo.save()
     path = Path(cache_dir) / f"{name}-{key[:16]}.pt"
     if path.is_file():
         cached = _load_cache(path, key)
@@ -137,7 +190,8 @@ def cached_features(
         if old != path:
             old.unlink(missing_ok=True)
     log.info("%s: extracting features of %d images with %s", name, len(items), backbone.description)
-    fs = extract_features(backbone, items, batch_size, progress, desc=f"{name} features")
+    fs = extract_features(backbone, items, batch_size, progress, desc=f"{name} features", image=image,
+                          num_classes=num_classes)
     blob = {"key": key, "global": fs.global_feats, "tokens": fs.tokens, "labels": fs.labels,
             "paths": fs.paths, "skipped": [list(x) for x in fs.skipped]}
     atomic_torch_save(path, blob)

@@ -18,6 +18,7 @@ import torch
 
 from .backbone import Backbone, load_backbone
 from .config import Config
+from .data.composite import settings_from_config
 from .data.errors import DataError
 from .data.manifest import load_manifest, site_split
 from .features import FeatureSet, cached_features
@@ -155,7 +156,8 @@ class Site(SiteBase):
         splits = {}
         for split in ("train", "test"):
             items = self.split_items(split)
-            splits[split] = cached_features(self.backbone, items, cache_dir, split, progress=progress) \
+            splits[split] = cached_features(self.backbone, items, cache_dir, split, progress=progress,
+                                            image=settings_from_config(cfg.data, self.manifest.get("modality"))) \
                 if items else None
         if splits["train"] is None:
             raise DataError(f"{name}: the manifest gives this site no training images")

@@ -1,4 +1,4 @@
-"""Fed-RSIC data layer: dataset readers, stratified split, federated partitions, manifests.
+"""Fed-RSIC data layer: dataset readers, image composites, stratified split, federated partitions, manifests.
 
 The command-line entry points live in fedrsclip.data.cli (not imported here, so
 `python -m fedrsclip.data.cli` runs cleanly).
@@ -6,10 +6,12 @@ The command-line entry points live in fedrsclip.data.cli (not imported here, so
 
 from .classnames import (
     VOCABULARY,
+    check_class_names,
     class_names_for,
     load_class_name_overrides,
     readable_class_name,
 )
+from .composite import MODALITIES, DynamicRangeWarning, ImageSettings, image_settings, settings_from_config
 from .errors import DataError, ImageReadError
 from .images import IMAGE_EXTENSIONS, check_image, is_image_file, load_rgb, to_rgb
 from .manifest import (
@@ -19,6 +21,7 @@ from .manifest import (
     load_manifest,
     site_counts_table,
     site_split,
+    skipped_summary,
     validate_manifest,
     write_manifest,
 )
@@ -31,6 +34,13 @@ from .synth import make_synthetic
 
 __all__ = [
     "DATASETS",
+    "MODALITIES",
+    "DynamicRangeWarning",
+    "ImageSettings",
+    "check_class_names",
+    "image_settings",
+    "settings_from_config",
+    "skipped_summary",
     "DEFAULT_TRAIN_FRACTION",
     "IMAGE_EXTENSIONS",
     "MANIFEST_VERSION",

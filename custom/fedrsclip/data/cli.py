@@ -1,4 +1,5 @@
-"""`fedrsclip data ...` commands: build manifests, make the synthetic dataset, show a manifest.
+"""`fedrsclip data ...` commands: build manifests, make the synthetic dataset, show a manifest, list the class
+names a dataset gets, and preview what the image encoder sees.
 
 The main CLI calls add_data_commands(subparsers) and, for a parsed `data`
 command, run_data_command(args). `python -m fedrsclip.data.cli data ...` runs
@@ -11,12 +12,15 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from .classnames import class_name_problems, name_token_limit, token_count
+from .composite import DynamicRangeWarning, describe, modality_table, settings_from_config
 from .errors import DataError
 from .manifest import build_manifest, load_manifest, site_counts_table, write_manifest
 from .partition import SCHEMES
-from .readers import DATASETS, list_dataset
+from .readers import DATASETS, dataset_modality, list_dataset
 from .split import DEFAULT_TRAIN_FRACTION
 from .synth import MAX_CLASSES, make_synthetic
 
@@ -43,7 +47,7 @@ _positive_float = _checked(float, lambda v: v > 0, "a positive number")
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `data` with its sub-commands partition, synth and show.
+    """Register `data` with its sub-commands partition, synth, show, classes and preview.
 
     The parsed namespace gets func=run_data_command.
     """
@@ -53,7 +57,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         description="Prepare Fed-RSIC data: list a dataset, split it and partition it over sites.",
     )
     data.set_defaults(func=run_data_command)
-    sub = data.add_subparsers(dest="data_command", metavar="{partition,synth,show}")
+    sub = data.add_subparsers(dest="data_command", metavar="{partition,synth,show,classes,preview}")
     sub.required = True
 
     fractions = ", ".join(f"{k} {v}" for k, v in DEFAULT_TRAIN_FRACTION.items())
@@ -79,6 +83,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--out", required=True, help="manifest file to write")
     p.add_argument("--no-verify", action="store_true", help="do not open every image to check it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="image settings the check uses (data.max_pixels, data.composite, ...; repeatable)")
 
     s = sub.add_parser(
         "synth",
@@ -94,7 +100,47 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
     show = sub.add_parser("show", help="print the per-site table of a manifest")
     show.add_argument("manifest", help="manifest file")
+
+    c = sub.add_parser(
+        "classes",
+        help="print each class folder, the class name derived from it and its token count",
+        description="List the class names a dataset gets (the rule is in README 'Datasets'), their length in CLIP "
+        "tokens and the limit; exit 2 when two folders share a name or a name is too long.",
+    )
+    c.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
+    c.add_argument("--root", required=True, help="dataset folder")
+    c.add_argument("--class-names", default=None, metavar="FILE",
+                   help="JSON/YAML mapping of folder name to readable class name")
+
+    v = sub.add_parser(
+        "preview",
+        help="write the 3-channel image the encoder sees for files or patch folders",
+        description="Render files or band-per-file patch folders exactly as feature extraction does (composite "
+        "and scaling from the data.* settings) and write them side by side into one PNG.",
+        epilog="modalities and composites:\n  " + "\n  ".join(modality_table()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("inputs", nargs="+", metavar="FILE_OR_PATCH", help="image files or patch folders")
+    v.add_argument("--out", required=True, help="PNG to write (refused if it exists, unless --force)")
+    v.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="image settings: data.modality, data.composite, data.scaling, data.scale_range, ...")
+    v.add_argument("--config", default=None, help="a configuration YAML whose data.* settings to use")
+    v.add_argument("--manifest", default=None, help="take data.modality: auto from this manifest")
+    v.add_argument("--force", action="store_true", help="replace --out if it exists")
     return data
+
+
+def _data_config(overrides: Sequence[str], config: str | None = None):
+    """The DataConfig of a configuration file and `data.*` overrides (the one schema, validated)."""
+    from ..config import ConfigError, load_config
+
+    bad = [o for o in overrides if not o.strip().startswith("data.")]
+    if bad:
+        raise DataError(f"--set takes data.* settings here; got {bad[0]!r}")
+    try:
+        return load_config(config, list(overrides)).data
+    except ConfigError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def _partition(args: argparse.Namespace) -> int:
@@ -107,9 +153,10 @@ def _partition(args: argparse.Namespace) -> int:
         options["classes_per_site"] = args.classes_per_site
     if args.beta is not None:
         options["dirichlet_beta"] = args.beta
+    image = settings_from_config(_data_config(args.set), dataset_modality(args.dataset))
     listing = list_dataset(
         args.dataset, args.root, class_names_file=args.class_names,
-        verify=not args.no_verify, progress=not args.quiet,
+        verify=not args.no_verify, progress=not args.quiet, image=image,
     )
     manifest = build_manifest(listing, args.clients, args.scheme, args.seed, args.train_fraction, **options)
     path = write_manifest(manifest, args.out)
@@ -133,7 +180,60 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"partition": _partition, "synth": _synth, "show": _show}
+def _classes(args: argparse.Namespace) -> int:
+    listing = list_dataset(args.dataset, args.root, class_names_file=args.class_names, verify=False,
+                           progress=False, check_names=False)
+    folders = listing.class_folders or ["(nomenclature)"] * len(listing.classes)
+    limit = name_token_limit()
+    rows = [(f, c, str(token_count(c))) for f, c in zip(folders, listing.classes)]
+    widths = [max(len(r[i]) for r in [("folder", "class name", "tokens"), *rows]) for i in range(3)]
+    print(f"{'folder'.ljust(widths[0])}  {'class name'.ljust(widths[1])}  tokens")
+    for folder, name, tokens in rows:
+        print(f"{folder.ljust(widths[0])}  {name.ljust(widths[1])}  {tokens.rjust(6)}")
+    print(f"{len(rows)} classes; a name may have at most {limit} tokens (the text encoder's 77 minus the prompt)")
+    problems = class_name_problems(listing.class_folders or listing.classes, listing.classes, limit)
+    if problems:
+        raise DataError("; ".join(problems))
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from ..io import atomic_write
+    from .images import detect_modality, load_rgb
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise DataError(f"--out {out}: write the preview as a .png file")
+    if out.exists() and not args.force:
+        raise DataError(f"--out {out} exists; choose another name, or pass --force to replace it")
+    data = _data_config(args.set, args.config)
+    manifest_modality = load_manifest(args.manifest).get("modality", "rgb") if args.manifest else None
+    tiles = []
+    for item in args.inputs:
+        settings = settings_from_config(data, manifest_modality or detect_modality(item))
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DynamicRangeWarning)
+            image = load_rgb(item, settings)  # the function feature extraction calls
+        array = np.asarray(image)
+        print(f"{item}: {image.width} x {image.height}, {describe(settings)}, mean {array.mean():.1f} of 255")
+        tiles.append(array)
+    gap = 4
+    height = max(t.shape[0] for t in tiles)
+    strip = np.zeros((height, sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1), 3), dtype=np.uint8)
+    x = 0
+    for tile in tiles:
+        strip[: tile.shape[0], x : x + tile.shape[1]] = tile
+        x += tile.shape[1] + gap
+    atomic_write(out, lambda handle: Image.fromarray(strip, "RGB").save(handle, format="PNG", optimize=True))
+    print(f"wrote {out} ({len(tiles)} image{'s' if len(tiles) > 1 else ''}, as the encoder sees them before its "
+          "own resize and crop)")
+    return 0
+
+
+_COMMANDS = {"partition": _partition, "synth": _synth, "show": _show, "classes": _classes, "preview": _preview}
 
 
 def run_data_command(args: argparse.Namespace) -> int:

@@ -12,13 +12,15 @@ class DataError(ValueError):
 
 
 class ImageReadError(DataError):
-    """An image file is missing or cannot be decoded (truncated, corrupt, not an image).
+    """An image file or patch is missing, cannot be decoded, is too large, or lacks a band the composite needs.
 
-    `path` is the file and `reason` a short cause without the path, for listings
-    of skipped files.
+    `path` is the file, `reason` a short cause without the path (for listings of skipped files) and `kind` the
+    category the partition report counts ("unreadable", "not found", "too large", "missing band", ...).
     """
 
-    def __init__(self, message: str, *, path: str | None = None, reason: str | None = None):
+    def __init__(self, message: str, *, path: str | None = None, reason: str | None = None,
+                 kind: str = "unreadable"):
         super().__init__(message)
         self.path = path
         self.reason = reason or message
+        self.kind = kind

@@ -3,22 +3,27 @@
 Format (read by other tools, so keep it stable):
 
     {"version": 1, "dataset": str, "root": str (absolute), "classes": [readable names],
-     "class_folders": [folder names], "seed": int, "scheme": str, "train_fraction": float,
+     "class_folders": [folder names] (absent where classes are not folders), "seed": int, "scheme": str,
+     "train_fraction": float, "modality": "rgb" | "s2" | "s1" (absent: rgb), "multi_label": bool (absent: false),
      "sites": {"site-1": {"train": [[relative_path, label], ...], "test": [...]}, ...},
-     "skipped": [[relative_path, reason], ...]}
+     "skipped": [[relative_path, "<kind>: <detail>"], ...]}
 
-Paths are posix and relative to "root"; labels index "classes".
+Paths are posix and relative to "root" (a file, or a patch folder); labels index "classes". In a multi-label
+manifest (BigEarthNet) each label is a list of class indices. A site reads only paths inside its data root
+(symlinks resolved): `site_split` refuses any other entry by name.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from pathlib import Path
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ..io import atomic_write
+from .composite import MODALITIES
 from .errors import DataError
 from .partition import partition
 from .readers import DatasetListing
@@ -51,21 +56,32 @@ def build_manifest(
     fraction = DEFAULT_TRAIN_FRACTION.get(listing.name, 0.5) if train_fraction is None else train_fraction
     train, test = split_train_test(listing.records, fraction, seed)
     sites = partition(train, test, num_clients, scheme, seed, **scheme_kwargs)
-    return {
+    sets = listing.label_sets
+
+    def label(path: str, first: int) -> int | list[int]:
+        # Multi-label records are split and partitioned by their first label and keep all of them.
+        return list(sets[path]) if sets is not None else int(first)
+
+    manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
         "dataset": listing.name,
         "root": str(Path(listing.root).resolve()),
         "classes": list(listing.classes),
-        "class_folders": list(listing.class_folders),
+        "class_folders": list(listing.class_folders) if listing.class_folders is not None else None,
         "seed": int(seed),
         "scheme": scheme,
         "train_fraction": float(fraction),
+        "modality": listing.modality,
+        "multi_label": sets is not None,
         "sites": {
-            name: {split: [[path, int(label)] for path, label in parts[split]] for split in SPLITS}
+            name: {split: [[path, label(path, first)] for path, first in parts[split]] for split in SPLITS}
             for name, parts in sites.items()
         },
         "skipped": [[path, reason] for path, reason in listing.skipped],
     }
+    if manifest["class_folders"] is None:
+        del manifest["class_folders"]
+    return manifest
 
 
 # A two-element JSON list of [string, number-or-string] as json.dumps(indent=2)
@@ -73,11 +89,17 @@ def build_manifest(
 _PAIR = re.compile(
     r'\[\n\s*("(?:[^"\\\n]|\\.)*"),\n\s*(-?\d+|"(?:[^"\\\n]|\\.)*")\n\s*\]'
 )
+# A list of integers (a multi-label record's labels), likewise collapsed.
+_INTS = re.compile(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]")
+_MULTI = re.compile(r'\[\n\s*("(?:[^"\\\n]|\\.)*"),\n\s*(\[[-\d, ]*\])\n\s*\]')
 
 
 def dumps_manifest(manifest: Mapping[str, Any]) -> str:
     """The manifest as JSON text, one record per line."""
-    return _PAIR.sub(r"[\1, \2]", json.dumps(manifest, indent=2, ensure_ascii=False)) + "\n"
+    text = json.dumps(manifest, indent=2, ensure_ascii=False)
+    text = _INTS.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+    text = _MULTI.sub(r"[\1, \2]", text)
+    return _PAIR.sub(r"[\1, \2]", text) + "\n"
 
 
 def write_manifest(manifest: Mapping[str, Any], path: str | Path) -> Path:
@@ -140,7 +162,17 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> None:
     sites = manifest["sites"]
     if not isinstance(sites, dict) or not sites:
         raise fail("'sites' must be a non-empty object of site name -> {train, test}")
+    if manifest.get("modality", "rgb") not in MODALITIES:
+        raise fail(f"'modality' must be one of {', '.join(MODALITIES)}, got {manifest.get('modality')!r}")
+    multi = manifest.get("multi_label", False)
+    if not isinstance(multi, bool):
+        raise fail("'multi_label' must be true or false")
     num_classes = len(classes)
+
+    def is_int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    shape = "[relative_path, [labels]]" if multi else "[relative_path, label]"
     for site, parts in sites.items():
         if not isinstance(parts, dict):
             raise fail(f"site '{site}' must be an object with 'train' and 'test' lists")
@@ -149,13 +181,12 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> None:
             if not isinstance(records, list):
                 raise fail(f"site '{site}' has no '{split}' list")
             for i, rec in enumerate(records):
-                if (
-                    not isinstance(rec, list) or len(rec) != 2
-                    or not isinstance(rec[0], str) or not rec[0]
-                    or not isinstance(rec[1], int) or isinstance(rec[1], bool)
-                ):
-                    raise fail(f"site '{site}' {split} record {i} must be [relative_path, label], got {rec!r}")
-                if not 0 <= rec[1] < num_classes:
+                if not isinstance(rec, list) or len(rec) != 2 or not isinstance(rec[0], str) or not rec[0]:
+                    raise fail(f"site '{site}' {split} record {i} must be {shape}, got {rec!r}")
+                labels = rec[1] if multi else [rec[1]]
+                if not isinstance(labels, list) or not labels or not all(is_int(x) for x in labels):
+                    raise fail(f"site '{site}' {split} record {i} must be {shape}, got {rec!r}")
+                if not all(0 <= x < num_classes for x in labels):
                     raise fail(
                         f"site '{site}' {split} record {i} ({rec[0]}) has label {rec[1]}, "
                         f"outside 0..{num_classes - 1} for {num_classes} classes"
@@ -167,16 +198,45 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> None:
         raise fail("'skipped' must be a list of [relative_path, reason]")
 
 
-def site_split(
-    manifest: Mapping[str, Any], site: str, split: str, root: str | Path | None = None
-) -> list[tuple[Path, int]]:
-    """Absolute image paths and labels of one site's train or test split.
+def is_multi_label(manifest: Mapping[str, Any]) -> bool:
+    """True for a manifest whose records carry label lists (BigEarthNet)."""
+    return bool(manifest.get("multi_label", False))
 
-    root replaces the manifest's root, for a site that keeps the dataset
-    somewhere else.
+
+def confine(root: str | Path, rel: str, what: str) -> Path:
+    """`root/rel` with symlinks resolved, refused unless it lies inside `root` (also resolved).
+
+    rel must be relative (no leading "/", drive or "\\"); ".." may appear as long as the result stays inside.
+    Raises DataError naming `what` (the manifest entry), the path and the root.
+    """
+    base = Path(root).expanduser().resolve()
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or PureWindowsPath(rel).drive:
+        raise DataError(f"{what}: the path {rel!r} is absolute; manifest paths must be relative to the data root "
+                        f"{base}; regenerate the manifest with `fedrsclip data partition`")
+    full = (base / rel).resolve()
+    if not full.is_relative_to(base):
+        raise DataError(f"{what}: {rel!r} resolves to {full}, outside the data root {base} ('..' or a symlink "
+                        "leads out of it); a site reads only files under its data root: move the images under "
+                        "it, or set data.root to the folder that holds them")
+    return full
+
+
+def site_split(
+    manifest: Mapping[str, Any], site: str, split: str, root: str | Path | None = None, multi_label: bool = False,
+) -> list[tuple[Path, Any]]:
+    """Absolute image paths and labels of one site's train or test split, every path confined to the data root.
+
+    root replaces the manifest's root, for a site that keeps the dataset somewhere else. Labels are ints; with
+    multi_label, tuples of ints (and a multi-label manifest needs multi_label=True: the single-label algorithms
+    refuse it). Raises DataError naming the entry whose path leaves the data root.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+    if is_multi_label(manifest) and not multi_label:
+        raise DataError(
+            f"the manifest of dataset {manifest.get('dataset')} is multi-label (each image has a list of labels); "
+            "the single-label prompt algorithms and baselines cannot train on it. Multi-label training is not "
+            "built yet; use a single-label dataset (one class folder per image)")
     sites = manifest["sites"]
     if site not in sites:
         raise DataError(
@@ -184,8 +244,13 @@ def site_split(
             f"{len(sites)} sites: {', '.join(sites)}); check the site name or regenerate the "
             "manifest with the right --clients"
         )
-    base = Path(root if root is not None else manifest["root"]).expanduser()
-    return [(base / rel, int(label)) for rel, label in sites[site][split]]
+    base = root if root is not None else manifest["root"]
+    out = []
+    for i, (rel, label) in enumerate(sites[site][split]):
+        path = confine(base, rel, f"manifest entry {i} of {site}/{split}")
+        out.append((path, tuple(int(x) for x in label) if multi_label and isinstance(label, list) else
+                    (tuple([int(label)]) if multi_label else int(label))))
+    return out
 
 
 def site_counts_table(manifest: Mapping[str, Any]) -> str:
@@ -195,7 +260,8 @@ def site_counts_table(manifest: Mapping[str, Any]) -> str:
     all_labels: set[int] = set()
     total_train = total_test = 0
     for site, parts in manifest["sites"].items():
-        labels = {label for _, label in parts["train"]} | {label for _, label in parts["test"]}
+        labels = {x for _, label in parts["train"] + parts["test"]
+                  for x in (label if isinstance(label, list) else [label])}
         all_labels |= labels
         total_train += len(parts["train"])
         total_test += len(parts["test"])
@@ -217,9 +283,17 @@ def site_counts_table(manifest: Mapping[str, Any]) -> str:
         *(fmt(r) for r in rows[:-1]),
         fmt(tuple("-" * w for w in widths)),
         fmt(rows[-1]),
-        f"skipped files: {len(manifest.get('skipped', []))}",
+        f"skipped files: {skipped_summary(manifest.get('skipped', []))}",
     ]
     return "\n".join(lines)
+
+
+def skipped_summary(skipped: Sequence[Sequence[str]]) -> str:
+    """"0", or "5 (unreadable 3, too large 2)": skipped entries counted by the kind their reason starts with."""
+    if not skipped:
+        return "0"
+    kinds = Counter(reason.split(":", 1)[0] if ":" in reason else "other" for _, reason in skipped)
+    return f"{len(skipped)} (" + ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()) + ")"
 
 
 def centralized(manifest: Mapping[str, Any]) -> dict[str, Any]:

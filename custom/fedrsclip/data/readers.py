@@ -10,35 +10,61 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .classnames import class_names_for, load_class_name_overrides
+from . import bigearthnet
+from .classnames import check_class_names, class_names_for, load_class_name_overrides
+from .composite import ImageSettings, image_settings
 from .errors import DataError, ImageReadError
 from .images import IMAGE_EXTENSIONS, check_image
 
 
 @dataclass(frozen=True)
 class _Layout:
-    images_subdir: str | None  # folder between the root and the class folders, if any
+    images_subdirs: tuple[str, ...]  # folders between the root and the class (or patch) folders, tried in order
     expected: str  # shown in error messages
+    modality: str = "rgb"  # fedrsclip.data.composite.MODALITIES: how its images become the encoder's RGB
+    patches: bool = False  # one folder per image with a label file (BigEarthNet), not one folder per class
 
 
 _LAYOUTS: dict[str, _Layout] = {
     "ucmerced": _Layout(
-        "Images",
+        ("Images",),
         "<root>/Images/<class>/*.tif (the official UCMerced_LandUse.zip unpacks to "
         "UCMerced_LandUse/Images/; <root>/<class>/*.tif is accepted too)",
     ),
     "optimal31": _Layout(
-        "Images",
+        ("Images",),
         "<root>/Images/<class>/*.jpg (OPTIMAL-31 unpacks to OPTIMAL-31/Images/; "
         "<root>/<class>/*.jpg is accepted too)",
     ),
     "nwpu": _Layout(
-        None,
+        (),
         "<root>/<class>/*.jpg (NWPU-RESISC45 unpacks to NWPU-RESISC45/<class>/)",
     ),
-    "imagefolder": _Layout(None, "<root>/<class>/<image files>"),
+    "eurosat": _Layout(
+        ("2750", "EuroSAT"),
+        "<root>/<class>/*.jpg (EuroSAT.zip, the RGB version, unpacks to 2750/<class>/)",
+    ),
+    "eurosat-ms": _Layout(
+        ("ds/images/remote_sensing/otherDatasets/sentinel_2/tif", "EuroSATallBands", "tif"),
+        "<root>/<class>/*.tif with 13 Sentinel-2 bands (EuroSATallBands.zip unpacks to "
+        "ds/images/remote_sensing/otherDatasets/sentinel_2/tif/<class>/)",
+        modality="s2",
+    ),
+    "bigearthnet-s2": _Layout(
+        ("S2", "BigEarthNet-v1.0"),
+        "<root>/<patch>/<patch>_B02.tif ... and <patch>_labels_metadata.json (BigEarthNet-S2 v1.0 unpacks to "
+        "BigEarthNet-v1.0/<patch>/)",
+        modality="s2", patches=True,
+    ),
+    "bigearthnet-s1": _Layout(
+        ("S1", "BigEarthNet-S1-v1.0"),
+        "<root>/<patch>/<patch>_VV.tif, <patch>_VH.tif and <patch>_labels_metadata.json (BigEarthNet-S1 v1.0 "
+        "unpacks to BigEarthNet-S1-v1.0/<patch>/)",
+        modality="s1", patches=True,
+    ),
+    "imagefolder": _Layout((), "<root>/<class>/<image files>"),
     "synthetic": _Layout(
-        None,
+        (),
         "<root>/<class>/*.png (create one with `fedrsclip data synth --out DIR`)",
     ),
 }
@@ -57,20 +83,36 @@ _PROGRESS_THRESHOLD = 200  # below this many files a progress bar is just noise
 _MAX_FILE_WARNINGS = 20  # individual warnings before switching to one summary
 
 
+def dataset_modality(dataset: str) -> str:
+    """The modality a dataset's images have (rgb, s2, s1); DataError for an unknown dataset."""
+    if dataset not in _LAYOUTS:
+        raise DataError(f"unknown dataset '{dataset}'; valid datasets are: {', '.join(DATASETS)}")
+    return _LAYOUTS[dataset].modality
+
+
+def skip_reason(kind: str, detail: str) -> str:
+    """A skipped entry's reason: "<kind>: <detail>"; the partition report counts entries by kind."""
+    return f"{kind}: {detail}"
+
+
 @dataclass
 class DatasetListing:
     """What list_dataset found.
 
-    `root` is the folder whose children are the class folders; `records` hold
-    paths relative to it (posix) with the index into `classes`/`class_folders`.
+    `root` is the folder whose children are the class (or patch) folders; `records` hold paths relative to it
+    (posix) with the index into `classes` (for multi-label data, the first of the record's labels, used to
+    stratify splits and partitions); `label_sets` {path: all its labels} for multi-label data, else None.
+    `class_folders` is None where classes are not folders (BigEarthNet's 19-class nomenclature).
     """
 
     name: str
     root: Path
-    class_folders: list[str]
+    class_folders: list[str] | None
     classes: list[str]
     records: list[tuple[str, int]]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    modality: str = "rgb"
+    label_sets: dict[str, list[int]] | None = None
 
     def class_counts(self) -> list[int]:
         """Number of records per class, indexed by label."""
@@ -91,6 +133,11 @@ def _is_quiet(name: str) -> bool:
 
 def _class_dirs(base: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(base) if e.is_dir() and not _is_hidden(e.name))
+
+
+def _outside(path: str | Path, root: Path) -> bool:
+    """True when path, symlinks resolved, leaves root (itself resolved)."""
+    return not Path(path).resolve().is_relative_to(root)
 
 
 def _has_images(folder: Path, depth: int = 1) -> bool:
@@ -115,8 +162,7 @@ def _resolve_base(dataset: str, root: Path) -> Path:
         )
     if not root.is_dir():
         raise DataError(f"dataset root {root} is a file; pass the folder that holds the dataset")
-    sub = _LAYOUTS[dataset].images_subdir
-    if sub is not None:
+    for sub in _LAYOUTS[dataset].images_subdirs:
         for candidate in (sub, sub.lower()):
             if (root / candidate).is_dir():
                 return root / candidate
@@ -137,20 +183,20 @@ def _layout_error(dataset: str, base: Path) -> DataError:
         # A common mistake: pointing at the folder that contains the unpacked dataset.
         for name in _class_dirs(base):
             child = base / name
-            sub = _LAYOUTS[dataset].images_subdir
-            inner = child / sub if sub and (child / sub).is_dir() else child
+            subs = [child / s for s in _LAYOUTS[dataset].images_subdirs if (child / s).is_dir()]
+            inner = subs[0] if subs else child
             if _has_images(inner, depth=2) and not _has_images(inner, depth=1):
                 msg += f". Did you mean --root {child}?"
                 break
     return DataError(msg)
 
 
-def _scan_class(base: Path, folder: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """Images (relative to base, sorted), unsupported files and sub-folders of one class folder.
+def _scan_class(base: Path, folder: str, root: Path) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """Images (relative to base, sorted), skipped files and sub-folders of one class folder.
 
     Class folders must hold their images directly: the datasets are flat, and
     recursing would silently turn a --root one level too high into a dataset
-    whose "classes" are dataset folders.
+    whose "classes" are dataset folders. Symlinks that lead out of `root` are skipped.
     """
     images: list[str] = []
     unsupported: list[tuple[str, str]] = []
@@ -158,6 +204,10 @@ def _scan_class(base: Path, folder: str) -> tuple[list[str], list[tuple[str, str
     for entry in sorted(os.scandir(base / folder), key=lambda e: e.name):
         rel = f"{folder}/{entry.name}"
         if _is_hidden(entry.name):  # .DS_Store, ._x.png AppleDouble files, Thumbs.db
+            continue
+        if entry.is_symlink() and _outside(entry.path, root):
+            target = Path(entry.path).resolve()
+            unsupported.append((rel, skip_reason("outside the data root", f"a symlink to {target}")))
             continue
         if entry.is_dir():
             subdirs.append(rel)
@@ -167,21 +217,24 @@ def _scan_class(base: Path, folder: str) -> tuple[list[str], list[tuple[str, str
             images.append(rel)
         elif not _is_quiet(entry.name):
             unsupported.append(
-                (rel, f"unsupported file type '{suffix or entry.name}' "
-                      f"(images must be {', '.join(sorted(IMAGE_EXTENSIONS))})")
+                (rel, skip_reason("unsupported file type", f"'{suffix or entry.name}' "
+                                  f"(images must be {', '.join(sorted(IMAGE_EXTENSIONS))})"))
             )
     return images, unsupported, subdirs
 
 
-def _check_all(base: Path, rels: list[str], progress: bool) -> dict[str, str]:
-    """Decode every image; return {relative path: reason} for the broken ones."""
+def _check_all(base: Path, rels: list[str], progress: bool, settings: ImageSettings,
+               extra=None) -> dict[str, str]:
+    """Decode every image (with `extra(rel)` run first, if given); {relative path: reason} of the broken ones."""
     bad: dict[str, str] = {}
 
     def check(rel: str) -> tuple[str, str | None]:
         try:
-            check_image(base / rel)
+            if extra is not None:
+                extra(rel)
+            check_image(base / rel, settings)
         except ImageReadError as exc:
-            return rel, exc.reason
+            return rel, skip_reason(exc.kind, exc.reason)
         return rel, None
 
     show = progress and len(rels) > _PROGRESS_THRESHOLD
@@ -221,24 +274,34 @@ def list_dataset(
     class_names_file: str | Path | None = None,
     verify: bool = True,
     progress: bool = True,
+    image: ImageSettings | None = None,
+    check_names: bool = True,
 ) -> DatasetListing:
-    """Find the class folders and images of a dataset.
+    """Find the class folders (or BigEarthNet patches) and images of a dataset.
 
     dataset: one of DATASETS. Each class folder must hold its images directly.
-    With verify, every image is decoded once and the unreadable ones are skipped
-    (listed in `skipped`, with a warning). Hidden files and README/metadata text
-    files are ignored silently; other files and sub-folders are listed in
-    `skipped`. class_names_file: JSON/YAML {folder: readable name} overrides.
+    With verify, every image is decoded once (through `image`, default: the dataset's modality with its default
+    composite, so a patch must hold the composite's bands) and the unreadable ones are skipped (listed in
+    `skipped` as "<kind>: <detail>", with a warning). Hidden files and README/metadata text files are ignored
+    silently; other files, sub-folders and symlinks leading out of the root are listed in `skipped`.
+    class_names_file: JSON/YAML {folder: readable name} overrides. With check_names, two folders with the same
+    class name or a name too long for the text encoder are a DataError naming them.
     """
     if dataset not in _LAYOUTS:
         raise DataError(
             f"unknown dataset '{dataset}'; valid datasets are: {', '.join(DATASETS)}"
         )
+    layout = _LAYOUTS[dataset]
+    image = image or image_settings(dataset_modality=layout.modality)
     root = Path(root).expanduser().resolve()
     base = _resolve_base(dataset, root)
+    if layout.patches:
+        return _list_patches(dataset, root, base, verify, progress, image)
 
     folders = _class_dirs(base)
-    scanned = {f: _scan_class(base, f) for f in folders}
+    outside = [f for f in folders if _outside(base / f, root)]
+    folders = [f for f in folders if f not in outside]
+    scanned = {f: _scan_class(base, f, root) for f in folders}
     if not any(scanned[f][0] for f in folders):
         raise _layout_error(dataset, base)
     for folder in folders:
@@ -250,7 +313,7 @@ def list_dataset(
             )
             raise DataError(
                 f"class folder {base / folder} contains no images{hint}; remove it or restore its "
-                f"images (expected layout: {_LAYOUTS[dataset].expected})"
+                f"images (expected layout: {layout.expected})"
             )
     if len(folders) < 2:
         raise DataError(
@@ -260,9 +323,11 @@ def list_dataset(
 
     other_files = [entry for f in folders for entry in scanned[f][1]]
     other_files += [
-        (d, "sub-folder ignored (class folders must hold their images directly)")
+        (d, skip_reason("sub-folder", "ignored (class folders must hold their images directly)"))
         for f in folders for d in scanned[f][2]
     ]
+    other_files += [(f, skip_reason("outside the data root", f"class folder resolves to {(base / f).resolve()}"))
+                    for f in outside]
     if other_files:
         warnings.warn(
             f"ignored {len(other_files)} entries that are not images under {base} "
@@ -271,7 +336,7 @@ def list_dataset(
         )
 
     all_images = [rel for f in folders for rel in scanned[f][0]]
-    bad = _check_all(base, all_images, progress) if verify else {}
+    bad = _check_all(base, all_images, progress, image) if verify else {}
     image_skips = sorted(bad.items())
     _warn_skipped(base, image_skips)
     skipped = sorted(other_files + image_skips)
@@ -282,7 +347,7 @@ def list_dataset(
         if not kept:
             raise DataError(
                 f"class folder {base / folder} has no readable images "
-                f"({len(scanned[folder][0])} skipped as unreadable); fix or remove it"
+                f"({len(scanned[folder][0])} skipped: {bad[scanned[folder][0][0]]}); fix or remove it"
             )
         records.extend((rel, label) for rel in kept)
 
@@ -295,13 +360,8 @@ def list_dataset(
             stacklevel=2,
         )
     classes = class_names_for(folders, overrides)
-    dupes = sorted({c for c in classes if classes.count(c) > 1})
-    if dupes:
-        warnings.warn(
-            f"several class folders get the same readable name ({', '.join(dupes)}); "
-            "give them distinct names with a class-names file",
-            stacklevel=2,
-        )
+    if check_names:
+        check_class_names(folders, classes)
     return DatasetListing(
         name=dataset,
         root=base,
@@ -309,4 +369,53 @@ def list_dataset(
         classes=classes,
         records=records,
         skipped=skipped,
+        modality=layout.modality,
+    )
+
+
+def _list_patches(dataset: str, root: Path, base: Path, verify: bool, progress: bool,
+                  image: ImageSettings) -> DatasetListing:
+    """BigEarthNet: every sub-folder with a label file is a patch; labels mapped to the 19-class nomenclature."""
+    layout = _LAYOUTS[dataset]
+    skipped: list[tuple[str, str]] = []
+    patches: list[str] = []
+    for name in _class_dirs(base):
+        if _outside(base / name, root):
+            skipped.append((name, skip_reason("outside the data root", f"resolves to {(base / name).resolve()}")))
+        elif bigearthnet.is_patch(base / name):
+            patches.append(name)
+        elif not _is_quiet(name):
+            skipped.append((name, skip_reason("not a patch", f"no {name}{bigearthnet.LABEL_SUFFIX}")))
+    if not patches:
+        raise DataError(f"no BigEarthNet patches found under {base} for dataset '{dataset}'; expected "
+                        f"{layout.expected}")
+    label_sets: dict[str, list[int]] = {}
+
+    def read_labels(rel: str) -> None:
+        label_sets[rel] = bigearthnet.labels_19(base / rel)
+
+    if verify:
+        bad = _check_all(base, patches, progress, image, extra=read_labels)
+    else:
+        bad = {}
+        for rel in patches:
+            try:
+                read_labels(rel)
+            except ImageReadError as exc:
+                bad[rel] = skip_reason(exc.kind, exc.reason)
+    image_skips = sorted(bad.items())
+    _warn_skipped(base, image_skips)
+    kept = [rel for rel in patches if rel not in bad]
+    if not kept:
+        raise DataError(f"none of the {len(patches)} patches under {base} is usable (first: {image_skips[0][0]}: "
+                        f"{image_skips[0][1]})")
+    return DatasetListing(
+        name=dataset,
+        root=base,
+        class_folders=None,
+        classes=list(bigearthnet.CLASSES_19),
+        records=[(rel, label_sets[rel][0]) for rel in kept],
+        skipped=sorted(skipped + image_skips),
+        modality=layout.modality,
+        label_sets={rel: label_sets[rel] for rel in kept},
     )

@@ -12,11 +12,16 @@ from .errors import DataError
 Record = tuple[str, int]
 
 # Fraction of each class used for training. UC Merced and OPTIMAL-31 use the
-# common 50/50 protocol, NWPU-RESISC45 the harder 20/80 one (as in the paper).
+# common 50/50 protocol, NWPU-RESISC45 the harder 20/80 one (as in the paper),
+# EuroSAT the 80/20 of its paper; BigEarthNet is stratified by each patch's first label.
 DEFAULT_TRAIN_FRACTION: dict[str, float] = {
     "ucmerced": 0.5,
     "optimal31": 0.5,
     "nwpu": 0.2,
+    "eurosat": 0.8,
+    "eurosat-ms": 0.8,
+    "bigearthnet-s2": 0.5,
+    "bigearthnet-s1": 0.5,
     "imagefolder": 0.5,
     "synthetic": 0.5,
 }
