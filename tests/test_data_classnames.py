@@ -169,5 +169,5 @@ def test_token_limit_matches_the_prompt_learner(tiny_backbone):
 
     limit = name_token_limit()
     PromptLearner(tiny_backbone, [" ".join(["very"] * limit), "river"], PromptConfig())
-    with pytest.raises(ValueError, match="too long"):
+    with pytest.raises(ValueError, match="over the text encoder.s limit"):
         PromptLearner(tiny_backbone, [" ".join(["very"] * (limit + 1)), "river"], PromptConfig())
