@@ -170,20 +170,20 @@ def _iterate_standard(C: Tensor, a: Tensor, b: Tensor, cfg: OTConfig) -> tuple[T
         v = b / (K * u.unsqueeze(-1)).sum(-2)  # columns exact
         Kv = (K * v.unsqueeze(-2)).sum(-1)  # the next u-step's, computed once
         err = _residual(u * Kv, torch.minimum(a, Kv), b)
-        if not err >= cfg.tol:  # converged, or NaN (left to the finiteness check)
+        if not err >= cfg.tol:  # converged, or NaN (raised by solve_plan)
             break
     return u.unsqueeze(-1) * K * v.unsqueeze(-2), n_iter, err
 
 
 def _iterate_log(C: Tensor, a: Tensor, b: Tensor, cfg: OTConfig) -> tuple[Tensor, int, float]:
     logK = C / -cfg.eps  # [..., V, P]
-    log_a = torch.log(a)
+    log_a, log_b = torch.log(a), torch.log(b)
     log_v = torch.zeros_like(b)
     log_Kv = torch.logsumexp(logK + log_v.unsqueeze(-2), dim=-1)  # [..., V]
     log_u, n_iter, err = torch.zeros_like(a), 0, math.inf
     for n_iter in range(1, cfg.max_iter + 1):
         log_u = torch.clamp(log_a - log_Kv, max=0.0)
-        log_v = torch.log(b) - torch.logsumexp(logK + log_u.unsqueeze(-1), dim=-2)
+        log_v = log_b - torch.logsumexp(logK + log_u.unsqueeze(-1), dim=-2)
         log_Kv = torch.logsumexp(logK + log_v.unsqueeze(-2), dim=-1)
         # the standard path's residual, from logs: Kv alone can overflow where u underflows
         err = _residual(torch.exp(log_u + log_Kv), torch.exp(torch.minimum(log_a, log_Kv)), b)
@@ -223,7 +223,7 @@ def solve_plan(
             return torch.zeros_like(C), 0
         plan, n_iter, residual = (_iterate_log if cfg.log_domain else _iterate_standard)(C, a, b, cfg)
         _raise_if_nonfinite(plan, "plan", cfg)
-        _raise_if_nonfinite(torch.tensor(residual), "row residual", cfg)
+        _raise_if_nonfinite(torch.tensor(residual), "row residual", cfg)  # a NaN one ended the loop early
         if residual >= cfg.tol:
             _report_unconverged(residual, cfg)
     return plan, n_iter
