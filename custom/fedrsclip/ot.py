@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ranges import check_ranges, ranged
+
 __all__ = [
     "OTConfig",
     "OTDivergedError",
@@ -58,33 +60,20 @@ _DIVERGED_HINT = "try `ot.log_domain: true` or a larger `ot.eps`"
 
 @dataclass(frozen=True)
 class OTConfig:
-    """Settings of the entropic unbalanced OT (config section ``ot``)."""
+    """Settings of the entropic unbalanced OT (config section ``ot``); refused at construction when out of range."""
 
-    eps: float = 0.1
-    mass: float = 0.8
-    tol: float = 1e-3
-    max_iter: int = 100
+    eps: float = ranged(0.1, "(0, inf)")
+    mass: float = ranged(0.8, "(0, 1]")
+    tol: float = ranged(1e-3, "(0, inf)")
+    max_iter: int = ranged(100, "[1, inf)")
     log_domain: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)):
-            raise ValueError(f"ot.eps must be a number, got {self.eps!r}")
-        if not (math.isfinite(self.eps) and self.eps > 0):
-            raise ValueError(f"ot.eps must be a finite number > 0, got {self.eps!r}")
-        if isinstance(self.mass, bool) or not isinstance(self.mass, (int, float)):
-            raise ValueError(f"ot.mass must be a number, got {self.mass!r}")
-        if not (0 < self.mass <= 1):
-            raise ValueError(f"ot.mass must satisfy 0 < ot.mass <= 1, got {self.mass!r}")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)):
-            raise ValueError(f"ot.tol must be a number, got {self.tol!r}")
-        if not (math.isfinite(self.tol) and self.tol > 0):
-            raise ValueError(f"ot.tol must be a finite number > 0, got {self.tol!r}")
         if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int):
             raise ValueError(f"ot.max_iter must be an integer, got {self.max_iter!r}")
-        if self.max_iter < 1:
-            raise ValueError(f"ot.max_iter must be >= 1, got {self.max_iter!r}")
         if not isinstance(self.log_domain, bool):
             raise ValueError(f"ot.log_domain must be true or false, got {self.log_domain!r}")
+        check_ranges(self, "ot.")
 
 
 class OTDivergedError(RuntimeError):
