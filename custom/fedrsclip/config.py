@@ -37,7 +37,8 @@ class ModelConfig:
 
 @dataclass
 class PromptConfig:
-    n_ctx: int = ranged(4, "[1, inf)")  # learnable context vectors per prompt: 4 x 512 = the paper's 2,048 shared values
+    # learnable context vectors per prompt: 4 x 512 = the paper's 2,048 shared values
+    n_ctx: int = ranged(4, "[1, inf)")
     class_position: str = "middle"  # middle (paper, eq. 4) | end | front
     init: str = "random"  # "random" (N(0, 0.02), as CoOp) or a phrase such as "a satellite photo of"
     init_std: float = ranged(0.02, "[0, inf)")
@@ -109,10 +110,13 @@ class ClassifierConfig:
 class PrivacyConfig:
     """Opt-in differential privacy of what a site sends (fedrsclip.privacy), applied at the site before it leaves."""
 
-    dp_clip_norm: float | None = ranged(None, "(0, inf)")  # L2 clip of the shared-prompt UPDATE (sent minus received); null: no DP
-    dp_noise_multiplier: float = ranged(0.0, "[0, inf)")  # Gaussian noise std = multiplier x clip norm (needs dp_clip_norm)
+    # L2 clip of the shared-prompt UPDATE (sent minus received); null: no DP
+    dp_clip_norm: float | None = ranged(None, "(0, inf)")
+    # Gaussian noise std = multiplier x clip norm (needs dp_clip_norm)
+    dp_noise_multiplier: float = ranged(0.0, "[0, inf)")
     dp_delta: float = ranged(1e-5, "(0, 1)")  # the delta the accountant reports epsilon for
-    dp_seed: int | None = ranged(None, SEED)  # null: noise from OS entropy (secret); an int: reproducible noise per site and round
+    # null: noise from OS entropy (secret); an int: reproducible noise per site and round
+    dp_seed: int | None = ranged(None, SEED)
 
 
 @dataclass

@@ -48,7 +48,9 @@ class Interval:
         if math.isfinite(self.low) and math.isfinite(self.high):
             return f"between {low} and {high} ({low} {low_op} x {high_op} {high})"
         if math.isfinite(self.low):
-            return "positive" if (self.low, self.low_closed) == (0, False) else f"{'>=' if self.low_closed else '>'} {low}"
+            if (self.low, self.low_closed) == (0, False):
+                return "positive"
+            return f"{low_op.replace('<', '>')} {low}"
         if math.isfinite(self.high):
             return f"{high_op} {high}"
         return "a finite number"
