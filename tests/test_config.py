@@ -146,3 +146,13 @@ def test_boundaries_that_are_allowed():
     cfg = load_config(overrides=["dpac.weight=0", "train.momentum=0", "train.weight_decay=0", "ot.mass=1",
                                  "privacy.dp_noise_multiplier=0", "data.num_workers=0", "prompt.init_std=0"])
     assert cfg.dpac.weight == 0.0 and cfg.ot.mass == 1.0
+
+
+def test_interval_notation():
+    from fedrsclip.ranges import Interval
+
+    assert 1 in Interval.parse("(0, 1]") and 0 not in Interval.parse("(0, 1]")
+    assert Interval.parse("[0, 1)").describe() == "between 0 and 1 (0 <= x < 1)"
+    for bad in ("0, 1", "(1, 0)", "(0; 1)", "[a, 1]"):
+        with pytest.raises(ValueError):
+            Interval.parse(bad)
