@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import ot as pot  # POT, the independent reference (our module is fedrsclip.ot)
@@ -172,6 +173,74 @@ def test_default_constraints_realistic_batch():
     assert 2 <= n_iter <= 100
     # default tol 1e-3: columns exact (v-step last), row caps within a small slack
     _check_constraints(T, 1.0 / V, torch.full((P,), 0.4), atol=1e-2 / V)
+
+
+ISSUE_COST = [[0.3, 1.4], [1.6, 2.0], [1.7, 0.8], [2.0, 1.9]]  # issue 11, item 14: mass 1.0, eps 0.1
+
+
+def _row_excess(T, a) -> float:
+    """Worst problem's total cap violation sum_v (rowsum_v - a_v)_+ (the issue's measure)."""
+    return float((T.double().sum(-1) - torch.as_tensor(a, dtype=torch.float64)).clamp_min(0).sum(-1).max())
+
+
+@pytest.mark.parametrize("log_domain", [False, True])
+def test_default_stop_is_near_the_solution_issue_case(log_domain):
+    # The old rule (mean |u_new - u| < tol) stopped here after 10 iterations with row sums
+    # [0.50, 0.002, 0.49, 0.004] against the cap 0.25 and score 0.442 (POT: -0.1595).
+    cost = torch.tensor(ISSUE_COST, dtype=torch.float64)
+    cfg = OTConfig(eps=0.1, mass=1.0, log_domain=log_domain)
+    T, n_iter = solve_plan(cost, cfg)
+    a, b = np.full(4, 0.25), np.full(2, 0.5)
+    ref = _pot_plan(cost.numpy(), a, b, 0.1)
+    assert n_iter < cfg.max_iter
+    assert _row_excess(T, a) <= cfg.tol * cfg.mass  # the stopping rule's guarantee
+    _check_constraints(T, a, b, atol=1e-9, row_atol=cfg.tol * cfg.mass)
+    score, ref_score = 1 - float((T * cost).sum()), 1 - float((ref * cost.numpy()).sum())
+    assert abs(ref_score - (-0.1595)) < 1e-4
+    assert abs(score - ref_score) < 2 * cfg.tol * cfg.mass  # misplaced mass <= tol*mass, moved across costs <= 2
+    T_tight, _ = solve_plan(cost, dataclasses.replace(cfg, **TIGHT))
+    np.testing.assert_allclose(T_tight.numpy(), ref, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.5, 2.0, 10.0])
+def test_default_tol_bounds_the_violation_wide_costs_eps001(scale):
+    """Costs U(0, scale) at eps 0.01 (log domain): stopping at the default tol leaves every problem's cap
+    violation below tol*mass and the distance close to POT's; a tight tol gives POT's plan."""
+    g = torch.Generator().manual_seed(1)
+    V, P, eps, mass = 49, 2, 0.01, 0.8
+    cost = torch.rand(3, V, P, generator=g, dtype=torch.float64) * scale
+    a, b = np.full(V, 1.0 / V), np.full(P, mass / P)
+    cfg = OTConfig(eps=eps, mass=mass, log_domain=True, max_iter=100_000)
+    T, n_iter = solve_plan(cost, cfg)
+    assert n_iter < cfg.max_iter
+    assert _row_excess(T, a) <= cfg.tol * mass
+    _check_constraints(T, a, b, atol=1e-9, row_atol=cfg.tol * mass)
+    # POT's log-domain solver is slow at small eps: one problem of the batch is compared with it
+    ref = pot.partial.entropic_partial_wasserstein_logscale(
+        a, b, cost[0].numpy(), eps, m=mass, numItermax=50_000, stopThr=1e-11)
+    T_tight, _ = solve_plan(cost[0], dataclasses.replace(cfg, tol=1e-11))
+    np.testing.assert_allclose(T_tight.numpy(), ref, rtol=1e-5, atol=1e-7 * ref.max())
+    d, d_ref = float((T[0] * cost[0]).sum()), float((ref * cost[0].numpy()).sum())
+    # the misplaced mass (<= tol*mass) times the cost range bounds the error of d in practice
+    assert abs(d - d_ref) <= cfg.tol * mass * scale
+
+
+@pytest.mark.parametrize("log_domain", [False, True])
+def test_stopping_at_max_iter_is_logged_without_flooding(log_domain, caplog, monkeypatch):
+    import fedrsclip.ot as ot_module
+
+    monkeypatch.setattr(ot_module, "_unconverged", 0)
+    cost = torch.tensor(ISSUE_COST)
+    with caplog.at_level(logging.DEBUG, logger="fedrsclip.ot"):
+        solve_plan(cost, OTConfig(eps=0.1, mass=1.0, log_domain=log_domain))  # converges: nothing logged
+        assert not caplog.records
+        for _ in range(5):
+            T, n_iter = solve_plan(cost, OTConfig(eps=0.1, mass=1.0, max_iter=3, log_domain=log_domain))
+            assert n_iter == 3 and torch.isfinite(T).all()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(caplog.records) == 5 and len(warnings) == 3  # the 1st, 2nd and 4th; the rest at DEBUG
+    assert "ot.max_iter=3" in warnings[0].getMessage() and "row residual of" in warnings[0].getMessage()
+    assert warnings[-1].getMessage().endswith("so far: 4)")
 
 
 def test_max_iter_one_runs_once():

@@ -15,6 +15,9 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .ot import OTConfig  # frozen and self-validating; FedOTP's values as defaults
+from .ranges import check_ranges, ranged
+
+SEED = "[0, 4294967296)"  # every seed: numpy's and torch's generators take it as it is
 
 
 class ConfigError(ValueError):
@@ -26,28 +29,24 @@ class ModelConfig:
     arch: str = "ViT-B-16"  # any open_clip model name (`open_clip.list_models()`)
     pretrained: str | None = "openai"  # a pretrained tag, a local checkpoint file, or null
     random_init: bool = False  # explicit opt-in to random weights (offline demo, tests)
-    init_seed: int = 0  # seeds random weights so every site builds the same frozen CLIP
+    init_seed: int = ranged(0, SEED)  # seeds random weights so every site builds the same frozen CLIP
     # null: from the weights (a tag's open_clip entry, or a recognised checkpoint file: README "Backbones"); a file
     # that does not tell stops and asks for it. Random weights: off unless true.
     quick_gelu: bool | None = None
     # Text positions. null: the weights' own (77; 248 for Long-CLIP/LRSCLIP files). 248 on a 77-position CLIP
     # applies Long-CLIP's Knowledge-Preserved Stretching (fedrsclip.checkpoints.kps_stretch).
-    context_length: int | None = None
+    context_length: int | None = ranged(None, "[2, inf)")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str | None = None  # where open_clip keeps hub downloads
-
-    def __post_init__(self) -> None:
-        if self.context_length is not None and isinstance(self.context_length, int) and self.context_length < 2:
-            raise ValueError(f"model.context_length must be at least 2 (or null: the weights' own); "
-                             f"got {self.context_length!r}")
 
 
 @dataclass
 class PromptConfig:
-    n_ctx: int = 4  # learnable context vectors per prompt: 4 x 512 = the paper's 2,048 shared values
+    # learnable context vectors per prompt: 4 x 512 = the paper's 2,048 shared values
+    n_ctx: int = ranged(4, "[1, inf)")
     class_position: str = "middle"  # middle (paper, eq. 4) | end | front
     init: str = "random"  # "random" (N(0, 0.02), as CoOp) or a phrase such as "a satellite photo of"
-    init_std: float = 0.02
+    init_std: float = ranged(0.02, "[0, inf)")
     # A YAML or JSON file mapping each class name to a description used as the class text in the prompts and in
     # the zero-shot reference (fedrsclip.prompts.load_class_descriptions); null: the class names. Read where the
     # prompts are built: in a FLARE job, at every site (give a path that exists there).
@@ -56,22 +55,22 @@ class PromptConfig:
 
 @dataclass
 class DPACConfig:
-    weight: float = 1.0
-    scale: float = 10.0  # s in eq. 9
+    weight: float = ranged(1.0, "[0, inf)")  # 0 turns DPAC off
+    scale: float = ranged(10.0, "(0, inf)")  # s in eq. 9
     negatives: str = "classes"  # classes (no extra download) | peers (other sites' shared prompts, as the paper)
 
 
 @dataclass
 class TrainConfig:
-    rounds: int = 10
-    local_epochs: int = 1
-    batch_size: int = 32  # paper
-    eval_batch_size: int = 100  # paper
-    lr: float = 0.001  # paper: SGD, lr 0.001
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    fedprox_mu: float = 0.01  # used by `fedprox` only
-    seed: int = 0
+    rounds: int = ranged(10, "[1, inf)")
+    local_epochs: int = ranged(1, "[1, inf)")
+    batch_size: int = ranged(32, "[1, inf)")  # paper
+    eval_batch_size: int = ranged(100, "[1, inf)")  # paper
+    lr: float = ranged(0.001, "(0, inf)")  # paper: SGD, lr 0.001
+    momentum: float = ranged(0.9, "[0, 1)")
+    weight_decay: float = ranged(0.0, "[0, inf)")
+    fedprox_mu: float = ranged(0.01, "[0, inf)")  # used by `fedprox` only
+    seed: int = ranged(0, SEED)
     # A resumed FLARE job: the folder holding each site's state from the earlier job ("{site}" becomes the site
     # name; relative to the site's workspace). A site without state of its own starts from a copy of it.
     resume_from: str | None = None
@@ -82,16 +81,16 @@ class DataConfig:
     manifest: str | None = None  # partition manifest (simulation); a deployed site sets its own root instead
     root: str | None = None  # overrides the manifest's root (where this site's images are)
     cache_dir: str = ".cache/fedrsclip-features"
-    num_workers: int = 0
+    num_workers: int = ranged(0, "[0, inf)")
     # Where the images come from: "manifest" (data.manifest, the default) or "synthetic": every site generates the
     # same seeded synthetic dataset (fedrsclip.data.synth) and the same partition manifest over synthetic_sites
     # sites, then takes its part. No download, no preparation step (offline demo, tests).
     source: str = "manifest"
-    synthetic_sites: int = 10  # sites the synthetic dataset is partitioned over (site-1 .. site-N)
-    synthetic_classes: int = 10
-    synthetic_per_class: int = 40
-    synthetic_size: int = 64  # pixels
-    synthetic_seed: int = 0  # images, train/test split and partition
+    synthetic_sites: int = ranged(10, "[1, inf)")  # sites the synthetic dataset is partitioned over (site-1 .. site-N)
+    synthetic_classes: int = ranged(10, "[1, inf)")
+    synthetic_per_class: int = ranged(40, "[1, inf)")
+    synthetic_size: int = ranged(64, "[1, inf)")  # pixels
+    synthetic_seed: int = ranged(0, SEED)  # images, train/test split and partition
     synthetic_scheme: str = "uniform"  # a partition scheme: uniform | label-skew | dirichlet
     synthetic_dir: str | None = None  # where to generate it; null: the caller's default (a FLARE site's workspace)
     # What the image encoder sees (fedrsclip.data.composite; README "Your imagery"). All of them are part of the
@@ -101,10 +100,10 @@ class DataConfig:
     #                               vv-vh-diff, vv, vh) or 3 comma-separated bands/expressions: B08,B04,B03  VV,VH,VV/VH
     scaling: str | None = None  # null: the modality's default (rgb auto, s2/s1 range) | auto | range | percentile
     scale_range: str | None = None  # scaling range: "low,high" for all channels or "l,h;l,h;l,h"; null: modality's
-    stretch_low: float = 2.0  # scaling percentile: each channel stretched between these percentiles of the image
-    stretch_high: float = 98.0
+    stretch_low: float = ranged(2.0, "[0, 100]")  # scaling percentile: each channel stretched between these percentiles of the image
+    stretch_high: float = ranged(98.0, "[0, 100]")
     linear_to_db: bool = False  # SAR stored as linear power: 10 log10 before the composite, so dB ranges apply
-    max_pixels: int = 40_000_000  # larger images are skipped, checked from the header before decoding
+    max_pixels: int = ranged(40_000_000, "[1, inf)")  # larger images are skipped, checked from the header before decoding
 
     def __post_init__(self) -> None:
         if self.source not in ("manifest", "synthetic"):
@@ -126,18 +125,21 @@ class ClassifierConfig:
 
     arch: str = "vit_tiny_patch16_224"  # or efficientnet_b1, vit_base_patch16_224, efficientnet_b3
     pretrained: bool = False  # ImageNet weights from the hub; offline runs use random init
-    image_size: int = 224
-    lr: float = 0.01
+    image_size: int = ranged(224, "[1, inf)")
+    lr: float = ranged(0.01, "(0, inf)")
 
 
 @dataclass
 class PrivacyConfig:
     """Opt-in differential privacy of what a site sends (fedrsclip.privacy), applied at the site before it leaves."""
 
-    dp_clip_norm: float | None = None  # L2 clip of the shared-prompt UPDATE (sent minus received); null: no DP
-    dp_noise_multiplier: float = 0.0  # Gaussian noise std = multiplier x clip norm (needs dp_clip_norm)
-    dp_delta: float = 1e-5  # the delta the accountant reports epsilon for
-    dp_seed: int | None = None  # null: noise from OS entropy (secret); an int: reproducible noise per site and round
+    # L2 clip of the shared-prompt UPDATE (sent minus received); null: no DP
+    dp_clip_norm: float | None = ranged(None, "(0, inf)")
+    # Gaussian noise std = multiplier x clip norm (needs dp_clip_norm)
+    dp_noise_multiplier: float = ranged(0.0, "[0, inf)")
+    dp_delta: float = ranged(1e-5, "(0, 1)")  # the delta the accountant reports epsilon for
+    # null: noise from OS entropy (secret); an int: reproducible noise per site and round
+    dp_seed: int | None = ranged(None, SEED)
 
 
 @dataclass
@@ -162,12 +164,12 @@ class Config:
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
         _choice("prompt.class_position", self.prompt.class_position, ("middle", "end", "front"))
         _choice("dpac.negatives", self.dpac.negatives, ("classes", "peers"))
-        _positive("prompt.n_ctx", self.prompt.n_ctx)
-        _positive("train.rounds", self.train.rounds)
-        _positive("train.local_epochs", self.train.local_epochs)
-        _positive("train.batch_size", self.train.batch_size)
-        _positive("train.eval_batch_size", self.train.eval_batch_size)
-        _positive("train.lr", self.train.lr)
+        for section in fields(self):  # every numeric setting against the range declared next to it
+            if dataclasses.is_dataclass(value := getattr(self, section.name)):
+                try:
+                    check_ranges(value, f"{section.name}.")
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from exc
         self._validate_privacy(ALGORITHMS[self.algorithm])
         if self.model.pretrained is None and not self.model.random_init:
             raise ConfigError(
@@ -177,13 +179,7 @@ class Config:
         return self
 
     def _validate_privacy(self, algorithm) -> None:
-        pc = self.privacy
-        if pc.dp_clip_norm is not None and not pc.dp_clip_norm > 0:
-            raise ConfigError(f"privacy.dp_clip_norm must be positive (or null for no DP); got {pc.dp_clip_norm!r}")
-        if not pc.dp_noise_multiplier >= 0:
-            raise ConfigError(f"privacy.dp_noise_multiplier must be >= 0; got {pc.dp_noise_multiplier!r}")
-        if not 0 < pc.dp_delta < 1:
-            raise ConfigError(f"privacy.dp_delta must be between 0 and 1; got {pc.dp_delta!r}")
+        pc = self.privacy  # the values' ranges are checked with the others'
         if pc.dp_noise_multiplier > 0 and pc.dp_clip_norm is None:
             raise ConfigError("privacy.dp_noise_multiplier is set but privacy.dp_clip_norm is null: the noise is "
                               "scaled by the clip norm; set privacy.dp_clip_norm (e.g. 1.0)")
@@ -195,11 +191,6 @@ class Config:
 def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be positive; got {value!r}")
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
@@ -216,6 +207,11 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             return value
         if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if hint is str and isinstance(value, (str, Path)):
             return str(value)
     expected = " or ".join(getattr(h, "__name__", str(h)) for h in hints)
@@ -255,7 +251,18 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         *parents, leaf = dotted.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is given a value of its own by another override; "
+                                  "set the settings inside it one by one (section.key=value)")
+        if isinstance(node.get(leaf), dict):
+            raise ConfigError(f"override {item!r} replaces the section {leaf!r} that other overrides set; "
+                              "set its settings one by one (section.key=value)")
+        try:
+            node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it if it is "
+                              "text, e.g. key='a: b'") from exc
     return nested
 
 

@@ -21,7 +21,7 @@ from .algorithms import SHARED, Algorithm, get_algorithm
 from .backbone import Backbone
 from .config import Config
 from .features import FeatureSet
-from .losses import class_negatives, dpac_loss, peer_negatives, proximal_term
+from .losses import dpac_loss, dpac_loss_classes, peer_negatives, proximal_term
 from .ot import ot_scores
 from .prompts import PromptLearner, check_texts_fit, class_texts
 
@@ -140,9 +140,10 @@ class PromptTrainer:
             if self.cfg.dpac.negatives == "peers":
                 negatives = peer_negatives(peers) if peers is not None else shared.new_zeros(shared.shape[0], 0,
                                                                                              shared.shape[1])
+                dpac = dpac_loss(private, shared, negatives, self.cfg.dpac.scale)
             else:
-                negatives = class_negatives(shared)
-            parts["dpac"] = self.cfg.dpac.weight * dpac_loss(private, shared, negatives, self.cfg.dpac.scale)
+                dpac = dpac_loss_classes(private, shared, self.cfg.dpac.scale)
+            parts["dpac"] = self.cfg.dpac.weight * dpac
         if self.algorithm.proximal:
             parts["prox"] = proximal_term([self.model.learner.shared_ctx], [anchor], self.cfg.train.fedprox_mu)
         return sum(parts.values()), parts
