@@ -47,7 +47,7 @@ class WhiteningStats:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., E] -> whitened [..., E] (float32)."""
-        return (x.float() - self.mean) @ self.transform  # transform is symmetric
+        return (x.float() - self.mean.to(x.device)) @ self.transform.to(x.device)  # transform is symmetric
 
 
 def _rows(x: torch.Tensor, max_samples: int, seed: int) -> torch.Tensor:
