@@ -6,7 +6,7 @@ coasts with towns), drawn as smooth random regions, and rendered twice from the 
     resolutions: B02 B03 B04 B08 at `size` px (10 m), B05 B06 B07 B8A B11 B12 at size/2 (20 m), B01 B09 at
     size/6 (60 m), from a typical spectrum per class with texture and a per-scene illumination gain;
   - S1/<name>/<name>_VV.tif, _VH.tif: Sentinel-1 backscatter (float32 dB) from a typical sigma0 per class, with
-    multiplicative speckle (4-look gamma) and a per-scene incidence offset;
+    multiplicative speckle (4-look gamma, spatially correlated) and a per-scene incidence offset;
   - <name>_labels_metadata.json next to each: the CORINE level-3 names of the classes covering >= 5% of the
     scene (mapped to the 19-class nomenclature by the reader), and for S1 the S2 partner in
     `corresponding_s2_patch`.
@@ -91,7 +91,7 @@ def render_s2(cover: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarr
     """{band: uint16 array} at the band's BigEarthNet resolution (10 m bands at the map's size)."""
     size = cover.shape[0]
     spectra = np.array([s2 for _, s2, _ in CLASSES.values()], dtype=np.float64)  # [C, 12]
-    texture = 1.0 + 0.12 * _noise(rng, size, size // 6) + 0.05 * rng.standard_normal((size, size))
+    texture = 1.0 + 0.12 * _noise(rng, size, size // 6) + 0.03 * rng.standard_normal((size, size))
     gain = rng.uniform(0.85, 1.15)
     out = {}
     for b, band in enumerate(_S2_ORDER):
@@ -101,25 +101,33 @@ def render_s2(cover: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarr
     return out
 
 
+def _speckle(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Unit-mean multiplicative speckle: 4-look gamma, correlated over neighbouring pixels by a [1, 2, 1] / 4
+    filter in each direction (ground-range resampling correlates real GRD speckle the same way)."""
+    g = np.pad(rng.gamma(4.0, 1.0 / 4.0, (size, size)), 1, mode="reflect")
+    g = 0.25 * g[:-2] + 0.5 * g[1:-1] + 0.25 * g[2:]
+    return 0.25 * g[:, :-2] + 0.5 * g[:, 1:-1] + 0.25 * g[:, 2:]
+
+
 def render_s1(cover: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """{"VV", "VH": float32 dB arrays}: class sigma0 with texture, 4-look gamma speckle and an incidence offset."""
+    """{"VV", "VH": float32 dB arrays}: class sigma0 with texture, speckle (_speckle) and an incidence offset."""
     size = cover.shape[0]
     sigma = np.array([s1 for _, _, s1 in CLASSES.values()], dtype=np.float64)  # [C, 2] dB
     offset = rng.uniform(-1.5, 1.5)
     out = {}
     for p, pol in enumerate(("VV", "VH")):
-        db = sigma[cover, p] + offset + 1.0 * _noise(rng, size, size // 8)
-        speckle = rng.gamma(4.0, 1.0 / 4.0, (size, size))
-        out[pol] = (db + 10.0 * np.log10(speckle)).astype(np.float32)
+        db = sigma[cover, p] + offset + 1.5 * _noise(rng, size, size // 8)
+        out[pol] = (db + 10.0 * np.log10(_speckle(rng, size))).astype(np.float32)
     return out
 
 
 def _write_band(path: Path, array: np.ndarray, origin: tuple[float, float], pixel: float) -> None:
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     profile = {"driver": "GTiff", "height": array.shape[0], "width": array.shape[1], "count": 1,
-               "dtype": array.dtype.name, "crs": "EPSG:32633", "transform": from_origin(*origin, pixel, pixel)}
+               "dtype": array.dtype.name, "crs": "EPSG:32633",
+               "transform": Affine(pixel, 0.0, origin[0], 0.0, -pixel, origin[1])}  # north-up, `pixel` metres
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(array, 1)
 
