@@ -211,3 +211,30 @@ def test_generator_is_seeded_fast_and_never_overwrites_foreign_folders(tmp_path,
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     with pytest.raises(DataError, match="multiple of 6"):
         make_synthetic_mm(tmp_path / "odd", scenes=2, size=50, progress=False)
+
+
+# ---- the data commands --------------------------------------------------------------------------------------
+def test_synth_mm_partition_show_and_preview_commands(tmp_path, capsys):
+    from fedrsclip.data.cli import main
+
+    out = tmp_path / "mm"
+    assert main(["data", "synth-mm", "--out", str(out), "--scenes", "12", "--size", "24", "--quiet"]) == 0
+    manifest = tmp_path / "m.json"
+    assert main(["data", "partition", "--dataset", "bigearthnet-mm", "--root", str(out), "--clients", "2",
+                 "--modalities", "s2,s1", "--out", str(manifest), "--quiet"]) == 0
+    assert "site-2 (s1)" in capsys.readouterr().out
+    loaded = load_manifest(manifest)
+    assert [site_modalities(loaded, s) for s in loaded["sites"]] == [("s2",), ("s1",)]
+    preview = tmp_path / "p.png"
+    assert main(["data", "preview", str(out / "S1" / "SYNTH_S1_00000"), str(out / "S2" / "SYNTH_S2_00000"),
+                 "--manifest", str(manifest), "--out", str(preview)]) == 0
+    text = capsys.readouterr().out
+    assert "modality s1, composite VV,VH,VV-VH" in text and "modality s2, composite B04,B03,B02" in text
+    # --modalities belongs to the paired dataset, and the paired dataset needs it
+    assert main(["data", "partition", "--dataset", "bigearthnet-mm", "--root", str(out), "--clients", "2",
+                 "--out", str(tmp_path / "x.json"), "--quiet"]) == 2
+    assert "needs --modalities" in capsys.readouterr().err
+    assert main(["data", "partition", "--dataset", "bigearthnet-s2", "--root", str(out), "--clients", "2",
+                 "--modalities", "s2", "--out", str(tmp_path / "y.json"), "--quiet"]) == 2
+    assert "applies only to --dataset bigearthnet-mm" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
