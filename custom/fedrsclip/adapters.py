@@ -114,10 +114,9 @@ class ModalityAdapters(nn.ModuleDict):
         """The adapter groups of `modalities` as {payload key: float32 array}: what a site holding them sends."""
         out = {}
         for m in modalities:
-            module = self[m] if m in self else None
-            if module is None:
+            if m not in self:
                 raise KeyError(f"no adapter for modality {m!r}; this model has adapters for {', '.join(self)}")
-            for name, tensor in module.state_dict().items():
+            for name, tensor in self[m].state_dict().items():
                 out[adapter_key(m, name)] = tensor.detach().cpu().numpy().astype(np.float32)
         return out
 

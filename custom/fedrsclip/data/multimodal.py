@@ -33,7 +33,8 @@ from .readers import DatasetListing
 MULTI = "multi"  # the top-level "modality" of a multi-modal manifest: every site declares its own
 
 
-def parse_site_modalities(spec: str | Sequence[str], num_clients: int, available: Sequence[str]) -> list[tuple[str, ...]]:
+def parse_site_modalities(spec: str | Sequence[str], num_clients: int,
+                          available: Sequence[str]) -> list[tuple[str, ...]]:
     """Per-site modality tuples from "s2,s1,s2+s1" (or a list of such items), repeated to `num_clients` sites.
 
     DataError naming the item for a modality the dataset does not have, a repeated modality within an item, or an

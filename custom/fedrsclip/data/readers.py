@@ -487,7 +487,9 @@ def _list_pairs(dataset: str, root: Path, verify: bool, progress: bool) -> Datas
         raise DataError(f"no complete Sentinel-1/Sentinel-2 pair under {root} for dataset '{dataset}' "
                         f"({len(skipped)} patches skipped; first: {skipped[0][0] if skipped else 'none'}: "
                         f"{skipped[0][1] if skipped else ''}); expected {_LAYOUTS[dataset].expected}")
-    _warn_skipped(root, [s for s in skipped if not s[1].startswith("no partner")])
+    # Unreadable patches were warned about by _list_patches; pairs refused here are warned now. Unpaired patches
+    # (a partial download) are only counted, in the manifest's skipped list and the partition report.
+    _warn_skipped(root, [s for s in skipped if s[1].startswith("labels differ")])
     kept = sorted(partners)
     return DatasetListing(
         name=dataset,
