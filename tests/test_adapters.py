@@ -12,6 +12,7 @@ from fedrsclip.adapters import (
     adapter_keys,
     group_average,
     key_group,
+    single_site_groups,
 )
 from fedrsclip.algorithms import SHARED
 
@@ -112,3 +113,8 @@ def test_group_average_refuses_a_partial_group_and_bad_weights():
         group_average([(full, 0)])
     with pytest.raises(ValueError, match="no site updates"):
         group_average([])
+
+
+def test_a_modality_held_by_one_site_only_is_named():
+    assert single_site_groups({"site-1": ["s2"], "site-2": ["s2", "s1"], "site-3": ["s2"]}) == {"s1": "site-2"}
+    assert single_site_groups({"site-1": ["s2"], "site-2": ["s2"]}) == {}

@@ -153,6 +153,17 @@ class ModalityAdapters(nn.ModuleDict):
         return sorted(staged)
 
 
+def single_site_groups(site_modalities: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """{modality: its only site} for every modality held by exactly one site: with MF on, that adapter is
+    "averaged" with itself, so it learns from one site only (part of the issue's bad input: say so in the log and
+    the results)."""
+    holders: dict[str, list[str]] = {}
+    for site, mods in site_modalities.items():
+        for m in dict.fromkeys(mods):
+            holders.setdefault(m, []).append(site)
+    return {m: sites[0] for m, sites in holders.items() if len(sites) == 1}
+
+
 def group_average(updates: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
     """MF: each payload key averaged over the sites that sent it, weighted by their sample counts (eq. 6).
 
