@@ -59,18 +59,24 @@ def _random_case(seed: int, n: int = 40, k: int = 6):
 
 
 def test_bce_is_torch_bce_summed_over_classes():
-    logits = torch.randn(8, 5) * 3
-    targets = (torch.rand(8, 5) < 0.4).float()
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 5, generator=gen) * 3
+    targets = (torch.rand(8, 5, generator=gen) < 0.4).float()
     expected = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / 8
     assert torch.allclose(multilabel_loss(logits, targets), expected)
 
 
-def test_asymmetric_loss_reduces_to_bce_and_down_weights_easy_negatives():
-    logits = torch.randn(16, 7) * 4
-    targets = (torch.rand(16, 7) < 0.3).float()
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_asymmetric_loss_reduces_to_bce_and_down_weights_easy_negatives(seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(16, 7, generator=gen) * 4
+    targets = (torch.rand(16, 7, generator=gen) < 0.3).float()
     bce = multilabel_loss(logits, targets)
-    # gamma 0 through the general path (a tiny clip) is BCE up to the clip
-    assert torch.allclose(multilabel_loss(logits, targets, clip=1e-9), bce, atol=1e-5)
+    # gamma 0 through the general path (a tiny clip) is BCE up to the clip, even for confident scores
+    assert torch.allclose(multilabel_loss(logits, targets, clip=1e-12), bce, rtol=1e-6, atol=1e-5)
+    confident = torch.tensor([[12.0, -12.0]])
+    assert torch.allclose(multilabel_loss(confident, torch.tensor([[0.0, 1.0]]), clip=1e-12),
+                          multilabel_loss(confident, torch.tensor([[0.0, 1.0]])), rtol=1e-6)
     easy_negative = torch.tensor([[-4.0, 3.0]])
     target = torch.tensor([[0.0, 1.0]])
     asl = multilabel_loss(easy_negative, target, gamma_neg=4.0, clip=0.05)

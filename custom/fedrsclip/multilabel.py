@@ -95,7 +95,8 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_pos: floa
     log_p = F.logsigmoid(z)
     if clip > 0:
         p_neg = (p - clip).clamp(min=0.0)
-        log_not = torch.log1p(-p_neg.clamp(max=1.0 - 1e-6))  # log(1 - p_m), finite
+        # 1 - p_m = min(sigmoid(-z) + clip, 1): exact in float32 where p is near 1 (1 - p would round off)
+        log_not = torch.log((torch.sigmoid(-z) + clip).clamp(max=1.0))
     else:
         p_neg = p
         log_not = F.logsigmoid(-z)  # log(1 - p), stable for large z
