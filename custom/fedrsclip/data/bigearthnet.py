@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import ImageReadError
 
 LABEL_SUFFIX = "_labels_metadata.json"
+PARTNER_KEY = "corresponding_s2_patch"  # in a Sentinel-1 patch's metadata: the name of its Sentinel-2 patch
 
 # The 19 classes, in the nomenclature's order, each with the CORINE names it merges.
 NOMENCLATURE_19: dict[str, tuple[str, ...]] = {
@@ -93,3 +94,14 @@ def labels_19(folder: Path) -> list[int]:
         raise ImageReadError(f"patch {folder}: none of its labels {names} is in the 19-class nomenclature",
                              path=str(folder), reason="no label in the 19-class nomenclature", kind="no usable label")
     return labels
+
+
+def s2_partner(folder: Path) -> str:
+    """The Sentinel-2 patch name a Sentinel-1 patch names in `corresponding_s2_patch`; ImageReadError (kind
+    "no partner") when the metadata has none."""
+    partner = read_metadata(folder).get(PARTNER_KEY)
+    if not isinstance(partner, str) or not partner.strip() or "/" in partner or "\\" in partner:
+        raise ImageReadError(f"Sentinel-1 patch {folder} names no Sentinel-2 patch in '{PARTNER_KEY}' of "
+                             f"{label_file(folder)}; restore the file", path=str(folder),
+                             reason=f"no '{PARTNER_KEY}'", kind="no partner")
+    return partner.strip()

@@ -19,10 +19,12 @@ from .classnames import class_name_problems, name_token_limit, token_count
 from .composite import DynamicRangeWarning, describe, modality_table, settings_from_config
 from .errors import DataError
 from .manifest import build_manifest, load_manifest, site_counts_table, write_manifest
+from .multimodal import MULTI, build_mm_manifest
 from .partition import SCHEMES
 from .readers import DATASETS, dataset_modality, list_dataset
 from .split import DEFAULT_TRAIN_FRACTION
 from .synth import MAX_CLASSES, make_synthetic
+from .synth_mm import make_synthetic_mm
 
 
 def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
@@ -47,7 +49,7 @@ _positive_float = _checked(float, lambda v: v > 0, "a positive number")
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `data` with its sub-commands partition, synth, show, classes and preview.
+    """Register `data` with its sub-commands partition, synth, synth-mm, show, classes and preview.
 
     The parsed namespace gets func=run_data_command.
     """
@@ -57,7 +59,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         description="Prepare Fed-RSIC data: list a dataset, split it and partition it over sites.",
     )
     data.set_defaults(func=run_data_command)
-    sub = data.add_subparsers(dest="data_command", metavar="{partition,synth,show,classes,preview}")
+    sub = data.add_subparsers(dest="data_command", metavar="{partition,synth,synth-mm,show,classes,preview}")
     sub.required = True
 
     fractions = ", ".join(f"{k} {v}" for k, v in DEFAULT_TRAIN_FRACTION.items())
@@ -80,6 +82,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
                    help="dirichlet only: concentration, smaller = more skew (default: 0.5)")
     p.add_argument("--class-names", default=None, metavar="FILE",
                    help="JSON/YAML mapping of folder name to readable class name")
+    p.add_argument("--modalities", default=None, metavar="SPEC",
+                   help="bigearthnet-mm only: each site's modalities, e.g. s2,s1 (alternating) or s2,s1,s2+s1 "
+                   "(a site with both holds them paired by scene); repeated over the sites")
     p.add_argument("--out", required=True, help="manifest file to write")
     p.add_argument("--no-verify", action="store_true", help="do not open every image to check it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -97,6 +102,19 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     s.add_argument("--size", type=_positive_int, default=64, help="image side in pixels (default: 64)")
     s.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    mm = sub.add_parser(
+        "synth-mm",
+        help="write synthetic paired Sentinel-2/Sentinel-1 multi-label scenes in BigEarthNet's layout",
+        description="Write a deterministic synthetic multi-modal, multi-label dataset (12-band S2-like and 2-band "
+        "S1-like GeoTIFF patches of the same scenes); partition it with --dataset bigearthnet-mm.",
+    )
+    mm.add_argument("--out", required=True, help="output folder (new, empty, or an earlier synth-mm dataset)")
+    mm.add_argument("--scenes", type=_positive_int, default=120, help="number of scenes (default: 120)")
+    mm.add_argument("--size", type=_positive_int, default=60,
+                    help="patch side in pixels at 10 m, a multiple of 6 (default: 60; BigEarthNet's is 120)")
+    mm.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    mm.add_argument("--quiet", action="store_true", help="no progress bar")
 
     show = sub.add_parser("show", help="print the per-site table of a manifest")
     show.add_argument("manifest", help="manifest file")
@@ -153,12 +171,22 @@ def _partition(args: argparse.Namespace) -> int:
         options["classes_per_site"] = args.classes_per_site
     if args.beta is not None:
         options["dirichlet_beta"] = args.beta
+    paired = args.dataset == "bigearthnet-mm"
+    if args.modalities is not None and not paired:
+        raise DataError("--modalities applies only to --dataset bigearthnet-mm (paired Sentinel-1/Sentinel-2 scenes)")
+    if paired and args.modalities is None:
+        raise DataError("--dataset bigearthnet-mm needs --modalities: each site's modalities, e.g. s2,s1 or "
+                        "s2,s1,s2+s1")
     image = settings_from_config(_data_config(args.set), dataset_modality(args.dataset))
     listing = list_dataset(
         args.dataset, args.root, class_names_file=args.class_names,
         verify=not args.no_verify, progress=not args.quiet, image=image,
     )
-    manifest = build_manifest(listing, args.clients, args.scheme, args.seed, args.train_fraction, **options)
+    if paired:
+        manifest = build_mm_manifest(listing, args.clients, args.modalities, args.scheme, args.seed,
+                                     args.train_fraction, **options)
+    else:
+        manifest = build_manifest(listing, args.clients, args.scheme, args.seed, args.train_fraction, **options)
     path = write_manifest(manifest, args.out)
     print(site_counts_table(manifest))
     if manifest["skipped"]:
@@ -172,6 +200,14 @@ def _synth(args: argparse.Namespace) -> int:
                          size=args.size, seed=args.seed, progress=not args.quiet)
     print(f"wrote {args.classes} classes x {args.per_class} images of {args.size}x{args.size} to {out}")
     print(f"next: fedrsclip data partition --dataset synthetic --root {out} --clients N --out manifest.json")
+    return 0
+
+
+def _synth_mm(args: argparse.Namespace) -> int:
+    out = make_synthetic_mm(args.out, scenes=args.scenes, size=args.size, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {args.scenes} synthetic S2/S1 scene pairs of {args.size}x{args.size} px to {out}")
+    print(f"next: fedrsclip data partition --dataset bigearthnet-mm --root {out} --clients N --modalities s2,s1 "
+          "--out manifest.json")
     return 0
 
 
@@ -211,6 +247,8 @@ def _preview(args: argparse.Namespace) -> int:
         raise DataError(f"--out {out} exists; choose another name, or pass --force to replace it")
     data = _data_config(args.set, args.config)
     manifest_modality = load_manifest(args.manifest).get("modality", "rgb") if args.manifest else None
+    if manifest_modality == MULTI:  # sites of several modalities: each patch folder tells its own
+        manifest_modality = None
     tiles = []
     for item in args.inputs:
         settings = settings_from_config(data, manifest_modality or detect_modality(item))
@@ -233,7 +271,8 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"partition": _partition, "synth": _synth, "show": _show, "classes": _classes, "preview": _preview}
+_COMMANDS = {"partition": _partition, "synth": _synth, "synth-mm": _synth_mm, "show": _show, "classes": _classes,
+             "preview": _preview}
 
 
 def run_data_command(args: argparse.Namespace) -> int:

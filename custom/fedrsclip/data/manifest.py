@@ -5,6 +5,8 @@ Format (read by other tools, so keep it stable):
     {"version": 1, "dataset": str, "root": str (absolute), "classes": [readable names],
      "class_folders": [folder names] (absent where classes are not folders), "seed": int, "scheme": str,
      "train_fraction": float, "modality": "rgb" | "s2" | "s1" (absent: rgb), "multi_label": bool (absent: false),
+     "multi_modal": bool (absent: false; then "modality" is "multi" and each site declares its own:
+     fedrsclip.data.multimodal),
      "sites": {"site-1": {"train": [[relative_path, label], ...], "test": [...]}, ...},
      "skipped": [[relative_path, "<kind>: <detail>"], ...]}
 
@@ -162,7 +164,13 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> None:
     sites = manifest["sites"]
     if not isinstance(sites, dict) or not sites:
         raise fail("'sites' must be a non-empty object of site name -> {train, test}")
-    if manifest.get("modality", "rgb") not in MODALITIES:
+    multi_modal = manifest.get("multi_modal", False)
+    if not isinstance(multi_modal, bool):
+        raise fail("'multi_modal' must be true or false")
+    if multi_modal and manifest.get("modality") != "multi":
+        raise fail(f"a multi-modal manifest has 'modality': 'multi' (each site declares its own); got "
+                   f"{manifest.get('modality')!r}")
+    if not multi_modal and manifest.get("modality", "rgb") not in MODALITIES:
         raise fail(f"'modality' must be one of {', '.join(MODALITIES)}, got {manifest.get('modality')!r}")
     multi = manifest.get("multi_label", False)
     if not isinstance(multi, bool):
@@ -191,6 +199,10 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> None:
                         f"site '{site}' {split} record {i} ({rec[0]}) has label {rec[1]}, "
                         f"outside 0..{num_classes - 1} for {num_classes} classes"
                     )
+    if multi_modal:
+        from .multimodal import validate_multi_modal  # lazily: that module builds on this one
+
+        validate_multi_modal(manifest, fail)
     skipped = manifest.get("skipped", [])
     if not isinstance(skipped, list) or not all(
         isinstance(s, list) and len(s) == 2 and all(isinstance(x, str) for x in s) for s in skipped
@@ -265,7 +277,10 @@ def site_counts_table(manifest: Mapping[str, Any]) -> str:
         all_labels |= labels
         total_train += len(parts["train"])
         total_test += len(parts["test"])
-        rows.append((site, str(len(parts["train"])), str(len(parts["test"])), f"{len(labels)}/{num_classes}"))
+        name = site
+        if manifest.get("multi_modal", False):  # a site of a multi-modal federation shows what it holds
+            name += f" ({'+'.join([parts.get('modality', '?'), *parts.get('paired', {})])})"
+        rows.append((name, str(len(parts["train"])), str(len(parts["test"])), f"{len(labels)}/{num_classes}"))
     rows.append(("total", str(total_train), str(total_test), f"{len(all_labels)}/{num_classes}"))
     header = ("site", "train", "test", "classes")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
@@ -297,7 +312,16 @@ def skipped_summary(skipped: Sequence[Sequence[str]]) -> str:
 
 
 def centralized(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The same data pooled at one site ("site-1"): the centralized reference column."""
+    """The same data pooled at one site ("site-1"): the centralized reference column.
+
+    DataError for a multi-modal manifest: pooling sites of different modalities would read SAR patches with a
+    Sentinel-2 composite (or the reverse).
+    """
+    if manifest.get("multi_modal", False):
+        raise DataError(f"the manifest of dataset {manifest.get('dataset')} is multi-modal (sites of "
+                        f"{', '.join(manifest.get('modalities', []))}); its sites cannot be pooled into one "
+                        "centralized site of one modality: partition each modality on its own for a centralized "
+                        "reference")
     pooled: dict[str, list] = {split: [] for split in SPLITS}
     for parts in manifest["sites"].values():
         for split in SPLITS:

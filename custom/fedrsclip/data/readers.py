@@ -23,6 +23,7 @@ class _Layout:
     expected: str  # shown in error messages
     modality: str = "rgb"  # fedrsclip.data.composite.MODALITIES: how its images become the encoder's RGB
     patches: bool = False  # one folder per image with a label file (BigEarthNet), not one folder per class
+    paired: bool = False  # Sentinel-1 and Sentinel-2 patches of the same scenes, side by side (BigEarthNet-MM)
 
 
 _LAYOUTS: dict[str, _Layout] = {
@@ -61,6 +62,12 @@ _LAYOUTS: dict[str, _Layout] = {
         "<root>/<patch>/<patch>_VV.tif, <patch>_VH.tif and <patch>_labels_metadata.json (BigEarthNet-S1 v1.0 "
         "unpacks to BigEarthNet-S1-v1.0/<patch>/)",
         modality="s1", patches=True,
+    ),
+    "bigearthnet-mm": _Layout(
+        (),
+        "<root>/S2/<patch>/ (or BigEarthNet-v1.0/) and <root>/S1/<patch>/ (or BigEarthNet-S1-v1.0/), each S1 "
+        "patch naming its S2 patch in corresponding_s2_patch (the two BigEarthNet archives unpacked side by side)",
+        modality="s2", patches=True, paired=True,
     ),
     "imagefolder": _Layout((), "<root>/<class>/<image files>"),
     "synthetic": _Layout(
@@ -103,6 +110,8 @@ class DatasetListing:
     (posix) with the index into `classes` (for multi-label data, the first of the record's labels, used to
     stratify splits and partitions); `label_sets` {path: all its labels} for multi-label data, else None.
     `class_folders` is None where classes are not folders (BigEarthNet's 19-class nomenclature).
+    `partners` {path: {modality: partner path}} for paired multi-modal data (BigEarthNet-MM: each record is a
+    scene's Sentinel-2 patch, its partner the Sentinel-1 patch of the same scene), else None.
     """
 
     name: str
@@ -113,6 +122,7 @@ class DatasetListing:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     modality: str = "rgb"
     label_sets: dict[str, list[int]] | None = None
+    partners: dict[str, dict[str, str]] | None = None
 
     def class_counts(self) -> list[int]:
         """Number of records per class, indexed by label."""
@@ -295,6 +305,8 @@ def list_dataset(
     image = image or image_settings(dataset_modality=layout.modality)
     root = Path(root).expanduser().resolve()
     base = _resolve_base(dataset, root)
+    if layout.paired:
+        return _list_pairs(dataset, root, verify, progress)
     if layout.patches:
         return _list_patches(dataset, root, base, verify, progress, image)
 
@@ -418,4 +430,75 @@ def _list_patches(dataset: str, root: Path, base: Path, verify: bool, progress: 
         skipped=sorted(skipped + image_skips),
         modality=layout.modality,
         label_sets={rel: label_sets[rel] for rel in kept},
+    )
+
+
+def _modality_folder(dataset: str, root: Path, modality: str) -> str:
+    """The sub-folder of a BigEarthNet-MM root that holds `modality`'s patches (S2 or BigEarthNet-v1.0, ...)."""
+    single = "bigearthnet-" + modality
+    for sub in _LAYOUTS[single].images_subdirs:
+        for candidate in (sub, sub.lower()):
+            if (root / candidate).is_dir():
+                return candidate
+    raise DataError(f"no {modality.upper()} folder under {root} for dataset '{dataset}' (looked for "
+                    f"{', '.join(_LAYOUTS[single].images_subdirs)}); expected {_LAYOUTS[dataset].expected}")
+
+
+def _list_pairs(dataset: str, root: Path, verify: bool, progress: bool) -> DatasetListing:
+    """BigEarthNet-MM: scenes = Sentinel-1 patches paired with the Sentinel-2 patch their metadata names.
+
+    Records are the scenes' S2 patches ("S2/<patch>", labels as bigearthnet-s2), `partners` their S1 patches.
+    Only complete pairs are scenes: an S1 patch whose S2 partner is absent or unusable, an S2 patch no S1 patch
+    names, a second S1 patch naming an S2 patch already paired, and a pair whose two label lists differ are
+    skipped, each with its reason. With verify, both patches of a pair are decoded through their modality's
+    default composite.
+    """
+    folders = {m: _modality_folder(dataset, root, m) for m in ("s2", "s1")}
+    listings = {m: _list_patches("bigearthnet-" + m, root, root / folders[m], verify, progress,
+                                 image_settings(dataset_modality=m)) for m in folders}
+    s2_labels = listings["s2"].label_sets or {}
+    skipped = [(f"{folders[m]}/{rel}", reason) for m in folders for rel, reason in listings[m].skipped]
+    partners: dict[str, dict[str, str]] = {}
+    label_sets: dict[str, list[int]] = {}
+    for s1 in sorted(listings["s1"].label_sets or {}):
+        s1_rel = f"{folders['s1']}/{s1}"
+        try:
+            s2 = bigearthnet.s2_partner(root / s1_rel)
+        except ImageReadError as exc:
+            skipped.append((s1_rel, skip_reason(exc.kind, exc.reason)))
+            continue
+        s2_rel = f"{folders['s2']}/{s2}"
+        if s2 not in s2_labels:
+            reason = ("its Sentinel-2 patch was skipped" if any(rel == s2_rel for rel, _ in skipped)
+                      else f"its Sentinel-2 patch {s2} is not in {root / folders['s2']}")
+            skipped.append((s1_rel, skip_reason("no partner", reason)))
+        elif s2_rel in partners:
+            skipped.append((s1_rel, skip_reason("no partner", f"{s2} is already paired with "
+                                                              f"{partners[s2_rel]['s1']}")))
+        elif listings["s1"].label_sets[s1] != s2_labels[s2]:
+            skipped.append((s1_rel, skip_reason("labels differ", f"{listings['s1'].label_sets[s1]} here, "
+                                                                 f"{s2_labels[s2]} at {s2}")))
+        else:
+            partners[s2_rel] = {"s1": s1_rel}
+            label_sets[s2_rel] = s2_labels[s2]
+    skipped += [(f"{folders['s2']}/{s2}", skip_reason("no partner", "no Sentinel-1 patch names it"))
+                for s2 in sorted(s2_labels) if f"{folders['s2']}/{s2}" not in partners]
+    if not partners:
+        raise DataError(f"no complete Sentinel-1/Sentinel-2 pair under {root} for dataset '{dataset}' "
+                        f"({len(skipped)} patches skipped; first: {skipped[0][0] if skipped else 'none'}: "
+                        f"{skipped[0][1] if skipped else ''}); expected {_LAYOUTS[dataset].expected}")
+    # Unreadable patches were warned about by _list_patches; pairs refused here are warned now. Unpaired patches
+    # (a partial download) are only counted, in the manifest's skipped list and the partition report.
+    _warn_skipped(root, [s for s in skipped if s[1].startswith("labels differ")])
+    kept = sorted(partners)
+    return DatasetListing(
+        name=dataset,
+        root=root,
+        class_folders=None,
+        classes=list(bigearthnet.CLASSES_19),
+        records=[(rel, label_sets[rel][0]) for rel in kept],
+        skipped=sorted(skipped),
+        modality="s2",
+        label_sets=label_sets,
+        partners=partners,
     )

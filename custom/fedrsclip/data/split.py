@@ -22,6 +22,7 @@ DEFAULT_TRAIN_FRACTION: dict[str, float] = {
     "eurosat-ms": 0.8,
     "bigearthnet-s2": 0.5,
     "bigearthnet-s1": 0.5,
+    "bigearthnet-mm": 0.5,
     "imagefolder": 0.5,
     "synthetic": 0.5,
 }
