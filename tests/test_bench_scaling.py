@@ -50,7 +50,7 @@ def test_swapping_the_values_is_exact_within_one_length_class():
 
 
 def test_upload_from_audits(tmp_path):
-    from fedrsclip.io import atomic_write_json
+    from fedrsclip.atomic import atomic_write_json
 
     def entry(rnd: int, total: int) -> dict:
         return {"task": "train", "round": rnd, "total": total, "values": 1024, "headers": 655, "data_encoding": 286,

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, preprocess_signature
-from .io import atomic_torch_save
+from .atomic import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

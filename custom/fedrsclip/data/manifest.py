@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write
+from ..atomic import atomic_write
 from .errors import DataError
 from .partition import partition
 from .readers import DatasetListing

@@ -12,7 +12,7 @@ from pathlib import Path
 from nvflare.apis.fl_context import FLContext
 from nvflare.fuel.sec.security_content_service import LoadResult, SecurityContentService
 
-from ..he import (CLIENT_CONTEXT_FILE, DEFAULT_PARAMS, SERVER_CONTEXT_FILE, CKKSParams, HEError, load_context,
+from ...he import (CLIENT_CONTEXT_FILE, DEFAULT_PARAMS, SERVER_CONTEXT_FILE, CKKSParams, HEError, load_context,
                   write_contexts)
 
 HOW_TO_MAKE = ("make the contexts with `fedrsclip he-context --simulator WORKSPACE` (simulator), `poc/prepare.sh N "
