@@ -47,5 +47,6 @@ PROVISION_WS ?= workspaces/provision
 provision: $(STAMP)
 	provisioning/provision.sh $(PROVISION_WS)
 
+# Only what these targets made: the demo workspaces and the feature cache; workspaces/ keeps everything else.
 clean:
-	rm -rf workspaces .cache/fedrsclip-features
+	rm -rf $(WS) $(WS)-he $(WS).log $(WS)-he.log .cache/fedrsclip-features

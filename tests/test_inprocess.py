@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedrsclip.inprocess import RunStopped, run_inprocess
+from fedrsclip.inprocess import run_inprocess
 from fedrsclip.results_file import RESULTS_FORMAT
 from helpers import tiny_config
 
@@ -51,8 +51,9 @@ def test_centralized_is_not_an_algorithm():
         tiny_config("algorithm=centralized")
 
 
-def test_the_gate_stops_a_run_with_another_class_list(synth_manifest, feature_cache, monkeypatch):
-    """The server's gate, in process: a site trained on another class list is refused, and the run stops."""
+def test_the_gate_refuses_a_site_with_another_class_list(synth_manifest, feature_cache, monkeypatch):
+    """The server's gate, in process: a site trained on another class list is refused every round (missing, kind
+    rejected) and the others are averaged, as in a FLARE job."""
     from fedrsclip import inprocess
 
     real = inprocess.make_site
@@ -64,9 +65,14 @@ def test_the_gate_stops_a_run_with_another_class_list(synth_manifest, feature_ca
         return site
 
     monkeypatch.setattr(inprocess, "make_site", reordered_classes)
-    cfg = tiny_config("train.rounds=1", cache_dir=feature_cache)
-    with pytest.raises(RunStopped, match="site-3 was refused: trained on another class list"):
-        run_inprocess(cfg, synth_manifest, progress=False)
+    cfg = tiny_config("train.rounds=2", cache_dir=feature_cache)
+    results = run_inprocess(cfg, synth_manifest, progress=False)
+    assert results["status"] == "finished"
+    for record in results["rounds"]:
+        assert record["missing"] == ["site-3"]
+        entry = record["sites"]["site-3"]
+        assert entry["missing"] and entry["kind"] == "rejected" and "trained on another class list" in entry["error"]
+    assert {e["site"] for e in results["errors"]} == {"site-3"}
 
 
 def test_full_model_fedavg_baseline_runs_in_the_same_loop(synth_manifest):

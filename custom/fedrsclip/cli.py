@@ -140,7 +140,7 @@ def _he_context(args: argparse.Namespace) -> int:
         print(f"{'wrote' if made else 'kept the existing'} client and server contexts in {folder}"
               + ("" if made else " (--replace makes a new key)"))
     else:
-        for folder in install_kit_contexts(args.kits, params):
+        for folder in install_kit_contexts(args.kits, params, replace=args.replace):
             print(f"wrote a context into {folder}")
     print(f"CKKS: N={params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)}, scale "
           f"2^{params.scale_bits}")
@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "simulator copies them to every participant)")
     where.add_argument("--kits", metavar="PROD_DIR", help="into the unsigned kits of a POC prod_NN folder (the "
                                                           "server's kit gets the keyless context)")
-    p.add_argument("--replace", action="store_true", help="make a new key even if the workspace has contexts")
+    p.add_argument("--replace", action="store_true", help="make a new key even where there is one (every model saved "
+                                                          "under the old key becomes undecryptable)")
     p.add_argument("--poly-modulus-degree", type=int, default=DEFAULT_PARAMS.poly_modulus_degree)
     p.add_argument("--coeff-mod-bit-sizes", default=",".join(map(str, DEFAULT_PARAMS.coeff_mod_bit_sizes)))
     p.add_argument("--scale-bits", type=int, default=DEFAULT_PARAMS.scale_bits)

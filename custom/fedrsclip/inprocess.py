@@ -31,7 +31,7 @@ FINAL = "final evaluation"
 
 
 class RunStopped(RuntimeError):
-    """A round could not be completed (every update must pass the gate, as a FLARE job's min_clients = sites)."""
+    """A round could not be completed: no update passed the gate (as a FLARE job without --min-clients)."""
 
 
 def _weighted(evaluations: list[tuple[dict, float]]) -> float | None:
@@ -96,7 +96,8 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
 
 
 def _gate(gate: Gate, updates: dict[str, Update], received: Payload | None, book: ResultsBook, rnd: int) -> list[str]:
-    """The updates that pass the server's checks; RunStopped naming each refused one otherwise."""
+    """The sites whose updates pass the server's checks; the others are missing from the round, with the reason.
+    RunStopped when none passes."""
     reference = {k: v.shape for k, v in (received or {}).items()} or None
     held, why = {}, {}
     for name, update in updates.items():
@@ -105,13 +106,16 @@ def _gate(gate: Gate, updates: dict[str, Update], received: Payload | None, book
             held[name] = (tuple(sorted(shapes.items())), update.record.classes, float(update.weight))
         except ContributionError as exc:
             why[name] = str(exc)
-    why.update(gate.refuse_minority(held))
-    for name, reason in why.items():
+    refused = gate.refuse_minority(held)
+    why.update(refused)
+    for name, reason in sorted(why.items()):
         book.reject(name, rnd + 1, "train", reason)
-    if why:
-        raise RunStopped(f"round {rnd + 1}: " + "; ".join(f"the update of {s} was refused: {r}" for s, r in
-                                                          sorted(why.items())))
-    return sorted(held, key=site_order)
+        log.error("update of %s for round %d rejected, not aggregated: %s", name, rnd + 1, reason)
+    accepted = sorted((s for s in held if s not in refused), key=site_order)
+    if not accepted:
+        raise RunStopped(f"round {rnd + 1}: no update passed the gate: " + "; ".join(
+            f"{s}: {r}" for s, r in sorted(why.items())))
+    return accepted
 
 
 def _global_accuracy(sites: list, received: Payload | None) -> dict[str, Any]:

@@ -157,7 +157,10 @@ def build_job(spec: JobSpec) -> FedJob:
     job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
     job.to_server(PromptPersistor(resume_from=RESUME_MODEL if spec.resume else ""), id="persistor")
     job.to_server(FullModelShareableGenerator(), id="shareable_generator")
-    job.to_server(CKKSAggregator(min_clients=min_clients) if spec.he else ValidatingAggregator(min_clients=min_clients),
+    # A round waits for every site (the workflow's min_clients); it is aggregated as long as one update passes the
+    # gate, unless --min-clients asks for more (README: Reliability).
+    floor = spec.min_clients or 1
+    job.to_server(CKKSAggregator(min_clients=floor) if spec.he else ValidatingAggregator(min_clients=floor),
                   id="aggregator")
     job.to_server(IntimeModelSelector(key_metric="accuracy", weigh_by_local_iter=True), id="model_selector")
     job.to_server(PromptModelLocator(), id="model_locator")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 from ...atomic import to_json
 from .common import DEFAULT_IMAGES
@@ -39,6 +42,11 @@ def bench_command(args: argparse.Namespace) -> int:
             torch.set_num_threads(int(args.threads))
         return scaling_command(args.out_dir, args.device, quick=args.quick)
     from .run import run_bench  # torch, open_clip: only when the bench runs
+
+    if args.json_out and Path(args.json_out).exists() and not _bench_output(Path(args.json_out)):
+        print(f"error: --json-out {args.json_out} exists and is not an earlier bench output: choose another file",
+              file=sys.stderr)
+        return 2
     from .table import format_table
 
     results = run_bench(quick=args.quick, device=args.device, out=args.json_out, threads=args.threads,
@@ -46,3 +54,10 @@ def bench_command(args: argparse.Namespace) -> int:
     print(format_table(results), flush=True)
     print(to_json(results, indent=None), flush=True)
     return 0
+
+
+def _bench_output(path: Path) -> bool:
+    try:
+        return "step_speedup_vs_reference" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False

@@ -43,7 +43,7 @@ from .scaling import time_site_round
 from .step import bench_step
 from .upload import ckks_upload, full_model_upload, plaintext_upload
 
-def _target_rows(results: dict) -> dict:
+def target_rows(results: dict) -> dict:
     rows = {}
     for name, (key, op, limit, shown) in TARGETS.items():
         value = results.get(key)
@@ -161,7 +161,7 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
                                                    "run `fedrsclip bench` without --quick"})
     results["wall_s"] = time.perf_counter() - begin
     results["load_average_end"] = load_average()
-    results["targets"] = _target_rows(results)
+    results["targets"] = target_rows(results)
     if out:
         atomic_write_text(out, to_json(results, indent=2) + "\n")
     return results
