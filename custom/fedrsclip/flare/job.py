@@ -229,6 +229,19 @@ def check_replaceable(out: Path) -> None:
                        "move them away or choose another --out")
 
 
+def stage_files(spec: JobSpec, folder: Path) -> tuple[Path, ...]:
+    """Copies, under `folder`, of the files the job's app/config/ gets: its settings as fedrsclip.yaml and, for a
+    resumed job, the earlier run's global model (the persistor's resume_from)."""
+    config = folder / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(spec.settings_file, config / SETTINGS_FILE)
+    files = [config / SETTINGS_FILE]
+    if spec.resume is not None:
+        shutil.copyfile(spec.resume.model, config / Path(RESUME_MODEL).name)
+        files.append(config / Path(RESUME_MODEL).name)
+    return tuple(files)
+
+
 def write_job(spec: JobSpec, out: str | Path) -> Path:
     """Export `spec` into the folder `out` (made, or replaced when `check_replaceable` allows) and mark it as ours.
     The settings are checked before anything is written. Returns `out`."""
@@ -242,14 +255,7 @@ def write_job(spec: JobSpec, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         tmp = Path(tmp)
-        files = tmp / "files"
-        (files / "config").mkdir(parents=True)
-        shutil.copyfile(spec.settings_file, files / "config" / SETTINGS_FILE)
-        extra = [files / "config" / SETTINGS_FILE]
-        if spec.resume is not None:
-            shutil.copyfile(spec.resume.model, files / "config" / Path(RESUME_MODEL).name)
-            extra.append(files / "config" / Path(RESUME_MODEL).name)
-        job = build_job(dataclasses.replace(spec, extra_files=tuple(extra)))
+        job = build_job(dataclasses.replace(spec, extra_files=stage_files(spec, tmp / "files")))
         job.export_job(str(tmp / "export"))
         staged = tmp / "export" / spec.name
         shutil.copyfile(PACKAGE_FILES / "README.md", staged / "README.md")

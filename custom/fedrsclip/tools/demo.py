@@ -28,12 +28,11 @@ _FATAL = re.compile(r"ERROR - .*(FATAL_SYSTEM_ERROR.*)")
 
 def simulator_command(job: str | Path, workspace: str | Path, sites: int, threads: int,
                       portable: bool = False) -> list[str]:
-    """`nvflare simulator` of this Python environment (its console script, else the module); `portable`: as a user
-    types it, with `nvflare` from PATH. The simulator empties `workspace` (but startup/ and local/): it must never be
-    the job folder or hold it."""
-    script = Path(sys.executable).with_name("nvflare")
-    base = ["nvflare", "simulator"] if portable else [str(script), "simulator"] if script.is_file() else \
-        [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator"]
+    """FLARE's simulator in this Python environment, run as FLARE's SimEnv runs it (its module: the `nvflare
+    simulator` command prints a deprecation notice in favour of SimEnv); `portable`: `nvflare simulator` as a user
+    types it. The simulator empties `workspace` (but startup/ and local/): it must never be the job folder or hold
+    it."""
+    base = ["nvflare", "simulator"] if portable else [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator"]
     return [*base, str(job), "-w", str(workspace), "-n", str(sites), "-t", str(threads)]
 
 
