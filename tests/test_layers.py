@@ -116,3 +116,15 @@ def test_the_server_loads_neither_torch_nor_open_clip():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_package_data_names_only_files_that_exist():
+    """pyproject.toml's package data: every pattern matches a file (the job builder's files among them)."""
+    import tomllib
+
+    project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["package-data"]["fedrsclip"]
+    assert all(list(PACKAGE.glob(pattern)) for pattern in patterns), patterns
+    assert "flare/job_files/fedrsclip.yaml" in patterns
+    assert {d.split(">")[0].split("<")[0].split("=")[0] for d in project["project"]["dependencies"]} >= {
+        "torch", "nvflare", "open_clip_torch", "numpy"}
