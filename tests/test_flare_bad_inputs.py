@@ -21,7 +21,8 @@ def test_unknown_algorithm_stops_the_job_naming_it(tmp_path):
     job = make_job(tmp_path / "job", sites=1, rounds=2, overrides=["data.synthetic_per_class=10"])
     # a job folder edited by hand (fedrsclip job refuses an unknown algorithm before it writes anything)
     client = job / "app" / "config" / "config_fed_client.json"
-    client.write_text(client.read_text().replace('"data.synthetic_sites=1"', '"data.synthetic_sites=1", "algorithm=fedbogus"'))
+    text = client.read_text()
+    client.write_text(text.replace('"data.synthetic_sites=1"', '"data.synthetic_sites=1", "algorithm=fedbogus"'))
     ws = tmp_path / "ws"
     proc = simulate(job, ws, 1, 1)
     assert proc.returncode != 0

@@ -10,7 +10,7 @@ import pytest
 from fedrsclip.config import ConfigError
 from fedrsclip.privacy import clip_and_noise, dp_epsilon, dp_rng
 
-from helpers import tiny_config
+from helpers import TINY, tiny_config
 
 
 def test_clipping_bounds_the_norm_and_leaves_small_updates_alone():
@@ -125,8 +125,7 @@ def test_clipping_alone_is_warned_about_and_epsilon_is_valid_json(synth_manifest
     manifest = write_manifest(synth_manifest, tmp_path / "m.json")
     out = tmp_path / "results.json"
     assert main(["run", "--manifest", str(manifest), "--rounds", "1", "--out", str(out),
-                 *[f"--set={s}" for s in ("model.arch=fedrsclip-tiny", "model.pretrained=null", "model.random_init=true",
-                                           f"data.cache_dir={feature_cache}", "privacy.dp_clip_norm=1.0")]]) == 0
+                 *[f"--set={s}" for s in (*TINY, f"data.cache_dir={feature_cache}", "privacy.dp_clip_norm=1.0")]]) == 0
     assert "clipping alone gives no differential-privacy guarantee" in capsys.readouterr().err
     text = out.read_text()
     assert "Infinity" not in text and "NaN" not in text

@@ -169,4 +169,5 @@ def test_the_readmes_job_command_runs_as_written(tmp_path, monkeypatch):
         out = tmp_path / args[args.index("--out") + 1]
         settings = job_settings(out)
         assert settings["min_clients"] == 3 and settings["he"] == ("--he" in args)
-        assert {"model.arch=ViT-B-16", "model.pretrained=openai", "model.random_init=false"} <= set(settings["overrides"])
+        weights = {"model.arch=ViT-B-16", "model.pretrained=openai", "model.random_init=false"}
+        assert weights <= set(settings["overrides"])

@@ -128,20 +128,22 @@ def test_resume_options(tmp_path):
     run = tmp_path / "run" / "server" / "simulate_job" / "app_server"
     with pytest.raises(JobError, match="no FL_global_model.npz"):
         find_resume(tmp_path / "run")
-    save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 3, "job_id": "simulate_job"})
+    ones = {SHARED: np.ones((4, 64), np.float32)}
+    save_npz(run / "FL_global_model.npz", ones, {"round": 3, "job_id": "simulate_job"})
     with pytest.raises(JobError, match="has done 3 rounds and the job has 3: nothing is left"):
         write_job(JobSpec(sites=2, rounds=3, resume=find_resume(tmp_path / "run")), tmp_path / "job")
     assert not (tmp_path / "job").exists()  # refused before anything was written
     (run / "FL_global_model.npz").write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(JobError, match="cannot read the global model"):
         find_resume(tmp_path / "run")
-    save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 1, "job_id": "simulate_job"})
+    save_npz(run / "FL_global_model.npz", ones, {"round": 1, "job_id": "simulate_job"})
     resume = find_resume(run)
     job = write_job(JobSpec(sites=2, rounds=3, resume=resume), tmp_path / "job")
     assert resume.rounds_done == 1 and job_settings(job)["num_rounds"] == 2
     assert resume.site_state == str(tmp_path / "run" / "{site}" / "simulate_job" / "fedrsclip")
-    assert (job / "app" / "config" / "resume_FL_global_model.npz").read_bytes() == (run / "FL_global_model.npz").read_bytes()
-    save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 1, "job_id": "1234-abcd"})
+    copied = job / "app" / "config" / "resume_FL_global_model.npz"
+    assert copied.read_bytes() == (run / "FL_global_model.npz").read_bytes()
+    save_npz(run / "FL_global_model.npz", ones, {"round": 1, "job_id": "1234-abcd"})
     assert find_resume(run / "FL_global_model.npz").site_state == "1234-abcd/fedrsclip"  # POC / deployment
 
 

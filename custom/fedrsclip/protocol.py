@@ -375,7 +375,3 @@ class Gate:
                            f"{describe_signature(expected)}" for s, sig in rest.items() if sig != expected})
         return refused
 
-
-def signature(data: Mapping[str, np.ndarray], reference: Mapping[str, tuple[int, ...]] | None) -> tuple:
-    """check_update's shapes as a comparable signature."""
-    return tuple(sorted(check_update(data, None, reference).items()))

@@ -209,7 +209,8 @@ class ResultsBook:
                         sites.setdefault(s, {}).update(_evaluation(v))
             present = {s: v for s, v in sites.items() if not v.get("missing")}
             rounds.append({"round": rnd, "sites": _ordered(sites), "missing": sorted(src["missing"], key=site_order),
-                           **summarize(present), **{k: v for k, v in src.items() if k not in ("round", "sites", "missing")}})
+                           **summarize(present),
+                           **{k: v for k, v in src.items() if k not in ("round", "sites", "missing")}})
         return {**self.head, "status": self.status, "num_rounds": self.num_rounds, "sites": self.sites,
                 "initial": {"sites": _ordered(self.initial), **summarize(self.initial)},
                 "rounds": rounds,

@@ -30,6 +30,8 @@ from ..he import HEADER_KEY as HE_HEADER_KEY
 from ..protocol import ContributionError, Gate, RoundRecord, check_update, site_order, weighted_mean
 from .constants import CONTRIBUTION_REJECTED, ERROR_HEADER, META_KEY, REJECTION_PROP
 
+Held = tuple[Shareable, Any, str, float]  # a held update: (the result, its signature, class list, weight)
+
 
 class GatedAggregator(Aggregator):
     """Holds each round's updates until the round closes, refuses the bad ones (logged, and reported to the results
@@ -42,7 +44,7 @@ class GatedAggregator(Aggregator):
             raise ValueError(f"min_clients must be a positive integer, got {min_clients!r}")
         self.min_clients = min_clients
         self.gate = Gate()
-        self._held: dict[str, tuple[Shareable, Any, str, float]] = {}  # site -> (update, signature, classes, weight)
+        self._held: dict[str, Held] = {}  # site -> (update, signature, classes, weight)
         self._why: dict[str, str] = {}  # site -> why it has no accepted update this round
 
     def _inspect(self, dxo: DXO, site: str, fl_ctx: FLContext) -> Any:
@@ -50,7 +52,7 @@ class GatedAggregator(Aggregator):
         ContributionError."""
         raise NotImplementedError
 
-    def _combine(self, held: dict[str, tuple[Shareable, Any, str, float]], fl_ctx: FLContext) -> tuple[list[str], Shareable]:
+    def _combine(self, held: dict[str, Held], fl_ctx: FLContext) -> tuple[list[str], Shareable]:
         """(the sites combined, the new global model) from the updates that passed every check."""
         raise NotImplementedError
 
@@ -153,7 +155,7 @@ class ValidatingAggregator(GatedAggregator):
         shapes = check_update(dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference)
         return tuple(sorted(shapes.items()))
 
-    def _combine(self, held: dict[str, tuple[Shareable, Any, str, float]], fl_ctx: FLContext) -> tuple[list[str], Shareable]:
+    def _combine(self, held: dict[str, Held], fl_ctx: FLContext) -> tuple[list[str], Shareable]:
         accepted = sorted(held, key=site_order)  # one fixed order: the float32 sums are the same on every run
         if all(not held[s][1] for s in accepted):  # `local`: nothing is sent, the global model stays empty
             return accepted, DXO(DataKind.WEIGHTS, data={}).to_shareable()

@@ -280,7 +280,8 @@ def job_settings(job: str | Path) -> dict[str, Any]:
     aggregator = next(c for c in server["components"] if c["id"] == "aggregator")
     executor = next(e["executor"] for e in client["executors"] if e["executor"]["path"].endswith("FedRSCLIPExecutor"))
     return {"min_clients": workflow.get("min_clients"), "num_rounds": workflow.get("num_rounds"),
-            "overrides": list(executor["args"].get("overrides") or []), "he": aggregator["path"].endswith("CKKSAggregator")}
+            "overrides": list(executor["args"].get("overrides") or []),
+            "he": aggregator["path"].endswith("CKKSAggregator")}
 
 
 # ---- resuming ------------------------------------------------------------------------------------------------------

@@ -145,7 +145,8 @@ class ResultsCollector(Widget):
             rnd = int(contribution) + 1 if isinstance(contribution, int) else None
         if rc != ReturnCode.OK:
             kind = result.get_header(ERROR_KIND_HEADER) or rc
-            message = result.get_header(ERROR_HEADER) or f"the task {task} failed with return code {rc}; see {site}'s log"
+            message = result.get_header(ERROR_HEADER) or \
+                f"the task {task} failed with return code {rc}; see {site}'s log"
             self.book.add_error(site, task, rnd, kind, message, train)
             self.log_error(fl_ctx, f"task {task}" + (f" of round {rnd}" if rnd else "") + f" failed at {site} "
                            f"({kind}): {message}")

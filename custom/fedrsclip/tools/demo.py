@@ -32,7 +32,8 @@ def simulator_command(job: str | Path, workspace: str | Path, sites: int, thread
     simulator` command prints a deprecation notice in favour of SimEnv); `portable`: `nvflare simulator` as a user
     types it. The simulator empties `workspace` (but startup/ and local/): it must never be the job folder or hold
     it."""
-    base = ["nvflare", "simulator"] if portable else [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator"]
+    base = ["nvflare", "simulator"] if portable else \
+        [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator"]
     return [*base, str(job), "-w", str(workspace), "-n", str(sites), "-t", str(threads)]
 
 

@@ -18,7 +18,7 @@ from nvflare.apis.shareable import Shareable
 
 from ...he import HEADER_KEY, SERVER_CONTEXT_FILE, EncryptedSum, EncryptedUpdate, HEError
 from ...protocol import ContributionError, site_order
-from ..aggregator import GatedAggregator, global_weights
+from ..aggregator import GatedAggregator, Held, global_weights
 from .context import load_workspace_context
 
 
@@ -50,8 +50,7 @@ class CKKSAggregator(GatedAggregator):
             raise ContributionError(str(exc)) from None
         return (tuple(sorted(update.shapes.items())), update.key_id)
 
-    def _combine(self, held: dict[str, tuple[Shareable, Any, str, float]],
-                 fl_ctx: FLContext) -> tuple[list[str], Shareable]:
+    def _combine(self, held: dict[str, Held], fl_ctx: FLContext) -> tuple[list[str], Shareable]:
         total = EncryptedSum(self._context(fl_ctx))
         accepted = []
         for site in sorted(held, key=site_order):

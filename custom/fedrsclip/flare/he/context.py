@@ -53,7 +53,8 @@ def prepare_simulator_contexts(workspace: str | Path, params: CKKSParams = DEFAU
     return startup, True
 
 
-def install_kit_contexts(prod_dir: str | Path, params: CKKSParams = DEFAULT_PARAMS, replace: bool = False) -> list[Path]:
+def install_kit_contexts(prod_dir: str | Path, params: CKKSParams = DEFAULT_PARAMS,
+                         replace: bool = False) -> list[Path]:
     """One fresh key for unsigned kits (POC): the server kit gets the keyless context, every client kit the one with
     the secret key, admin kits none. A kit is a folder with startup/fed_server.json or startup/fed_client.json.
     Kits that already hold a key keep it unless `replace`: a new key makes every model saved under the old one
