@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 WS      ?= workspaces/demo
 SITES   ?= 10
 
-.PHONY: setup test test-slow demo demo-he poc provision bench bench-quick clean
+.PHONY: setup test test-slow demo demo-he poc provision bench bench-quick format lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -47,5 +47,13 @@ PROVISION_WS ?= workspaces/provision
 provision: $(STAMP)
 	provisioning/provision.sh $(PROVISION_WS)
 
+# One formatter (ruff format, line width 120, configured in pyproject.toml) and its linter, for the whole tree.
+format: $(STAMP)
+	$(PY) -m ruff format custom tests jobs/job.py poc/submit_api.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check custom tests jobs/job.py poc/submit_api.py
+
+# Only what these targets made: the demo workspaces and the feature cache; workspaces/ keeps everything else.
 clean:
-	rm -rf workspaces .cache/fedrsclip-features
+	rm -rf $(WS) $(WS)-he $(WS).log $(WS)-he.log .cache/fedrsclip-features

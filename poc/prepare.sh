@@ -3,7 +3,7 @@
 #   poc/prepare.sh N [--he] [--rounds R] [--set section.key=value ...]
 # REPLACES $NVFLARE_POC_WORKSPACE (default workspaces/poc) and writes:
 #   <ws>/example_project/prod_00/{server,site-1..N,admin@nvidia.com,...}   startup kits (localhost)
-#   <ws>/jobs/fedrsclip      jobs/fedrsclip with min_clients = data.synthetic_sites = N (and R rounds, --set overrides)
+#   <ws>/jobs/fedrsclip      `fedrsclip job` for N sites (min_clients = data.synthetic_sites = N; R rounds; --set)
 #   <ws>/jobs/fedrsclip-he   with --he: the same job with CKKS-encrypted updates (submit.sh cli <ws>/jobs/fedrsclip-he)
 # --he also puts CKKS contexts into the kits (fedrsclip he-context --kits: N=4096, one key; the sites get the
 # secret key, the server only the keyless context).
@@ -46,13 +46,12 @@ if [[ "$HE" == 1 ]]; then
   "$PY" -m fedrsclip.cli he-context --kits "$PROD"
 fi
 
-"$PY" - "$REPO/jobs/fedrsclip" "$JOB" "$SITES" "$ROUNDS" "$HE" "${OVERRIDES[@]}" <<'PYEOF'
-import sys
-from fedrsclip.flare.job import job_settings, prepare_job
-src, dst, sites, rounds, he, *overrides = sys.argv[1:]
-for variant in (False, True) if he == "1" else (False,):
-    out = prepare_job(src, dst + ("-he" if variant else ""), sites=int(sites), rounds=int(rounds) if rounds else None,
-                      overrides=overrides, he=variant)
-    print(f"job for this POC: {out} ({job_settings(out)})")
-PYEOF
+# The job for this POC, made and checked by `fedrsclip job` (POC enforces min_clients: one job per site count).
+JOB_ARGS=(--algorithm fedrsclip --sites "$SITES")
+if [[ -n "$ROUNDS" ]]; then JOB_ARGS+=(--rounds "$ROUNDS"); fi
+for override in "${OVERRIDES[@]}"; do JOB_ARGS+=(--set "$override"); done
+"$PY" -m fedrsclip.cli job "${JOB_ARGS[@]}" --out "$JOB" --name fedrsclip
+if [[ "$HE" == 1 ]]; then
+  "$PY" -m fedrsclip.cli job "${JOB_ARGS[@]}" --he --out "$JOB-he" --name fedrsclip-he
+fi
 echo "POC ready: $WS ($SITES sites; admin kit $KIT). Next: poc/start.sh"

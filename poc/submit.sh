@@ -41,7 +41,11 @@ case "$HOW" in
     ;;
   admin)
     NAME="$(basename "$JOB_DIR")"
-    rm -rf "$KIT/transfer/$NAME"
+    if [[ -e "$KIT/transfer/$NAME" ]]; then  # replace only an earlier copy of a job `fedrsclip job` made
+      [[ -f "$KIT/transfer/$NAME/.fedrsclip-job.json" ]] \
+        || { echo "error: $KIT/transfer/$NAME exists and is not a fedrsclip job: move it away first" >&2; exit 1; }
+      rm -rf "$KIT/transfer/$NAME"
+    fi
     cp -r "$JOB_DIR" "$KIT/transfer/$NAME"
     OUT="$(printf 'submit_job %s\nbye\n' "$NAME" | "$KIT/startup/fl_admin.sh")"
     echo "$OUT"

@@ -11,11 +11,9 @@ Works against a POC system (poc/submit.sh api) and a provisioned deployment alik
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-RESULTS_FILE = "fedrsclip_results.json"  # fedrsclip.flare.report.RESULTS_FILE, written on the server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from nvflare.fuel.flare_api.flare_api import new_secure_session
     from nvflare.tool.kit.kit_config import resolve_admin_user_and_dir_from_startup_kit
+
+    from fedrsclip.results_file import RESULTS_FILE, load_results
+    from fedrsclip.tools.reporting.run_table import format_table
 
     username, kit = resolve_admin_user_and_dir_from_startup_kit(args.kit)
     session = new_secure_session(username, kit, timeout=60.0)
@@ -44,13 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if not found:
         print(f"error: no {RESULTS_FILE} in the downloaded result {location}", file=sys.stderr)
         return 1
-    results = json.loads(found[0].read_text())
-    try:
-        from fedrsclip.flare.report import format_table
-
-        print(format_table(results))
-    except Exception as exc:  # the table is a convenience; the file is the result
-        print(f"(no table: {exc})")
+    results = load_results(found[0])
+    print(format_table(results))
     print(f"results: {found[0]}")
     return 0 if status == "FINISHED:COMPLETED" and results.get("status") == "finished" else 1
 

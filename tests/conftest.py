@@ -9,16 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may downloa
 
 import pytest
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucmerced-sample"
-
-TINY = ["model.arch=fedrsclip-tiny", "model.pretrained=null", "model.random_init=true"]
-
-
-def tiny_config(*overrides: str, cache_dir: Path | None = None):
-    from fedrsclip.config import load_config
-
-    extra = [f"data.cache_dir={cache_dir}"] if cache_dir else []
-    return load_config(overrides=[*TINY, *extra, *overrides])
+from helpers import REAL_DATA, tiny_config  # noqa: E402,F401  (older tests import them from here)
 
 
 @pytest.fixture(scope="session")

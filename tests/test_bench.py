@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedrsclip import bench
+from fedrsclip.tools.bench.cli import add_bench_command, bench_command
+from fedrsclip.tools.bench.common import NWPU_CLASSES, QUICK, TARGETS, UCMERCED_CLASSES, bench_images
+from fedrsclip.tools.bench.overhead import overhead_from_results
+from fedrsclip.tools.bench.run import target_rows
+from fedrsclip.tools.bench.step import bench_step, reference_text_features
+from fedrsclip.tools.bench.upload import ckks_upload, plaintext_upload
 
 NUMBER = (int, float)
 # key -> accepted types (None: may be null when that part was skipped or is unavailable)
@@ -49,7 +54,7 @@ EXPECTED_KEYS: dict[str, tuple] = {
 
 
 def _tiny_settings() -> dict:
-    return dict(bench.QUICK, ref_repeats=2, proj_per_ref=2)
+    return dict(QUICK, ref_repeats=2, proj_per_ref=2)
 
 
 def test_step_paths_agree_on_the_tiny_clip(tiny_backbone):
@@ -59,7 +64,7 @@ def test_step_paths_agree_on_the_tiny_clip(tiny_backbone):
     images = torch.randn(8, 3, 64, 64, generator=gen)
     labels = torch.arange(8)
     for classes in (21, 45):
-        figures, payload = bench.bench_step(tiny_backbone, images, labels, classes, _tiny_settings(),
+        figures, payload = bench_step(tiny_backbone, images, labels, classes, _tiny_settings(),
                                             arch="fedrsclip-tiny")
         assert figures["loss_steps_compared"] == 2
         assert figures["reference_samples"] == 2 and figures["project_samples"] == 4
@@ -77,28 +82,28 @@ def test_reference_text_features_match_the_truncated_encoder(tiny_backbone):
     from fedrsclip.config import PromptConfig
     from fedrsclip.prompts import PromptLearner
 
-    learner = PromptLearner(tiny_backbone, bench.NWPU_CLASSES, PromptConfig())
+    learner = PromptLearner(tiny_backbone, NWPU_CLASSES, PromptConfig())
     with torch.no_grad():
-        full = bench.reference_text_features(learner, tiny_backbone.model)
+        full = reference_text_features(learner, tiny_backbone.model)
         cut = learner.text_features()
     assert full.shape == cut.shape == (2, 45, 64)
     torch.testing.assert_close(full, cut, atol=1e-5, rtol=1e-4)
 
 
 def test_class_lists():
-    assert len(bench.UCMERCED_CLASSES) == len(set(bench.UCMERCED_CLASSES)) == 21
-    assert len(bench.NWPU_CLASSES) == len(set(bench.NWPU_CLASSES)) == 45
+    assert len(UCMERCED_CLASSES) == len(set(UCMERCED_CLASSES)) == 21
+    assert len(NWPU_CLASSES) == len(set(NWPU_CLASSES)) == 45
 
 
 def test_upload_sizes():
     payload = {"shared_ctx": np.random.default_rng(0).normal(0, 0.02, (4, 512)).astype(np.float32)}
-    plain = bench.plaintext_upload(payload)
+    plain = plaintext_upload(payload)
     assert plain["payload_values"] == 2048
     assert plain["upload_bytes_payload_nbytes"] == 8192
     assert plain["upload_bytes_plain"] >= 8192
     if plain["upload_bytes_plain_serialized"] is not None:  # FLARE's DXO: the values plus a small envelope
         assert 8192 < plain["upload_bytes_plain_serialized"] < 8192 + 4096
-    ckks = bench.ckks_upload(payload["shared_ctx"])
+    ckks = ckks_upload(payload["shared_ctx"])
     # the product's CKKS update (one N=4096 ciphertext) vs FLARE's stock HE path, which ships the context
     assert 60_000 < ckks["upload_bytes_ckks_ciphertext"] < ckks["upload_bytes_ckks"] < 100 * 1024
     assert 5 * ckks["upload_bytes_ckks"] < ckks["upload_bytes_ckks_stock_flare"]
@@ -119,7 +124,7 @@ def test_overhead_from_results_leaves_out_round_one():
          "sites": {"site-1": {"seconds": 9.0, "train_seconds": 7.0},
                    "site-2": {"missing": True, "error": "no result"}}},
     ]
-    out = bench.overhead_from_results(_results(rounds))
+    out = overhead_from_results(_results(rounds))
     assert out["flare_rounds_used"] == [2, 3]
     assert out["flare_overhead_fraction"] == pytest.approx(statistics.median([0.2, 0.1]))
     assert out["flare_overhead_fraction_train_only"] == pytest.approx(statistics.median([0.4, 0.3]))
@@ -128,10 +133,10 @@ def test_overhead_from_results_leaves_out_round_one():
 
 
 def test_overhead_from_results_without_rounds():
-    out = bench.overhead_from_results(_results([]))
+    out = overhead_from_results(_results([]))
     assert out["flare_overhead_fraction"] is None and out["flare_overhead_note"]
     only_first = [{"round": 1, "started": 0.0, "finished": 10.0, "sites": {"site-1": {"seconds": 5.0}}}]
-    out = bench.overhead_from_results(_results(only_first))
+    out = overhead_from_results(_results(only_first))
     assert out["flare_overhead_fraction"] == pytest.approx(0.5)
     assert "start-up" in out["flare_overhead_note"]
 
@@ -139,7 +144,7 @@ def test_overhead_from_results_without_rounds():
 def test_targets_and_table():
     results = {"step_speedup_vs_reference": 12.0, "feature_throughput_ratio": 0.8, "flare_overhead_fraction": None,
                "upload_bytes_plain": 8192, "upload_bytes_ckks": 200_000, "peak_rss_mb": 1800.0}
-    rows = bench._target_rows(results)
+    rows = target_rows(results)
     assert rows["step speed-up"]["pass"] is True
     assert rows["feature throughput"]["pass"] is False
     assert rows["FLARE overhead"]["pass"] is None
@@ -150,20 +155,20 @@ def test_targets_and_table():
 
 def test_command_options():
     parser = argparse.ArgumentParser()
-    bench.add_bench_command(parser.add_subparsers(dest="command"))
+    add_bench_command(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--quick", "--device", "cpu", "--json-out", "x.json", "--threads", "2"])
     assert (args.quick, args.device, args.json_out, args.threads, args.flare) == (True, "cpu", "x.json", 2, None)
-    assert args.func is bench.bench_command
+    assert args.func is bench_command
     assert parser.parse_args(["bench", "--no-flare"]).flare is False
     assert parser.parse_args(["bench", "--flare-arch", "ViT-B-16"]).flare_arch == "ViT-B-16"
 
 
 @pytest.mark.slow
 def test_quick_bench_cli(tmp_path):
-    """`python -m fedrsclip.bench --quick`: the last stdout line is one JSON object with every figure."""
+    """`fedrsclip bench --quick`: the last stdout line is one JSON object with every figure."""
     out = tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "fedrsclip.bench", "--quick", "--json-out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "fedrsclip.cli", "bench", "--quick", "--json-out", str(out)],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -182,13 +187,12 @@ def test_quick_bench_cli(tmp_path):
     assert results["upload_bytes_full_model"] > 1_000_000 * 4
     assert 100 < results["peak_rss_mb"] < 64_000
     assert results["images"]["source"]
-    assert set(results["targets"]) == set(bench.TARGETS)
+    assert set(results["targets"]) == set(TARGETS)
     assert json.loads(out.read_text()) == results
 
 
-def test_synthetic_images_when_the_real_sample_is_absent(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "REAL_DATA", tmp_path / "absent")
-    items, info = bench.bench_images(5, tmp_path)
+def test_synthetic_images_when_the_real_sample_is_absent(tmp_path):
+    items, info = bench_images(5, tmp_path, tmp_path / "absent")
     assert len(items) == 5 and "synthetic" in info["source"]
     assert len({label for _, label in items}) == 5  # one image of each of the first classes
     from PIL import Image

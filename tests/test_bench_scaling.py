@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedrsclip import bench, scaling
+from fedrsclip.tools.bench.cli import add_bench_command
+from fedrsclip.tools.bench.overhead import bench_flare_overhead, realistic_overhead
+from fedrsclip.tools.bench.upload import upload_from_audits
+from fedrsclip.tools.bench import scaling
 from fedrsclip.features import FeatureSet
 from fedrsclip.flare.upload_audit import account, serialized_size
 
@@ -50,7 +53,7 @@ def test_swapping_the_values_is_exact_within_one_length_class():
 
 
 def test_upload_from_audits(tmp_path):
-    from fedrsclip.io import atomic_write_json
+    from fedrsclip.atomic import atomic_write_json
 
     def entry(rnd: int, total: int) -> dict:
         return {"task": "train", "round": rnd, "total": total, "values": 1024, "headers": 655, "data_encoding": 286,
@@ -59,20 +62,20 @@ def test_upload_from_audits(tmp_path):
     for site, totals in (("site-1", (2763, 2589, 2589)), ("site-2", (2765, 2591, 2589))):
         atomic_write_json(tmp_path / site / "simulate_job" / "fedrsclip" / f"upload_audit-{site}.json",
                           {"site": site, "entries": [entry(r, t) for r, t in enumerate(totals)]})
-    out = bench.upload_from_audits(tmp_path)
+    out = upload_from_audits(tmp_path)
     assert out["upload_results_audited"] == 6
     assert out["upload_bytes_plain_measured"] == 2589  # the median of the later rounds
     assert out["upload_bytes_plain_first_round"] == 2765
     assert out["upload_bytes_plain"] == 2589 - 1024 + 8192
-    assert bench.upload_from_audits(tmp_path / "none")["upload_bytes_plain_measured"] is None
+    assert upload_from_audits(tmp_path / "none")["upload_bytes_plain_measured"] is None
 
 
 def test_realistic_overhead():
     flare = {"flare_overhead_s_per_round": 0.5, "flare_overhead_fraction": 0.4, "flare_sites": 10}
-    out = bench.realistic_overhead(flare, 4.5)
+    out = realistic_overhead(flare, 4.5)
     assert out["flare_overhead_fraction"] == pytest.approx(0.1)
     assert out["flare_overhead_fraction_demo_job"] == 0.4 and "0.50 s" in out["flare_overhead_how"]
-    assert bench.realistic_overhead({"flare_overhead_s_per_round": None}, 4.5) == {}
+    assert realistic_overhead({"flare_overhead_s_per_round": None}, 4.5) == {}
 
 
 def _features(n: int = 5) -> FeatureSet:
@@ -124,7 +127,7 @@ def test_scaling_option():
     import argparse
 
     parser = argparse.ArgumentParser()
-    bench.add_bench_command(parser.add_subparsers(dest="command"))
+    add_bench_command(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--scaling", "--out-dir", "x"])
     assert args.scaling and args.out_dir == "x"
 
@@ -133,7 +136,7 @@ def test_scaling_option():
 def test_audited_simulator_job(tmp_path):
     """The FLARE job in the real simulator (2 sites, 2 rounds): every train result is audited, FLARE's own headers
     are in it, and the round record carries the run's descriptions only with a site's first upload."""
-    out = bench.bench_flare_overhead(2, 2, tmp_path)
+    out = bench_flare_overhead(2, 2, tmp_path)
     assert out["flare_exit_code"] == 0, out
     assert out["flare_overhead_s_per_round"] is not None and out["flare_round_wall_s"] > 0
     assert out["upload_results_audited"] == 4

@@ -18,18 +18,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm / huggingface_hub re
 
 import huggingface_hub.constants  # noqa: E402
 
-from fedrsclip.classifier import (  # noqa: E402
+from fedrsclip.baselines.classifier import (  # noqa: E402
     ClassifierError,
-    ClassifierSite,
     ClassifierTrainer,
     build_classifier,
     classifier_num_params,
 )
+from fedrsclip.baselines.site import ClassifierSite  # noqa: E402
 from fedrsclip.config import ConfigError, load_config  # noqa: E402
 from fedrsclip.data.manifest import build_manifest  # noqa: E402
 from fedrsclip.data.readers import list_dataset  # noqa: E402
 from fedrsclip.data.synth import make_synthetic  # noqa: E402
-from fedrsclip.trainer import PayloadError, RoundResult, aggregate, payload_nbytes  # noqa: E402
+from fedrsclip.protocol import PayloadError, Update, payload_nbytes, weighted_mean  # noqa: E402
 
 BASE = ["algorithm=fedavg-full", "classifier.arch=vit_tiny_patch16_224", "classifier.image_size=32",
         "model.device=cpu", "train.batch_size=8", "train.eval_batch_size=16", "classifier.lr=0.01"]
@@ -128,29 +128,28 @@ def test_wrong_algorithm_and_arch_are_refused(manifest):
 def test_round_changes_weights_and_is_deterministic(cfg, manifest, tmp_path):
     site = ClassifierSite(cfg, "site-1", manifest, state_dir=tmp_path, progress=False)
     before = site.trainer.payload()
-    result = site.train_round(None, 0)
-    assert isinstance(result, RoundResult)
-    assert result.num_samples == len(site.train_set) == len(manifest["sites"]["site-1"]["train"])
+    result = site.run_round(None, 0)
+    assert isinstance(result, Update)
+    assert result.record.samples_train == len(site.train_set) == len(manifest["sites"]["site-1"]["train"])
     assert result.payload.keys() == before.keys()
     changed = [k for k in before if not np.array_equal(before[k], result.payload[k])]
     assert "head.weight" in changed and "blocks.0.attn.qkv.weight" in changed
-    assert math.isfinite(result.metrics["train_loss"]) and result.metrics["steps"] == math.ceil(12 / 8)
+    assert math.isfinite(result.record.metrics["train_loss"]) and result.record.metrics["steps"] == math.ceil(12 / 8)
     assert (tmp_path / "site-1-state.pt").is_file()
 
     # same seed, same round, same site: the same weights (shuffling and augmentation are seeded)
     again = ClassifierSite(cfg, "site-1", manifest, progress=False)
-    assert_payload_equal(again.train_round(None, 0).payload, result.payload)
+    assert_payload_equal(again.run_round(None, 0).payload, result.payload)
 
     # a restarted site resumes its saved model
     resumed = ClassifierSite(cfg, "site-1", manifest, state_dir=tmp_path, progress=False)
     assert_payload_equal(resumed.trainer.payload(), result.payload)
 
 
-def test_aggregate_then_set_global_round_trips(cfg, manifest):
+def test_weighted_mean_then_set_global_round_trips(cfg, manifest):
     a, b = sites_for(cfg, manifest)
-    ra, rb = a.train_round(None, 0), b.train_round(None, 0)
-    rb = RoundResult(rb.payload, num_samples=3 * rb.num_samples, metrics=rb.metrics)  # unequal weights
-    merged = aggregate([ra, rb])
+    ra, rb = a.run_round(None, 0), b.run_round(None, 0)
+    merged = weighted_mean([(ra.payload, ra.weight), (rb.payload, 3 * rb.weight)])  # unequal weights
     key = "blocks.0.mlp.fc1.weight"
     expected = (ra.payload[key].astype(np.float64) * 0.25 + rb.payload[key].astype(np.float64) * 0.75)
     np.testing.assert_allclose(merged[key], expected, rtol=1e-6, atol=1e-7)
@@ -190,9 +189,9 @@ def test_in_process_federation_two_sites_three_rounds(cfg, manifest, tmp_path):
     assert all(len(s.train_set) == 12 and len(s.test_set) == 12 for s in sites)
     global_payload = None
     for rnd in range(3):
-        results = [s.train_round(global_payload, rnd) for s in sites]
-        assert [r.num_samples for r in results] == [12, 12]
-        global_payload = aggregate(results)
+        results = [s.run_round(global_payload, rnd) for s in sites]
+        assert [r.weight for r in results] == [12, 12]
+        global_payload = weighted_mean((r.payload, r.weight) for r in results)
         for site in sites:
             metrics = site.evaluate(global_payload)
             assert metrics["samples"] == 12

@@ -8,10 +8,10 @@ import pytest
 
 from fedrsclip.cli import main
 from fedrsclip.config import ConfigError
-from fedrsclip.flare.job import DEFAULT_JOB, job_settings, prepare_job
+from fedrsclip.flare.job import JobSpec, job_settings
 from fedrsclip.flare.settings import SITE_CONFIG_ENV, SITE_CONFIG_FILE, SiteConfigError, resolve_site_settings
 
-JOB_YAML = DEFAULT_JOB / "app" / "config" / "fedrsclip.yaml"
+JOB_YAML = JobSpec().settings_file  # the default job's settings (the offline demo)
 SMALL = ["data.synthetic_per_class=4", "data.synthetic_classes=3", "data.synthetic_sites=2"]
 BAD = [  # the issue's examples: (override, what the message must say)
     ("dpac.scale=.nan", "dpac.scale must be positive; got nan"),
@@ -87,12 +87,17 @@ def test_site_file_values_are_range_checked_naming_the_file(tmp_path, text, word
 
 def test_executor_stops_a_job_carrying_a_nan_setting(tmp_path):
     """The real FLARE simulator on a job that bypassed the CLI: the sites refuse it by name, nothing trains."""
-    from test_flare_bad_inputs import simulate
+    import json
 
-    from fedrsclip.flare.report import find_results, load_results
+    from helpers import make_job, simulate
 
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=1, rounds=2,
-                      overrides=["dpac.scale=.nan", "data.synthetic_per_class=10"])
+    from fedrsclip.results_file import find_results, load_results
+
+    job = make_job(tmp_path / "job", sites=1, rounds=2, overrides=["data.synthetic_per_class=10"])
+    client = job / "app" / "config" / "config_fed_client.json"  # edited by hand: no check between it and the sites
+    config = json.loads(client.read_text())
+    config["executors"][0]["executor"]["args"]["overrides"].append("dpac.scale=.nan")
+    client.write_text(json.dumps(config))
     ws = tmp_path / "ws"
     proc = simulate(job, ws, 1, 1)
     assert proc.returncode != 0

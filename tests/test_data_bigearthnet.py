@@ -89,7 +89,7 @@ def test_features_extract_through_the_same_path(tiny_backbone, tmp_path):
 
 def test_single_label_path_refuses_a_multi_label_manifest(tmp_path):
     from conftest import tiny_config
-    from fedrsclip.site import Site
+    from fedrsclip.site import PromptSite as Site
 
     manifest = build_manifest(list_dataset("bigearthnet-s1", SAMPLE, progress=False), 2, "uniform", seed=0)
     with pytest.raises(DataError, match="multi-label.*single-label"):

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from fedrsclip.cli import main
-from fedrsclip.experiment import (CENTRALIZED, Cell, DataSource, build_grid, check_overrides, parse_sites,
-                                  run_experiment)
+from fedrsclip.tools.experiments.grid import Cell, DataSource, build_grid, check_overrides, parse_sites
+from fedrsclip.tools.experiments.layout import CENTRALIZED
+from fedrsclip.tools.experiments.runner import run_experiment
 
 
 def test_parse_sites():
@@ -34,7 +35,7 @@ def test_grid_refusals():
     with pytest.raises(ValueError, match="unknown algorithm 'fedsomething'"):
         build_grid(["fedsomething"], [2], ["uniform"], [0])
     with pytest.raises(ValueError, match="--sites centralized"):
-        build_grid(["centralized"], [2], ["uniform"], [0])
+        build_grid(["centralized"], [2], ["uniform"], [0])  # a data arrangement, not an algorithm
     with pytest.raises(ValueError, match="train.seed is set per cell"):
         check_overrides(["train.lr=0.1", "train.seed=3"])
     with pytest.raises(ValueError, match=r"needs '\{sites\}'"):

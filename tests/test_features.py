@@ -133,7 +133,7 @@ def test_site_extracts_through_the_manifest_modality(tmp_path):
     from conftest import tiny_config
     from fedrsclip.data import build_manifest, list_dataset
     from fedrsclip.data.composite import image_settings
-    from fedrsclip.site import Site
+    from fedrsclip.site import PromptSite as Site
 
     rng = np.random.default_rng(0)
     root = tmp_path / "EuroSATallBands"

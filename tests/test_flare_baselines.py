@@ -1,4 +1,4 @@
-"""Baseline jobs generated from the one template by `fedrsclip job` run on the real simulator."""
+"""Baseline jobs made by `fedrsclip job` (one JobSpec, the algorithm an override) run on the real simulator."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from fedrsclip.cli import main
-from fedrsclip.flare.report import find_results
-from test_flare_simulator import simulate
+from fedrsclip.results_file import find_results
+from helpers import simulate
 
 SITES, ROUNDS = 2, 2
 
@@ -22,7 +22,7 @@ def test_generated_job_runs(tmp_path, algorithm, extra):
     sets = [x for s in ["data.synthetic_per_class=20", *extra] for x in ("--set", s)]
     assert main(["job", "--algorithm", algorithm, "--sites", str(SITES), "--rounds", str(ROUNDS),
                  "--out", str(job), *sets]) == 0
-    proc = simulate(job, tmp_path / "ws", SITES, SITES)
+    proc = simulate(job, tmp_path / "ws", SITES)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     results = json.loads(find_results(tmp_path / "ws").read_text())
     assert results["status"] == "finished" and results["algorithm"] == algorithm

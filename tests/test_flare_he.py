@@ -14,13 +14,11 @@ import torch
 
 pytest.importorskip("tenseal")
 
-from fedrsclip.flare.he_context import prepare_simulator_contexts  # noqa: E402
-from fedrsclip.flare.job import DEFAULT_JOB, prepare_job  # noqa: E402
-from fedrsclip.flare.persistor import load_npz  # noqa: E402
-from fedrsclip.flare.report import find_results  # noqa: E402
+from fedrsclip.flare.he.context import prepare_simulator_contexts  # noqa: E402
+from fedrsclip.flare.model_file import load_npz  # noqa: E402
 from fedrsclip.he import CLIENT_CONTEXT_FILE, HEADER_KEY, EncryptedUpdate, decrypt_average, load_context  # noqa: E402
-
-from test_flare_simulator import simulate  # noqa: E402
+from fedrsclip.results_file import find_results  # noqa: E402
+from helpers import make_job, simulate  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +30,11 @@ DP = ["privacy.dp_clip_norm=1.0", "privacy.dp_noise_multiplier=0.1", "privacy.dp
 
 def _run(tmp: Path, name: str, he: bool, contexts: bool = True, sites: int = SITES, rounds: int = ROUNDS,
          extra: tuple[str, ...] = ()) -> Path:
-    job = prepare_job(DEFAULT_JOB, tmp / f"job-{name}", sites=sites, rounds=rounds, overrides=[*FAST, *extra], he=he)
+    job = make_job(tmp / f"job-{name}", sites=sites, rounds=rounds, overrides=[*FAST, *extra], he=he)
     ws = tmp / f"ws-{name}"
     if he and contexts:
         prepare_simulator_contexts(ws)
-    simulate(job, ws, sites, sites)
+    simulate(job, ws, sites)
     return ws
 
 
@@ -125,14 +123,14 @@ def test_missing_contexts_stop_the_job_naming_the_file(tmp_path):
 
 
 def test_plaintext_updates_at_a_ckks_server_are_rejected(tmp_path):
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=2, rounds=2, overrides=FAST, he=True)
+    job = make_job(tmp_path / "job", sites=2, rounds=2, overrides=FAST, he=True)
     client = job / "app" / "config" / "config_fed_client.json"
     config = json.loads(client.read_text())
     config["task_data_filters"], config["task_result_filters"] = [], []  # sites without the CKKS filters
     client.write_text(json.dumps(config))
     ws = tmp_path / "ws"
     prepare_simulator_contexts(ws)
-    simulate(job, ws, 2, 2)
+    simulate(job, ws, 2)
     log = (ws / "server" / "log.txt").read_text(errors="replace")
     assert re.search(r"update of site-1 for round 1 rejected, not aggregated: .*plaintext values .*--he", log)
     results = _results(ws)

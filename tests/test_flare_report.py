@@ -6,16 +6,14 @@ import json
 
 import pytest
 
-from fedrsclip.flare.report import (
-    CAVEAT,
-    SIMULATOR_RESULTS,
-    caveat,
-    find_results,
-    format_table,
-    load_results,
-    report_command,
-    site_order,
-)
+from fedrsclip.cli import main
+from fedrsclip.protocol import site_order
+from fedrsclip.results_file import SIMULATOR_RESULTS, find_results, load_results
+from fedrsclip.tools.reporting.run_table import CAVEAT, caveat, format_table
+
+
+def report_command(workspace) -> int:
+    return main(["report", str(workspace)])
 
 
 def _site(acc, samples=20, **extra):

@@ -11,7 +11,7 @@ import pytest
 from fedrsclip.config import ConfigError, load_config
 from fedrsclip.data import DataError, load_manifest
 from fedrsclip.data.source import synthetic_folder, synthetic_manifest
-from fedrsclip.flare.job import DEFAULT_JOB, job_settings, prepare_job
+from fedrsclip.flare.job import PACKAGE_FILES, JobSpec, job_settings, write_job
 from fedrsclip.flare.settings import (
     SITE_CONFIG_ENV,
     SITE_CONFIG_FILE,
@@ -20,7 +20,7 @@ from fedrsclip.flare.settings import (
     resolve_site_settings,
 )
 
-JOB_YAML = DEFAULT_JOB / "app" / "config" / "fedrsclip.yaml"
+JOB_YAML = PACKAGE_FILES / "fedrsclip.yaml"  # the job's settings, as fedrsclip job writes them
 SMALL = ["data.synthetic_per_class=4", "data.synthetic_classes=3", "data.synthetic_sites=2"]
 
 
@@ -136,10 +136,9 @@ def test_job_errors_are_configuration_errors(tmp_path):
         resolve_site_settings("site-1", JOB_YAML, ["dpac.negatives=peers"], tmp_path, None)
 
 
-def test_prepare_job_changes_only_configuration(tmp_path):
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=3, rounds=2, overrides=["train.lr=0.01"])
+def test_the_job_spec_sets_sites_rounds_and_overrides(tmp_path):
+    job = write_job(JobSpec(sites=3, rounds=2, overrides=("train.lr=0.01",)), tmp_path / "job")
     assert job_settings(job) == {"min_clients": 3, "num_rounds": 2, "he": False,
                                  "overrides": ["data.synthetic_sites=3", "train.lr=0.01"]}
     assert json.loads((job / "meta.json").read_text())["min_clients"] == 3
     assert (job / "app" / "config" / "fedrsclip.yaml").read_text() == JOB_YAML.read_text()
-    assert job_settings(DEFAULT_JOB)["num_rounds"] == 10  # the source is untouched

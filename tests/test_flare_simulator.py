@@ -3,35 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fedrsclip.flare.demo import run_demo, simulator_command
-from fedrsclip.flare.job import DEFAULT_JOB, job_settings, prepare_job
-from fedrsclip.flare.persistor import load_npz
-from fedrsclip.flare.report import SIMULATOR_RESULTS, find_results, format_table, load_results, report_command
+from fedrsclip.cli import main
+from fedrsclip.flare.job import job_settings
+from fedrsclip.flare.model_file import load_npz
+from fedrsclip.results_file import SIMULATOR_RESULTS, find_results, load_results
+from fedrsclip.tools.demo import run_demo
+from fedrsclip.tools.reporting.run_table import format_table
+from helpers import FAST, REPO, make_job, simulate
 
 SITES, ROUNDS = 3, 3
-FAST = ["data.synthetic_per_class=40"]  # smaller synthetic dataset: quicker, same code path
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def simulate(job: Path, ws: Path, sites: int, threads: int, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(simulator_command(job, ws, sites, threads), capture_output=True, text=True, env=ENV,
-                          timeout=timeout, errors="replace")
-    (ws.parent / f"{ws.name}.log").write_text(proc.stdout + proc.stderr)
-    return proc
+DEFAULT_JOB = REPO / "jobs" / "fedrsclip"
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flare")
-    job = prepare_job(DEFAULT_JOB, tmp / "job", sites=SITES, rounds=ROUNDS, overrides=FAST)
+    job = make_job(tmp / "job", sites=SITES, rounds=ROUNDS, overrides=FAST)
     ws = tmp / "ws"
     proc = simulate(job, ws, SITES, SITES)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -101,7 +94,7 @@ def test_metrics_streamed_to_tensorboard(run):
 
 
 def test_report_of_the_run(run, capsys):
-    assert report_command(run["ws"]) == 0
+    assert main(["report", str(run["ws"])]) == 0
     out = capsys.readouterr().out
     assert "synthetic data, RANDOM-weight CLIP — not meaningful accuracy" in out
     assert "site-1" in out and "weighted" in out
@@ -111,7 +104,8 @@ def test_report_of_the_run(run, capsys):
 
 def test_job_folder_is_configuration_only():
     settings = job_settings(DEFAULT_JOB)
-    assert settings["num_rounds"] == 10 and settings["min_clients"] == 10 and settings["overrides"] == []
+    assert settings["num_rounds"] == 10 and settings["min_clients"] == 10
+    assert settings["overrides"] == ["data.synthetic_sites=10"]
     assert not [p for p in (DEFAULT_JOB / "app" / "custom").rglob("*.py")]  # the code is the installed package
 
 
@@ -134,15 +128,18 @@ def test_run_demo_prints_progress_and_the_labelled_table(tmp_path, capsys):
     assert "synthetic data, RANDOM-weight CLIP — not meaningful accuracy" in out
     assert "round  site-1  site-2  mean  weighted" in out
     assert (tmp_path / "ws.log").is_file()
-    assert run_demo(str(tmp_path / "ws2"), sites=2, job=str(tmp_path / "nojob")) == 1
-    assert "is not a FLARE job folder" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    assert run_demo(str(tmp_path / "mine"), sites=2) == 1  # the simulator would empty it: refused
+    assert "holds notes.txt, which is not a simulator workspace's" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"
 
 
 @pytest.mark.slow
 def test_one_thread_gives_the_same_results_as_one_thread_per_site(run, tmp_path):
     """-t 1: every task in a fresh process, all state from disk; must match -t N (one process per site)."""
     ws = tmp_path / "ws1"
-    proc = simulate(run["job"], ws, SITES, 1)
+    proc = simulate(run["job"], ws, SITES, threads=1)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     a, b = load_results(find_results(run["ws"])), load_results(find_results(ws))
     for ra, rb in zip(a["rounds"], b["rounds"], strict=True):
@@ -159,7 +156,7 @@ def test_one_thread_gives_the_same_results_as_one_thread_per_site(run, tmp_path)
 def test_repository_job_as_is_with_ten_sites(tmp_path):
     """`nvflare simulator jobs/fedrsclip -n 10 -t 10` from a fresh clone: no preparation step."""
     ws = tmp_path / "demo"
-    proc = simulate(DEFAULT_JOB, ws, 10, 10, timeout=900)
+    proc = simulate(DEFAULT_JOB, ws, 10, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     results = load_results(find_results(ws))
     assert results["status"] == "finished" and len(results["rounds"]) == 10 and results["errors"] == []

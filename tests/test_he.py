@@ -10,9 +10,7 @@ import pytest
 
 ts = pytest.importorskip("tenseal")
 
-from fedrsclip.flare.he_context import install_kit_contexts, prepare_simulator_contexts  # noqa: E402
-from fedrsclip.flare.job import CKKS_AGGREGATOR, CKKS_DECRYPTOR, CKKS_ENCRYPTOR, DEFAULT_JOB, job_settings, \
-    prepare_job  # noqa: E402
+from fedrsclip.flare.he.context import install_kit_contexts, prepare_simulator_contexts  # noqa: E402
 from fedrsclip.he import (CLIENT_CONTEXT_FILE, HEADER_KEY, SERVER_CONTEXT_FILE, EncryptedSum,  # noqa: E402
                           EncryptedUpdate, HEError, decrypt_average, encrypt_update, key_id, load_context,
                           make_contexts)
@@ -136,26 +134,15 @@ def test_simulator_and_kit_contexts(tmp_path):
             for s in ("site-1", "site-2")}
     assert len(keys) == 1  # one key for all sites
     assert not (prod / "admin@nvidia.com" / "startup" / CLIENT_CONTEXT_FILE).exists()
+    key = (prod / "site-1" / "startup" / CLIENT_CONTEXT_FILE).read_bytes()
+    with pytest.raises(HEError, match="already holds the federation's secret key .*--replace"):
+        install_kit_contexts(prod)  # a second run keeps the key: models saved under it stay decryptable
+    assert (prod / "site-1" / "startup" / CLIENT_CONTEXT_FILE).read_bytes() == key
+    install_kit_contexts(prod, replace=True)
+    assert (prod / "site-1" / "startup" / CLIENT_CONTEXT_FILE).read_bytes() != key
     (prod / "site-1" / "startup" / "signature.json").write_text("{}")
     with pytest.raises(HEError, match="signed"):
-        install_kit_contexts(prod)
-
-
-def test_he_job_variant(tmp_path):
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=3, rounds=2, he=True)
-    assert job_settings(job)["he"] and not job_settings(DEFAULT_JOB)["he"]
-    config = job / "app" / "config"
-    server = json.loads((config / "config_fed_server.json").read_text())
-    client = json.loads((config / "config_fed_client.json").read_text())
-    assert next(c for c in server["components"] if c["id"] == "aggregator")["path"] == CKKS_AGGREGATOR
-    (data_chain,) = client["task_data_filters"]
-    (result_chain,) = client["task_result_filters"]
-    assert data_chain["filters"][0]["path"] == CKKS_DECRYPTOR and set(data_chain["tasks"]) == {"train", "validate"}
-    assert result_chain["tasks"] == ["train"] and result_chain["filters"][-1]["path"] == CKKS_ENCRYPTOR
-    assert json.loads((job / "meta.json").read_text())["name"].endswith("-he")
-    again = prepare_job(job, tmp_path / "again", he=True)  # already CKKS: not doubled
-    client2 = json.loads((again / "app" / "config" / "config_fed_client.json").read_text())
-    assert [len(c["filters"]) for c in client2["task_result_filters"]] == [1]
+        install_kit_contexts(prod, replace=True)
 
 
 def test_header_is_data_not_code(contexts):

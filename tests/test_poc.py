@@ -77,11 +77,11 @@ def test_prepare_makes_kits_and_the_job_variant(tmp_path):
     assert server["servers"][0]["service"]["target"] == "localhost:8002"  # binds the loopback interface only
     job = ws / "jobs" / "fedrsclip"
     meta = json.loads((job / "meta.json").read_text())
-    server_cfg = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
-    client_cfg = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
-    assert meta["min_clients"] == server_cfg["min_clients"] == 3 and server_cfg["num_rounds"] == 4
-    assert client_cfg["executors"][0]["executor"]["args"]["overrides"][-2:] == ["data.synthetic_sites=3",
-                                                                               "train.lr=0.01"]
+    settings = job_settings(job)
+    assert meta["min_clients"] == settings["min_clients"] == 3 and settings["num_rounds"] == 4
+    assert settings["overrides"] == ["data.synthetic_sites=3", "train.lr=0.01"]
+    assert meta["name"] == "fedrsclip" and json.loads((ws / "jobs" / "fedrsclip-he" / "meta.json").read_text())[
+        "name"] == "fedrsclip-he"
     assert (job / "app" / "custom").is_dir()  # BYOC: FLARE then accepts the fedrsclip.flare.* components
     # the kits are registered in the (here: temporary) home, not in the user's
     assert str(ws) in (tmp_path / "home" / ".nvflare" / "config.conf").read_text()

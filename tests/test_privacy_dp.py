@@ -10,7 +10,7 @@ import pytest
 from fedrsclip.config import ConfigError
 from fedrsclip.privacy import clip_and_noise, dp_epsilon, dp_rng
 
-from conftest import tiny_config
+from helpers import TINY, tiny_config
 
 
 def test_clipping_bounds_the_norm_and_leaves_small_updates_alone():
@@ -66,11 +66,11 @@ def test_config_errors(overrides, match):
 
 
 def test_federation_with_dp_records_epsilon_per_round(synth_manifest, feature_cache, tmp_path):
-    from fedrsclip.federation import run_federation
+    from fedrsclip.inprocess import run_inprocess
 
     cfg = tiny_config("train.rounds=2", "privacy.dp_clip_norm=0.05", "privacy.dp_noise_multiplier=1.0",
                       "privacy.dp_seed=0", cache_dir=feature_cache)
-    history = run_federation(cfg, synth_manifest, state_dir=tmp_path, progress=False)
+    history = run_inprocess(cfg, synth_manifest, state_dir=tmp_path, progress=False)
     epsilons = []
     for record in history["rounds"]:
         for site, entry in record["sites"].items():
@@ -80,3 +80,54 @@ def test_federation_with_dp_records_epsilon_per_round(synth_manifest, feature_ca
         epsilons.append(record["sites"]["site-1"]["dp_epsilon"])
     assert epsilons == [pytest.approx(dp_epsilon(1.0, 1, 1e-5)), pytest.approx(dp_epsilon(1.0, 2, 1e-5))]
     assert 0 < epsilons[0] < epsilons[1] < math.inf
+
+
+def test_statistics_of_the_raw_update_never_leave_a_site(synth_manifest, feature_cache, tmp_path, caplog):
+    """The update's norm before clipping and whether it was clipped describe the raw update: they go to the site's
+    log only. What leaves (the round record) carries the accounting alone, and its allow-list refuses them."""
+    from fedrsclip.inprocess import run_inprocess
+    from fedrsclip.privacy import PrivacyError, check_outgoing
+    from fedrsclip.protocol import RoundRecord
+    from fedrsclip.site import PromptSite
+
+    cfg = tiny_config("train.rounds=1", "privacy.dp_clip_norm=0.05", "privacy.dp_noise_multiplier=1.0",
+                      "privacy.dp_seed=0", cache_dir=feature_cache)
+    site = PromptSite(cfg, "site-1", synth_manifest, state_dir=tmp_path, progress=False)
+    with caplog.at_level("INFO", logger="fedrsclip.privacy"):
+        update = site.run_round(None, 0)
+    assert "update norm" in caplog.text and "kept at this site" in caplog.text
+    sent = update.record.to_wire()
+    assert {"dp_epsilon", "dp_delta", "dp_rounds", "dp_noise_std"} <= set(sent["metrics"])
+    assert not {"dp_update_norm", "dp_clipped"} & set(sent["metrics"])
+    with pytest.raises(Exception, match="dp_update_norm.*may not leave a site"):
+        RoundRecord.from_wire({**sent, "metrics": {**sent["metrics"], "dp_update_norm": 1.0}})
+    record = RoundRecord.from_wire(sent)
+    record.metrics = {**record.metrics, "dp_clipped": 1}  # as if a site's code put it back in
+    with pytest.raises(PrivacyError, match="dp_clipped"):
+        check_outgoing(update.payload, site.algorithm, site.trainer.shapes, "site-1", record)
+    results = run_inprocess(cfg, synth_manifest, progress=False)
+    text = str(results)
+    assert "dp_update_norm" not in text and "dp_clipped" not in text
+
+
+def test_clipping_alone_is_warned_about_and_epsilon_is_valid_json(synth_manifest, feature_cache, tmp_path, capsys):
+    """Only privacy.dp_clip_norm: a warning that it gives no DP guarantee; epsilon (infinite) is written as null,
+    never as the bare token Infinity, in strictly valid JSON."""
+    import json
+
+    from fedrsclip.cli import main
+    from fedrsclip.data.manifest import write_manifest
+    from fedrsclip.privacy import dp_warning
+
+    assert dp_warning(tiny_config("privacy.dp_clip_norm=1.0")).startswith("privacy.dp_clip_norm is 1.0 but")
+    assert dp_warning(tiny_config("privacy.dp_clip_norm=1.0", "privacy.dp_noise_multiplier=1.0")) is None
+    assert dp_warning(tiny_config()) is None
+    manifest = write_manifest(synth_manifest, tmp_path / "m.json")
+    out = tmp_path / "results.json"
+    assert main(["run", "--manifest", str(manifest), "--rounds", "1", "--out", str(out),
+                 *[f"--set={s}" for s in (*TINY, f"data.cache_dir={feature_cache}", "privacy.dp_clip_norm=1.0")]]) == 0
+    assert "clipping alone gives no differential-privacy guarantee" in capsys.readouterr().err
+    text = out.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    results = json.loads(text, parse_constant=lambda token: pytest.fail(f"invalid JSON token {token}"))
+    assert results["rounds"][0]["sites"]["site-1"]["dp_epsilon"] is None

@@ -1,5 +1,6 @@
-"""Nothing private leaves a site: the allow-list check, and a real simulator run whose whole server workspace is
-searched for every site's private prompt (with the shared prompt as the positive control)."""
+"""Nothing private leaves a site: the allow-list check, and a real simulator run (with DP on) whose whole server
+workspace is searched for every site's private prompt (with the shared prompt as the positive control), and whose
+uploads, as FLARE sent them, carry no statistic of the raw update."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import pytest
 import torch
 
 from fedrsclip.algorithms import SHARED, get_algorithm
-from fedrsclip.flare.job import DEFAULT_JOB, prepare_job
-from fedrsclip.flare.report import find_results
+from fedrsclip.flare.upload_audit import read_audit
 from fedrsclip.privacy import PrivacyError, check_outgoing
-
-from test_flare_simulator import simulate
+from fedrsclip.results_file import find_results
+from helpers import make_job, simulate
 
 SITES, ROUNDS = 3, 2
+DP = ["privacy.dp_clip_norm=0.5", "privacy.dp_noise_multiplier=0.5"]
+RAW_UPDATE_STATISTICS = ("dp_update_norm", "dp_clipped")
 SHAPES = {SHARED: (4, 64)}
 
 
@@ -75,9 +77,10 @@ def test_local_sends_nothing_and_classifier_sends_exactly_its_weights():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("leak")
-    job = prepare_job(DEFAULT_JOB, tmp / "job", sites=SITES, rounds=ROUNDS, overrides=["data.synthetic_per_class=20"])
+    job = make_job(tmp / "job", sites=SITES, rounds=ROUNDS, overrides=["data.synthetic_per_class=20", *DP],
+                   audit=True)
     ws = tmp / "ws"
-    proc = simulate(job, ws, SITES, SITES)
+    proc = simulate(job, ws, SITES)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return ws
 
@@ -147,3 +150,17 @@ def test_every_result_carried_only_the_shared_prompt(run):
         log = (run / f"site-{i}" / "log.txt").read_text(errors="replace")
         checked = re.findall(rf"site-{i}: outgoing keys: \['shared_ctx'\]", log)
         assert len(checked) == ROUNDS, f"site-{i}: the allow-list check ran {len(checked)} times, not {ROUNDS}"
+
+
+def test_no_statistic_of_the_raw_update_leaves_a_site(run):
+    """With DP on, the update's norm before clipping and whether it was clipped stay in the site's log: neither the
+    uploads as FLARE sent them (every field of the DXO meta, audited) nor anything on the server carries them."""
+    audits = [e for p in sorted(run.glob("site-*/simulate_job/fedrsclip/upload_audit-*.json")) for e in read_audit(p)]
+    assert len(audits) == SITES * ROUNDS
+    for entry in audits:
+        assert "record:metrics.dp_epsilon" in entry["fields"]  # the audit sees the metrics that are sent
+        assert not [f for f in entry["fields"] if any(s in f for s in RAW_UPDATE_STATISTICS)], entry["fields"]
+    for name, data in _server_blobs(run).items():
+        assert not any(s.encode() in data for s in RAW_UPDATE_STATISTICS), name
+    log = (run / "site-1" / "log.txt").read_text(errors="replace")
+    assert "update norm" in log and "kept at this site, never sent" in log

@@ -149,3 +149,25 @@ def test_kits_point_at_the_server(kits):
         admin = json.loads((kits / a["name"] / "startup" / "fed_admin.json").read_text())["admin"]
         assert (admin["host"], admin["port"], admin["username"]) == (server["name"], server["fed_learn_port"],
                                                                      a["name"])
+
+
+def test_the_readmes_job_command_runs_as_written(tmp_path, monkeypatch):
+    """provisioning/README.md's `fedrsclip job` command (the deployment's CKKS job) passes the same checks as every
+    job, and writes what it says: 3 sites, CKKS, ViT-B-16 with weights the sites name locally."""
+    import shlex
+
+    from fedrsclip.cli import main
+    from fedrsclip.flare.job import job_settings
+
+    text = (REPO / "provisioning" / "README.md").read_text().replace("\\\n", " ")
+    commands = [line.strip() for line in text.splitlines() if line.strip().startswith("fedrsclip job ")]
+    assert commands
+    monkeypatch.chdir(tmp_path)  # the command's relative --out lands here
+    for command in commands:
+        args = shlex.split(command)[1:]
+        assert main(args) == 0, command
+        out = tmp_path / args[args.index("--out") + 1]
+        settings = job_settings(out)
+        assert settings["min_clients"] == 3 and settings["he"] == ("--he" in args)
+        weights = {"model.arch=ViT-B-16", "model.pretrained=openai", "model.random_init=false"}
+        assert weights <= set(settings["overrides"])

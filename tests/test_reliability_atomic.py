@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedrsclip.flare.persistor import load_npz, save_npz
-from fedrsclip.io import atomic_torch_save, atomic_write_json
+from fedrsclip.flare.model_file import load_npz, save_npz
+from fedrsclip.atomic import atomic_torch_save, atomic_write_json
 
 VALUES = 200_000  # ~0.8 MB per file: a write takes long enough to be interrupted
 

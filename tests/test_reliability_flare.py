@@ -23,12 +23,12 @@ import pytest
 import torch
 
 from fedrsclip.data import build_manifest, list_dataset, make_synthetic, write_manifest
-from fedrsclip.flare.demo import simulator_command
-from fedrsclip.flare.job import DEFAULT_JOB, prepare_job, resume_job, set_fault_tolerance
-from fedrsclip.flare.persistor import load_npz
-from fedrsclip.flare.report import find_results, load_results
+from fedrsclip.flare.job import JobSpec, find_resume, write_job
+from fedrsclip.flare.model_file import load_npz
 from fedrsclip.flare.settings import SITE_CONFIG_ENV
-from test_flare_bad_inputs import ENV, simulate
+from fedrsclip.results_file import find_results, load_results
+from fedrsclip.tools.demo import simulator_command
+from helpers import ENV, make_job, simulate
 from test_poc import MARKER, our_processes
 
 pytestmark = pytest.mark.slow
@@ -89,8 +89,8 @@ def missing(results: dict, rnd: int) -> dict:
 def test_killed_sites_are_missing_then_the_job_stops_naming_them(tmp_path):
     """3 sites, min_clients 2: site-3 is killed in round 2 (the round completes with sites 1 and 2), site-2 in
     round 3 (one update is below min_clients: the job stops and names both)."""
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=3, rounds=4, overrides=[*FAST, "train.local_epochs=20"])
-    set_fault_tolerance(job, min_clients=2, train_timeout=30, wait_after_min=2)
+    job = make_job(tmp_path / "job", sites=3, rounds=4, overrides=[*FAST, "train.local_epochs=20"], min_clients=2,
+                   train_timeout=30, wait_after_min=2)
     sim = Simulator(job, tmp_path / "ws", 3, 3)
     try:
         sim.kill_site_in_round("site-3", 2)
@@ -122,7 +122,7 @@ def test_killed_sites_are_missing_then_the_job_stops_naming_them(tmp_path):
 def test_killed_site_restarts_resumes_its_prompt_and_rejoins(tmp_path):
     """-t 2 for 3 sites: a fresh process per task. site-3's is killed mid-round 2; the simulator starts another,
     which gets the round-2 task again, resumes the private prompt from disk and completes every round."""
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=3, rounds=3, overrides=FAST)
+    job = make_job(tmp_path / "job", sites=3, rounds=3, overrides=FAST)
     sim = Simulator(job, tmp_path / "ws", 3, 2)
     try:
         sim.kill_site_in_round("site-3", 2)
@@ -144,7 +144,7 @@ def test_killed_site_restarts_resumes_its_prompt_and_rejoins(tmp_path):
 
 
 def test_simulator_killed_mid_run_resumes_from_the_last_global_model(tmp_path):
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=2, rounds=4, overrides=FAST)
+    job = make_job(tmp_path / "job", sites=2, rounds=4, overrides=FAST)
     ws1, ws2 = tmp_path / "ws1", tmp_path / "ws2"
     model = ws1 / "server" / "simulate_job" / "app_server" / "FL_global_model.npz"
     sim = Simulator(job, ws1, 2, 2)
@@ -160,10 +160,10 @@ def test_simulator_killed_mid_run_resumes_from_the_last_global_model(tmp_path):
     states = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in ws1.glob("site-*/simulate_job/fedrsclip/*.pt")}
     assert len(states) == 2
 
-    resumed = prepare_job(DEFAULT_JOB, tmp_path / "job2", sites=2, rounds=4, overrides=FAST)
-    info = resume_job(resumed, ws1)
-    assert info["rounds_done"] == done and info["rounds_left"] == 4 - done
-    proc = simulate(resumed, ws2, 2, 2)
+    resume = find_resume(ws1)
+    assert resume.rounds_done == done
+    resumed = write_job(JobSpec(sites=2, rounds=4, overrides=tuple(FAST), resume=resume), tmp_path / "job2")
+    proc = simulate(resumed, ws2, 2)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     results = load_results(find_results(ws2))
     assert results["status"] == "finished"
@@ -219,8 +219,7 @@ def test_bad_updates_are_rejected_and_shown_as_missing(tmp_path):
               manifest: {other if site == "site-4" else good}
             """))
 
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=4, rounds=2)
-    set_fault_tolerance(job, min_clients=2, wait_after_min=60)  # all four answer well within the minute
+    job = make_job(tmp_path / "job", sites=4, rounds=2, min_clients=2, wait_after_min=60)  # all four answer within it
     (job / "app" / "custom" / "fedrsclip_bad_updates.py").write_text(BAD_UPDATES)
     client_path = job / "app" / "config" / "config_fed_client.json"
     client = json.loads(client_path.read_text())
@@ -229,7 +228,7 @@ def test_bad_updates_are_rejected_and_shown_as_missing(tmp_path):
         {"path": "fedrsclip_bad_updates.CorruptUpdate", "args": {"site": "site-3", "round": 1, "how": "shape"}}]}]
     client_path.write_text(json.dumps(client, indent=1))
 
-    proc = simulate(job, tmp_path / "ws", 4, 4, env={SITE_CONFIG_ENV: str(tmp_path / "{site}.yaml")})
+    proc = simulate(job, tmp_path / "ws", 4, env={SITE_CONFIG_ENV: str(tmp_path / "{site}.yaml")})
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     results = load_results(find_results(tmp_path / "ws"))

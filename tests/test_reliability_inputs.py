@@ -14,28 +14,27 @@ import pytest
 from fedrsclip.algorithms import SHARED
 from fedrsclip.config import ConfigError
 from fedrsclip.data.errors import DataError
-from fedrsclip.flare.aggregator import ContributionError, check_update
-from fedrsclip.flare.job import DEFAULT_JOB, prepare_job, resume_job, set_fault_tolerance
-from fedrsclip.flare.persistor import save_npz
+from fedrsclip.flare.job import JobError, JobSpec, find_resume, job_settings, write_job
+from fedrsclip.flare.model_file import save_npz
 from fedrsclip.flare.settings import SiteConfigError, resolve_site_settings
 from fedrsclip.ot import OTDivergedError
-from fedrsclip.site import Site, class_fingerprint
-from fedrsclip.trainer import PayloadError
-from conftest import tiny_config
+from fedrsclip.protocol import ContributionError, PayloadError, check_update, class_fingerprint
+from fedrsclip.site import PromptSite
+from helpers import tiny_config
 
 
 @pytest.fixture()
 def make_site(tiny_backbone, synth_manifest, feature_cache, tmp_path):
     def make(*overrides, manifest=None, name="site-1"):
         cfg = tiny_config("train.lr=0.05", *overrides, cache_dir=feature_cache)
-        return Site(cfg, name, manifest or synth_manifest, tiny_backbone, state_dir=tmp_path / "state",
+        return PromptSite(cfg, name, manifest or synth_manifest, tiny_backbone, state_dir=tmp_path / "state",
                     progress=False)
     return make
 
 
 def saved_once(make_site, *overrides):
     site = make_site(*overrides)
-    site.train_round(None, 0)
+    site.run_round(None, 0)
     return site, site.state_path.read_bytes()
 
 
@@ -48,14 +47,14 @@ def test_nan_loss_fails_the_round_and_keeps_the_state(make_site):
     _, before = saved_once(make_site, "algorithm=fedavg-pl")  # cosine scores: the loss itself goes non-finite
     site = make_site("algorithm=fedavg-pl")
     with pytest.raises(FloatingPointError, match="loss became .* in round 1 .*lower train.lr"):
-        site.train_round(huge(site), 1)
+        site.run_round(huge(site), 1)
     assert site.state_path.read_bytes() == before
 
 
 def test_diverging_ot_fails_the_round_and_keeps_the_state(make_site):
     site, before = saved_once(make_site)
     with pytest.raises(OTDivergedError, match="ot.log_domain: true"):
-        site.train_round(huge(site), 1)
+        site.run_round(huge(site), 1)
     assert site.state_path.read_bytes() == before
 
 
@@ -110,39 +109,42 @@ def test_missing_or_unreadable_configuration_files(tmp_path):
 
 
 def test_fault_tolerance_options(tmp_path):
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=4, rounds=3)
-    assert set_fault_tolerance(job, min_clients=3, train_timeout=60, wait_after_min=5) == {
-        "min_clients": 3, "train_timeout": 60, "wait_time_after_min_received": 5}
+    job = write_job(JobSpec(sites=4, rounds=3, min_clients=3, train_timeout=60, wait_after_min=5), tmp_path / "job")
     server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    workflow = next(w for w in server["workflows"] if w["path"].endswith("ScatterAndGather"))["args"]
+    assert (workflow["min_clients"], workflow["train_timeout"], workflow["wait_time_after_min_received"]) == (3, 60, 5)
     assert next(c for c in server["components"] if c["id"] == "aggregator")["args"]["min_clients"] == 3
     assert json.loads((job / "meta.json").read_text())["min_clients"] == 3
     evaluation = next(w for w in server["workflows"] if w["path"].endswith("GlobalModelEval"))
     assert evaluation["args"]["validation_timeout"] == 60
     for bad, words in [({"min_clients": 5, "sites": 4}, "between 1 and the job's 4 sites"),
                        ({"min_clients": 0}, "between"),
-                       ({"train_timeout": -1}, "--train-timeout must be 0 or more")]:
-        with pytest.raises(ValueError, match=words):
-            set_fault_tolerance(job, **bad)
+                       ({"train_timeout": -1}, "train_timeout must be an integer >= 0")]:
+        with pytest.raises(JobError, match=words):
+            JobSpec(**bad)
 
 
 def test_resume_options(tmp_path):
     run = tmp_path / "run" / "server" / "simulate_job" / "app_server"
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=2, rounds=3)
-    with pytest.raises(FileNotFoundError, match="no FL_global_model.npz"):
-        resume_job(job, tmp_path / "run")
-    save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 3, "job_id": "simulate_job"})
-    with pytest.raises(ValueError, match="after round 3, and the job has 3 rounds: nothing is left"):
-        resume_job(job, tmp_path / "run")
+    with pytest.raises(JobError, match="no FL_global_model.npz"):
+        find_resume(tmp_path / "run")
+    ones = {SHARED: np.ones((4, 64), np.float32)}
+    save_npz(run / "FL_global_model.npz", ones, {"round": 3, "job_id": "simulate_job"})
+    with pytest.raises(JobError, match="has done 3 rounds and the job has 3: nothing is left"):
+        write_job(JobSpec(sites=2, rounds=3, resume=find_resume(tmp_path / "run")), tmp_path / "job")
+    assert not (tmp_path / "job").exists()  # refused before anything was written
     (run / "FL_global_model.npz").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ValueError, match="cannot read the global model"):
-        resume_job(job, tmp_path / "run")
-    save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 1, "job_id": "simulate_job"})
-    info = resume_job(job, run)
-    assert (info["rounds_done"], info["rounds_left"]) == (1, 2)
-    assert info["site_state"] == str(tmp_path / "run" / "{site}" / "simulate_job" / "fedrsclip")
-    save_npz(run / "FL_global_model.npz", {SHARED: np.ones((4, 64), np.float32)}, {"round": 1, "job_id": "1234-abcd"})
-    job = prepare_job(DEFAULT_JOB, tmp_path / "job", sites=2, rounds=3)
-    assert resume_job(job, run / "FL_global_model.npz")["site_state"] == "1234-abcd/fedrsclip"  # POC / deployment
+    with pytest.raises(JobError, match="cannot read the global model"):
+        find_resume(tmp_path / "run")
+    save_npz(run / "FL_global_model.npz", ones, {"round": 1, "job_id": "simulate_job"})
+    resume = find_resume(run)
+    job = write_job(JobSpec(sites=2, rounds=3, resume=resume), tmp_path / "job")
+    assert resume.rounds_done == 1 and job_settings(job)["num_rounds"] == 2
+    assert resume.site_state == str(tmp_path / "run" / "{site}" / "simulate_job" / "fedrsclip")
+    copied = job / "app" / "config" / "resume_FL_global_model.npz"
+    assert copied.read_bytes() == (run / "FL_global_model.npz").read_bytes()
+    save_npz(run / "FL_global_model.npz", ones, {"round": 1, "job_id": "1234-abcd"})
+    assert find_resume(run / "FL_global_model.npz").site_state == "1234-abcd/fedrsclip"  # POC / deployment
 
 
 def test_an_empty_update_is_valid_only_without_a_global_model():

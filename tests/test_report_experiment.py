@@ -8,9 +8,13 @@ import json
 import pytest
 from PIL import Image
 
-from fedrsclip.experiment import run_experiment
-from fedrsclip.flare.report import report_command
-from fedrsclip.reporting.tables import TRANSMITTED_HEADER, format_count, mean_std, table, transmitted_values
+from fedrsclip.cli import main
+from fedrsclip.tools.experiments.runner import run_experiment
+from fedrsclip.tools.reporting.tables import TRANSMITTED_HEADER, format_count, mean_std, table, transmitted_values
+
+
+def report_command(folder) -> int:
+    return main(["report", str(folder)])
 
 
 def _record(algorithm: str, column: str, seed: int, accuracy: float, bytes_up: int) -> dict:

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from fedrsclip.algorithms import ALGORITHMS, SHARED
-from fedrsclip.site import Site
-from fedrsclip.trainer import PayloadError, RoundResult, aggregate, payload_nbytes
-from conftest import tiny_config
+from fedrsclip.protocol import PayloadError, payload_nbytes, weighted_mean
+from fedrsclip.site import PromptSite
+from helpers import tiny_config
 
 PROMPT_ALGOS = [a.name for a in ALGORITHMS.values() if a.kind == "prompt"]
 
@@ -14,28 +14,28 @@ PROMPT_ALGOS = [a.name for a in ALGORITHMS.values() if a.kind == "prompt"]
 def site_factory(tiny_backbone, synth_manifest, feature_cache):
     def make(*overrides, name="site-1", state_dir=None):
         cfg = tiny_config("train.lr=0.05", *overrides, cache_dir=feature_cache)
-        return Site(cfg, name, synth_manifest, tiny_backbone, state_dir=state_dir, progress=False)
+        return PromptSite(cfg, name, synth_manifest, tiny_backbone, state_dir=state_dir, progress=False)
     return make
 
 
 @pytest.mark.parametrize("algorithm", PROMPT_ALGOS)
 def test_every_algorithm_trains_and_sends_what_it_declares(site_factory, algorithm):
     site = site_factory(f"algorithm={algorithm}")
-    result = site.train_round(None, 0)
+    update = site.run_round(None, 0)
     algo = ALGORITHMS[algorithm]
-    assert set(result.payload) == set(algo.sends)
+    assert set(update.payload) == set(algo.sends)
     if algo.federated:
         width = site.backbone.text_width
-        assert result.payload[SHARED].shape == (4, width)
-        assert payload_nbytes(result.payload) == 4 * width * 4  # n_ctx x width float32: nothing else
-    assert np.isfinite(result.metrics["train_loss"]) and result.num_samples == len(site.train_set)
+        assert update.payload[SHARED].shape == (4, width)
+        assert payload_nbytes(update.payload) == 4 * width * 4  # n_ctx x width float32: nothing else
+    assert np.isfinite(update.record.metrics["train_loss"]) and update.record.samples_train == len(site.train_set)
     metrics = site.evaluate()
     assert 0 <= metrics["accuracy"] <= 100 and metrics["samples"] == len(site.test_set)
 
 
 def test_private_prompt_never_in_payload(site_factory):
     site = site_factory("algorithm=fedrsclip")
-    payload = site.train_round(None, 0).payload
+    payload = site.run_round(None, 0).payload
     private = site.trainer.model.learner.private_ctx.detach().numpy()
     assert list(payload) == [SHARED]
     assert not any(np.allclose(v, private) for v in payload.values())
@@ -75,15 +75,16 @@ def test_fedprox_mu_changes_the_gradient(site_factory):
     torch.testing.assert_close(g1 - g0, torch.full_like(g0, 0.5))  # d/dw mu/2 ||w - a||^2 = mu (w - a)
 
 
-def test_aggregate_weights_by_samples():
-    a = RoundResult({SHARED: np.zeros((2, 3), np.float32)}, num_samples=30)
-    b = RoundResult({SHARED: np.ones((2, 3), np.float32)}, num_samples=10)
-    np.testing.assert_allclose(aggregate([a, b])[SHARED], 0.25)
+def test_weighted_mean_weights_by_samples():
+    a, b = {SHARED: np.zeros((2, 3), np.float32)}, {SHARED: np.ones((2, 3), np.float32)}
+    mean = weighted_mean([(a, 30), (b, 10)])[SHARED]
+    np.testing.assert_allclose(mean, 0.25)
+    assert mean.dtype == np.float32
 
 
 def test_local_state_survives_a_restart(site_factory, tmp_path):
     site = site_factory(state_dir=tmp_path)
-    site.train_round(None, 0)
+    site.run_round(None, 0)
     before = site.trainer.local_state()
     again = site_factory(state_dir=tmp_path)  # a new process would do exactly this
     after = again.trainer.local_state()
@@ -102,7 +103,7 @@ def test_site_missing_from_manifest(site_factory):
 def test_peers_dpac_uses_other_sites_prompts(site_factory):
     site = site_factory("dpac.negatives=peers", "dpac.weight=1.0")
     peers = np.random.default_rng(0).normal(0, 0.02, size=(2, *site.trainer.payload()[SHARED].shape))
-    with_peers = site.train_round(None, 0, peers=peers.astype(np.float32)).metrics
+    with_peers = site.run_round(None, 0, peers=peers.astype(np.float32)).record.metrics
     assert with_peers["train_dpac"] > 0
-    without = site_factory("dpac.negatives=peers", name="site-2").train_round(None, 0).metrics
+    without = site_factory("dpac.negatives=peers", name="site-2").run_round(None, 0).record.metrics
     assert without["train_dpac"] == 0.0  # round 1: no peers yet, nothing to contrast with

@@ -4,32 +4,37 @@ extra losses apply, and what leaves the site.
 Scoring: "cosine" is CoOp's cos(global image feature, prompt text feature) (eq. 5; with two prompts, the mean of
 both prompts' logits); "ot" is CMFAC, 1 - d_OT between patch tokens and the prompts' text features (eq. 15);
 "uniform" is the same with a uniform transport plan (the OT-vs-uniform ablation).
+
+To add an algorithm that combines these switches, add a row below. One that needs a new mechanism: its loss or
+score in `fedrsclip.trainer` (the method in one file), its switch here, and, when it sends anything new, the entry
+names in `sends` (checked at the site by `fedrsclip.privacy.check_outgoing`). A new kind of model (a new `kind`)
+gets its site and trainer in `fedrsclip.factory`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SHARED = "shared_ctx"  # the only prompt a site may send
+from .protocol import SHARED
+
+ALL_WEIGHTS = ("*",)  # `sends` of a full-model algorithm: every weight its trainer lists (trainer.shapes)
 
 
 @dataclass(frozen=True)
 class Algorithm:
     name: str
     description: str
-    kind: str = "prompt"  # prompt | classifier
+    kind: str = "prompt"  # which site and trainer run it: a key of fedrsclip.factory.SITES
     dual: bool = True  # shared + private prompts; False: one shared prompt
     scoring: str = "ot"  # ot | uniform | cosine
     dpac: bool = True
     proximal: bool = False
-    federated: bool = True  # False: nothing is sent, nothing is aggregated
+    sends: tuple[str, ...] = (SHARED,)  # payload entries that leave a site; ALL_WEIGHTS; (): nothing (local)
 
     @property
-    def sends(self) -> tuple[str, ...]:
-        """Payload keys that leave the site; classifier algorithms send every weight (listed by the trainer)."""
-        if not self.federated:
-            return ()
-        return ("*",) if self.kind == "classifier" else (SHARED,)
+    def federated(self) -> bool:
+        """False: nothing is sent, nothing is aggregated."""
+        return bool(self.sends)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -49,16 +54,23 @@ _ALL = [
     # FedOTP = global + local prompts through OT, no DPAC: by construction the same model as fedrsclip-no-dpac.
     Algorithm("fedotp", "FedOTP: global + local prompts with unbalanced OT, no DPAC", dpac=False),
     Algorithm("local", "local training only (one CoOp prompt per site, nothing sent)", dual=False,
-              scoring="cosine", dpac=False, federated=False),
-    Algorithm("centralized", "FedRSCLIP's model trained on all data at one site (use a 1-site manifest)"),
+              scoring="cosine", dpac=False, sends=()),
     Algorithm("fedavg-full", "FedAvg of a full timm image classifier (the paper's parameter-transfer baseline)",
-              kind="classifier", dual=False, scoring="cosine", dpac=False),
+              kind="classifier", dual=False, scoring="cosine", dpac=False, sends=ALL_WEIGHTS),
 ]
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in _ALL}
 
 
+CENTRALIZED = "centralized"  # not an algorithm: every site's data pooled at one site (data.manifest.centralized)
+
+
 def get_algorithm(name: str) -> Algorithm:
+    """The algorithm called `name`; ValueError listing the valid names otherwise."""
+    if name == CENTRALIZED:
+        raise ValueError("'centralized' is a data arrangement, not an algorithm: `fedrsclip run --centralized` (or "
+                         "the experiment's `--sites centralized` column) trains any algorithm on every site's data "
+                         "pooled at one site")
     try:
         return ALGORITHMS[name]
     except KeyError:

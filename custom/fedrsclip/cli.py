@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from .algorithms import ALGORITHMS
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not verbose:  # FLARE's components log their construction at INFO when a job is built here
+        logging.getLogger("nvflare").setLevel(logging.WARNING)
 
 
 def _algorithms(_args: argparse.Namespace) -> int:
@@ -22,74 +25,113 @@ def _algorithms(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_privacy(cfg) -> None:
+    from .privacy import dp_warning
+
+    warning = dp_warning(cfg)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
-    """An in-process federation (no FLARE): every site in this process."""
+    """The in-process runner (no FLARE): every site in this process; the results file of a FLARE run."""
+    from .atomic import atomic_write_json
     from .config import load_config
     from .data.manifest import load_manifest
-    from .federation import run_federation
-    from .io import atomic_write_json
+    from .inprocess import run_inprocess
+    from .results_file import describe_data, load_results
+    from .tools.reporting.run_table import format_table
 
     overrides = list(args.set or [])
     if args.manifest:
         overrides.append(f"data.manifest={args.manifest}")
+    if args.rounds is not None:
+        overrides.append(f"train.rounds={args.rounds}")
     cfg = load_config(args.config, overrides)
-    if not cfg.data.manifest:
-        print("error: give --manifest (or data.manifest in the configuration)", file=sys.stderr)
+    _warn_privacy(cfg)
+    out = Path(args.out)
+    if out.exists():  # never overwrite a file this command did not write
+        try:
+            load_results(out)
+        except ValueError:
+            print(f"error: --out {out} exists and is not a fedrsclip results file: choose another --out",
+                  file=sys.stderr)
+            return 2
+    if cfg.data.source == "synthetic":
+        from .data.source import synthetic_manifest
+
+        manifest_path = synthetic_manifest(cfg.data, cfg.data.synthetic_dir or Path(cfg.data.cache_dir).parent /
+                                           "fedrsclip-data")
+    elif cfg.data.manifest:
+        manifest_path = Path(cfg.data.manifest)
+    else:
+        print("error: give --manifest (or data.manifest in the configuration, or data.source=synthetic)",
+              file=sys.stderr)
         return 2
-    history = run_federation(cfg, load_manifest(cfg.data.manifest), state_dir=args.state_dir)
-    history["config"] = cfg.to_dict()
-    atomic_write_json(args.out, history)
-    for record in history["rounds"]:
-        print(f"round {record['round']:3d}  mean accuracy {record['mean_accuracy']:6.2f}  "
-              f"weighted {record['weighted_accuracy']:6.2f}")
-    print(f"zero-shot ('{history['zero_shot']['prompt']}'): {history['zero_shot']['accuracy']:.2f}")
-    print(f"results: {args.out}")
-    return 0
+    results = run_inprocess(cfg, load_manifest(manifest_path), state_dir=args.state_dir, pooled=args.centralized,
+                            data_description=describe_data(cfg.data, manifest_path))
+    results["config"] = cfg.to_dict()
+    atomic_write_json(out, results)
+    print(format_table(results))
+    if results.get("zero_shot"):
+        print(f"zero-shot ('{results['zero_shot']['prompt']}'): {results['zero_shot']['accuracy']:.2f}")
+    print(f"results file: {out}")
+    return 0 if results["status"] == "finished" else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .flare.demo import run_demo
+    from .tools.demo import run_demo
 
-    return run_demo(args.workspace, sites=args.sites, threads=args.threads, he=args.he)
+    return run_demo(args.workspace, sites=args.sites, threads=args.threads, he=args.he, rounds=args.rounds)
 
 
 def _job(args: argparse.Namespace) -> int:
-    """A runnable FLARE job for any algorithm, generated from the one template (jobs/fedrsclip)."""
-    from .config import load_config
-    from .flare.job import DEFAULT_JOB, prepare_job
+    """A runnable FLARE job for any algorithm (fedrsclip.flare.job): checked, then written into --out."""
+    from .flare.job import JobSpec, describe, find_resume, write_job
+    from .tools.demo import check_workspace, simulator_command
 
-    template = Path(args.template or DEFAULT_JOB)
-    overrides = [f"algorithm={args.algorithm}", *(args.set or [])]
-    template_cfg = template / "app" / "config" / "fedrsclip.yaml"
-    load_config(template_cfg if template_cfg.is_file() else None, overrides)  # refuse bad settings before writing
-    out = prepare_job(template, args.out, sites=args.sites, rounds=args.rounds, overrides=overrides, he=args.he)
-    _job_reliability(out, args)
-    print(f"wrote {out}: algorithm {args.algorithm}" + (", CKKS-encrypted updates" if args.he else "")
-          + (f", {args.sites} sites" if args.sites else "") + (f", {args.rounds} rounds" if args.rounds else ""))
+    resume = find_resume(args.resume) if args.resume else None
+    spec = JobSpec(name=Path(args.out).name if args.name is None else args.name, sites=args.sites, rounds=args.rounds,
+                   overrides=tuple(args.set or []),
+                   settings=Path(args.settings) if args.settings else None, he=args.he, min_clients=args.min_clients,
+                   train_timeout=args.train_timeout or 0, wait_after_min=args.wait_after_min or 0, resume=resume,
+                   torch_threads=args.torch_threads)
+    if spec.config().algorithm != args.algorithm:  # the settings' own algorithm needs no override
+        spec = dataclasses.replace(spec, overrides=(f"algorithm={args.algorithm}", *spec.overrides))
+    _warn_privacy(spec.config())
+    out = write_job(spec, args.out)
+    print(f"wrote {out}: {describe(spec)}")
+    if resume is not None:
+        print(f"resumes after round {resume.rounds_done} from {resume.model}; sites copy their state from "
+              f"{resume.site_state}")
+    workspace = _free_workspace(out, resume.source if resume else None, check_workspace)
     if args.he:
-        print(f"HE contexts for the simulator: fedrsclip he-context --simulator workspaces/{out.name}")
-    print(f"run it: nvflare simulator {out} -w workspaces/{out.name} -n {args.sites or 'N'} -t {args.sites or 'N'}")
+        print(f"HE contexts for the simulator: fedrsclip he-context --simulator {workspace}")
+    print("run it: " + " ".join(simulator_command(out, workspace, spec.sites, spec.sites, portable=True)))
     return 0
 
 
-def _job_reliability(out: Path, args: argparse.Namespace) -> None:
-    """--min-clients / --train-timeout / --wait-after-min and --resume (README: Reliability)."""
-    from .flare.job import resume_job, set_fault_tolerance
-
-    if (args.min_clients, args.train_timeout, args.wait_after_min) != (None, None, None):
-        values = set_fault_tolerance(out, args.min_clients, args.train_timeout, args.wait_after_min, args.sites)
-        print(f"fault tolerance: {values}")
-    if args.resume:
-        resumed = resume_job(out, args.resume)
-        print(f"resumes after round {resumed['rounds_done']} from {resumed['model']} ({resumed['rounds_left']} rounds "
-              f"left); sites copy their state from {resumed['site_state']}. In the simulator use a NEW -w: it wipes "
-              "its workspace, and the earlier run's sites' state is there")
+def _free_workspace(job: Path, resume: Path | None, check) -> Path:
+    """A simulator workspace for `job` that the simulator may empty: not the job folder, not inside it or around
+    it, not the run being resumed, and either new or an earlier simulator run's (`check`)."""
+    taken = [job.resolve()] + ([Path(resume).expanduser().resolve()] if resume else [])
+    for index in range(1, 100):
+        candidate = job.parent / f"{job.name}-run{'' if index == 1 else index}"
+        resolved = candidate.resolve()
+        if any(resolved == t or t in resolved.parents or resolved in t.parents for t in taken):
+            continue
+        try:
+            check(resolved)
+        except ValueError:
+            continue
+        return candidate
+    raise ValueError(f"no free simulator workspace next to {job}: give the simulator a new -w folder")
 
 
 def _he_context(args: argparse.Namespace) -> int:
     """CKKS contexts for the simulator's workspace or for unsigned (POC) kits."""
+    from .flare.he.context import install_kit_contexts, prepare_simulator_contexts
     from .he import CKKSParams
-    from .flare.he_context import install_kit_contexts, prepare_simulator_contexts
 
     params = CKKSParams(args.poly_modulus_degree, tuple(int(b) for b in args.coeff_mod_bit_sizes.split(",")),
                         args.scale_bits)
@@ -98,7 +140,7 @@ def _he_context(args: argparse.Namespace) -> int:
         print(f"{'wrote' if made else 'kept the existing'} client and server contexts in {folder}"
               + ("" if made else " (--replace makes a new key)"))
     else:
-        for folder in install_kit_contexts(args.kits, params):
+        for folder in install_kit_contexts(args.kits, params, replace=args.replace):
             print(f"wrote a context into {folder}")
     print(f"CKKS: N={params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)}, scale "
           f"2^{params.scale_bits}")
@@ -106,25 +148,51 @@ def _he_context(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .flare.report import report_command
+    """An experiment folder: write its report.md and figures, print the report (0; 1 when it has no finished cell).
+    Otherwise print the table of the run in `workspace`: 0 for a finished run, 2 for a failed or incomplete one, 1
+    when there is no readable results file."""
+    from .results_file import find_results, load_results
+    from .tools.experiments.layout import is_experiment
+    from .tools.reporting.run_table import format_table
 
-    return report_command(args.workspace)
+    if is_experiment(args.workspace):
+        from .tools.reporting.report import write_report  # matplotlib: only for an experiment's figures
+
+        try:
+            path = write_report(args.workspace)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(path.read_text(encoding="utf-8"))
+        print(f"report: {path} (figures next to it)")
+        return 0
+    try:
+        path = find_results(args.workspace)
+        results = load_results(path)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(results))
+    print(f"results file: {path}")
+    return 0 if results.get("status") == "finished" else 2
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    """A grid of FLARE simulator runs (fedrsclip.experiment)."""
-    from .experiment import DataSource, parse_sites, run_experiment
+    """A grid of FLARE simulator runs (fedrsclip.tools.experiments)."""
+    from .tools.experiments.grid import DataSource, parse_sites
+    from .tools.experiments.runner import run_experiment
 
     data = DataSource(manifest=args.manifest, dataset=args.dataset, root=args.root, data_seed=args.data_seed)
     return run_experiment(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
                           parse_sites(args.sites), [p.strip() for p in args.partition.split(",") if p.strip()],
                           [int(s) for s in args.seeds.split(",") if s.strip()], rounds=args.rounds,
-                          overrides=args.set or [], data=data, template=args.template, max_threads=args.threads)
+                          overrides=args.set or [], data=data, settings=args.settings, max_threads=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import add_bench_command
     from .data.cli import add_data_commands
+    from .tools.bench.cli import add_bench_command
+    from .tools.experiments.grid import DEFAULT_SITES, MAX_THREADS
 
     parser = argparse.ArgumentParser(prog="fedrsclip", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -134,29 +202,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("algorithms", help="list the algorithms and what each sends")
     p.set_defaults(func=_algorithms)
 
-    p = sub.add_parser("run", help="run a federation in this process (no FLARE), for quick experiments")
+    p = sub.add_parser("run", help="run every site in this process (no FLARE), with the FLARE job's semantics, for "
+                                   "quick experiments")
     p.add_argument("--config", help="YAML configuration (settings in README: Configuration)")
     p.add_argument("--manifest", help="partition manifest (fedrsclip data partition ...)")
+    p.add_argument("--rounds", type=int, help="rounds (default: train.rounds)")
+    p.add_argument("--centralized", action="store_true", help="every site's data pooled at one site (the "
+                                                              "centralized reference)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
     p.add_argument("--state-dir", help="keep each site's prompts here between runs")
-    p.add_argument("--out", default="results.json", help="results file (JSON)")
+    p.add_argument("--out", default="results.json", help="results file (JSON, the format of a FLARE run's; "
+                                                         "default: %(default)s)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("demo", help="the main FLARE job in the simulator, offline (synthetic data, random CLIP)")
     p.add_argument("--workspace", default="workspaces/demo")
     p.add_argument("--sites", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="simulator threads (default: one per site)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default: the job's, 10)")
     p.add_argument("--he", action="store_true", help="CKKS-encrypted shared-prompt updates (contexts made in the "
                                                      "workspace's startup/ when missing)")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("job", help="generate a FLARE job for an algorithm from the jobs/fedrsclip template")
+    p = sub.add_parser("job", help="make a FLARE job for an algorithm (built with FLARE's job API)")
     p.add_argument("--algorithm", required=True, choices=list(ALGORITHMS))
-    p.add_argument("--out", required=True, help="job folder to write (replaced if it exists)")
-    p.add_argument("--sites", type=int, help="min_clients (and data.synthetic_sites for the synthetic demo)")
-    p.add_argument("--rounds", type=int)
+    p.add_argument("--out", required=True, help="job folder to write: new, empty, or one this command made (it is "
+                                                "then replaced; nothing else is ever deleted)")
+    p.add_argument("--name", help="the job's name (default: the --out folder's name)")
+    p.add_argument("--sites", type=int, default=10, help="the sites the job is made for: min_clients, and the "
+                                                         "synthetic demo's partition (default: %(default)s)")
+    p.add_argument("--rounds", type=int, help="rounds (default: the settings' train.rounds)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every site")
-    p.add_argument("--template", default=None, help="job folder to start from (default: the repository's jobs/fedrsclip)")
+    p.add_argument("--settings", default=None, help="the job's fedrsclip YAML (default: the package's offline demo "
+                                                    "settings)")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch threads per site process (0: all cores; "
+                                                                "default: %(default)s, for many simulated sites)")
     p.add_argument("--he", action="store_true", help="the CKKS variant: sites encrypt their updates, the server adds "
                                                      "ciphertexts (needs HE contexts: see he-context)")
     p.add_argument("--min-clients", type=int, help="fewest sites a round needs (default: all --sites)")
@@ -174,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "simulator copies them to every participant)")
     where.add_argument("--kits", metavar="PROD_DIR", help="into the unsigned kits of a POC prod_NN folder (the "
                                                           "server's kit gets the keyless context)")
-    p.add_argument("--replace", action="store_true", help="make a new key even if the workspace has contexts")
+    p.add_argument("--replace", action="store_true", help="make a new key even where there is one (every model saved "
+                                                          "under the old key becomes undecryptable)")
     p.add_argument("--poly-modulus-degree", type=int, default=DEFAULT_PARAMS.poly_modulus_degree)
     p.add_argument("--coeff-mod-bit-sizes", default=",".join(map(str, DEFAULT_PARAMS.coeff_mod_bit_sizes)))
     p.add_argument("--scale-bits", type=int, default=DEFAULT_PARAMS.scale_bits)
@@ -184,8 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
                                       "folder: write report.md and PNG figures into it")
     p.add_argument("workspace")
     p.set_defaults(func=_report)
-
-    from .experiment import DEFAULT_SITES, MAX_THREADS
 
     p = sub.add_parser("experiment", help="run a grid of algorithms x sites x partitions x seeds, each cell a FLARE "
                                           "simulator job (resumable); then: fedrsclip report DIR")
@@ -206,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0, help="split and partition seed for --dataset (default 0)")
     p.add_argument("--threads", type=int, default=MAX_THREADS,
                    help=f"at most this many simulator threads per cell (default {MAX_THREADS}; one per site up to it)")
-    p.add_argument("--template", default=None, help="job folder to start from (default: the repository's jobs/fedrsclip)")
+    p.add_argument("--settings", default=None, help="the jobs' fedrsclip YAML (default: the package's offline demo "
+                                                    "settings)")
     p.set_defaults(func=_experiment)
     add_bench_command(sub)
     return parser
@@ -222,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_data_command(args)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:  # our errors carry what to fix
+    except (ValueError, RuntimeError, OSError) as exc:  # our errors carry what to fix
         logging.getLogger("fedrsclip").debug("details", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,11 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .backbone import Backbone, preprocess_signature
+from .atomic import atomic_torch_save
 from .data.composite import DynamicRangeWarning, ImageSettings, describe
 from .data.digests import DigestMemo
 from .data.errors import DataError, ImageReadError
 from .data.images import DEFAULT_SETTINGS, load_rgb
-from .io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

@@ -104,7 +104,7 @@ def key_id(ctx) -> str:
 
 def write_contexts(params: CKKSParams, client_dirs: list[Path], server_dirs: list[Path]) -> None:
     """One fresh key: the client context into every client folder, the server context into every server folder."""
-    from .io import atomic_write
+    from .atomic import atomic_write
 
     client, server = make_contexts(params)
     for folder in client_dirs:

@@ -8,9 +8,14 @@ workspace is on one machine, so the experiment runner gathers these files into t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .protocol import site_seed
+
+if TYPE_CHECKING:  # annotations only: the experiment runner reads predictions_path without loading torch
+    from .site import Site
 
 PREDICTIONS_SUFFIX = "-predictions.json"  # <site state dir>/<site>-predictions.json
 SAMPLES_PER_CLASS = 2
@@ -20,19 +25,7 @@ def predictions_path(state_dir: str | Path, site: str) -> Path:
     return Path(state_dir) / f"{site}{PREDICTIONS_SUFFIX}"
 
 
-def _paths_labels_preds(site) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
-    """Test image paths (None when they cannot be matched to predictions), true labels and predicted labels."""
-    test = site.test_set
-    if hasattr(test, "global_feats"):  # a prompt site: cached CLIP features, paths in the same order
-        _, pred = site.trainer.predict(test)
-        return list(test.paths), test.labels.numpy(), pred.numpy()
-    logits, labels = site.trainer.predict(test)  # a classifier site: only readable images come back
-    items = getattr(test, "items", [])
-    paths = [str(p) for p, _ in items] if len(items) == len(labels) else None
-    return paths, labels.numpy(), logits.argmax(-1).numpy()
-
-
-def site_predictions(site, samples_per_class: int = SAMPLES_PER_CLASS) -> dict[str, Any]:
+def site_predictions(site: Site, samples_per_class: int = SAMPLES_PER_CLASS) -> dict[str, Any]:
     """Confusion counts [true][predicted] over the site's test split, `samples_per_class` (path, true, predicted)
     samples of each class drawn with a seed fixed per site (neither mistakes nor successes are favoured), and the
     zero-shot reference on the same images when the site has a CLIP backbone."""
@@ -40,14 +33,12 @@ def site_predictions(site, samples_per_class: int = SAMPLES_PER_CLASS) -> dict[s
     out: dict[str, Any] = {"site": site.name, "algorithm": site.cfg.algorithm, "classes": classes}
     if site.test_set is None or len(site.test_set) == 0:
         return {**out, "samples_test": 0, "confusion": [], "samples": []}
-    paths, labels, preds = _paths_labels_preds(site)
+    paths, labels, preds = site.predict_test()
     k = len(classes)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (labels, preds), 1)
     samples = []
     if paths is not None:
-        from .trainer import site_seed  # torch: only where a site predicts, not for the experiment runner
-
         rng = np.random.default_rng(site_seed(site.cfg.train.seed, site.name))
         for cls in range(k):
             index = np.flatnonzero(labels == cls)
@@ -55,9 +46,7 @@ def site_predictions(site, samples_per_class: int = SAMPLES_PER_CLASS) -> dict[s
                 samples.append({"path": paths[i], "true": int(labels[i]), "predicted": int(preds[i])})
     out.update(samples_test=int(len(labels)), accuracy=float((labels == preds).mean() * 100.0),
                confusion=confusion.tolist(), samples=samples)
-    backbone = getattr(site, "backbone", None)
-    if backbone is not None:
-        from .trainer import zero_shot_accuracy
-
-        out["zero_shot"] = zero_shot_accuracy(backbone, classes, site.test_set)
+    zero_shot = site.zero_shot()
+    if zero_shot is not None:
+        out["zero_shot"] = zero_shot
     return out

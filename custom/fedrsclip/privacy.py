@@ -1,10 +1,12 @@
 """What may leave a site, and (opt-in) differential privacy of it. Applied in one place: at the end of
-`SiteBase.train_round`, which the FLARE executor and the in-process federation both call, so the payload they send
-(the DXO's data, the in-process aggregation's input) has always been through it.
+`Site.run_round`, which the FLARE executor and the in-process runner both call, so the update they send (the DXO's
+data and meta, the in-process aggregation's input) has always been through it.
 
-The allow-list: a payload carries exactly the algorithm's `sends` keys (for "classifier" algorithms, `("*",)`:
-exactly the trainer's state_dict entries), each a finite float array of the trainer's shape. Anything else - a
-private prompt, an extra key, a NaN - raises `PrivacyError` and nothing is sent (the local state is not saved).
+The allow-list (`check_outgoing`): a payload carries exactly the algorithm's `sends` keys (for full-model
+algorithms, `ALL_WEIGHTS`: exactly the trainer's weight entries), each a finite float array of the trainer's shape;
+its round record (`protocol.RoundRecord`) carries only named fields and the listed metric names, with numbers as
+values. Anything else - a private prompt, an extra key, a NaN, a metric of the raw update - raises `PrivacyError`
+and nothing is sent (the local state is not saved).
 
 Differential privacy (privacy.dp_clip_norm / dp_noise_multiplier): the UPDATE of the shared prompt (sent minus
 the shared prompt the round started from: the received global model, or in round 1 the deterministic init) is
@@ -13,7 +15,10 @@ site, before the allow-list check and before anything leaves (later: before encr
 Gaussian mechanism on the site's whole data set (sample rate 1: full participation, one release per round);
 opacus's RDP accountant turns (noise multiplier, rounds so far) into the (epsilon, delta) the site reports in its
 round metrics (dp_epsilon, dp_delta). This is record-level DP for a site's data against whoever sees its updates
-(the server, or anyone who sees the aggregate), assuming a site takes part at most once per round.
+(the server, or anyone who sees the aggregate), assuming a site takes part at most once per round. The update's
+norm before clipping, and whether it was clipped, describe the raw update: they go to the site's log, never out.
+The metrics that do leave (training loss, accuracy on the site's test split, sample counts) are computed without
+noise: the guarantee covers the shared prompt, not them (README: Threat model).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .algorithms import SHARED, Algorithm
-from .trainer import Payload, RoundResult, site_seed
+from .algorithms import ALL_WEIGHTS, SHARED, Algorithm
+from .config import Config
+from .protocol import ContributionError, Payload, RoundRecord, RoundResult, payload_nbytes, site_seed
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +44,9 @@ class PrivacyError(RuntimeError):
 
 
 def allowed_keys(algorithm: Algorithm, expected_shapes: Mapping[str, tuple] | None) -> set[str]:
+    """The payload entries `algorithm` sends (for ALL_WEIGHTS: the trainer's weight entries)."""
     sends = algorithm.sends
-    if sends == ("*",):
+    if sends == ALL_WEIGHTS:
         if expected_shapes is None:
             raise PrivacyError(f"{algorithm.name} sends every model weight: the check needs the trainer's shapes "
                                "to know which keys are weights")
@@ -48,10 +55,11 @@ def allowed_keys(algorithm: Algorithm, expected_shapes: Mapping[str, tuple] | No
 
 
 def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
-                   expected_shapes: Mapping[str, tuple] | None = None, site: str = "site") -> dict[str, np.ndarray]:
-    """Refuse any payload that is not exactly the algorithm's allow-list of finite, correctly shaped floats.
-
-    Returns the payload as float32 arrays (what is then sent)."""
+                   expected_shapes: Mapping[str, tuple] | None = None, site: str = "site",
+                   record: RoundRecord | None = None) -> dict[str, np.ndarray]:
+    """Refuse any update that is not exactly the algorithm's allow-list: the payload's entries finite, correctly
+    shaped floats; the record's fields and metric names those of `protocol.RoundRecord`, its bytes_up the
+    payload's. Returns the payload as float32 arrays (what is then sent)."""
     allowed = allowed_keys(algorithm, expected_shapes)
     extra = sorted(set(payload) - allowed)
     if extra:
@@ -71,6 +79,14 @@ def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
         if not np.isfinite(array).all():
             raise PrivacyError(f"{site}: refusing to send {key!r}: it holds NaN or Inf values")
         out[key] = array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+    if record is not None:
+        try:
+            record.check()
+        except ContributionError as exc:
+            raise PrivacyError(f"{site}: refusing to send the round record: {exc}; nothing was sent") from None
+        if record.bytes_up != payload_nbytes(out):
+            raise PrivacyError(f"{site}: the round record says {record.bytes_up} bytes up, the payload holds "
+                               f"{payload_nbytes(out)}; nothing was sent")
     log.info("%s: outgoing keys: %s", site, sorted(out))
     return out
 
@@ -110,24 +126,33 @@ def dp_rng(dp_seed: int | None, site: str, round_idx: int) -> np.random.Generato
     return np.random.default_rng([site_seed(dp_seed + DP_SEED_SALT, site), round_idx])
 
 
-def protect_outgoing(result: RoundResult, trainer, cfg, round_idx: int) -> RoundResult:
-    """DP (when configured) then the allow-list check, on what a site is about to send; the one place for both."""
-    algorithm: Algorithm = trainer.algorithm
-    site = getattr(trainer, "site", "site")
-    shapes = getattr(trainer, "shapes", None)
-    payload: Payload = dict(result.payload)
-    metrics = dict(result.metrics)
+def dp_warning(cfg: Config) -> str | None:
+    """Why the privacy settings give no DP guarantee although DP looks configured, or None."""
     pc = cfg.privacy
-    if pc.dp_clip_norm is not None and payload:
-        reference = getattr(trainer, "round_start_shared", None)
-        if reference is None or SHARED not in payload:
-            raise PrivacyError(f"{site}: differential privacy needs the shared prompt the round started from")
-        update = np.asarray(payload[SHARED], dtype=np.float64) - reference
-        noised, info = clip_and_noise(update, pc.dp_clip_norm, pc.dp_noise_multiplier,
-                                      dp_rng(pc.dp_seed, site, round_idx))
-        payload[SHARED] = (reference + noised).astype(np.float32)
-        metrics.update(info)
-        metrics.update(dp_epsilon=dp_epsilon(pc.dp_noise_multiplier, round_idx + 1, pc.dp_delta),
-                       dp_delta=pc.dp_delta, dp_rounds=round_idx + 1)
-    payload = check_outgoing(payload, algorithm, shapes, site)
+    if pc.dp_clip_norm is not None and not pc.dp_noise_multiplier > 0:
+        return (f"privacy.dp_clip_norm is {pc.dp_clip_norm} but privacy.dp_noise_multiplier is 0: clipping alone "
+                "gives no differential-privacy guarantee (epsilon is unbounded and written as null); set "
+                "privacy.dp_noise_multiplier (e.g. 1.0) for DP, or privacy.dp_clip_norm: null for none")
+    return None
+
+
+def protect_outgoing(result: RoundResult, cfg: Config, site: str, round_idx: int,
+                     reference: np.ndarray | None) -> RoundResult:
+    """DP of the shared-prompt update when configured (`reference`: the shared prompt the round started from).
+    The returned metrics gain the accounting (dp_epsilon, dp_delta, dp_rounds, dp_noise_std); the raw update's
+    norm and whether it was clipped are logged here, at the site, and nowhere else."""
+    pc = cfg.privacy
+    if pc.dp_clip_norm is None or not result.payload:
+        return result
+    if reference is None or SHARED not in result.payload:
+        raise PrivacyError(f"{site}: differential privacy needs the shared prompt the round started from")
+    payload: Payload = dict(result.payload)
+    update = np.asarray(payload[SHARED], dtype=np.float64) - reference
+    noised, info = clip_and_noise(update, pc.dp_clip_norm, pc.dp_noise_multiplier, dp_rng(pc.dp_seed, site, round_idx))
+    payload[SHARED] = (reference + noised).astype(np.float32)
+    log.info("%s: DP round %d: update norm %.4g before clipping to %g (%s); kept at this site, never sent", site,
+             round_idx + 1, info["dp_update_norm"], pc.dp_clip_norm, "clipped" if info["dp_clipped"] else "not clipped")
+    metrics = {**result.metrics, "dp_noise_std": info["dp_noise_std"],
+               "dp_epsilon": dp_epsilon(pc.dp_noise_multiplier, round_idx + 1, pc.dp_delta),
+               "dp_delta": pc.dp_delta, "dp_rounds": round_idx + 1}
     return RoundResult(payload=payload, num_samples=result.num_samples, metrics=metrics)

@@ -1,40 +1,43 @@
-"""A site: its data split, cached image features, trainer and local state on disk.
+"""A site: its data split, its trainer, its local state on disk, and the round protocol both runners drive.
 
-Used by the in-process federation and by the FLARE executor alike. Local state (the private prompt and the last
-shared prompt, or the baseline's whole model) is written atomically after every round and reloaded at start, so
-a site that runs each round in a fresh process, or restarts, continues where it was.
+`Site.run_round` is one round at a site, the same for the in-process runner and the FLARE executor: evaluate the
+received global model (with the site's private part), train the local epochs, apply DP (opt-in), build the
+round record, pass the allow-list check (`fedrsclip.privacy.check_outgoing`), save the local state. Local state
+(the private prompt and the last shared prompt, or the baseline's whole model) is written atomically after every
+round and reloaded at start, so a site that runs each round in a fresh process, or restarts, continues where it
+was. `PromptSite` is FedRSCLIP's site; the full-model baseline's is `fedrsclip.baselines.site.ClassifierSite`;
+`fedrsclip.factory.make_site` picks one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
+import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
+from .algorithms import Algorithm, get_algorithm
+from .atomic import atomic_torch_save, atomic_write
 from .backbone import Backbone, load_backbone
 from .config import Config
 from .data.composite import settings_from_config
 from .data.errors import DataError
 from .data.manifest import load_manifest, site_split
 from .features import FeatureSet, cached_features
-from .io import atomic_torch_save, atomic_write
-from .privacy import protect_outgoing
-from .trainer import Payload, PayloadError, PromptTrainer, RoundResult
+from .privacy import check_outgoing, dp_warning, protect_outgoing
+from .protocol import Payload, PayloadError, RoundRecord, Trainer, Update, class_fingerprint, payload_nbytes
+from .trainer import PromptTrainer, zero_shot_accuracy
 
 log = logging.getLogger(__name__)
 
-STATE_SUFFIX = "-state.pt"
+STATE_SUFFIX = "-state.pt"  # <state dir>/<site>-state.pt
 
 
-def class_fingerprint(classnames: Sequence[str]) -> str:
-    """A short, stable name of a class list ("K:sha256 prefix"), sent with each update: the server must never
-    average prompts trained on different class lists (the prompts' shapes would not show it)."""
-    return f"{len(classnames)}:{hashlib.sha256(json.dumps(list(classnames)).encode()).hexdigest()[:12]}"
+def state_file(state_dir: str | Path, name: str) -> Path:
+    return Path(state_dir) / f"{name}{STATE_SUFFIX}"
 
 
 def adopt_state(resume_from: str | None, name: str, state_dir: str | Path, workspace_root: str | Path) -> Path | None:
@@ -42,11 +45,11 @@ def adopt_state(resume_from: str | None, name: str, state_dir: str | Path, works
     file stays as it was. Only when this job has no state of its own yet. Returns the file copied, if any."""
     if not resume_from:
         return None
-    target = Path(state_dir) / f"{name}{STATE_SUFFIX}"
+    target = state_file(state_dir, name)
     source = Path(resume_from.replace("{site}", name)).expanduser()
     if not source.is_absolute():
         source = Path(workspace_root) / source
-    source = source / f"{name}{STATE_SUFFIX}"
+    source = state_file(source, name)
     if target.is_file():
         return None
     if not source.is_file():
@@ -59,18 +62,22 @@ def adopt_state(resume_from: str | None, name: str, state_dir: str | Path, works
     return source
 
 
-class SiteBase:
+class Site:
     """What every kind of site shares: its manifest part, its state file, and the round protocol.
 
-    Subclasses set `trainer`, `train_set` and `test_set`, and `STATE_KEY`, the entry of the state file that holds
-    `trainer.local_state()`.
+    Subclasses set `trainer` (a `protocol.Trainer`), `train_set` and `test_set`, `STATE_KEY` (the entry of the
+    state file that holds `trainer.local_state()`) and `KIND` (the `Algorithm.kind` they run).
     """
 
     STATE_KEY = "local"
+    KIND = ""
+    trainer: Trainer
+    train_set: Any
+    test_set: Any
 
-    def __init__(self, cfg: Config, name: str, manifest: Mapping[str, Any] | None,
-                 state_dir: str | Path | None):
+    def __init__(self, cfg: Config, name: str, manifest: Mapping[str, Any] | None, state_dir: str | Path | None):
         self.cfg, self.name = cfg, name
+        self.algorithm: Algorithm = get_algorithm(cfg.algorithm)
         if manifest is None:
             if not cfg.data.manifest:
                 raise DataError(f"{name}: no data configured; set data.manifest to a partition manifest "
@@ -78,7 +85,20 @@ class SiteBase:
             manifest = load_manifest(cfg.data.manifest)
         self.manifest = manifest
         self.classnames: list[str] = list(manifest["classes"])
-        self.state_path = Path(state_dir) / f"{name}{STATE_SUFFIX}" if state_dir else None
+        self.state_path = state_file(state_dir, name) if state_dir else None
+        warning = dp_warning(cfg)
+        if warning:
+            log.warning("%s: %s", name, warning)
+
+    @classmethod
+    def load_shared(cls, cfg: Config) -> Any:
+        """What every site of this kind in one process can share (the frozen CLIP), or None."""
+        return None
+
+    @property
+    def description(self) -> str:
+        """The model this site trains, for the results file (e.g. the backbone and its weights)."""
+        raise NotImplementedError
 
     def split_items(self, split: str) -> list[tuple[Path, int]]:
         """This site's (path, label) items of a split; every file must exist."""
@@ -89,8 +109,9 @@ class SiteBase:
                             f"{missing[0]}; set data.root to the folder that holds the class folders")
         return items
 
+    # ---- local state (never sent) ----------------------------------------------------------------------------------
     def state_blob(self, round_idx: int | None = None) -> dict[str, Any]:
-        """The site-local state as saved on disk (never sent)."""
+        """The site-local state as saved on disk."""
         return {"round": round_idx, "classes": list(self.classnames), self.STATE_KEY: self.trainer.local_state()}
 
     def check_state(self, state: Mapping[str, Any]) -> None:
@@ -117,39 +138,72 @@ class SiteBase:
         if self.state_path is not None:
             atomic_torch_save(self.state_path, self.state_blob(round_idx))
 
-    def train_round(self, global_payload: Payload | None, round_idx: int, peers: np.ndarray | None = None,
-                    **kwargs) -> RoundResult:
-        if global_payload:
-            self.trainer.set_global(global_payload)
-        result = self.trainer.train_round(self.train_set, round_idx, peers=peers, **kwargs)
-        result = protect_outgoing(result, self.trainer, self.cfg, round_idx)  # DP (opt-in) + the allow-list check
-        result.metrics["classes"] = class_fingerprint(self.classnames)  # checked by the server's aggregator
-        self.save_state(round_idx)
-        return result
+    # ---- the round ---------------------------------------------------------------------------------------------------
+    def dp_reference(self) -> np.ndarray | None:
+        """The shared prompt this round started from: differential privacy noises the difference to it."""
+        return None
 
-    def evaluate(self, global_payload: Payload | None = None) -> dict:
-        """Accuracy on this site's own test split with the received global model (and its private part)."""
-        if global_payload:
-            self.trainer.set_global(global_payload)
+    def train(self, round_idx: int, peers: np.ndarray | None, should_abort: Callable[[], bool]):
+        return self.trainer.train_round(self.train_set, round_idx, peers=peers, should_abort=should_abort)
+
+    def evaluate(self, received: Payload | None = None) -> dict:
+        """Accuracy on this site's own test split of the received global model (loaded, with the site's private
+        part); of the site's current model when nothing is received (round 1, or `local`)."""
+        if received:
+            self.trainer.set_global(received)
         if self.test_set is None:
             return {"accuracy": float("nan"), "loss": float("nan"), "samples": 0}
         return self.trainer.evaluate(self.test_set)
 
+    def evaluate_global(self, received: Payload | None = None) -> dict:
+        """The global model alone on this site's test split (no site-local part; the full model's sites have none)."""
+        return self.evaluate(received)
 
-class Site(SiteBase):
+    def run_round(self, received: Payload | None, round_idx: int, peers: np.ndarray | None = None,
+                  should_abort: Callable[[], bool] = lambda: False, *, setup_seconds: float | None = None,
+                  state_continued: bool = True, description: Mapping[str, str] | None = None) -> Update:
+        """One round (0-based `round_idx`): evaluate the received model, train, protect and check what leaves.
+
+        `peers`: other sites' shared prompts [J, n_ctx, W] (dpac.negatives: peers, in-process only).
+        `setup_seconds`, `state_continued`, `description`: what the runner knows about this task (building the
+        site in this process, whether its state continued from earlier rounds, the run's descriptions).
+        Raises PayloadError (a received model that does not fit), PrivacyError (nothing may be sent)."""
+        start = time.perf_counter()
+        evaluation = self.evaluate(received)
+        evaluated = time.perf_counter()
+        result = self.train(round_idx, peers, should_abort)
+        result = protect_outgoing(result, self.cfg, self.name, round_idx, self.dp_reference())
+        trained = time.perf_counter()
+        timings = {"evaluate": evaluated - start, "train": trained - evaluated}
+        if setup_seconds is not None:
+            timings["setup"] = setup_seconds
+        record = RoundRecord(round=round_idx + 1, samples_train=int(result.num_samples),
+                             classes=class_fingerprint(self.classnames), received=evaluation, metrics=result.metrics,
+                             timings=timings, seconds=sum(timings.values()),
+                             bytes_up=payload_nbytes(result.payload), bytes_down=payload_nbytes(received or {}),
+                             state_continued=state_continued, description=description)
+        payload = check_outgoing(result.payload, self.algorithm, self.trainer.shapes, self.name, record)
+        self.save_state(round_idx)
+        return Update(payload, record)
+
+    # ---- site-local results (never sent) -----------------------------------------------------------------------
+    def predict_test(self) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+        """Test image paths (None when they cannot be matched to the predictions), true and predicted labels."""
+        raise NotImplementedError
+
+    def zero_shot(self) -> dict | None:
+        """The zero-shot reference on this site's test split, when the model has one."""
+        return None
+
+
+class PromptSite(Site):
     """A prompt-learning site: cached CLIP image features and a PromptTrainer."""
 
     STATE_KEY = "prompts"
+    KIND = "prompt"
 
-    def __init__(
-        self,
-        cfg: Config,
-        name: str,
-        manifest: Mapping[str, Any] | None = None,
-        backbone: Backbone | None = None,
-        state_dir: str | Path | None = None,
-        progress: bool = True,
-    ):
+    def __init__(self, cfg: Config, name: str, manifest: Mapping[str, Any] | None = None,
+                 backbone: Backbone | None = None, state_dir: str | Path | None = None, progress: bool = True):
         super().__init__(cfg, name, manifest, state_dir)
         self.backbone = backbone or load_backbone(cfg.model)
         cache_dir = Path(cfg.data.cache_dir) / name
@@ -166,14 +220,26 @@ class Site(SiteBase):
         self.trainer = PromptTrainer(cfg, self.backbone, self.classnames, site=name)
         self.load_state()
 
+    @classmethod
+    def load_shared(cls, cfg: Config) -> Backbone:
+        return load_backbone(cfg.model)
 
-def make_site(cfg: Config, name: str, manifest: Mapping[str, Any] | None = None, backbone: Backbone | None = None,
-              state_dir: str | Path | None = None, progress: bool = True) -> SiteBase:
-    """A prompt-learning `Site`, or a `ClassifierSite` for the full-model baseline (same interface)."""
-    from .algorithms import get_algorithm
+    @property
+    def description(self) -> str:
+        return self.backbone.description
 
-    if get_algorithm(cfg.algorithm).kind == "classifier":
-        from .classifier import ClassifierSite
+    def dp_reference(self) -> np.ndarray | None:
+        return self.trainer.round_start_shared
 
-        return ClassifierSite(cfg, name, manifest, state_dir=state_dir, progress=progress)
-    return Site(cfg, name, manifest, backbone, state_dir, progress=progress)
+    def evaluate_global(self, received: Payload | None = None) -> dict:
+        if received:
+            self.trainer.set_global(received)
+        return self.trainer.evaluate(self.test_set, shared_only=True)
+
+    def predict_test(self) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+        _, pred = self.trainer.predict(self.test_set)
+        return list(self.test_set.paths), self.test_set.labels.numpy(), pred.numpy()
+
+    def zero_shot(self) -> dict | None:
+        return zero_shot_accuracy(self.backbone, self.classnames, self.test_set)
+

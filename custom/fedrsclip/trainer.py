@@ -1,4 +1,6 @@
-"""Local training and evaluation of one site for one round: plain PyTorch, no FLARE.
+"""The method in one file (as CoOp's trainer): the class scores, the loss, and one site's local training and
+evaluation for one round. Plain PyTorch, no FLARE. The pieces it assembles: `prompts.py` (the prompt learner and
+text encoder), `ot.py` (CMFAC's transport), `losses.py` (DPAC, the proximal term).
 
 Per step only the text encoder runs (K classes x 1 or 2 prompts); image features come from the cache. The loss is
 cross-entropy on the class scores (cosine, or CMFAC's 1 - d_OT), plus DPAC for dual prompts, plus the proximal
@@ -7,10 +9,8 @@ term for FedProx. The optimiser (SGD) is created afresh each round so no momentu
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
@@ -24,30 +24,9 @@ from .features import FeatureSet
 from .losses import dpac_loss, dpac_loss_classes, peer_negatives, proximal_term
 from .ot import ot_scores
 from .prompts import PromptLearner, check_texts_fit, class_texts
+from .protocol import Payload, PayloadError, RoundResult, site_seed
 
 log = logging.getLogger(__name__)
-
-Payload = dict[str, np.ndarray]
-
-
-class PayloadError(ValueError):
-    """A received model update does not fit this site's model (shape, dtype, non-finite values)."""
-
-
-def site_seed(seed: int, site: str) -> int:
-    """A per-site seed that is stable across processes (`hash()` is salted per process)."""
-    return (seed * 1_000_003 + int(hashlib.sha256(site.encode()).hexdigest()[:8], 16)) % (2**31)
-
-
-def payload_nbytes(payload: Payload) -> int:
-    return int(sum(np.asarray(v).nbytes for v in payload.values()))
-
-
-@dataclass
-class RoundResult:
-    payload: Payload  # what leaves the site: exactly the algorithm's `sends` keys
-    num_samples: int  # training samples: the aggregation weight (eq. 6)
-    metrics: dict = field(default_factory=dict)
 
 
 class PromptModel(torch.nn.Module):
@@ -239,12 +218,3 @@ def zero_shot_accuracy(backbone: Backbone, classnames: list[str], features: Feat
     return {"accuracy": float((pred == features.labels).float().mean()) * 100.0, "samples": len(features),
             "prompt": template}
 
-
-def aggregate(results: list[RoundResult]) -> Payload:
-    """Sample-weighted mean of the sites' payloads (eq. 6 with w_i = m_i / m)."""
-    if not results:
-        raise ValueError("no site results to aggregate")
-    total = sum(r.num_samples for r in results)
-    keys = results[0].payload.keys()
-    return {k: sum(r.payload[k].astype(np.float64) * (r.num_samples / total) for r in results).astype(np.float32)
-            for k in keys}

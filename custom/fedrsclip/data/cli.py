@@ -237,7 +237,7 @@ def _preview(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from ..io import atomic_write
+    from ..atomic import atomic_write
     from .images import detect_modality, load_rgb
 
     out = Path(args.out)

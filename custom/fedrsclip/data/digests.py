@@ -22,7 +22,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..io import atomic_write_json
+from ..atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 

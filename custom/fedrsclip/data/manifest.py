@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ..io import atomic_write
+from ..atomic import atomic_write
 from .composite import MODALITIES
 from .errors import DataError
 from .partition import partition
@@ -200,9 +200,7 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> None:
                         f"outside 0..{num_classes - 1} for {num_classes} classes"
                     )
     if multi_modal:
-        from .multimodal import validate_multi_modal  # lazily: that module builds on this one
-
-        validate_multi_modal(manifest, fail)
+        _validate_multi_modal(manifest, fail)
     skipped = manifest.get("skipped", [])
     if not isinstance(skipped, list) or not all(
         isinstance(s, list) and len(s) == 2 and all(isinstance(x, str) for x in s) for s in skipped
@@ -327,3 +325,25 @@ def centralized(manifest: Mapping[str, Any]) -> dict[str, Any]:
         for split in SPLITS:
             pooled[split].extend(parts[split])
     return {**manifest, "scheme": "centralized", "sites": {"site-1": pooled}}
+
+
+def _validate_multi_modal(manifest: Mapping[str, Any], fail) -> None:
+    """The multi-modal part of manifest validation; `fail(what)` builds the DataError to raise."""
+    modalities = manifest.get("modalities")
+    if not isinstance(modalities, list) or not modalities or not all(m in MODALITIES for m in modalities):
+        raise fail(f"a multi-modal manifest needs 'modalities': a list from {', '.join(MODALITIES)}")
+    for site, parts in manifest["sites"].items():
+        if parts.get("modality") not in modalities:
+            raise fail(f"site '{site}' must declare a 'modality' among {modalities}; got {parts.get('modality')!r}")
+        paired = parts.get("paired", {})
+        if not isinstance(paired, dict):
+            raise fail(f"site '{site}': 'paired' must map a modality to its train and test paths")
+        for modality, lists in paired.items():
+            if modality not in modalities or modality == parts["modality"] or not isinstance(lists, dict):
+                raise fail(f"site '{site}': 'paired' has {modality!r}, not another of the modalities {modalities}")
+            for split in SPLITS:
+                paths = lists.get(split)
+                if not isinstance(paths, list) or len(paths) != len(parts[split]) or not all(
+                        isinstance(p, str) and p for p in paths):
+                    raise fail(f"site '{site}': paired {modality} {split} must list one path per {split} record "
+                               f"({len(parts[split])})")

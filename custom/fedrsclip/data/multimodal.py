@@ -123,27 +123,3 @@ def paired_split(manifest: Mapping[str, Any], site: str, split: str, modality: s
     return [(confine(base, rel, f"manifest entry {i} of {site}/{split}"),
              confine(base, partner, f"paired {modality} entry {i} of {site}/{split}"))
             for i, ((rel, _), partner) in enumerate(zip(parts[split], partners[split]))]
-
-
-def validate_multi_modal(manifest: Mapping[str, Any], fail) -> None:
-    """The multi-modal part of manifest validation; `fail(what)` builds the DataError to raise."""
-    from .composite import MODALITIES
-
-    modalities = manifest.get("modalities")
-    if not isinstance(modalities, list) or not modalities or not all(m in MODALITIES for m in modalities):
-        raise fail(f"a multi-modal manifest needs 'modalities': a list from {', '.join(MODALITIES)}")
-    for site, parts in manifest["sites"].items():
-        if parts.get("modality") not in modalities:
-            raise fail(f"site '{site}' must declare a 'modality' among {modalities}; got {parts.get('modality')!r}")
-        paired = parts.get("paired", {})
-        if not isinstance(paired, dict):
-            raise fail(f"site '{site}': 'paired' must map a modality to its train and test paths")
-        for modality, lists in paired.items():
-            if modality not in modalities or modality == parts["modality"] or not isinstance(lists, dict):
-                raise fail(f"site '{site}': 'paired' has {modality!r}, not another of the modalities {modalities}")
-            for split in SPLITS:
-                paths = lists.get(split)
-                if not isinstance(paths, list) or len(paths) != len(parts[split]) or not all(
-                        isinstance(p, str) and p for p in paths):
-                    raise fail(f"site '{site}': paired {modality} {split} must list one path per {split} record "
-                               f"({len(parts[split])})")

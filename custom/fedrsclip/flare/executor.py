@@ -1,10 +1,11 @@
-"""The FLARE executor: a thin adapter between FLARE tasks and a `fedrsclip.site.Site`.
+"""The FLARE executor: a thin adapter between FLARE tasks and a `fedrsclip.site.Site` (as FLARE's LearnerExecutor).
 
 train: receive the global shared prompt (empty in round 1: every site then starts from the identical init the
-    trainer draws from train.seed), evaluate it with this site's private prompt on the site's own test split (the
-    accuracy of the global model of the previous round, sent as MetaKey.INITIAL_METRICS for best-model selection),
-    train the local epochs, return the algorithm's payload as DXO WEIGHTS, weighted by the training sample count
-    (MetaKey.NUM_STEPS_CURRENT_ROUND: eq. 6).
+    trainer draws from train.seed) and run `Site.run_round`: evaluate it with this site's private prompt on the
+    site's own test split (the accuracy of the global model of the previous round, also sent as
+    MetaKey.INITIAL_METRICS for best-model selection), train the local epochs, check what leaves; return the
+    payload as DXO WEIGHTS with the round record (`protocol.RoundRecord`) in its meta, weighted by the training
+    sample count (MetaKey.NUM_STEPS_CURRENT_ROUND: eq. 6).
 validate: evaluate the final global model and keep it, with the private prompt, on disk.
 
 WEIGHTS, not WEIGHT_DIFF: the global model starts empty (the server never builds CLIP), so there is no base to add
@@ -33,19 +34,14 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 
+from ..atomic import atomic_torch_save, atomic_write_json
 from ..config import ConfigError
 from ..data.errors import DataError
 from ..he import HEADER_KEY as HE_HEADER_KEY
-from ..io import atomic_torch_save
-from ..trainer import PayloadError, payload_nbytes
+from ..protocol import FinalRecord, PayloadError, payload_nbytes
+from .constants import ERROR_HEADER, ERROR_KIND_HEADER, META_KEY, ROUND_HEADER, STATE_SUBDIR, TASK_TRAIN, TASK_VALIDATE
 from .settings import (SITE_CONFIG_ENV, SITE_CONFIG_FILE, SiteConfigError, find_site_config,
                        resolve_site_settings)
-
-META_KEY = "fedrsclip"  # DXO meta entry with this site's round record
-ERROR_HEADER = "fedrsclip_error"
-ERROR_KIND_HEADER = "fedrsclip_error_kind"  # config (the job's settings: fatal) | site_config | data | payload | ...
-ROUND_HEADER = "fedrsclip_round"
-STATE_SUBDIR = "fedrsclip"  # under the job's run folder: <site workspace>/<job id>/fedrsclip/
 
 
 class FedRSCLIPExecutor(Executor):
@@ -53,8 +49,8 @@ class FedRSCLIPExecutor(Executor):
         self,
         config: str = "fedrsclip.yaml",
         overrides: list[str] | dict | None = None,
-        train_task_name: str = AppConstants.TASK_TRAIN,
-        validate_task_name: str = AppConstants.TASK_VALIDATION,
+        train_task_name: str = TASK_TRAIN,
+        validate_task_name: str = TASK_VALIDATE,
         analytic_sender_id: str = "",
         torch_threads: int = 0,
     ):
@@ -77,6 +73,7 @@ class FedRSCLIPExecutor(Executor):
         self._site = None  # built at the first task; kept while the process lives (-t N), rebuilt from disk otherwise
         self._settings = None
         self._resumed = False
+        self._setup_seconds: float | None = None  # building the site in this process: reported with its first round
         self._described = None  # the site object whose first upload carried the run's descriptions
 
     # ---- FLARE plumbing ----------------------------------------------------------------------------------------
@@ -99,8 +96,11 @@ class FedRSCLIPExecutor(Executor):
             return self._site
         import torch
 
-        from ..site import adopt_state, make_site  # torch / open_clip: imported when a task arrives, not at job load
+        # torch and open_clip are imported when a task arrives, not where the job is built or loaded
+        from ..factory import make_site
+        from ..site import adopt_state, state_file
 
+        start = time.perf_counter()
         if self.torch_threads > 0:
             torch.set_num_threads(self.torch_threads)
 
@@ -109,9 +109,10 @@ class FedRSCLIPExecutor(Executor):
         settings = resolve_site_settings(name, paths["config"], self.overrides, paths["root"], paths["local"])
         state_dir = paths["run"] / STATE_SUBDIR
         adopted = adopt_state(settings.cfg.train.resume_from, name, state_dir, paths["root"])  # a resumed job
-        resumed = (state_dir / f"{name}-state.pt").is_file()
+        resumed = state_file(state_dir, name).is_file()
         site = make_site(settings.cfg, name, settings.manifest, state_dir=state_dir, progress=False)
-        self.log_info(fl_ctx, f"{name}: {settings.cfg.algorithm}, {_model_description(site)}; data: "
+        self._setup_seconds = time.perf_counter() - start
+        self.log_info(fl_ctx, f"{name}: {settings.cfg.algorithm}, {site.description}; data: "
                               f"{settings.data_description} ({settings.manifest_path}); {len(site.train_set)} train / "
                               f"{len(site.test_set) if site.test_set is not None else 0} test images; local state "
                               f"{'resumed from' if resumed else 'will be kept in'} {site.state_path}"
@@ -204,68 +205,53 @@ class FedRSCLIPExecutor(Executor):
         if HE_HEADER_KEY in data:
             raise PayloadError(f"{site.name}: the global model is CKKS-encrypted but this site's job has no "
                                "decryption filter: every site must run the job made with --he")
-        shapes = {k: tuple(np.shape(v)) for k, v in site.trainer.payload().items()}
+        shapes = site.trainer.shapes
         if set(data) != set(shapes):
             unexpected, missing = sorted(set(data) - set(shapes)), sorted(set(shapes) - set(data))
             raise PayloadError(f"{site.name}: the global model does not fit algorithm {site.cfg.algorithm}: "
                                f"{len(missing)} missing entries {missing[:3]}, {len(unexpected)} unexpected "
                                f"{unexpected[:3]} (check that every site runs the same job)")
-        payload = {}
-        for key, value in data.items():
-            if isinstance(value, (list, tuple)):  # an HE-decrypted vector arrives flat: give it the model's shape
-                value = np.asarray(value, dtype=np.float64)
-                if value.ndim == 1 and value.size == int(np.prod(shapes[key])):
-                    value = value.reshape(shapes[key])
-            payload[key] = np.asarray(value)
-        return payload
+        return {key: np.asarray(value) for key, value in data.items()}
 
     # ---- tasks ----------------------------------------------------------------------------------------------
     def _train(self, site, payload, round_idx: int, shareable: Shareable, fl_ctx: FLContext,
                abort_signal: Signal) -> Shareable:
-        start = time.perf_counter()
-        received = site.evaluate(payload)  # loads the global shared prompt (PayloadError if it does not fit)
-        result = site.train_round(payload, round_idx, should_abort=lambda: abort_signal.triggered)
-        seconds = time.perf_counter() - start
         num_rounds = shareable.get_header(AppConstants.NUM_ROUNDS)
-        # The round record travels with every upload, so it holds only what the server's results collector reads
-        # (the sender's name comes with FLARE's peer context): the run's descriptions go with the first result of
-        # each site object (a fresh process, or after a failure), and state_continued only when it is false.
-        state_continued = bool(self._resumed) or round_idx == 0
-        record = {
-            "round": round_idx + 1, "samples_train": int(result.num_samples), "seconds": seconds,
-            "bytes_up": payload_nbytes(result.payload), "bytes_down": payload_nbytes(payload or {}),
-            "received": _clean(received), "metrics": _clean(result.metrics),
-        }
-        if not state_continued:
-            record["state_continued"] = False
-        if self._described is not site:
-            record.update(algorithm=site.cfg.algorithm, backbone=_model_description(site),
-                          data=self._settings.data_description)
-            self._described = site
+        # The record travels with every upload, so it holds only what the server's results collector reads (the
+        # sender's name comes with FLARE's peer context): the run's descriptions and the time it took to build the
+        # site go with the first result of each site object (a fresh process, or after a failure), and
+        # state_continued only when it is false.
+        first = self._described is not site
+        update = site.run_round(
+            payload, round_idx, should_abort=lambda: abort_signal.triggered,
+            setup_seconds=self._setup_seconds if first else None,
+            state_continued=bool(self._resumed) or round_idx == 0,
+            description={"algorithm": site.cfg.algorithm, "backbone": site.description,
+                         "data": self._settings.data_description} if first else None)
+        self._described = site
         self._resumed = True  # later rounds in this process continue from memory (and the state file)
-        dxo = DXO(DataKind.WEIGHTS, data=dict(result.payload), meta={
-            MetaKey.NUM_STEPS_CURRENT_ROUND: int(result.num_samples),
-            MetaKey.INITIAL_METRICS: {"accuracy": received["accuracy"], "loss": received["loss"]},
-            META_KEY: record,
-        })
-        if round_idx > 0 and not state_continued:
+        record = update.record
+        meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: record.samples_train, META_KEY: record.to_wire()}
+        if record.received.get("accuracy") is not None:  # the received model's accuracy, for best-model selection
+            meta[MetaKey.INITIAL_METRICS] = {"accuracy": record.received["accuracy"],
+                                             "loss": record.received["loss"]}
+        if not record.state_continued:
             self.log_warning(fl_ctx, f"{site.name}: round {round_idx + 1} but no local state from earlier rounds: "
                                      "the private prompt restarted from its initial value")
+        received = record.received
         self.log_info(fl_ctx, f"{site.name} round {round_idx + 1}/{num_rounds}: received global model accuracy "
-                              f"{received['accuracy']:.2f}% on {received['samples']} own test images; trained on "
-                              f"{result.num_samples} images, loss {result.metrics.get('train_loss', float('nan')):.4f}"
-                              f", {seconds:.1f}s")
-        self._stream(fl_ctx, {"accuracy": (received["accuracy"], round_idx),
-                              "train_loss": (result.metrics.get("train_loss"), round_idx + 1)})
-        return dxo.to_shareable()
+                              f"{_pct(received.get('accuracy'))} on {received.get('samples')} own test images; "
+                              f"trained on {record.samples_train} images, loss "
+                              f"{record.metrics.get('train_loss') or float('nan'):.4f}, {record.seconds:.1f}s")
+        self._stream(fl_ctx, {"accuracy": (received.get("accuracy"), round_idx),
+                              "train_loss": (record.metrics.get("train_loss"), round_idx + 1)})
+        return DXO(DataKind.WEIGHTS, data=dict(update.payload), meta=meta).to_shareable()
 
     def _validate(self, site, payload, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
-        from ..algorithms import get_algorithm
-        from ..io import atomic_write_json
         from ..predictions import predictions_path, site_predictions
 
         start = time.perf_counter()
-        if payload is None and get_algorithm(site.cfg.algorithm).federated:
+        if payload is None and site.algorithm.federated:
             raise PayloadError(f"{site.name}: the model sent for validation is empty")
         metrics = site.evaluate(payload)  # `local` sends nothing: its model is the site's own, already loaded
         final_path = site.state_path.with_name(f"{site.name}-final.pt")
@@ -273,14 +259,13 @@ class FedRSCLIPExecutor(Executor):
                                        shareable.get_header(AppConstants.MODEL_OWNER)})
         # Confusion counts and sample images name this site's files: kept in its own workspace, never sent.
         predictions = atomic_write_json(predictions_path(final_path.parent, site.name), site_predictions(site))
-        record = {"site": site.name, "task": "validate", "model": shareable.get_header(AppConstants.MODEL_OWNER),
-                  "seconds": time.perf_counter() - start, "bytes_down": payload_nbytes(payload or {}),
-                  "received": _clean(metrics), "final_state": str(final_path)}
-        self.log_info(fl_ctx, f"{site.name}: final global model accuracy {metrics['accuracy']:.2f}% on "
+        record = FinalRecord(received=metrics, seconds=time.perf_counter() - start,
+                             bytes_down=payload_nbytes(payload or {}), final_state=str(final_path))
+        self.log_info(fl_ctx, f"{site.name}: final global model accuracy {_pct(record.received.get('accuracy'))} on "
                               f"{metrics['samples']} own test images; final shared + private prompts kept in "
                               f"{final_path}; predictions (site-local) in {predictions}")
-        self._stream(fl_ctx, {"final_accuracy": (metrics["accuracy"], None)})
-        return DXO(DataKind.METRICS, data=_clean(metrics), meta={META_KEY: record}).to_shareable()
+        self._stream(fl_ctx, {"final_accuracy": (record.received.get("accuracy"), None)})
+        return DXO(DataKind.METRICS, data=dict(record.received), meta={META_KEY: record.to_wire()}).to_shareable()
 
     def _stream(self, fl_ctx: FLContext, values: dict[str, tuple[Any, int | None]]) -> None:
         if not self.analytic_sender_id:
@@ -296,23 +281,6 @@ class FedRSCLIPExecutor(Executor):
                 writer.add_scalar(tag, float(value), global_step=step)
 
 
-def _model_description(site) -> str:
-    backbone = getattr(site, "backbone", None)
-    if backbone is not None:
-        return backbone.description
-    classifier = site.cfg.classifier
-    return f"timm {classifier.arch} (pretrained={classifier.pretrained})"
 
-
-def _clean(values: dict) -> dict:
-    """Plain Python numbers (FLARE's serializer and JSON want them), NaN as None."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, (np.floating, float)):
-            value = float(value)
-            out[key] = value if np.isfinite(value) else None
-        elif isinstance(value, (np.integer, int)):
-            out[key] = int(value)
-        else:
-            out[key] = value
-    return out
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"

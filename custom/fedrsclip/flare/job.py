@@ -1,222 +1,330 @@
-"""Make a runnable copy of the FLARE job with a different number of sites, rounds or fedrsclip settings.
+"""The FLARE job, built in Python with FLARE's job API (`FedJob`) from one typed `JobSpec`: plain, CKKS,
+fault-tolerant, resumed, any algorithm. Every job setting is written once, here:
 
-The copy changes only configuration: meta.json's min_clients, the server's `min_clients` / `num_rounds` variables,
-and the executor's `overrides` (appended, so they win over the job's own). For the synthetic demo data the
-number of sites is also data.synthetic_sites, so every site builds the same partition over the same sites.
+    server  ScatterAndGather(num_rounds, min_clients, start_round, timeouts) over PromptPersistor (the shared
+            prompt; a resumed job's starting model), FullModelShareableGenerator, ValidatingAggregator (the gate and
+            eq. 6) or CKKSAggregator, IntimeModelSelector, then GlobalModelEval through PromptModelLocator;
+            ResultsCollector (the results file; it stops a job run with another number of sites than `sites`);
+            TBAnalyticsReceiver.
+    sites   FedRSCLIPExecutor(config="fedrsclip.yaml", overrides) on train and validate, TBWriter +
+            ConvertToFedEvent; for CKKS the decryption filter first on task data and the encryption filter last on
+            task results (as FLARE's own HE recipe, nvflare/app_opt/pt/recipes/fedavg_he.py).
+    files   app/config/fedrsclip.yaml (the job's fedrsclip settings), app/custom/README.md (the app has a custom/
+            folder, so FLARE treats it as "bring your own code" and does not check the fedrsclip.* components
+            against its built-in class allow-list; the code itself is the installed package).
 
-`he=True` makes the CKKS variant of the same job: the sites get the encryption (result) and decryption (data)
-filters of fedrsclip.flare.he_filters, the server the ciphertext aggregator of fedrsclip.flare.he_aggregator; the
-rest (workflow, persistor, results) is unchanged, because an encrypted model is still a dict of arrays to them.
+`write_job` exports it into a folder, never deleting anything it did not write (a marker file lists what it wrote);
+`jobs/fedrsclip` is `write_job(JobSpec(), "jobs/fedrsclip")`, and a test checks that it still is.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
-from ..io import atomic_write, atomic_write_json
+from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
+from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
+from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
+from nvflare.app_common.workflows.global_model_eval import GlobalModelEval
+from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
+from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
+from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
+from nvflare.job_config.api import FedJob
+from nvflare.job_config.defs import FilterType
 
-EXECUTOR_PATH = "fedrsclip.flare.executor.FedRSCLIPExecutor"
-CKKS_AGGREGATOR = "fedrsclip.flare.he_aggregator.CKKSAggregator"
-CKKS_ENCRYPTOR = "fedrsclip.flare.he_filters.CKKSEncryptor"
-CKKS_DECRYPTOR = "fedrsclip.flare.he_filters.CKKSDecryptor"
-DEFAULT_JOB = Path(__file__).resolve().parents[3] / "jobs" / "fedrsclip"  # the repository's job folder
+from ..atomic import atomic_write_json, to_json
+from ..config import Config, load_config
+from .aggregator import ValidatingAggregator
+from .constants import GLOBAL_MODEL_FILE, RESUME_MODEL, STATE_SUBDIR, TASK_TRAIN, TASK_VALIDATE
+from .executor import FedRSCLIPExecutor
+from .he.aggregator import CKKSAggregator
+from .he.filters import CKKSDecryptor, CKKSEncryptor
+from .locator import PromptModelLocator
+from .model_file import load_npz
+from .persistor import PromptPersistor
+from .results import ResultsCollector
+from .upload_audit import UploadAudit
 
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def job_settings(job: str | Path) -> dict:
-    """The job's sites (min_clients), rounds, executor overrides and whether it is the CKKS variant."""
-    job = Path(job)
-    server = _read(job / "app" / "config" / "config_fed_server.json")
-    aggregator = next((c for c in server.get("components", []) if c.get("id") == "aggregator"), {})
-    return {"min_clients": server.get("min_clients"), "num_rounds": server.get("num_rounds"),
-            "overrides": list(_executor_args(_read(job / "app" / "config" / "config_fed_client.json"))
-                              .get("overrides") or []),
-            "he": aggregator.get("path") == CKKS_AGGREGATOR}
-
-
-def _executor_args(client: dict) -> dict:
-    for entry in client.get("executors", []):
-        executor = entry.get("executor", {})
-        if executor.get("path") == EXECUTOR_PATH:
-            return executor.setdefault("args", {})
-    raise ValueError(f"the job's config_fed_client.json has no {EXECUTOR_PATH} executor")
+PACKAGE_FILES = Path(__file__).with_name("job_files")  # fedrsclip.yaml (the offline demo), README.md, custom/README.md
+SETTINGS_FILE = "fedrsclip.yaml"  # in the app's config folder; the executor reads it
+MARKER = ".fedrsclip-job.json"  # in a folder write_job made: the files it wrote and their hashes
+ANALYTICS_EVENT = "analytix_log_stats"
+TASK_REQUEST_INTERVAL = 0.5  # seconds a site waits before asking again for a task (FLARE's default 2 s)
 
 
-def prepare_job(
-    src: str | Path,
-    dst: str | Path,
-    sites: int | None = None,
-    rounds: int | None = None,
-    overrides: Sequence[str] = (),
-    he: bool = False,
-) -> Path:
-    """Copy the job folder `src` to `dst` (replaced) and set sites, rounds and extra overrides (and CKKS when
-    `he`). Returns `dst`."""
-    src, dst = Path(src), Path(dst)
-    if not (src / "meta.json").is_file():
-        raise FileNotFoundError(f"{src} is not a FLARE job folder (no meta.json)")
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
-    config = dst / "app" / "config"
-    server, client, meta = (_read(config / "config_fed_server.json"), _read(config / "config_fed_client.json"),
-                            _read(dst / "meta.json"))
-    extra = list(overrides)
-    if sites is not None:
-        server["min_clients"] = meta["min_clients"] = int(sites)
-        extra.insert(0, f"data.synthetic_sites={int(sites)}")
-    if rounds is not None:
-        server["num_rounds"] = int(rounds)
-    args = _executor_args(client)
-    current = args.get("overrides") or []
-    if isinstance(current, dict):
-        raise ValueError("the executor's overrides are a mapping; prepare_job appends 'a.b=c' strings only")
-    args["overrides"] = list(current) + extra
-    if he:
-        _make_ckks(server, client)
-        meta["name"] = f"{meta.get('name', src.name)}-he"
-    atomic_write_json(config / "config_fed_server.json", server)
-    atomic_write_json(config / "config_fed_client.json", client)
-    atomic_write_json(dst / "meta.json", meta)
-    return dst
+class JobError(ValueError):
+    """A job cannot be made as asked; the message says which option to change."""
 
 
-def _make_ckks(server: dict, client: dict) -> None:
-    """Swap in the ciphertext aggregator and add the site filters (encrypt last on results, decrypt first on data)."""
-    aggregator = next((c for c in server.get("components", []) if c.get("id") == "aggregator"), None)
-    if aggregator is None:
-        raise ValueError("the job's config_fed_server.json has no component with id 'aggregator' to make CKKS")
-    if aggregator.get("path") == CKKS_AGGREGATOR:
-        return  # already the CKKS variant
-    aggregator.update({"path": CKKS_AGGREGATOR,
-                       "args": {"min_clients": aggregator.get("args", {}).get("min_clients", 1)}})
-    tasks = next((e.get("tasks", []) for e in client.get("executors", [])
-                  if e.get("executor", {}).get("path") == EXECUTOR_PATH), [])
-    _add_filter(client.setdefault("task_data_filters", []), list(tasks), CKKS_DECRYPTOR, first=True)
-    _add_filter(client.setdefault("task_result_filters", []), [t for t in tasks if t == "train"] or tasks[:1],
-                CKKS_ENCRYPTOR, first=False)
+@dataclass(frozen=True)
+class Resume:
+    """Where a resumed job starts: an earlier run's global model and each site's state of that run."""
+
+    model: Path  # the earlier run's FL_global_model.npz
+    rounds_done: int  # rounds aggregated into it
+    site_state: str  # train.resume_from: the folder holding each site's state ("{site}" becomes its name)
+    job_id: str | None = None
+    source: Path | None = None  # what the user named (a workspace, a server app folder or the file)
 
 
-def _add_filter(chains: list[dict], tasks: list[str], path: str, first: bool) -> None:
-    """Put the filter first (decryption) or last (encryption) in the chain of each task; FLARE allows one chain
-    per task and direction, so an existing chain for a task is extended rather than duplicated."""
-    entry = {"path": path, "args": {}}
-    rest = list(tasks)
-    for chain in chains:
-        if set(chain.get("tasks", [])) & set(rest):
-            filters = chain.setdefault("filters", [])
-            chain["filters"] = [entry, *filters] if first else [*filters, entry]
-            rest = [t for t in rest if t not in chain["tasks"]]
-    if rest:
-        chains.append({"tasks": rest, "filters": [entry]})
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything that makes a fedrsclip FLARE job.
+
+    sites: the number of sites the job is made for (min_clients unless `min_clients` is set; the synthetic demo
+        data is partitioned over them: data.synthetic_sites). rounds: the total number of rounds (None: the
+        settings' train.rounds). overrides: "section.key=value" fedrsclip settings for every site, on top of
+        `settings` (a YAML file; None: the package's offline demo, job_files/fedrsclip.yaml). he: CKKS-encrypted
+        updates. min_clients / train_timeout / wait_after_min: fault tolerance (README: Reliability).
+        resume: continue an earlier run (`find_resume`). torch_threads: CPU threads per site process (1 suits many
+        simulated sites on one machine; 0: all cores). audit: the upload audit widget at the sites (bench).
+    """
+
+    name: str = "fedrsclip"
+    sites: int = 10
+    rounds: int | None = None
+    overrides: tuple[str, ...] = ()
+    settings: Path | None = None
+    he: bool = False
+    min_clients: int | None = None
+    train_timeout: int = 0
+    wait_after_min: int = 0
+    resume: Resume | None = None
+    torch_threads: int = 1
+    audit: bool = False
+    extra_files: tuple[Path, ...] = field(default=(), repr=False)  # internal: files the export adds (the resume model)
+
+    def __post_init__(self) -> None:
+        for name, low in (("sites", 1), ("train_timeout", 0), ("wait_after_min", 0), ("torch_threads", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise JobError(f"{name} must be an integer >= {low}; got {value!r}")
+        if self.rounds is not None and (isinstance(self.rounds, bool) or not isinstance(self.rounds, int)
+                                        or self.rounds < 1):
+            raise JobError(f"rounds must be a positive integer; got {self.rounds!r}")
+        if self.min_clients is not None and not (isinstance(self.min_clients, int) and
+                                                 1 <= self.min_clients <= self.sites):
+            raise JobError(f"min_clients {self.min_clients!r} must be between 1 and the job's {self.sites} sites")
+        if isinstance(self.overrides, str):
+            raise JobError("overrides must be a list of 'section.key=value' strings")
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+
+    @property
+    def settings_file(self) -> Path:
+        return Path(self.settings) if self.settings else PACKAGE_FILES / SETTINGS_FILE
+
+    @property
+    def job_overrides(self) -> list[str]:
+        """The executor's overrides: the sites' count for the synthetic partition, then the user's, then the resumed
+        run's site state (later ones win)."""
+        out = [f"data.synthetic_sites={self.sites}", *self.overrides]
+        if self.resume is not None:
+            out.append(f"train.resume_from={self.resume.site_state}")
+        return out
+
+    def config(self) -> Config:
+        """The fedrsclip configuration every site starts from; ConfigError names a bad setting."""
+        if not self.settings_file.is_file():
+            raise JobError(f"the job's settings file {self.settings_file} does not exist")
+        return load_config(self.settings_file, self.job_overrides)
+
+    def total_rounds(self) -> int:
+        return self.rounds if self.rounds is not None else self.config().train.rounds
 
 
-RESUME_MODEL = "config/resume_FL_global_model.npz"  # in the job's app folder: the persistor's `resume_from`
-VALIDATING_AGGREGATOR = "fedrsclip.flare.aggregator.ValidatingAggregator"
+def build_job(spec: JobSpec) -> FedJob:
+    """The FedJob of `spec`. Refuses bad fedrsclip settings (ConfigError) and impossible options (JobError)."""
+    cfg = spec.config()
+    if cfg.dpac.negatives == "peers":
+        raise JobError("dpac.negatives: peers needs every other site's shared prompt each round, which a FLARE job "
+                       "does not send (fedrsclip run supports it); use dpac.negatives: classes")
+    total = spec.total_rounds()
+    start = spec.resume.rounds_done if spec.resume else 0
+    if start >= total:
+        raise JobError(f"the run to resume has done {start} rounds and the job has {total}: nothing is left to run "
+                       "(give --rounds the total number of rounds)")
+    min_clients = spec.min_clients or spec.sites
+    job = FedJob(name=spec.name, min_clients=min_clients)
+    job.set_app_packages(["fedrsclip"])  # the installed package is the code: nothing is copied into custom/
+
+    job.to_server({"server": {"task_request_interval": TASK_REQUEST_INTERVAL}})
+    job.to_server(PromptPersistor(resume_from=RESUME_MODEL if spec.resume else ""), id="persistor")
+    job.to_server(FullModelShareableGenerator(), id="shareable_generator")
+    # A round waits for every site (the workflow's min_clients); it is aggregated as long as one update passes the
+    # gate, unless --min-clients asks for more (README: Reliability).
+    floor = spec.min_clients or 1
+    job.to_server(CKKSAggregator(min_clients=floor) if spec.he else ValidatingAggregator(min_clients=floor),
+                  id="aggregator")
+    job.to_server(IntimeModelSelector(key_metric="accuracy", weigh_by_local_iter=True), id="model_selector")
+    job.to_server(PromptModelLocator(), id="model_locator")
+    job.to_server(ResultsCollector(sites=spec.sites, min_clients=min_clients if spec.min_clients else 0),
+                  id="results")
+    job.to_server(TBAnalyticsReceiver(tb_folder="tb_events", events=[f"fed.{ANALYTICS_EVENT}"]), id="tb_receiver")
+    job.to_server(ScatterAndGather(
+        min_clients=min_clients, num_rounds=total - start, start_round=start,
+        wait_time_after_min_received=spec.wait_after_min, aggregator_id="aggregator", persistor_id="persistor",
+        shareable_generator_id="shareable_generator", train_task_name=TASK_TRAIN, train_timeout=spec.train_timeout,
+        ignore_result_error=True, allow_empty_global_weights=True, task_check_period=0.1), id="scatter_and_gather")
+    # A site that is gone must not hold the final evaluation for its default 6000 s either.
+    job.to_server(GlobalModelEval(model_locator_id="model_locator", validation_task_name=TASK_VALIDATE,
+                                  **({"validation_timeout": spec.train_timeout} if spec.train_timeout else {})),
+                  id="final_evaluation")
+
+    job.to_clients(FedRSCLIPExecutor(config=SETTINGS_FILE, overrides=spec.job_overrides,
+                                     analytic_sender_id="analytic_sender", torch_threads=spec.torch_threads),
+                   tasks=[TASK_TRAIN, TASK_VALIDATE])
+    job.to_clients(TBWriter(event_type=ANALYTICS_EVENT), id="analytic_sender")
+    job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTICS_EVENT], fed_event_prefix="fed."),
+                   id="event_to_fed")
+    if spec.audit:
+        job.to_clients(UploadAudit(), id="upload_audit")
+    if spec.he:  # decrypt first when the global model arrives, encrypt last before an update leaves
+        job.to_clients(CKKSDecryptor(), tasks=[TASK_TRAIN, TASK_VALIDATE], filter_type=FilterType.TASK_DATA)
+        job.to_clients(CKKSEncryptor(), tasks=[TASK_TRAIN], filter_type=FilterType.TASK_RESULT)
+    job.add_file_to_clients(str(PACKAGE_FILES / "custom" / "README.md"), app_folder_type="custom")
+    for path in spec.extra_files:
+        job.add_file_to_clients(str(path), app_folder_type="config")
+    return job
 
 
-def set_fault_tolerance(job: str | Path, min_clients: int | None = None, train_timeout: int | None = None,
-                        wait_after_min: int | None = None, sites: int | None = None) -> dict:
-    """Let rounds go on without some sites: `min_clients` updates suffice (meta.json and the workflow), and are
-    needed (the plaintext aggregator stops the job below it; without this option one accepted update is enough);
-    `train_timeout` seconds bound a round's wait (0: forever); after min_clients answers the round waits
-    `wait_after_min` seconds more for the rest. `sites`: the job's number of sites, if known (a bound for
-    min_clients). Returns the values now in the job."""
-    job = Path(job)
-    config = job / "app" / "config"
-    server, meta = _read(config / "config_fed_server.json"), _read(job / "meta.json")
-    sag = _workflow_args(server)
-    if min_clients is not None:
-        if min_clients < 1 or (sites is not None and min_clients > sites):
-            raise ValueError(f"--min-clients {min_clients} must be between 1 and the job's {sites or 'N'} sites")
-        server["min_clients"] = meta["min_clients"] = int(min_clients)
-        aggregator = next((c for c in server.get("components", []) if c.get("id") == "aggregator"), {})
-        if aggregator.get("path") in (VALIDATING_AGGREGATOR, CKKS_AGGREGATOR):  # the floor: fewer accepted updates stop the job
-            aggregator.setdefault("args", {})["min_clients"] = int(min_clients)
-    for value, key, flag in ((train_timeout, "train_timeout", "--train-timeout"),
-                             (wait_after_min, "wait_time_after_min_received", "--wait-after-min")):
-        if value is not None:
-            if value < 0:
-                raise ValueError(f"{flag} must be 0 or more seconds, got {value}")
-            sag[key] = int(value)
-    if train_timeout:  # the final evaluation must not wait its default 6000 s for a site that is gone either
-        for workflow in server.get("workflows", []):
-            if workflow.get("path", "").endswith("GlobalModelEval"):
-                workflow.setdefault("args", {})["validation_timeout"] = int(train_timeout)
-    atomic_write_json(config / "config_fed_server.json", server)
-    atomic_write_json(job / "meta.json", meta)
-    return {"min_clients": server.get("min_clients"), "train_timeout": sag.get("train_timeout"),
-            "wait_time_after_min_received": sag.get("wait_time_after_min_received")}
+# ---- the job folder ----------------------------------------------------------------------------------------------
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _files(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != MARKER}
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse (JobError) to write the job into `out` unless it is absent, empty, or a job folder `write_job` made
+    whose files are all as it wrote them: nothing the command did not write is ever deleted."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise JobError(f"--out {out} is a file, not a folder: choose another --out")
+    if not any(out.iterdir()):
+        return
+    marker = out / MARKER
+    if not marker.is_file():
+        raise JobError(f"--out {out} is not empty and was not made by fedrsclip job: nothing in it is deleted; "
+                       "choose a new or empty folder for --out")
+    try:
+        written = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise JobError(f"--out {out}: its {MARKER} cannot be read ({exc}); choose another --out") from None
+    present = _files(out)
+    changed = sorted(k for k in present if written.get(k) != present[k])
+    if changed:
+        raise JobError(f"--out {out} holds files fedrsclip job did not write or that changed since "
+                       f"({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}): nothing in it is deleted; "
+                       "move them away or choose another --out")
+
+
+def stage_files(spec: JobSpec, folder: Path) -> tuple[Path, ...]:
+    """Copies, under `folder`, of the files the job's app/config/ gets: its settings as fedrsclip.yaml and, for a
+    resumed job, the earlier run's global model (the persistor's resume_from)."""
+    config = folder / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(spec.settings_file, config / SETTINGS_FILE)
+    files = [config / SETTINGS_FILE]
+    if spec.resume is not None:
+        shutil.copyfile(spec.resume.model, config / Path(RESUME_MODEL).name)
+        files.append(config / Path(RESUME_MODEL).name)
+    return tuple(files)
+
+
+def write_job(spec: JobSpec, out: str | Path) -> Path:
+    """Export `spec` into the folder `out` (made, or replaced when `check_replaceable` allows) and mark it as ours.
+    The settings are checked before anything is written. Returns `out`."""
+    out = Path(out).expanduser().absolute()
+    if spec.resume is not None and spec.resume.source is not None:
+        source = Path(spec.resume.source).expanduser().resolve()
+        if out.resolve() == source or source in out.resolve().parents or out.resolve() in source.parents:
+            raise JobError(f"--out {out} and the run to resume ({source}) overlap: writing the job there would "
+                           "delete the run it resumes; choose another --out")
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        tmp = Path(tmp)
+        job = build_job(dataclasses.replace(spec, extra_files=stage_files(spec, tmp / "files")))
+        job.export_job(str(tmp / "export"))
+        staged = tmp / "export" / spec.name
+        shutil.copyfile(PACKAGE_FILES / "README.md", staged / "README.md")
+        atomic_write_json(staged / MARKER, {"made_by": "fedrsclip job", "files": _files(staged)})
+        if out.exists():
+            check_replaceable(out)  # again: nothing may have changed since the first check
+            old = tmp / "old"
+            os.replace(out, old)
+        os.replace(staged, out)
+    return out
+
+
+def job_settings(job: str | Path) -> dict[str, Any]:
+    """An exported job's sites (min_clients), rounds, executor overrides and whether it is the CKKS variant."""
+    config = Path(job) / "app" / "config"
+    try:
+        server = json.loads((config / "config_fed_server.json").read_text())
+        client = json.loads((config / "config_fed_client.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise JobError(f"{job} is not a FLARE job folder ({exc})") from None
+    workflow = next(w for w in server["workflows"] if w["path"].endswith("ScatterAndGather"))["args"]
+    aggregator = next(c for c in server["components"] if c["id"] == "aggregator")
+    executor = next(e["executor"] for e in client["executors"] if e["executor"]["path"].endswith("FedRSCLIPExecutor"))
+    return {"min_clients": workflow.get("min_clients"), "num_rounds": workflow.get("num_rounds"),
+            "overrides": list(executor["args"].get("overrides") or []),
+            "he": aggregator["path"].endswith("CKKSAggregator")}
+
+
+# ---- resuming ------------------------------------------------------------------------------------------------------
 def find_global_model(previous: str | Path) -> Path:
     """An earlier run's FL_global_model.npz: the file, its server app folder, a simulator workspace, or a
     downloaded job result."""
     previous = Path(previous).expanduser().resolve()
     if previous.is_file():
         return previous
-    for candidate in (previous / "FL_global_model.npz",
-                      previous / "server" / "simulate_job" / "app_server" / "FL_global_model.npz"):
+    for candidate in (previous / GLOBAL_MODEL_FILE,
+                      previous / "server" / "simulate_job" / "app_server" / GLOBAL_MODEL_FILE):
         if candidate.is_file():
             return candidate
-    found = sorted(previous.rglob("FL_global_model.npz"), key=lambda p: p.stat().st_mtime) if previous.is_dir() else []
+    found = sorted(previous.rglob(GLOBAL_MODEL_FILE), key=lambda p: p.stat().st_mtime) if previous.is_dir() else []
     if not found:
-        raise FileNotFoundError(f"no FL_global_model.npz in {previous}: name the aborted run's server app folder "
-                                "(<simulator workspace>/server/simulate_job/app_server) or its model file")
+        raise JobError(f"no {GLOBAL_MODEL_FILE} in {previous}: name the aborted run's server app folder "
+                       "(<simulator workspace>/server/simulate_job/app_server) or its model file")
     return found[-1]
 
 
-def resume_job(job: str | Path, previous: str | Path) -> dict:
-    """Make `job` continue an aborted run: start from its last global model, at the round recorded in it, with
-    each site's state of that run. `job` must have the run's total rounds (the same `fedrsclip job` options)."""
-    from .executor import STATE_SUBDIR
-    from .persistor import load_npz
-
-    job, model = Path(job), find_global_model(previous)
+def find_resume(previous: str | Path) -> Resume:
+    """Where to resume the run `previous` from: its last global model, the rounds in it, each site's state."""
+    model = find_global_model(previous)
     try:
         weights, info = load_npz(model)
     except Exception as exc:  # truncated or foreign file
-        raise ValueError(f"cannot read the global model {model}: {exc}") from exc
+        raise JobError(f"cannot read the global model {model}: {exc}") from exc
     done, job_id = info.get("round"), info.get("job_id")
     if not isinstance(done, int) or not weights:
-        raise ValueError(f"{model} records no completed round; it cannot be resumed from")
-    config = job / "app" / "config"
-    server, client = _read(config / "config_fed_server.json"), _read(config / "config_fed_client.json")
-    total = server.get("num_rounds")
-    if not isinstance(total, int) or done >= total:
-        raise ValueError(f"{model} is the model after round {done}, and the job has {total} rounds: nothing is left "
-                         "to run (give --rounds the total number of rounds)")
-    if not job_id and not (model.parent.name == "app_server" and model.parent.parent.name == "simulate_job"):
-        raise ValueError(f"{model} records no job id, so the sites' state of that run cannot be found")
-    data = model.read_bytes()
-    atomic_write(job / "app" / RESUME_MODEL, lambda handle: handle.write(data))
-    persistor = next((c for c in server.get("components", []) if c.get("id") == _workflow_args(server).get(
-        "persistor_id", "persistor")), None)
-    if persistor is None:
-        raise ValueError("the job's config_fed_server.json has no persistor component")
-    persistor.setdefault("args", {})["resume_from"] = RESUME_MODEL
-    _workflow_args(server)["start_round"] = done
-    server["num_rounds"] = total - done
-    sim = not job_id or job_id == "simulate_job"
+        raise JobError(f"{model} records no completed round; it cannot be resumed from")
+    simulated = model.parent.name == "app_server" and model.parent.parent.name == "simulate_job"
+    if not job_id and not simulated:
+        raise JobError(f"{model} records no job id, so the sites' state of that run cannot be found")
     # Each site's state of that run: in a simulator workspace by absolute path, else in the site's own workspace
     # under that job's id (POC and real deployments keep run folders).
+    sim = not job_id or job_id == "simulate_job"
     state = str(model.parents[3] / "{site}" / "simulate_job" / STATE_SUBDIR) if sim else f"{job_id}/{STATE_SUBDIR}"
-    args = _executor_args(client)
-    args["overrides"] = [*(args.get("overrides") or []), f"train.resume_from={state}"]
-    atomic_write_json(config / "config_fed_server.json", server)
-    atomic_write_json(config / "config_fed_client.json", client)
-    return {"model": str(model), "rounds_done": done, "rounds_left": total - done, "job_id": job_id,
-            "site_state": state}
+    return Resume(model=model, rounds_done=done, site_state=state, job_id=job_id, source=Path(previous))
 
 
-def _workflow_args(server: dict) -> dict:
-    for workflow in server.get("workflows", []):
-        if workflow.get("path", "").endswith("ScatterAndGather"):
-            return workflow.setdefault("args", {})
-    raise ValueError("the job's config_fed_server.json has no ScatterAndGather workflow")
+def describe(spec: JobSpec) -> dict[str, Any]:
+    """The job's settings as a printable summary (for the CLI)."""
+    return json.loads(to_json({"name": spec.name, "sites": spec.sites, "rounds": spec.total_rounds(),
+                               "min_clients": spec.min_clients or spec.sites, "he": spec.he,
+                               "train_timeout": spec.train_timeout, "wait_after_min": spec.wait_after_min,
+                               "overrides": spec.job_overrides}, indent=None))

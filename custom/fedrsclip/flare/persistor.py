@@ -1,4 +1,4 @@
-"""Server side: the global shared prompt on disk, and the locator that hands it to the final evaluation.
+"""Server side: the global shared prompt on disk (the final evaluation reads it back through locator.py).
 
 The global model starts empty: the server never builds CLIP, and every site draws the same initial shared prompt
 from train.seed. After each round the aggregated prompt is written atomically to `<app root>/FL_global_model.npz`;
@@ -12,47 +12,26 @@ the workflow's start_round must equal the round recorded in it, so the round cou
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.abstract.model import ModelLearnable, ModelLearnableKey, make_model_learnable
-from nvflare.app_common.abstract.model_locator import ModelLocator
 from nvflare.app_common.abstract.model_persistor import ModelPersistor
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-from ..io import atomic_write
-from ..he import HEADER_KEY as HE_HEADER_KEY, EncryptedUpdate
-from .aggregator import check_update
-
-GLOBAL_MODEL_NAME = "FL_global_model"
-
-
-def save_npz(path: Path, weights: dict[str, Any], info: dict) -> Path:
-    """Arrays under their names plus `__info__` (JSON text), written atomically."""
-    arrays = {k: np.asarray(v) for k, v in weights.items() if isinstance(v, np.ndarray)}
-    opaque = sorted(k for k in weights if k not in arrays)  # e.g. HE ciphertext objects: not numpy
-    buf = io.BytesIO()
-    np.savez(buf, __info__=np.array(json.dumps({**info, "not_saved": opaque})), **arrays)
-    return atomic_write(path, lambda handle: handle.write(buf.getvalue()))
-
-
-def load_npz(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    with np.load(path, allow_pickle=False) as blob:
-        info = json.loads(str(blob["__info__"])) if "__info__" in blob else {}
-        return {k: blob[k] for k in blob.files if k != "__info__"}, info
+from ..he import HEADER_KEY as HE_HEADER_KEY
+from ..he import EncryptedUpdate
+from ..protocol import check_update
+from .constants import BEST_MODEL_FILE, GLOBAL_MODEL_FILE
+from .model_file import load_npz, save_npz
 
 
 class PromptPersistor(ModelPersistor):
-    def __init__(self, model_file: str = f"{GLOBAL_MODEL_NAME}.npz",
-                 best_model_file: str = f"best_{GLOBAL_MODEL_NAME}.npz", resume_from: str = ""):
+    def __init__(self, model_file: str = GLOBAL_MODEL_FILE, best_model_file: str = BEST_MODEL_FILE,
+                 resume_from: str = ""):
         """`resume_from`: an earlier job's global model file (relative to the app folder) to start from."""
         super().__init__()
         self.model_file = model_file
@@ -122,19 +101,4 @@ class PromptPersistor(ModelPersistor):
                                float(fl_ctx.get_prop(AppConstants.VALIDATION_RESULT, float("nan"))))
 
 
-class PromptModelLocator(ModelLocator):
-    """Hands the final global model (held by the persistor) to GlobalModelEval."""
-
-    def __init__(self, persistor_id: str = "persistor"):
-        super().__init__()
-        self.persistor_id = persistor_id
-
-    def get_model_names(self, fl_ctx: FLContext) -> list[str]:
-        return [GLOBAL_MODEL_NAME]
-
-    def locate_model(self, model_name, fl_ctx: FLContext) -> DXO:
-        persistor = fl_ctx.get_engine().get_component(self.persistor_id)
-        if not isinstance(persistor, PromptPersistor):
-            self.system_panic(f"persistor_id {self.persistor_id!r} is not a PromptPersistor", fl_ctx)
-            return None
-        return DXO(DataKind.WEIGHTS, data=dict(persistor.weights), meta={"round": persistor.round})
+from .locator import PromptModelLocator  # noqa: E402,F401  the old class path, named by jobs made before 0.2

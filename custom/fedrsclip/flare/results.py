@@ -1,22 +1,21 @@
-"""Server side: one machine-readable results file per run, `<server app root>/fedrsclip_results.json`.
+"""Server side: one machine-readable results file per run, `<server app root>/fedrsclip_results.json`, in the format
+both runners write (`fedrsclip.results_file`).
 
 Collected from every task result as it arrives (EventType.BEFORE_PROCESS_SUBMISSION, so failed ones too), written
-atomically after every round and at the end. Per round and site it holds what the in-process federation records
-(fedrsclip.federation): training samples, seconds, bytes up and down, training metrics, and the accuracy/loss on
-the site's own test split of the global model after that round (with the site's private prompt) - measured when
-the site receives that model: at the next round's train task, or the final GlobalModelEval task for the last round.
-A site without a result for a round is marked {"missing": true, "error": ...}; so is a site whose update the
-aggregator rejected (kind "rejected", fedrsclip.flare.aggregator), and, when the job stops mid-round, every site
-that had not answered yet.
+atomically after every round and at the end. A site without a result for a round is marked {"missing": true,
+"error": ...}; so is a site whose update the aggregator rejected (kind "rejected", fedrsclip.flare.aggregator), and,
+when the job stops mid-round, every site that had not answered yet.
 
-A task that failed because of the job's own fedrsclip configuration (an unknown algorithm, a bad option) is the
-same on every site: the collector then stops the job (system_panic) with that message.
+The job is stopped (system_panic) with a message that names what to change when:
+- a task failed because of the job's own fedrsclip configuration (an unknown algorithm, a bad option): it is the
+  same on every site;
+- the number of sites that joined is not the number the job was made for (`sites`: its data is partitioned over
+  that many sites; with min_clients below it, between min_clients and `sites` may join);
+- every site failed a round: more rounds would only repeat the failure.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,44 +27,36 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
-from ..io import atomic_write_json
-from .aggregator import CONTRIBUTION_REJECTED, REJECTION_PROP
-from .executor import ERROR_HEADER, ERROR_KIND_HEADER, META_KEY, ROUND_HEADER
-from .report import RESULTS_FILE, site_order
-
-RESULTS_FORMAT = 1
-_EVAL_KEYS = ("accuracy", "loss", "samples")
-
-
-def _summarize(site_records: dict[str, dict]) -> dict[str, float | None]:
-    from ..federation import summarize  # the in-process federation's mean / sample-weighted mean
-
-    usable = {s: r for s, r in site_records.items() if isinstance(r.get("accuracy"), (int, float))
-              and math.isfinite(r["accuracy"]) and r.get("samples")}
-    out = summarize(usable)
-    return {k: (v if math.isfinite(v) else None) for k, v in out.items()}
+from ..atomic import atomic_write_json
+from ..protocol import ContributionError, FinalRecord, RoundRecord
+from ..results_file import RESULTS_FILE, ResultsBook
+from .constants import (BEST_MODEL_FILE, CONTRIBUTION_REJECTED, ERROR_HEADER, ERROR_KIND_HEADER, GLOBAL_MODEL_FILE,
+                        META_KEY, REJECTION_PROP, ROUND_HEADER, TASK_TRAIN, TASK_VALIDATE)
+from .persistor import PromptPersistor
 
 
 class ResultsCollector(Widget):
     def __init__(self, results_file: str = RESULTS_FILE, persistor_id: str = "persistor",
-                 train_task_name: str = AppConstants.TASK_TRAIN,
-                 validate_task_name: str = AppConstants.TASK_VALIDATION):
+                 train_task_name: str = TASK_TRAIN, validate_task_name: str = TASK_VALIDATE, sites: int = 0,
+                 min_clients: int = 0):
+        """
+        Args:
+            results_file: written in the server's app folder.
+            persistor_id: the PromptPersistor, asked to keep the final model when it is the best.
+            train_task_name / validate_task_name: the workflow's task names.
+            sites: the number of sites the job was made for (0: not checked); `min_clients`: the fewest that may join
+                (0: `sites`). Fewer or more stop the job, naming the setting to change.
+        """
         super().__init__()
         self.results_file = results_file
         self.persistor_id = persistor_id
         self.train_task_name = train_task_name
         self.validate_task_name = validate_task_name
+        self.sites = sites
+        self.min_clients = min_clients
         self.path: Path | None = None
-        self.results: dict[str, Any] = {}
-        self.rounds: dict[int, dict] = {}  # 1-based round -> {"sites": {...}, "missing": {...}}
-        self.initial: dict[str, dict] = {}
-        self.final: dict[str, dict] = {}
-        self.best: dict | None = None
-        self.errors: list[dict] = []
-        self.num_rounds: int | None = None
-        self.sites: list[str] = []
-        self.status = "running"
-        self.model_files = ("FL_global_model.npz", "best_FL_global_model.npz")
+        self.book = ResultsBook("flare")
+        self._checked = False
 
     # ---- events -------------------------------------------------------------------------------------------------
     def handle_event(self, event_type: str, fl_ctx: FLContext):
@@ -79,20 +70,22 @@ class ResultsCollector(Widget):
             elif event_type == AppEventType.ROUND_DONE:
                 self._round_done(fl_ctx)
             elif event_type == CONTRIBUTION_REJECTED:
-                self._rejected(fl_ctx.get_prop(REJECTION_PROP) or {})
+                info = fl_ctx.get_prop(REJECTION_PROP) or {}
+                self.book.reject(info.get("site", "?"), info.get("round"), self.train_task_name,
+                                 str(info.get("error")))
             elif event_type == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE:
                 value = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)
-                self.best = {"round": int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)),
-                             "weighted_accuracy": float(value) if value is not None else None,
-                             "selected_by": "IntimeModelSelector (initial_metrics.accuracy)"}
+                self.book.best = {"round": int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)),
+                                  "weighted_accuracy": float(value) if value is not None else None,
+                                  "selected_by": "IntimeModelSelector (initial_metrics.accuracy)"}
             elif event_type == EventType.FATAL_SYSTEM_ERROR:
-                self.status = "failed"
+                self.book.status = "failed"
                 reason = fl_ctx.get_prop(FLContextKey.EVENT_DATA, "")
                 if reason:
-                    self.errors.append({"site": "server", "kind": "fatal", "error": str(reason)})
-                open_rounds = [r for r, v in self.rounds.items() if "finished" not in v]
+                    self.book.errors.append({"site": "server", "kind": "fatal", "error": str(reason)})
+                open_rounds = self.book.open_rounds()
                 if open_rounds:  # stopped mid-round: whoever had not answered is missing from it
-                    self._mark_absent(self.rounds[max(open_rounds)])
+                    self.book.mark_absent(max(open_rounds))
                 self._write()
             elif event_type == EventType.END_RUN:
                 self._end(fl_ctx)
@@ -101,189 +94,111 @@ class ResultsCollector(Widget):
 
     def _start(self, fl_ctx: FLContext) -> None:
         self.path = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT)) / self.results_file
-        self.sites = sorted((c.name for c in fl_ctx.get_engine().get_clients()), key=site_order)
-        persistor = fl_ctx.get_engine().get_component(self.persistor_id)
-        self.model_files = (getattr(persistor, "model_file", "FL_global_model.npz"),
-                            getattr(persistor, "best_model_file", "best_FL_global_model.npz"))
-        self.results = {"format": RESULTS_FORMAT, "job_id": fl_ctx.get_job_id(), "started": time.time()}
+        for client in fl_ctx.get_engine().get_clients():
+            self.book.join(client.name)
+        self.book.head["job_id"] = fl_ctx.get_job_id()
         self._write()
         self.log_info(fl_ctx, f"results will be written to {self.path}")
 
     def _round_started(self, fl_ctx: FLContext) -> None:
         rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
-        self.num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS, self.num_rounds)
-        self.rounds.setdefault(rnd, {"round": rnd, "sites": {}, "missing": {}, "started": time.time()})
-        for client in fl_ctx.get_engine().get_clients():
-            if client.name not in self.sites:
-                self.sites = sorted({*self.sites, client.name}, key=site_order)
+        self.book.num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS, self.book.num_rounds)
+        self.book.round_started(rnd)
+        clients = [c.name for c in fl_ctx.get_engine().get_clients()]
+        for name in clients:
+            self.book.join(name)
+        if not self._checked:
+            self._checked = True
+            self._check_sites(clients, fl_ctx)
+
+    def _check_sites(self, clients: list[str], fl_ctx: FLContext) -> None:
+        """The sites that joined must be those the job was made for (its data is partitioned over them)."""
+        if not self.sites:
+            return
+        fewest = self.min_clients or self.sites
+        if fewest <= len(clients) <= self.sites:
+            if len(clients) < self.sites:
+                self.log_warning(fl_ctx, f"{len(clients)} of the job's {self.sites} sites joined: the others' part of "
+                                         "the data is not used this run")
+            return
+        self.book.status = "failed"
+        message = (f"stopping the job: it was made for {self.sites} sites (its data is partitioned over "
+                   f"{self.sites}: data.synthetic_sites, or the manifest's sites), and {len(clients)} joined "
+                   f"({', '.join(clients)}). Run it with {self.sites} sites (nvflare simulator -n {self.sites}), or "
+                   f"make the job for {len(clients)}: fedrsclip job --sites {len(clients)} ...")
+        self.book.errors.append({"site": "server", "kind": "sites", "error": message})
+        self._write()
+        self.system_panic(message, fl_ctx)
 
     def _submission(self, fl_ctx: FLContext) -> None:
         task = fl_ctx.get_prop(FLContextKey.TASK_NAME)
         if task not in (self.train_task_name, self.validate_task_name):
             return
+        train = task == self.train_task_name
         result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
         site = fl_ctx.get_peer_context().get_identity_name(default="?")
-        if site not in self.sites:
-            self.sites = sorted({*self.sites, site}, key=site_order)
         rc = result.get_return_code(ReturnCode.OK)
         header_round = result.get_header(ROUND_HEADER)
         rnd = int(header_round) + 1 if isinstance(header_round, int) else None
-        if rnd is None and task == self.train_task_name:
+        if rnd is None and train:
             contribution = result.get_cookie(AppConstants.CONTRIBUTION_ROUND)
             rnd = int(contribution) + 1 if isinstance(contribution, int) else None
         if rc != ReturnCode.OK:
             kind = result.get_header(ERROR_KIND_HEADER) or rc
-            message = result.get_header(ERROR_HEADER) or f"the task {task} failed with return code {rc}; see {site}'s log"
-            self._record_error(site, task, rnd, kind, message)
+            message = result.get_header(ERROR_HEADER) or \
+                f"the task {task} failed with return code {rc}; see {site}'s log"
+            self.book.add_error(site, task, rnd, kind, message, train)
             self.log_error(fl_ctx, f"task {task}" + (f" of round {rnd}" if rnd else "") + f" failed at {site} "
                            f"({kind}): {message}")
             if kind == "config":
-                self.status = "failed"
+                self.book.status = "failed"
                 self._write()
                 self.system_panic(f"stopping the job, its configuration is wrong: {message}", fl_ctx)
             return
         try:
-            dxo = from_shareable(result)
-        except ValueError as exc:
-            self._record_error(site, task, rnd, "result", f"not a DXO: {exc}")
-            return
-        record = dxo.get_meta_prop(META_KEY)
-        if not isinstance(record, dict):
-            self._record_error(site, task, rnd, "result", "the result carries no fedrsclip record")
-            return
-        for key in ("algorithm", "backbone", "data", "encryption"):
-            if key in record:
-                self.results.setdefault(key, record[key])
-        received = {k: record.get("received", {}).get(k) for k in _EVAL_KEYS}
-        if task == self.train_task_name:
-            rnd = int(record["round"])
-            entry = {"samples_train": record["samples_train"], "seconds": record["seconds"],
-                     "bytes_up": record["bytes_up"], "bytes_down": record["bytes_down"], **record.get("metrics", {})}
-            if "bytes_up_plain" in record:  # CKKS: bytes_up is the ciphertext, this the values it encrypts
-                entry["bytes_up_plain"] = record["bytes_up_plain"]
-            if not record.get("state_continued", True):
-                entry["state_restarted"] = True
-            self.rounds.setdefault(rnd, {"round": rnd, "sites": {}, "missing": {}})["sites"].setdefault(
-                site, {}).update(entry)
-            self.rounds[rnd]["missing"].pop(site, None)
-            if rnd == 1:
-                self.initial[site] = received
-            else:  # the accuracy of the global model after the previous round
-                self.rounds.setdefault(rnd - 1, {"round": rnd - 1, "sites": {}, "missing": {}})["sites"].setdefault(
-                    site, {}).update(received)
-        else:
-            self.final[site] = {**received, "seconds": record.get("seconds"), "final_state": record.get("final_state")}
-
-    def _record_error(self, site: str, task: str, rnd: int | None, kind: str, message: str) -> None:
-        self.errors.append({"site": site, "task": task, "round": rnd, "kind": kind, "error": message})
-        if task == self.train_task_name and rnd is not None:
-            self.rounds.setdefault(rnd, {"round": rnd, "sites": {}, "missing": {}})["missing"][site] = \
-                {"missing": True, "kind": kind, "error": message}
-        elif task == self.validate_task_name:
-            self.final[site] = {"missing": True, "kind": kind, "error": message}
-
-    def _rejected(self, info: dict) -> None:
-        """The aggregator refused a site's update: it did not count in that round."""
-        site, rnd = info.get("site", "?"), info.get("round")
-        if isinstance(rnd, int):
-            self.rounds.get(rnd, {}).get("sites", {}).pop(site, None)
-        self._record_error(site, self.train_task_name, rnd, "rejected", str(info.get("error")))
-
-    def _mark_absent(self, record: dict) -> None:
-        for site in self.sites:
-            if site not in record["sites"] and site not in record["missing"]:
-                record["missing"][site] = {"missing": True, "kind": "no_result",
-                                           "error": "no result from this site in this round"}
+            meta = from_shareable(result).get_meta_prop(META_KEY)
+            if train:
+                self.book.add_update(site, RoundRecord.from_wire(meta))
+            else:
+                self.book.add_final(site, FinalRecord.from_wire(meta))
+        except (ValueError, ContributionError) as exc:  # not a DXO, or no valid record: the site is missing
+            self.book.add_error(site, task, rnd, "result", f"the result carries no valid fedrsclip record: {exc}",
+                                train)
 
     def _round_done(self, fl_ctx: FLContext) -> None:
         rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
-        record = self.rounds.setdefault(rnd, {"round": rnd, "sites": {}, "missing": {}})
-        self._mark_absent(record)
-        record["finished"] = time.time()
+        record = self.book.round_done(rnd)
         self._write()
-        if self.sites and not record["sites"]:
+        if self.book.sites and not record["sites"]:
             # Every site failed: more rounds would only repeat the failure (the global model cannot change).
-            self.status = "failed"
+            self.book.status = "failed"
             kinds = sorted({v.get("kind", "?") for v in record["missing"].values()})
             first = next(iter(record["missing"].values()), {}).get("error", "")
             self.system_panic(f"stopping the job: no site completed round {rnd} ({', '.join(kinds)}); first error: "
                               f"{first}", fl_ctx)
 
     def _end(self, fl_ctx: FLContext) -> None:
-        if self.status == "running":
-            expected = self.num_rounds or 0
-            done = [r for r in self.rounds.values() if "finished" in r]
-            self.status = "finished" if len(done) >= expected else "incomplete"
-        self._maybe_final_best(fl_ctx)
-        self.results["ended"] = time.time()
-        self._write()
-        self.log_info(fl_ctx, f"results ({self.status}) written to {self.path}")
-
-    def _maybe_final_best(self, fl_ctx: FLContext) -> None:
-        """The in-time selector never sees the last round's model: compare its final evaluation here."""
-        final_sites = {s: r for s, r in self.final.items() if not r.get("missing")}
-        if not final_sites or not self.rounds:
-            return
-        weights = {s: (self.rounds.get(max(self.rounds), {}).get("sites", {}).get(s, {}).get("samples_train") or 0)
-                   for s in final_sites}
-        accs = {s: r["accuracy"] for s, r in final_sites.items() if isinstance(r.get("accuracy"), (int, float))}
-        total = sum(weights[s] for s in accs)
-        if not accs or total <= 0:
-            return
-        value = sum(accs[s] * weights[s] for s in accs) / total
-        if self.best is None or self.best.get("weighted_accuracy") is None or value > self.best["weighted_accuracy"]:
+        status = self.book.finish()
+        best = self.book.final_best()
+        if best is not None:  # the in-time selector never sees the last round's model: the final evaluation does
+            after, value = best
             persistor = fl_ctx.get_engine().get_component(self.persistor_id)
-            after = max(r for r, v in self.rounds.items() if "finished" in v) if any(
-                "finished" in v for v in self.rounds.values()) else max(self.rounds)
-            if persistor is not None and hasattr(persistor, "save_best") and getattr(persistor, "weights", None):
+            if isinstance(persistor, PromptPersistor) and persistor.weights:
                 persistor.save_best(fl_ctx, dict(persistor.weights), after, value)
-            self.best = {"round": after, "weighted_accuracy": value,
-                         "selected_by": "final evaluation (GlobalModelEval)"}
+            self.book.best = {"round": after, "weighted_accuracy": value,
+                              "selected_by": "final evaluation (GlobalModelEval)"}
+        self._write()
+        self.log_info(fl_ctx, f"results ({status}) written to {self.path}")
 
     # ---- the file -------------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        rounds = []
-        for rnd in sorted(self.rounds):
-            src = self.rounds[rnd]
-            sites = {s: dict(v) for s, v in src["sites"].items()}
-            for s, v in src["missing"].items():
-                sites[s] = {**sites.get(s, {}), **v}
-            if rnd == max(self.rounds) and self.final:  # the last round's model, evaluated by GlobalModelEval
-                for s, v in self.final.items():
-                    if not v.get("missing"):
-                        sites.setdefault(s, {}).update({k: v.get(k) for k in _EVAL_KEYS})
-            present = {s: v for s, v in sites.items() if not v.get("missing")}
-            rounds.append({"round": rnd, "sites": _ordered(sites), "missing": sorted(src["missing"], key=site_order),
-                           **_summarize(present),
-                           **{k: src[k] for k in ("started", "finished") if k in src}})
-        out = {**self.results, "status": self.status, "num_rounds": self.num_rounds, "sites": self.sites,
-               "initial": {"sites": _ordered(self.initial), **_summarize(self.initial)},
-               "rounds": rounds,
-               "final": {"sites": _ordered(self.final),
-                         **_summarize({s: v for s, v in self.final.items() if not v.get("missing")})},
-               "best": self.best, "errors": self.errors}
-        if self.path is not None:
-            # file names next to this results file: valid on the server and in a downloaded job result
-            out["global_model"] = self.model_files[0]
-            out["best_model"] = self.model_files[1] if self.best else None
-        return _jsonable(out)
+        out = self.book.snapshot()
+        # file names next to this results file: valid on the server and in a downloaded job result
+        persistor_files = (GLOBAL_MODEL_FILE, BEST_MODEL_FILE)
+        out["global_model"] = persistor_files[0]
+        out["best_model"] = persistor_files[1] if self.book.best else None
+        return out
 
     def _write(self) -> None:
         if self.path is not None:
             atomic_write_json(self.path, self.snapshot())
-
-
-def _ordered(by_site: dict) -> dict:
-    return {k: by_site[k] for k in sorted(by_site, key=site_order)}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _jsonable(value.item())
-    return value

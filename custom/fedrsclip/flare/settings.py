@@ -23,6 +23,9 @@ from typing import Any, Mapping, Sequence
 
 from ..config import Config, ConfigError, load_config, parse_overrides, read_yaml_mapping
 from ..data.errors import DataError
+from ..data.manifest import load_manifest
+from ..data.source import synthetic_manifest
+from ..results_file import describe_data
 
 SITE_CONFIG_ENV = "FEDRSCLIP_SITE_CONFIG"
 SITE_CONFIG_FILE = "fedrsclip_site.yaml"
@@ -119,9 +122,6 @@ def resolve_site_settings(
 
     Raises ConfigError for the job's settings, SiteConfigError for the site file, DataError for missing data.
     """
-    from ..data.manifest import load_manifest
-    from ..data.source import synthetic_manifest
-
     job_overrides = _nested(overrides)
     cfg = load_config(job_config, job_overrides)  # the job alone: its errors are the job's
     if cfg.dpac.negatives == "peers":
@@ -150,10 +150,7 @@ def resolve_site_settings(
                             f"{data.synthetic_sites} sites ({', '.join(manifest['sites'])}), which does not include "
                             f"{site}; set data.synthetic_sites to the number of sites in the job's fedrsclip.yaml "
                             "or overrides")
-        return SiteSettings(cfg, manifest, site_path,
-                            f"SYNTHETIC scenes ({data.synthetic_classes} classes, {data.synthetic_per_class}/class, "
-                            f"{data.synthetic_size}px, seed {data.synthetic_seed}, {data.synthetic_sites} sites, "
-                            f"{data.synthetic_scheme})", path)
+        return SiteSettings(cfg, manifest, site_path, describe_data(data, path), path)
     if not data.manifest:
         raise DataError(f"{site}: no data configured for this site: set data.manifest (the partition manifest that "
                         f"names {site}) and, if the images are elsewhere, data.root, in {where}; or data.source: "
@@ -161,4 +158,4 @@ def resolve_site_settings(
     if not Path(data.manifest).expanduser().is_file():
         raise DataError(f"{site}: data.manifest is {data.manifest}, which does not exist here; fix data.manifest "
                         f"in {where} (create one with `fedrsclip data partition`)")
-    return SiteSettings(cfg, None, site_path, f"manifest {Path(data.manifest).name}", Path(data.manifest))
+    return SiteSettings(cfg, None, site_path, describe_data(data, data.manifest), Path(data.manifest))

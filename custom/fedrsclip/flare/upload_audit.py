@@ -28,7 +28,8 @@ from nvflare.apis.shareable import ReservedHeaderKey, Shareable
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils import fobs
 
-from ..io import atomic_write_json
+from ..atomic import atomic_write_json
+from .constants import META_KEY, STATE_SUBDIR, TASK_TRAIN
 
 AUDIT_FILE = "upload_audit-{site}.json"  # under <site workspace>/<job id>/fedrsclip/
 _DXO = "DXO"  # the Shareable key of a DXO (nvflare.apis.dxo._KEY_DXO)
@@ -80,9 +81,12 @@ def account(shareable: Shareable, record_key: str | None = None) -> dict[str, An
         marginal(f"meta:{key}", (_DXO, "meta", key))
     record = meta.get(record_key) if record_key else None
     if isinstance(record, dict):
-        for key in record:
+        for key, value in record.items():
             marginal(f"record:{key}", (_DXO, "meta", record_key, key))
-    top = [v for k, v in fields.items() if not k.startswith("record:")]
+            if isinstance(value, dict):  # the record's named metrics, evaluations and timings, one by one
+                for sub in value:
+                    marginal(f"record:{key}.{sub}", (_DXO, "meta", record_key, key, sub))
+    top = [v for k, v in fields.items() if not k.startswith("record:")]  # record entries are inside meta:
     return {
         "total": total,
         "values": values,
@@ -95,14 +99,14 @@ def account(shareable: Shareable, record_key: str | None = None) -> dict[str, An
 
 
 class UploadAudit(FLComponent):
-    def __init__(self, task_names: list[str] | None = None, record_key: str = "fedrsclip"):
+    def __init__(self, task_names: list[str] | None = None, record_key: str = META_KEY):
         """
         Args:
             task_names: the tasks whose results are accounted (default: ["train"]).
             record_key: the DXO meta entry whose items are accounted one by one (the executor's round record).
         """
         super().__init__()
-        self.task_names = list(task_names or ["train"])
+        self.task_names = list(task_names or [TASK_TRAIN])
         self.record_key = record_key
         self._pending: tuple[str | None, Any] | None = None
 
@@ -122,7 +126,7 @@ class UploadAudit(FLComponent):
                      **account(result, self.record_key)}
             site = fl_ctx.get_identity_name()
             run_dir = Path(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id()))
-            path = run_dir / "fedrsclip" / AUDIT_FILE.format(site=site)
+            path = run_dir / STATE_SUBDIR / AUDIT_FILE.format(site=site)
             # read back, not kept in memory: with fewer simulator threads than sites each task is a fresh process
             atomic_write_json(path, {"site": site, "entries": [*read_audit(path), entry]})
         except Exception:  # an audit must never break the site

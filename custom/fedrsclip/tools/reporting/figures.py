@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only; no display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..flare.report import site_order
+from ...protocol import site_order
 from .cells import Record, column_key, columns, number, select
 from .tables import LABELS
 

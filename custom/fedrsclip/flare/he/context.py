@@ -12,7 +12,7 @@ from pathlib import Path
 from nvflare.apis.fl_context import FLContext
 from nvflare.fuel.sec.security_content_service import LoadResult, SecurityContentService
 
-from ..he import (CLIENT_CONTEXT_FILE, DEFAULT_PARAMS, SERVER_CONTEXT_FILE, CKKSParams, HEError, load_context,
+from ...he import (CLIENT_CONTEXT_FILE, DEFAULT_PARAMS, SERVER_CONTEXT_FILE, CKKSParams, HEError, load_context,
                   write_contexts)
 
 HOW_TO_MAKE = ("make the contexts with `fedrsclip he-context --simulator WORKSPACE` (simulator), `poc/prepare.sh N "
@@ -53,9 +53,12 @@ def prepare_simulator_contexts(workspace: str | Path, params: CKKSParams = DEFAU
     return startup, True
 
 
-def install_kit_contexts(prod_dir: str | Path, params: CKKSParams = DEFAULT_PARAMS) -> list[Path]:
+def install_kit_contexts(prod_dir: str | Path, params: CKKSParams = DEFAULT_PARAMS,
+                         replace: bool = False) -> list[Path]:
     """One fresh key for unsigned kits (POC): the server kit gets the keyless context, every client kit the one with
-    the secret key, admin kits none. A kit is a folder with startup/fed_server.json or startup/fed_client.json."""
+    the secret key, admin kits none. A kit is a folder with startup/fed_server.json or startup/fed_client.json.
+    Kits that already hold a key keep it unless `replace`: a new key makes every model saved under the old one
+    undecryptable."""
     prod = Path(prod_dir)
     if not prod.is_dir():
         raise HEError(f"{prod} is not a folder: give the prod_NN folder of a POC workspace")
@@ -68,6 +71,11 @@ def install_kit_contexts(prod_dir: str | Path, params: CKKSParams = DEFAULT_PARA
     if signed:
         raise HEError(f"{signed[0].parent} is a signed (provisioned) kit: replacing its context would break the "
                       "signature; set the CKKS parameters in provisioning/project.yml (HEBuilder) and re-provision")
+    keyed = [d for d in clients if (d / CLIENT_CONTEXT_FILE).is_file()]
+    if keyed and not replace:
+        raise HEError(f"{keyed[0] / CLIENT_CONTEXT_FILE} already holds the federation's secret key ({len(keyed)} of "
+                      f"{len(clients)} site kits have one): a new key makes every model saved under it undecryptable; "
+                      "pass --replace to make a new key anyway")
     write_contexts(params, clients, servers)
     for folder in servers:  # the server must not keep a secret-key context from an earlier preparation
         (folder / CLIENT_CONTEXT_FILE).unlink(missing_ok=True)

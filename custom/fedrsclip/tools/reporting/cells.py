@@ -7,14 +7,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..experiment import CELLS_DIR, CENTRALIZED, EXPERIMENT_FILE
+from ..experiments.layout import CELLS_DIR, CENTRALIZED, EXPERIMENT_FILE, finished
 
 Record = dict[str, Any]
-
-
-def is_experiment(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return (folder / EXPERIMENT_FILE).is_file() or (folder / CELLS_DIR).is_dir()
 
 
 def load_experiment(folder: str | Path) -> tuple[dict[str, Any], list[Record]]:
@@ -37,10 +32,6 @@ def load_experiment(folder: str | Path) -> tuple[dict[str, Any], list[Record]]:
     if not any(finished(r) for r in records):
         raise ValueError(f"no finished cell in {folder / CELLS_DIR}: run fedrsclip experiment --out {folder} first")
     return grid, records
-
-
-def finished(record: Record) -> bool:
-    return record.get("returncode") == 0 and (record.get("results") or {}).get("status") == "finished"
 
 
 def number(value: Any) -> float | None:

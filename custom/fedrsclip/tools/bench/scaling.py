@@ -15,12 +15,15 @@ Writes `scaling.json` and `scaling.png` to the output folder.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from ...atomic import atomic_write, atomic_write_json, to_json
+from .common import NWPU_CLASSES, UCMERCED_CLASSES, bench_config, bench_images, device_name, load_average, progress
+from .overhead import bench_flare_overhead
 
 # Defaults of the full study (about 10 minutes on 2 CPU cores when the machine is otherwise idle). Images per site:
 # Table I's UC Merced training counts at 40, 10 and 2 sites; NWPU-RESISC45 at 10 sites has 630.
@@ -33,7 +36,7 @@ def tile_features(features, count: int, num_classes: int):
     """`count` items cycled from `features` (real image features), labelled round-robin over `num_classes`."""
     import torch
 
-    from .features import FeatureSet
+    from ...features import FeatureSet
 
     index = torch.arange(count) % len(features)
     return FeatureSet(features.global_feats[index], features.tokens[index], torch.arange(count) % num_classes,
@@ -41,8 +44,6 @@ def tile_features(features, count: int, num_classes: int):
 
 
 def class_names(num_classes: int) -> list[str]:
-    from .bench import NWPU_CLASSES, UCMERCED_CLASSES
-
     if num_classes == 21:
         return list(UCMERCED_CLASSES)
     if num_classes <= len(NWPU_CLASSES):
@@ -54,10 +55,9 @@ def time_site_round(backbone, features, num_classes: int, train_images: int, tes
                     rounds: int = 2, arch: str = "ViT-B-16", warmup: bool = True) -> dict[str, Any]:
     """Seconds of one site's round (evaluate the test split + the local epochs), median of `rounds` after a warm-up
     round (none with warmup=False), with the package's default training settings (batch 32, one local epoch)."""
-    from .bench import _config
-    from .trainer import PromptTrainer
+    from ...trainer import PromptTrainer
 
-    cfg = _config(str(backbone.device), arch=arch)  # the backbone's own architecture
+    cfg = bench_config(str(backbone.device), arch=arch)  # the backbone's own architecture
     train = tile_features(features, train_images, num_classes)
     test = tile_features(features, train_images if test_images is None else test_images, num_classes)
     trainer = PromptTrainer(cfg, backbone, class_names(num_classes), site="site-1")
@@ -99,12 +99,10 @@ def site_threads(sites: int, available_mb: float | None) -> int:
 
 
 def site_sweep(counts: Sequence[int], rounds: int, workdir: Path) -> list[dict]:
-    from .bench import _progress, bench_flare_overhead
-
     out = []
     for sites in counts:
         threads = site_threads(sites, _available_mb())
-        _progress(f"scaling: {sites} sites, {rounds} rounds, {threads} simulator threads")
+        progress(f"scaling: {sites} sites, {rounds} rounds, {threads} simulator threads")
         figures = bench_flare_overhead(sites, rounds, workdir / f"sites-{sites}", threads=threads)
         out.append({"sites": sites, "threads": threads, **{k: figures.get(k) for k in (
             "flare_round_wall_s", "flare_site_seconds_max", "flare_overhead_s_per_round", "flare_overhead_fraction",
@@ -115,9 +113,8 @@ def site_sweep(counts: Sequence[int], rounds: int, workdir: Path) -> list[dict]:
 def run_scaling(out_dir: str | Path, device: str = "auto", settings: dict | None = None, arch: str = "ViT-B-16",
                 feature_images: int = 32) -> dict[str, Any]:
     """Measure the three sweeps (see the module doc) and write scaling.json and scaling.png under `out_dir`."""
-    from .backbone import load_backbone
-    from .bench import _config, _load_average, _progress, bench_images, device_name
-    from .features import extract_features
+    from ...backbone import load_backbone
+    from ...features import extract_features
 
     s = {**SCALING, **(settings or {})}
     out_dir = Path(out_dir)
@@ -126,28 +123,26 @@ def run_scaling(out_dir: str | Path, device: str = "auto", settings: dict | None
     with tempfile.TemporaryDirectory(prefix="fedrsclip-scaling-") as tmp:
         workdir = Path(tmp)
         items, info = bench_images(feature_images, workdir)
-        backbone = load_backbone(_config(device, arch=arch).model)
+        backbone = load_backbone(bench_config(device, arch=arch).model)
         results: dict[str, Any] = {"device": device_name(backbone.device), "arch": f"{arch} (random weights)",
                                    "torch_threads": _torch_threads(), "images": info, "settings": s,
-                                   "load_average_start": _load_average()}
-        _progress(f"scaling: features of {len(items)} images ({info['source']}) with {arch}")
+                                   "load_average_start": load_average()}
+        progress(f"scaling: features of {len(items)} images ({info['source']}) with {arch}")
         features = extract_features(backbone, items, progress=False)
         results["classes"] = []
         for k in s["classes"]:
-            _progress(f"scaling: one site's round, K={k}, {s['class_images']} images")
+            progress(f"scaling: one site's round, K={k}, {s['class_images']} images")
             results["classes"].append(time_site_round(backbone, features, k, s["class_images"], rounds=s["rounds"],
                                                       arch=arch))
         results["images"] = []
         for n in s["images"]:
-            _progress(f"scaling: one site's round, K={s['image_classes']}, {n} images")
+            progress(f"scaling: one site's round, K={s['image_classes']}, {n} images")
             results["images"].append(time_site_round(backbone, features, s["image_classes"], n, rounds=s["rounds"],
                                                      arch=arch))
         del backbone, features
         results["sites"] = site_sweep(s["sites"], s["site_rounds"], workdir) if s["sites"] else []
     results["wall_s"] = time.perf_counter() - begin
-    results["load_average_end"] = _load_average()
-    from .io import atomic_write_json
-
+    results["load_average_end"] = load_average()
     atomic_write_json(out_dir / "scaling.json", results)
     plot_scaling(results, out_dir / "scaling.png")
     return results
@@ -165,8 +160,6 @@ def plot_scaling(results: dict, path: str | Path) -> Path:
 
     matplotlib.use("Agg")  # files only
     import matplotlib.pyplot as plt
-
-    from .io import atomic_write
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, x, label in ((axes[0], "classes", "classes", "classes K"),
@@ -217,5 +210,5 @@ def scaling_command(out_dir: str, device: str, quick: bool = False) -> int:
     results = run_scaling(out_dir, device=device, settings=settings)
     print(format_scaling(results), flush=True)
     print(f"written: {Path(out_dir) / 'scaling.json'}, {Path(out_dir) / 'scaling.png'}", flush=True)
-    print(json.dumps(results, separators=(",", ":")), flush=True)
+    print(to_json(results, indent=None), flush=True)
     return 0

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..flare.report import caveat
-from ..io import atomic_write
+from ...atomic import atomic_write
+from .run_table import caveat
 from . import figures
 from .cells import Record, column_key, load_experiment, select
 from .tables import ABLATIONS, COMPARISON, ordered, table

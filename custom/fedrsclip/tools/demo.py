@@ -16,29 +16,41 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .job import DEFAULT_JOB, job_settings, prepare_job
-from .report import SIMULATOR_RESULTS, format_table, load_results
+from ..flare.he.context import prepare_simulator_contexts
+from ..flare.job import JobSpec, write_job
+from ..results_file import SIMULATOR_RESULTS, load_results
+from .reporting.run_table import format_table
 
 _ROUND_DONE = re.compile(r"Round (\d+) finished")
 _SITE_FAILED = re.compile(r"ERROR - task \S+ .*failed at (\S+) \((\S+)\): (.*)")
 _FATAL = re.compile(r"ERROR - .*(FATAL_SYSTEM_ERROR.*)")
 
 
-def simulator_command(job: str | Path, workspace: str | Path, sites: int, threads: int) -> list[str]:
-    """`nvflare simulator` of this Python environment (its console script, else the module)."""
-    script = Path(sys.executable).with_name("nvflare")
-    base = [str(script), "simulator"] if script.is_file() else \
+def simulator_command(job: str | Path, workspace: str | Path, sites: int, threads: int,
+                      portable: bool = False) -> list[str]:
+    """FLARE's simulator in this Python environment, run as FLARE's SimEnv runs it (its module: the `nvflare
+    simulator` command prints a deprecation notice in favour of SimEnv); `portable`: `nvflare simulator` as a user
+    types it. The simulator empties `workspace` (but startup/ and local/): it must never be the job folder or hold
+    it."""
+    base = ["nvflare", "simulator"] if portable else \
         [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator"]
     return [*base, str(job), "-w", str(workspace), "-n", str(sites), "-t", str(threads)]
 
 
-def _resolve_job(job: str | Path) -> Path:
-    path = Path(job).expanduser()
-    if (path / "meta.json").is_file():
-        return path.resolve()
-    if str(job) == "jobs/fedrsclip" and (DEFAULT_JOB / "meta.json").is_file():
-        return DEFAULT_JOB  # run from another folder than the repository root
-    raise FileNotFoundError(f"{path} is not a FLARE job folder (no meta.json)")
+SIMULATOR_ENTRIES = re.compile(r"^(server|startup|local|site-\d+)$")  # what the simulator keeps in its workspace
+
+
+def check_workspace(ws: Path) -> None:
+    """The simulator empties its workspace (all but startup/ and local/): refuse one that holds anything else than
+    an earlier simulator run's folders, so no user file is deleted (ValueError says what is in the way)."""
+    if not ws.exists():
+        return
+    if not ws.is_dir():
+        raise ValueError(f"the workspace {ws} is a file; choose a new folder")
+    other = sorted(p.name for p in ws.iterdir() if not SIMULATOR_ENTRIES.match(p.name))
+    if other:
+        raise ValueError(f"the workspace {ws} holds {', '.join(other[:5])}, which is not a simulator workspace's: "
+                         "the simulator would delete it. Choose a new or empty folder (or an earlier run's workspace)")
 
 
 def _progress(line: str, workspace: Path, start: float, num_rounds: int | None, shown: set) -> None:
@@ -69,14 +81,15 @@ def run_demo(
     workspace: str,
     sites: int = 10,
     threads: int | None = None,
-    job: str = "jobs/fedrsclip",
     *,
     rounds: int | None = None,
     overrides: Sequence[str] = (),
     log_file: str | None = None,
     he: bool = False,
+    audit: bool = False,
 ) -> int:
-    """Run `job` in the FLARE simulator with `sites` sites and print the per-round, per-site accuracy table.
+    """Run the job (`fedrsclip.flare.job`, the offline demo settings) in the FLARE simulator with `sites` sites and
+    print the per-round, per-site accuracy table.
 
     workspace: the simulator workspace (emptied by the simulator, except startup/ and local/).
     threads: simulator threads (default: one per site, so each site keeps its process; fewer threads start a
@@ -84,6 +97,7 @@ def run_demo(
     rounds / overrides: change the job's num_rounds or fedrsclip settings (e.g. ["train.lr=0.01"]) for this run.
     log_file: where the simulator's full output goes (default: <workspace>.log next to the workspace).
     he: the CKKS variant of the job; the workspace's HE contexts are made when missing (kept when present).
+    audit: an upload audit widget at every site (fedrsclip bench).
     Returns 0 when the run finished and produced its results; the simulator's exit code or 1 otherwise.
     """
     if sites < 1:
@@ -92,19 +106,18 @@ def run_demo(
     threads = threads or sites
     ws = Path(workspace).expanduser().resolve()
     try:
-        src = _resolve_job(job)
-    except FileNotFoundError as exc:
+        check_workspace(ws)
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     log_path = Path(log_file) if log_file else ws.with_name(ws.name + ".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fedrsclip-job-"))
     try:
-        run_job = prepare_job(src, tmp / src.name, sites=sites, rounds=rounds, overrides=overrides, he=he)
-        num_rounds = job_settings(run_job)["num_rounds"]
+        spec = JobSpec(sites=sites, rounds=rounds, overrides=tuple(overrides), he=he, audit=audit)
+        run_job = write_job(spec, tmp / spec.name)
+        num_rounds = spec.total_rounds()
         if he:
-            from .he_context import prepare_simulator_contexts
-
             startup, made = prepare_simulator_contexts(ws)
             print(f"[demo] CKKS-encrypted updates; HE contexts {'made' if made else 'kept'} in {startup}", flush=True)
         cmd = simulator_command(run_job, ws, sites, threads)

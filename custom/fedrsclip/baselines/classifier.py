@@ -4,8 +4,8 @@ Every floating-point entry of the model's state_dict (parameters and float buffe
 statistics) crosses the wire each round, which is what the paper's "Transmitted Parameter" column counts
 (ViT-Tiny ~5.7M, EfficientNet-B1 ~7.8M with ImageNet's 1000-class head).
 
-`ClassifierTrainer` mirrors `PromptTrainer` (payload / set_global / local_state / train_round / evaluate) and
-`ClassifierSite` mirrors `Site`, so the in-process federation and the FLARE executor can drive either one.
+`ClassifierTrainer` is a `fedrsclip.protocol.Trainer`, as `PromptTrainer` is; its site is
+`fedrsclip.baselines.site.ClassifierSite`, so both runners drive it as they drive FedRSCLIP.
 Images are decoded with `load_rgb`; small splits are decoded once and kept in memory as resized uint8 arrays.
 """
 
@@ -25,15 +25,16 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .algorithms import Algorithm, get_algorithm
-from .backbone import resolve_device
-from .config import Config, ConfigError
-from .data.errors import DataError, ImageReadError
-from .data.images import load_rgb
-from .site import SiteBase
-from .trainer import Payload, PayloadError, RoundResult, site_seed
+from ..algorithms import Algorithm, get_algorithm
+from ..backbone import resolve_device
+from ..config import Config, ConfigError
+from ..data.errors import DataError, ImageReadError
+from ..data.images import load_rgb
+from ..protocol import Payload, PayloadError, RoundResult, site_seed
 
 log = logging.getLogger(__name__)
+
+KIND = "classifier"  # the Algorithm.kind this baseline runs (fedrsclip.factory)
 
 # Splits with fewer images than this (and at most CACHE_MAX_BYTES once resized) are decoded once and kept in
 # memory as uint8 arrays whose shorter side is the eval resize size (248 px for 224 px inputs: ~180 KB an image).
@@ -217,7 +218,7 @@ class ClassifierTrainer:
                  model: torch.nn.Module | None = None):
         self.cfg = cfg
         self.algorithm: Algorithm = get_algorithm(cfg.algorithm)
-        if self.algorithm.kind != "classifier":
+        if self.algorithm.kind != KIND:
             raise ConfigError(f"algorithm {cfg.algorithm!r} learns prompts, not a full classifier; "
                               "ClassifierTrainer runs classifier algorithms such as fedavg-full")
         self.site = site
@@ -414,44 +415,3 @@ class ClassifierTrainer:
             return {"accuracy": float("nan"), "loss": float("nan"), "samples": 0}
         return {"accuracy": float((logits.argmax(-1) == labels).float().mean()) * 100.0,
                 "loss": float(F.cross_entropy(logits, labels)), "samples": int(len(labels))}
-
-
-# ---- site -----------------------------------------------------------------------------------------------------------
-class ClassifierSite(SiteBase):
-    """A site of the full-model baseline: its images and a ClassifierTrainer; the whole model is its state."""
-
-    STATE_KEY = "model"
-
-    def __init__(
-        self,
-        cfg: Config,
-        name: str,
-        manifest: Mapping[str, Any] | None = None,
-        state_dir: str | Path | None = None,
-        progress: bool = True,
-    ):
-        if state_dir is not None and not isinstance(state_dir, (str, os.PathLike)):
-            raise TypeError(f"state_dir must be a folder path or None, got {type(state_dir).__name__} "
-                            "(ClassifierSite takes no backbone; pass state_dir and progress by keyword)")
-        super().__init__(cfg, name, manifest, state_dir)
-        self.trainer = ClassifierTrainer(cfg, self.classnames, site=name)
-        splits: dict[str, ImageDataset | None] = {}
-        for split in ("train", "test"):
-            items = self.split_items(split)
-            splits[split] = self.trainer.make_dataset(items, train=split == "train", progress=progress,
-                                                      desc=f"{name}: decoding {split} images") if items else None
-        if splits["train"] is None or len(splits["train"]) == 0:
-            raise DataError(f"{name}: the manifest gives this site no (readable) training images")
-        self.train_set: ImageDataset = splits["train"]
-        self.test_set: ImageDataset | None = splits["test"] if splits["test"] is not None and len(splits["test"]) \
-            else None
-        self.load_state()
-
-    def state_blob(self, round_idx: int | None = None) -> dict[str, Any]:
-        return {**super().state_blob(round_idx), "arch": self.cfg.classifier.arch}
-
-    def check_state(self, state: Mapping[str, Any]) -> None:
-        arch = state.get("arch")
-        if arch is not None and arch != self.cfg.classifier.arch:
-            raise PayloadError(f"{self.name}: saved state {self.state_path} is for {arch}, the configuration asks "
-                               f"for {self.cfg.classifier.arch}; delete it or use another state folder")

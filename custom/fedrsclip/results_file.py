@@ -1,0 +1,219 @@
+"""The results file of a run, one format for both runners: `fedrsclip_results.json`.
+
+The FLARE server writes it (`fedrsclip.flare.results.ResultsCollector`, in the server's app folder), and so does
+the in-process runner (`fedrsclip run --out`). `ResultsBook` builds it from the sites' round records:
+
+    {"format": 1, "runner": "flare" | "in-process", "algorithm", "backbone", "data", "status", "num_rounds",
+     "sites": [...],
+     "initial": {"sites": {site: evaluation}, "mean_accuracy", "weighted_accuracy"},
+     "rounds": [{"round": r, "sites": {site: {evaluation of the global model after round r (with the site's
+                 private prompt), samples_train, seconds, timings, bytes_up, bytes_down, training metrics} or
+                 {"missing": true, "kind", "error"}}, "missing": [...], "mean_accuracy", "weighted_accuracy"}],
+     "final": {"sites": {...}, ...}, "best": {"round", "weighted_accuracy", "selected_by"} | null,
+     "errors": [{"site", "task", "round", "kind", "error"}]}
+
+An evaluation is `protocol.EVALUATION_KEYS` (accuracy, loss, samples; more metrics go into the same entries).
+Row r's evaluation is measured when a site receives the model after round r: at the start of round r+1 (it
+travels in that round's record, `RoundRecord.received`), or at the final evaluation for the last round.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .protocol import EVALUATION_KEYS, FinalRecord, RoundRecord, site_order, summarize
+
+RESULTS_FILE = "fedrsclip_results.json"
+RESULTS_FORMAT = 1
+SIMULATOR_RESULTS = Path("server") / "simulate_job" / "app_server" / RESULTS_FILE  # under a simulator workspace
+
+
+def find_results(workspace: str | Path) -> Path:
+    """The results file of a run: `workspace` itself if it is the file, the simulator's place under it, else the
+    newest `fedrsclip_results.json` below it (a downloaded job result, a POC server workspace)."""
+    workspace = Path(workspace).expanduser()
+    if workspace.is_file():
+        return workspace
+    if not workspace.is_dir():
+        raise FileNotFoundError(f"{workspace} does not exist; give the workspace of a run (the simulator's -w), "
+                                f"or a {RESULTS_FILE} file")
+    direct = workspace / SIMULATOR_RESULTS
+    if direct.is_file():
+        return direct
+    found = sorted(workspace.rglob(RESULTS_FILE), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no {RESULTS_FILE} under {workspace}: the run did not start, or this is not its "
+                                f"workspace (the simulator writes {SIMULATOR_RESULTS})")
+    return found[-1]
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A results file; ValueError naming the file when it cannot be read or is not one."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the results file {path}: {exc}") from exc
+    if not isinstance(results, dict) or not isinstance(results.get("rounds"), list):
+        raise ValueError(f"{path} is not a fedrsclip results file (no 'rounds' list)")
+    return results
+
+
+def describe_data(data: Any, manifest_path: str | Path | None) -> str:
+    """The data a run used, as the results file says it (`data`: a config.DataConfig). Synthetic data is named in
+    capitals, and reports and tables warn about it."""
+    if data.source == "synthetic":
+        return (f"SYNTHETIC scenes ({data.synthetic_classes} classes, {data.synthetic_per_class}/class, "
+                f"{data.synthetic_size}px, seed {data.synthetic_seed}, {data.synthetic_sites} sites, "
+                f"{data.synthetic_scheme})")
+    return f"manifest {Path(manifest_path).name}" if manifest_path else "manifest"
+
+
+def _evaluation(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: values.get(k) for k in EVALUATION_KEYS}
+
+
+def _ordered(by_site: Mapping[str, Any]) -> dict:
+    return {k: by_site[k] for k in sorted(by_site, key=site_order)}
+
+
+class ResultsBook:
+    """The results of one run as the sites report them; `snapshot()` is the file's content."""
+
+    def __init__(self, runner: str, sites: list[str] | None = None, num_rounds: int | None = None, **info: Any):
+        self.head: dict[str, Any] = {"format": RESULTS_FORMAT, "runner": runner, **info, "started": time.time()}
+        self.sites: list[str] = sorted(sites or [], key=site_order)
+        self.num_rounds = num_rounds
+        self.status = "running"
+        self.rounds: dict[int, dict] = {}  # 1-based round -> {"round", "sites", "missing", "started", "finished"}
+        self.initial: dict[str, dict] = {}
+        self.final: dict[str, dict] = {}
+        self.best: dict | None = None
+        self.errors: list[dict] = []
+
+    # ---- what arrives ----------------------------------------------------------------------------------------------
+    def join(self, site: str) -> None:
+        if site not in self.sites:
+            self.sites = sorted({*self.sites, site}, key=site_order)
+
+    def describe(self, description: Mapping[str, Any] | None, encryption: str | None = None) -> None:
+        """The run's algorithm, backbone and data descriptions (the first that arrive are kept)."""
+        for key, value in {**(description or {}), **({"encryption": encryption} if encryption else {})}.items():
+            self.head.setdefault(key, value)
+
+    def _round(self, rnd: int) -> dict:
+        return self.rounds.setdefault(rnd, {"round": rnd, "sites": {}, "missing": {}})
+
+    def round_started(self, rnd: int) -> None:
+        self.rounds.setdefault(rnd, {"round": rnd, "sites": {}, "missing": {}, "started": time.time()})
+
+    def add_update(self, site: str, record: RoundRecord) -> None:
+        """A site's round: its training entry in round `record.round`, its evaluation of the model it received in
+        the round before (the initial model for round 1)."""
+        self.join(site)
+        self.describe(record.description, record.encryption)
+        rnd = record.round
+        entry = self._round(rnd)
+        entry["sites"].setdefault(site, {}).update(record.results_entry())
+        entry["missing"].pop(site, None)
+        received = _evaluation(record.received)
+        if rnd == 1:
+            self.initial[site] = received
+        else:
+            self._round(rnd - 1)["sites"].setdefault(site, {}).update(received)
+
+    def add_final(self, site: str, record: FinalRecord) -> None:
+        self.join(site)
+        self.final[site] = {**_evaluation(record.received), "seconds": record.seconds,
+                            "final_state": record.final_state}
+
+    def add_error(self, site: str, task: str, rnd: int | None, kind: str, message: str, train: bool) -> None:
+        """A failed task (`train`: a training round, else the final evaluation); the site is missing there."""
+        self.join(site)
+        self.errors.append({"site": site, "task": task, "round": rnd, "kind": kind, "error": message})
+        if train and rnd is not None:
+            self._round(rnd)["missing"][site] = {"missing": True, "kind": kind, "error": message}
+        elif not train:
+            self.final[site] = {"missing": True, "kind": kind, "error": message}
+
+    def reject(self, site: str, rnd: int | None, task: str, reason: str) -> None:
+        """The gate refused a site's update: it does not count in that round."""
+        if isinstance(rnd, int):
+            self.rounds.get(rnd, {}).get("sites", {}).pop(site, None)
+        self.add_error(site, task, rnd, "rejected", reason, train=True)
+
+    def mark_absent(self, rnd: int) -> None:
+        """Every site without an entry in round `rnd` is missing from it."""
+        record = self._round(rnd)
+        for site in self.sites:
+            if site not in record["sites"] and site not in record["missing"]:
+                record["missing"][site] = {"missing": True, "kind": "no_result",
+                                           "error": "no result from this site in this round"}
+
+    def round_done(self, rnd: int) -> dict:
+        self.mark_absent(rnd)
+        record = self._round(rnd)
+        record["finished"] = time.time()
+        return record
+
+    def open_rounds(self) -> list[int]:
+        return [r for r, v in self.rounds.items() if "finished" not in v]
+
+    def finish(self) -> str:
+        """The run's status at its end: finished when every round was done, else incomplete (unless failed)."""
+        if self.status == "running":
+            done = [r for r in self.rounds.values() if "finished" in r]
+            self.status = "finished" if len(done) >= (self.num_rounds or 0) else "incomplete"
+        self.head["ended"] = time.time()
+        return self.status
+
+    def final_best(self) -> tuple[int, float] | None:
+        """(round, weighted accuracy) of the final model when it beats the best so far: the in-time choice never
+        sees the last round's model. Weighted by the last round's training samples, as the in-time choice."""
+        final_sites = {s: r for s, r in self.final.items() if not r.get("missing")}
+        if not final_sites or not self.rounds:
+            return None
+        last = self.rounds.get(max(self.rounds), {}).get("sites", {})
+        weights = {s: (last.get(s, {}).get("samples_train") or 0) for s in final_sites}
+        accs = {s: r["accuracy"] for s, r in final_sites.items() if isinstance(r.get("accuracy"), (int, float))}
+        total = sum(weights[s] for s in accs)
+        if not accs or total <= 0:
+            return None
+        value = sum(accs[s] * weights[s] for s in accs) / total
+        if self.best is not None and self.best.get("weighted_accuracy") is not None \
+                and value <= self.best["weighted_accuracy"]:
+            return None
+        finished = [r for r, v in self.rounds.items() if "finished" in v]
+        return (max(finished) if finished else max(self.rounds)), value
+
+    def consider_best(self, after_round: int, value: float | None, selected_by: str) -> None:
+        """Keep (after_round, value) as the best model when it beats the best so far."""
+        if value is not None and (self.best is None or self.best.get("weighted_accuracy") is None
+                                  or value > self.best["weighted_accuracy"]):
+            self.best = {"round": after_round, "weighted_accuracy": value, "selected_by": selected_by}
+
+    # ---- the file --------------------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        rounds = []
+        for rnd in sorted(self.rounds):
+            src = self.rounds[rnd]
+            sites = {s: dict(v) for s, v in src["sites"].items()}
+            for s, v in src["missing"].items():
+                sites[s] = {**sites.get(s, {}), **v}
+            if rnd == max(self.rounds) and self.final:  # the last round's model, evaluated at the final evaluation
+                for s, v in self.final.items():
+                    if not v.get("missing"):
+                        sites.setdefault(s, {}).update(_evaluation(v))
+            present = {s: v for s, v in sites.items() if not v.get("missing")}
+            rounds.append({"round": rnd, "sites": _ordered(sites), "missing": sorted(src["missing"], key=site_order),
+                           **summarize(present),
+                           **{k: v for k, v in src.items() if k not in ("round", "sites", "missing")}})
+        return {**self.head, "status": self.status, "num_rounds": self.num_rounds, "sites": self.sites,
+                "initial": {"sites": _ordered(self.initial), **summarize(self.initial)},
+                "rounds": rounds,
+                "final": {"sites": _ordered(self.final),
+                          **summarize({s: v for s, v in self.final.items() if not v.get("missing")})},
+                "best": self.best, "errors": self.errors}

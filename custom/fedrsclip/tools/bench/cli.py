@@ -1,0 +1,63 @@
+"""`fedrsclip bench` and `fedrsclip bench --scaling`: the options, and the table then one JSON line on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ...atomic import to_json
+from .common import DEFAULT_IMAGES
+
+def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="measure step speed-up, feature throughput, upload sizes, memory and "
+                                            "FLARE overhead (last stdout line: one JSON object)")
+    p.add_argument("--quick", action="store_true", help="reduced run, under two minutes on 2 CPU cores")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    p.add_argument("--json-out", metavar="FILE", help="also write the figures to this JSON file")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own)")
+    p.add_argument("--images", default=str(DEFAULT_IMAGES), metavar="DIR",
+                   help="UC Merced images to time on (default: %(default)s; synthetic scenes where it is absent)")
+    flare = p.add_mutually_exclusive_group()
+    flare.add_argument("--flare", dest="flare", action="store_true", default=None,
+                       help="run the FLARE simulator job even with --quick")
+    flare.add_argument("--no-flare", dest="flare", action="store_false", help="skip the FLARE simulator job")
+    p.add_argument("--flare-arch", metavar="MODEL", help="open_clip model the FLARE job's sites load, with random "
+                   "weights (default: the job's own; 10 ViT-B-16 sites need ~20 GB of RAM)")
+    p.add_argument("--scaling", action="store_true", help="instead: round time vs classes, images per site and sites "
+                   "(about 10 minutes on 2 CPU cores; with --quick a smoke run); writes scaling.json and scaling.png")
+    p.add_argument("--out-dir", default="workspaces/scaling", help="where --scaling writes (default: %(default)s)")
+    p.set_defaults(func=bench_command)
+    return p
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    if args.scaling:
+        from .scaling import scaling_command
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(int(args.threads))
+        return scaling_command(args.out_dir, args.device, quick=args.quick)
+    from .run import run_bench  # torch, open_clip: only when the bench runs
+
+    if args.json_out and Path(args.json_out).exists() and not _bench_output(Path(args.json_out)):
+        print(f"error: --json-out {args.json_out} exists and is not an earlier bench output: choose another file",
+              file=sys.stderr)
+        return 2
+    from .table import format_table
+
+    results = run_bench(quick=args.quick, device=args.device, out=args.json_out, threads=args.threads,
+                        flare=args.flare, flare_arch=args.flare_arch, images=args.images)
+    print(format_table(results), flush=True)
+    print(to_json(results, indent=None), flush=True)
+    return 0
+
+
+def _bench_output(path: Path) -> bool:
+    try:
+        return "step_speedup_vs_reference" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
