@@ -35,8 +35,12 @@ class ModelConfig:
     context_length: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str | None = None  # where open_clip keeps hub downloads
+    # The prompt-learning text encoder on CUDA: fp32 | bf16 | fp16 (autocast; OT stays fp32). fp32 on the CPU.
+    text_precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.text_precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"model.text_precision must be fp32, bf16 or fp16; got {self.text_precision!r}")
         if self.context_length is not None and isinstance(self.context_length, int) and self.context_length < 2:
             raise ValueError(f"model.context_length must be at least 2 (or null: the weights' own); "
                              f"got {self.context_length!r}")

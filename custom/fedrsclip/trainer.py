@@ -24,6 +24,7 @@ from .features import FeatureSet
 from .losses import class_negatives, dpac_loss, peer_negatives, proximal_term
 from .ot import ot_scores
 from .prompts import PromptLearner, check_texts_fit, class_texts
+from .sgd import SGD
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class PromptTrainer:
         tc = self.cfg.train
         learner = self.model.learner
         params = [p for p in learner.contexts]
-        optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        optimizer = SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)  # torch.optim's, lighter
         anchor = learner.shared_ctx.detach().clone()
         self.round_start_shared = anchor.cpu().numpy().astype(np.float32)  # the received global (round 1: the init)
         peer_feats = None
