@@ -244,3 +244,28 @@ def test_text_precision_setting(caplog):
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, plain, rtol=0.05, atol=0.05)
     assert not torch.equal(mixed, plain)
+
+
+def test_warm_start_with_a_stale_cache_reloads_the_image_tower(synth_manifest, tmp_path, caplog):
+    """Changed images after a warm start: the whole CLIP is loaded for the extraction, then released again."""
+    cfg = tiny_config(cache_dir=tmp_path)
+    cold_site = _site(cfg, synth_manifest)
+    for cached in (tmp_path / "site-1").glob("train-*.pt"):
+        cached.unlink()
+    with caplog.at_level(logging.INFO):
+        warm_site = _site(cfg, synth_manifest)
+    assert "text side only" in caplog.text and "train: extracting features" in caplog.text
+    assert not warm_site.backbone.has_image_tower and isinstance(warm_site.backbone.model, TextTower)
+    assert torch.equal(warm_site.train_set.tokens, cold_site.train_set.tokens)
+
+
+def test_tower_file_that_lies_about_its_weights_stops_the_extraction(synth_manifest, tmp_path):
+    cfg = tiny_config(cache_dir=tmp_path)
+    _site(cfg, synth_manifest)
+    (tower,) = _towers(tmp_path)
+    opened, meta = open_text_tower(tower)
+    spec = spec_of(load_backbone(cfg.model).model, False)
+    save_text_tower(tower, opened, spec, {k: v for k, v in meta.items() if k not in ("format", "spec")}
+                    | {"fingerprint": "fedrsclip-tiny|something else"})
+    with pytest.raises(Exception, match="describes fedrsclip-tiny.something else.*delete the file"):
+        _site(cfg, synth_manifest)  # the caches miss (another fingerprint): reloading shows the lie

@@ -188,8 +188,11 @@ class Backbone:
         self.tokenizer = MemoTokenizer(self.tokenizer_settings, token_memo_path(self.tower_file), self.tokenizer)
         if self.device.type != "cpu":
             return text
-        tower, _ = open_text_tower(self.tower_file, self.device)  # the same weights, now shared through the file
-        return tower
+        try:  # the same weights, now memory-mapped: shared with every process that opens the file
+            return open_text_tower(self.tower_file, self.device)[0]
+        except TextTowerError as exc:
+            log.warning("%s; the text side stays in memory", exc)
+            return text
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
