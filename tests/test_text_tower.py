@@ -140,11 +140,13 @@ def test_warm_start_imports_neither_open_clip_nor_dynamo(synth_manifest, tmp_pat
     _site(cfg, synth_manifest)  # the cold start writes the caches and the tower
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps(synth_manifest))
+    overrides = ["model.arch=fedrsclip-tiny", "model.pretrained=null", "model.random_init=true",
+                 f"data.cache_dir={tmp_path}", f"data.manifest={manifest}"]
     code = (
         "import sys, json\n"
         "from fedrsclip.config import load_config\n"
         "from fedrsclip.site import Site\n"
-        f"cfg = load_config(overrides={json.dumps(['model.arch=fedrsclip-tiny', 'model.pretrained=null', 'model.random_init=true', f'data.cache_dir={tmp_path}', f'data.manifest={manifest}'])})\n"  # noqa: E501
+        f"cfg = load_config(overrides={json.dumps(overrides)})\n"
         "site = Site(cfg, 'site-1', progress=False)\n"
         "site.train_round(None, 0)\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('open_clip', 'torchvision', 'timm') "
@@ -269,3 +271,48 @@ def test_tower_file_that_lies_about_its_weights_stops_the_extraction(synth_manif
                     | {"fingerprint": "fedrsclip-tiny|something else"})
     with pytest.raises(Exception, match="describes fedrsclip-tiny.something else.*delete the file"):
         _site(cfg, synth_manifest)  # the caches miss (another fingerprint): reloading shows the lie
+
+
+def test_warm_start_tokenizes_from_the_memo(synth_manifest, tmp_path, caplog):
+    from fedrsclip.backbone import token_memo_path
+    from fedrsclip.trainer import zero_shot_accuracy
+
+    cfg = tiny_config(cache_dir=tmp_path)
+    cold_site = _site(cfg, synth_manifest)
+    (tower,) = _towers(tmp_path)
+    memo = json.loads(token_memo_path(tower).read_text())
+    assert "X" in memo and "." in memo and len(memo) >= len(cold_site.classnames)
+    warm_site = _site(cfg, synth_manifest)
+    assert warm_site.backbone.tokenizer._tokenizer is None  # CLIP's tokenizer (50 MB) was not built
+    classes = cold_site.classnames
+    assert (zero_shot_accuracy(warm_site.backbone, classes, warm_site.test_set)
+            == zero_shot_accuracy(cold_site.backbone, classes, cold_site.test_set))
+    token_memo_path(tower).write_text('{"X": "not ids"}')
+    with caplog.at_level(logging.WARNING):
+        again = _site(cfg, synth_manifest)
+    assert "token memo" in caplog.text and again.backbone.tokenizer._tokenizer is not None
+    torch.testing.assert_close(again.trainer.model.learner.template, cold_site.trainer.model.learner.template,
+                               rtol=0, atol=0)
+
+
+def test_recipe_covers_every_model_setting(tmp_path):
+    from dataclasses import replace
+
+    from fedrsclip.backbone import tower_recipe
+    from fedrsclip.data.digests import DigestMemo
+
+    memo = DigestMemo(None)
+    base = ModelConfig(arch="ViT-B-16", pretrained="openai")
+    variants = [base, replace(base, pretrained="laion2b_s34b_b88k"), replace(base, arch="ViT-B-32"),
+                replace(base, quick_gelu=True), replace(base, context_length=248),
+                ModelConfig(arch="ViT-B-16", pretrained=None, random_init=True),
+                ModelConfig(arch="ViT-B-16", pretrained=None, random_init=True, init_seed=1)]
+    recipes = [tower_recipe(cfg, memo) for cfg in variants]
+    assert len(set(recipes)) == len(recipes)
+    assert tower_recipe(replace(base, device="cpu", cache_dir="/elsewhere"), memo) == recipes[0]  # not the weights
+    path = tmp_path / "clip.pt"
+    path.write_bytes(b"one")
+    first = tower_recipe(ModelConfig(arch="ViT-B-16", pretrained=str(path), quick_gelu=False), memo)
+    (tmp_path / "open_clip_config.json").write_text("{}")  # fedrsclip.checkpoints reads it: part of the recipe
+    assert tower_recipe(ModelConfig(arch="ViT-B-16", pretrained=str(path), quick_gelu=False), memo) != first
+    assert tower_recipe(ModelConfig(arch="ViT-B-16", pretrained=str(tmp_path / "none.pt")), memo) is None

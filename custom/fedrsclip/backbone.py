@@ -427,7 +427,8 @@ def load_backbone(cfg: ModelConfig, memo: DigestMemo | None = None) -> Backbone:
     tokenizer = open_clip.get_tokenizer(cfg.arch, context_length=context_length)
     tokenizer_settings = {"context_length": context_length,
                           "kwargs": open_clip.get_model_config(cfg.arch)["text_cfg"].get("tokenizer_kwargs") or {},
-                          "sot": getattr(tokenizer, "sot_token_id", None), "eot": getattr(tokenizer, "eot_token_id", None)}
+                          "sot": getattr(tokenizer, "sot_token_id", None),
+                          "eot": getattr(tokenizer, "eot_token_id", None)}
     log.info("Backbone: %s on %s (QuickGELU %s)", description, device, "on" if quick_gelu else "off")
     return Backbone(model, preprocess, tokenizer, device, fingerprint, description, quick_gelu,
                     text_precision=_text_precision(cfg, device), tokenizer_settings=tokenizer_settings)
@@ -454,7 +455,7 @@ def _text_precision(cfg: ModelConfig, device: torch.device) -> str:
 
 
 def _check_tokenizer(tokenizer: Any, settings: dict | None) -> None:
-    """TextTowerError unless `clip_tokenizer(settings)` (what a warm start uses) is the tokenizer the model came with."""
+    """TextTowerError unless `clip_tokenizer(settings)`, what a warm start uses, is the model's own tokenizer."""
     if type(tokenizer).__name__ != "SimpleTokenizer" or settings is None:
         raise TextTowerError(f"its tokenizer is {type(tokenizer).__name__}, not CLIP's BPE tokenizer")
     probe = ["a satellite photo of a dense_residential area.", "Überführung 2,048 \u00e9t\u00e9 '#1!"]

@@ -187,7 +187,8 @@ def spec_of(clip: nn.Module, quick_gelu: bool) -> TextTowerSpec:
                 or list(block.mlp._modules) != ["c_fc", "gelu", "c_proj"]):
             raise refuse(f"a block has other parts ({', '.join(parts)}; mlp: {', '.join(block.mlp._modules)})")
         act = block.mlp.gelu
-        if not (type(act).__name__ == "QuickGELU" if quick_gelu else type(act) is nn.GELU and act.approximate == "none"):
+        plain_gelu = type(act) is nn.GELU and act.approximate == "none"
+        if not (type(act).__name__ == "QuickGELU" if quick_gelu else plain_gelu):
             raise refuse(f"its activation is {type(act).__name__}, not {'QuickGELU' if quick_gelu else 'GELU'}")
         norms += [block.ln_1, block.ln_2]
     if any(type(norm).__name__ != "LayerNorm" for norm in norms):  # open_clip's (casts back), not LayerNormFp32
@@ -247,9 +248,9 @@ def read_tower_meta(path: str | Path) -> dict[str, Any]:
             meta = json.loads((handle.metadata() or {})[META_KEY])
     except Exception as exc:  # safetensors, OSError, JSON, a missing key: all mean "not our file"
         raise TextTowerError(f"text tower file {path} is unreadable ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != TOWER_FORMAT:
-        raise TextTowerError(f"text tower file {path} has format {meta.get('format') if isinstance(meta, dict) else '?'}"
-                             f", this version reads {TOWER_FORMAT}")
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if found != TOWER_FORMAT:
+        raise TextTowerError(f"text tower file {path} has format {found}, this version reads {TOWER_FORMAT}")
     return meta
 
 
