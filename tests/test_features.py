@@ -151,3 +151,30 @@ def test_site_extracts_through_the_manifest_modality(tmp_path):
     assert torch.equal(site.train_set.global_feats, expected.global_feats)
     swir = Site(tiny_config("data.composite=swir", cache_dir=tmp_path / "cache"), "site-1", manifest, progress=False)
     assert not torch.equal(swir.train_set.global_feats, site.train_set.global_feats)
+
+
+def test_throughput_is_logged_without_a_progress_bar(tiny_backbone, synth_manifest, caplog):
+    items = _items(synth_manifest, 5)
+    with caplog.at_level(logging.INFO):
+        extract_features(tiny_backbone, items, progress=False, desc="train features")
+    assert "train features: 5 images in" in caplog.text and "images/s" in caplog.text
+
+
+def test_decoding_workers_give_the_same_features(tiny_backbone, synth_manifest, tmp_path, caplog):
+    items = _items(synth_manifest, 10)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    items = items[:4] + [(broken, 0)] + items[4:]
+    inline = extract_features(tiny_backbone, items, batch_size=4, progress=False, num_workers=0)
+    with caplog.at_level(logging.WARNING):
+        workers = extract_features(tiny_backbone, items, batch_size=4, progress=False, num_workers=2)
+    assert torch.equal(workers.global_feats, inline.global_feats) and torch.equal(workers.tokens, inline.tokens)
+    assert torch.equal(workers.labels, inline.labels) and workers.paths == inline.paths
+    assert workers.skipped == inline.skipped and "broken.png" in caplog.text
+
+
+def test_no_workers_on_the_cpu_some_on_cuda():
+    from fedrsclip.features import decoding_workers
+
+    assert decoding_workers(torch.device("cpu")) == 0
+    assert decoding_workers(torch.device("cuda")) == max(0, min(8, len(os.sched_getaffinity(0)) - 1))

@@ -4,16 +4,23 @@ Local files are read and recognised by `fedrsclip.checkpoints`; the activation (
 guess: it comes from the tag, the recognised format, or model.quick_gelu.
 
 Never falls back to random weights: those need `model.random_init: true`, and the log says so.
+
+A site needs the image tower only until its features are cached (`open_backbone`): a cold start loads the whole
+CLIP, and once the features are extracted (`Backbone.release_image_tower`) keeps only its text side and writes it
+to a text tower file (`fedrsclip.text_tower`); a warm start opens that file alone, memory-mapped, without building
+the CLIP or importing open_clip, and loads the image tower only if an image has to be encoded after all.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,10 +28,15 @@ import torch
 
 from .checkpoints import CheckpointError, kps_length, read_checkpoint, stretch_state_dict
 from .config import ModelConfig
+from .data.digests import DigestMemo, hash_file
+from .text_tower import (TOWER_FORMAT, MemoTokenizer, TextTowerError, check_same_text, clip_tokenizer,
+                         empty_text_tower, open_text_tower, save_text_tower, spec_of, text_tower_of)
 
 log = logging.getLogger(__name__)
 
 TINY_ARCH = "fedrsclip-tiny"  # a small CLIP config shipped with the package, for offline demos and tests
+TOWER_FOLDER = "text-towers"  # under data.cache_dir: one text tower file per backbone recipe (`tower_recipe`)
+_PRECISION = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class BackboneError(RuntimeError):
@@ -52,25 +64,33 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 @dataclass
 class Backbone:
-    """A frozen open_clip model with its preprocessing, tokenizer and a fingerprint of its weights."""
+    """A frozen open_clip model with its preprocessing, tokenizer and a fingerprint of its weights.
 
-    model: Any  # open_clip.CLIP
-    preprocess: Callable
+    `model` is the whole open_clip CLIP, or only its text side (a `fedrsclip.text_tower.TextTower`, same attribute
+    names) after `release_image_tower` or on a warm start; then `preprocess` is None and the image tower is loaded
+    again by `load_image_tower` through `reload`, when there is one.
+    """
+
+    model: Any  # open_clip.CLIP, or a TextTower
+    preprocess: Callable | None  # None without the image tower
     tokenizer: Any
     device: torch.device
     fingerprint: str  # identifies architecture + weights; part of every feature-cache key
     description: str  # for logs and results: "ViT-B-16 (openai weights)" or "... RANDOM weights"
     quick_gelu: bool  # the activation the model was built with
+    preprocess_key: str = ""  # preprocess_signature(preprocess), kept without the image tower: part of the cache key
+    text_precision: str = "fp32"  # model.text_precision: the prompt-learning text encoder's autocast on CUDA
+    tower_file: Path | None = None  # where this backbone's text tower is (or is to be) kept
+    recipe: str | None = None  # what the text tower file is keyed by (`tower_recipe`)
+    tokenizer_settings: dict | None = None  # how `fedrsclip.text_tower.clip_tokenizer` rebuilds `tokenizer`
+    reload: Callable[[], "Backbone"] | None = field(default=None, repr=False)  # the whole CLIP, on demand
+    _text: Any = field(default=None, repr=False)  # the text side in use while a reloaded image tower is held
+
+    def __post_init__(self) -> None:
+        if not self.preprocess_key and self.preprocess is not None:
+            self.preprocess_key = preprocess_signature(self.preprocess)
 
     @property
     def context_length(self) -> int:
@@ -95,9 +115,89 @@ class Backbone:
         """Mixed precision for the frozen encoders on CUDA; OT always runs in fp32."""
         return torch.float16 if self.device.type == "cuda" else None
 
+    @property
+    def text_amp_dtype(self) -> torch.dtype | None:
+        """Autocast dtype of the prompt-learning text encoder (model.text_precision): None (fp32) on the CPU."""
+        return _PRECISION[self.text_precision] if self.device.type == "cuda" else None
+
+    @property
+    def has_image_tower(self) -> bool:
+        return hasattr(self.model, "visual")
+
+    def load_image_tower(self) -> None:
+        """Make sure the image tower is here: on a warm start it is loaded now (the whole CLIP, through `reload`).
+
+        Raises BackboneError when it was released and cannot be reloaded, or when the reloaded CLIP is not the one
+        the text tower file describes.
+        """
+        if self.has_image_tower:
+            return
+        if self.reload is None:
+            raise BackboneError(f"{self.description}: the image tower was released (only the text side is kept); "
+                                "build the backbone with load_backbone to encode images")
+        full = self.reload()
+        if (full.fingerprint, full.preprocess_key) != (self.fingerprint, self.preprocess_key):
+            raise BackboneError(f"the text tower file {self.tower_file} describes {self.fingerprint}, but the "
+                                f"configured model loads as {full.fingerprint} (or preprocesses otherwise): delete "
+                                "the file; it is rewritten at the next start")
+        self._text = self.model  # training keeps using the text side it was given
+        self.model, self.preprocess = full.model, full.preprocess
+
+    def release_image_tower(self) -> None:
+        """Keep only the text side of the CLIP and free the image tower (and the preprocessing).
+
+        The first time for a backbone recipe (`tower_file` set and the model just loaded whole), the text side is
+        written to `tower_file` (a later start opens it instead of the whole CLIP) and, on the CPU, reopened from it,
+        memory-mapped. A text tower that cannot be written is kept in memory, with a warning.
+        """
+        if not self.has_image_tower:
+            return
+        clip, self.preprocess = self.model, None
+        del clip.visual  # freed before the text tower is written (encode_text does not use it)
+        gc.collect()
+        if self._text is not None:
+            self.model, self._text = self._text, None
+        else:
+            self.model = self._write_text_tower(clip)
+        del clip
+        gc.collect()
+        _return_free_memory()
+        log.info("%s: image tower released; the text side stays", self.description)
+
+    def _write_text_tower(self, clip: Any) -> Any:
+        text = text_tower_of(clip)
+        if self.tower_file is None:
+            return text
+        try:
+            spec = spec_of(clip, self.quick_gelu)
+            _check_tokenizer(self.tokenizer, self.tokenizer_settings)
+            rebuilt = empty_text_tower(spec)
+            rebuilt.load_state_dict(text.state_dict(), strict=True, assign=True)
+            rebuilt.requires_grad_(False)  # frozen as the CLIP is: attention takes another kernel for trainable weights
+            rebuilt.attn_mask = rebuilt.attn_mask.to(self.device)
+            check_same_text(rebuilt, clip, spec)
+            meta = {"recipe": self.recipe, "fingerprint": self.fingerprint, "description": self.description,
+                    "quick_gelu": self.quick_gelu, "preprocess": self.preprocess_key,
+                    "tokenizer": self.tokenizer_settings}
+            save_text_tower(self.tower_file, text, spec, meta)
+        except (TextTowerError, OSError) as exc:
+            log.warning("%s: no text tower file (%s); the next start of this site loads the whole CLIP again",
+                        self.description, exc)
+            return text
+        log.info("%s: text tower written to %s for the next start", self.description, self.tower_file)
+        self.tokenizer = MemoTokenizer(self.tokenizer_settings, token_memo_path(self.tower_file), self.tokenizer)
+        if self.device.type != "cpu":
+            return text
+        try:  # the same weights, now memory-mapped: shared with every process that opens the file
+            return open_text_tower(self.tower_file, self.device)[0]
+        except TextTowerError as exc:
+            log.warning("%s; the text side stays in memory", exc)
+            return text
+
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global embeddings [B, E] and projected patch tokens [B, V, E] (after ln_post and the projection)."""
+        self.load_image_tower()
         visual = self.model.visual
         if not hasattr(visual, "output_tokens") or getattr(visual, "proj", None) is None:
             raise BackboneError(
@@ -247,8 +347,10 @@ def _offline_help(cfg: ModelConfig, tag: str, quick_gelu: bool) -> str:
     )
 
 
-def load_backbone(cfg: ModelConfig) -> Backbone:
+def load_backbone(cfg: ModelConfig, memo: DigestMemo | None = None) -> Backbone:
     """Build the configured CLIP, frozen and in eval mode, on CUDA when present.
+
+    memo: remembers a checkpoint file's digest (part of the fingerprint) so that an unchanged file is hashed once.
 
     Weights: random (model.random_init), an open_clip pretrained tag, or a local file (`fedrsclip.checkpoints`:
     OpenAI, Long-CLIP/LRSCLIP with 248 text positions, RemoteCLIP, GeoRSCLIP, SkyCLIP, open_clip files).
@@ -282,20 +384,20 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
             model = _stretched(model, cfg.arch, quick_gelu)
         fingerprint = f"{cfg.arch}|random|seed={cfg.init_seed}|quickgelu={quick_gelu}"
         description = f"{cfg.arch} with RANDOM weights (seed {cfg.init_seed}): not a pretrained CLIP"
-        log.warning("Using a randomly initialised %s (model.random_init: true); accuracy is not meaningful "
-                    "for real data", cfg.arch)
+        _warn_random(cfg)
     else:
         pretrained = cfg.pretrained
         assert pretrained is not None  # validated
         path = Path(os.path.expanduser(pretrained))
-        if path.suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained:
+        if _is_file_setting(pretrained):
             if not path.is_file():
                 raise BackboneError(
                     f"model.pretrained points to {path}, which does not exist: give the path of a CLIP "
                     "checkpoint file (state_dict .pt/.bin/.safetensors, or an OpenAI CLIP archive)"
                 )
             model, preprocess, quick_gelu, family = _load_file(cfg, path, native)
-            fingerprint = f"{cfg.arch}|file={_file_digest(path)}|quickgelu={quick_gelu}"
+            digest = (memo or DigestMemo(None)).file_digest(path)[:16]
+            fingerprint = f"{cfg.arch}|file={digest}|quickgelu={quick_gelu}"
             description = f"{cfg.arch} with weights from {path.name} ({family})"
         else:
             tag_cfg = open_clip.get_pretrained_cfg(cfg.arch, pretrained) or {}
@@ -323,8 +425,127 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
     for param in model.parameters():
         param.requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(cfg.arch, context_length=context_length)
+    tokenizer_settings = {"context_length": context_length,
+                          "kwargs": open_clip.get_model_config(cfg.arch)["text_cfg"].get("tokenizer_kwargs") or {},
+                          "sot": getattr(tokenizer, "sot_token_id", None),
+                          "eot": getattr(tokenizer, "eot_token_id", None)}
     log.info("Backbone: %s on %s (QuickGELU %s)", description, device, "on" if quick_gelu else "off")
-    return Backbone(model, preprocess, tokenizer, device, fingerprint, description, quick_gelu)
+    return Backbone(model, preprocess, tokenizer, device, fingerprint, description, quick_gelu,
+                    text_precision=_text_precision(cfg, device), tokenizer_settings=tokenizer_settings)
+
+
+def _return_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc keeps freed memory for reuse): the image tower's."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused by this process instead
+        log.debug("malloc_trim is not available here")
+
+
+def _warn_random(cfg: ModelConfig) -> None:
+    log.warning("Using a randomly initialised %s (model.random_init: true); accuracy is not meaningful for real data",
+                cfg.arch)
+
+
+def _text_precision(cfg: ModelConfig, device: torch.device) -> str:
+    if cfg.text_precision != "fp32" and device.type != "cuda":
+        log.warning("model.text_precision is %s, but the text encoder runs on %s: it runs in fp32 there",
+                    cfg.text_precision, device)
+    return cfg.text_precision
+
+
+def _check_tokenizer(tokenizer: Any, settings: dict | None) -> None:
+    """TextTowerError unless `clip_tokenizer(settings)`, what a warm start uses, is the model's own tokenizer."""
+    if type(tokenizer).__name__ != "SimpleTokenizer" or settings is None:
+        raise TextTowerError(f"its tokenizer is {type(tokenizer).__name__}, not CLIP's BPE tokenizer")
+    probe = ["a satellite photo of a dense_residential area.", "Überführung 2,048 \u00e9t\u00e9 '#1!"]
+    rebuilt = clip_tokenizer(settings["context_length"], settings["kwargs"])
+    if not torch.equal(rebuilt(probe), tokenizer(probe)):
+        raise TextTowerError("its tokenizer is not the one open_clip's SimpleTokenizer gives with these settings")
+
+
+def _package_config(arch: str) -> bytes:
+    """The package's own model config of `arch` (fedrsclip-tiny), if it is one: part of a tower recipe."""
+    entry = resources.files("fedrsclip") / "model_configs" / f"{arch}.json"
+    return entry.read_bytes() if entry.is_file() else b""
+
+
+def tower_recipe(cfg: ModelConfig, memo: DigestMemo) -> str | None:
+    """sha256 of everything that decides what `load_backbone(cfg)` builds, computed without building it.
+
+    Covers the model settings (arch, weights, seed, activation, context length), the versions of open_clip and torch,
+    the package's own model config and, for a checkpoint file, its path, its content (remembered in `memo`) and the
+    open_clip_config.json beside it, which `fedrsclip.checkpoints` reads. None when the file is missing (loading
+    then stops with the error).
+    """
+    parts: dict[str, Any] = {
+        "format": TOWER_FORMAT, "open_clip": metadata.version("open_clip_torch"), "torch": torch.__version__,
+        "arch": cfg.arch, "random_init": cfg.random_init, "init_seed": cfg.init_seed if cfg.random_init else None,
+        "pretrained": cfg.pretrained, "quick_gelu": cfg.quick_gelu, "context_length": cfg.context_length,
+        "package_config": hashlib.sha256(_package_config(cfg.arch)).hexdigest(),
+    }
+    if not cfg.random_init and cfg.pretrained and _is_file_setting(cfg.pretrained):
+        path = Path(os.path.expanduser(cfg.pretrained)).resolve()
+        if not path.is_file():
+            return None
+        hub = path.parent / "open_clip_config.json"
+        parts.update(pretrained=str(path), file=memo.file_digest(path),
+                     hub_config=hash_file(hub) if hub.is_file() else None)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _is_file_setting(pretrained: str) -> bool:
+    """model.pretrained names a file (rather than an open_clip tag)."""
+    return Path(pretrained).suffix in CHECKPOINT_SUFFIXES or os.sep in pretrained
+
+
+def open_backbone(cfg: ModelConfig, cache_dir: str | Path) -> Backbone:
+    """The backbone of a site whose features live in `cache_dir`: only the text side when it can.
+
+    Warm (a text tower file for this recipe, `tower_recipe`, in `<cache_dir>/text-towers/`): the text tower,
+    memory-mapped, and the fingerprint and preprocessing signature the file records, without building the CLIP or
+    importing open_clip; `load_image_tower` loads the whole CLIP if an image has to be encoded after all.
+    Cold: `load_backbone(cfg)`; `release_image_tower` then writes the file. An unreadable file is ignored with a
+    warning and rewritten. Raises what `load_backbone` raises.
+    """
+    memo = DigestMemo(cache_dir)  # remembers the checkpoint file's digest: a warm start does not hash it
+    recipe = tower_recipe(cfg, memo)
+    memo.save()
+    path = Path(cache_dir) / TOWER_FOLDER / f"{_base_arch(cfg.arch)}-{recipe[:16]}.safetensors" if recipe else None
+    if path is not None and path.is_file():
+        try:
+            return _warm_backbone(cfg, path, recipe, memo)
+        except TextTowerError as exc:
+            log.warning("%s: loading the whole CLIP instead; the file is rewritten after this start", exc)
+    backbone = load_backbone(cfg, memo)
+    memo.save()
+    backbone.tower_file, backbone.recipe = path, recipe
+    backbone.reload = lambda: load_backbone(cfg, memo)  # after release_image_tower, should an image come later
+    return backbone
+
+
+def token_memo_path(tower_file: Path) -> Path:
+    """The token memo (`fedrsclip.text_tower.MemoTokenizer`) that belongs to a text tower file."""
+    return tower_file.with_suffix(".tokens.json")
+
+
+def _warm_backbone(cfg: ModelConfig, path: Path, recipe: str, memo: DigestMemo) -> Backbone:
+    device = resolve_device(cfg.device)
+    tower, meta = open_text_tower(path, device)
+    if meta.get("recipe") != recipe:
+        raise TextTowerError(f"text tower file {path} was written for another model configuration")
+    try:
+        tokenizer = MemoTokenizer(meta["tokenizer"], token_memo_path(path))
+        backbone = Backbone(tower, None, tokenizer, device, meta["fingerprint"], meta["description"],
+                            bool(meta["quick_gelu"]), preprocess_key=meta["preprocess"],
+                            text_precision=_text_precision(cfg, device), tower_file=path, recipe=recipe,
+                            reload=lambda: load_backbone(cfg, memo), tokenizer_settings=meta["tokenizer"])
+    except (KeyError, TypeError) as exc:
+        raise TextTowerError(f"text tower file {path} lacks {exc}") from exc
+    if cfg.random_init:
+        _warn_random(cfg)
+    log.info("Backbone: %s on %s, text side only (memory-mapped from %s)", backbone.description, device, path)
+    return backbone
 
 
 def preprocess_signature(preprocess: Callable) -> str:

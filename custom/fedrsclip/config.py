@@ -38,6 +38,8 @@ class ModelConfig:
     context_length: int | None = ranged(None, "[2, inf)")
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     cache_dir: str | None = None  # where open_clip keeps hub downloads
+    # The prompt-learning text encoder on CUDA: fp32 | bf16 | fp16 (autocast; OT stays fp32). fp32 on the CPU.
+    text_precision: str = "fp32"
 
 
 @dataclass
@@ -164,6 +166,7 @@ class Config:
             raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose one of: {', '.join(ALGORITHMS)}")
         _choice("prompt.class_position", self.prompt.class_position, ("middle", "end", "front"))
         _choice("dpac.negatives", self.dpac.negatives, ("classes", "peers"))
+        _choice("model.text_precision", self.model.text_precision, ("fp32", "bf16", "fp16"))
         for section in fields(self):  # every numeric setting against the range declared next to it
             if dataclasses.is_dataclass(value := getattr(self, section.name)):
                 try:

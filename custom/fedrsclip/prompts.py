@@ -91,27 +91,36 @@ def check_texts_fit(tokenizer, texts: Sequence[str], classnames: Sequence[str], 
 
 
 class TextEncoder(nn.Module):
-    """The frozen CLIP text tower applied to token embeddings instead of token ids."""
+    """The frozen CLIP text tower applied to token embeddings instead of token ids.
 
-    def __init__(self, clip: nn.Module):
+    `clip` is an open_clip CLIP or its text side alone (`fedrsclip.text_tower.TextTower`). `amp_dtype` (bf16 or
+    fp16; model.text_precision, CUDA only) runs the tower under autocast; the features come out in fp32 either way,
+    so what follows (the OT, the losses) stays fp32.
+    """
+
+    def __init__(self, clip: nn.Module, amp_dtype: torch.dtype | None = None):
         super().__init__()
         self.transformer = clip.transformer
         self.positional_embedding = clip.positional_embedding
         self.ln_final = clip.ln_final
         self.text_projection = clip.text_projection
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.amp_dtype = amp_dtype
 
     def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        """embeddings [N, L, W] with L >= max(eot_index) + 1 -> text features [N, E]."""
-        length = embeddings.shape[1]
-        x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
-        mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
-        x = self.transformer(x, attn_mask=mask)
-        x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
-        if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(x)
-        return x @ self.text_projection
+        """embeddings [N, L, W] with L >= max(eot_index) + 1 -> text features [N, E] (fp32)."""
+        with torch.autocast(embeddings.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            length = embeddings.shape[1]
+            x = embeddings + self.positional_embedding[:length].to(embeddings.dtype)
+            mask = self.attn_mask[:length, :length] if self.attn_mask is not None else None
+            x = self.transformer(x, attn_mask=mask)
+            x = self.ln_final(x)
+            x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+            if isinstance(self.text_projection, nn.Linear):
+                x = self.text_projection(x)
+            else:
+                x = x @ self.text_projection
+        return x.float()
 
 
 def _class_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -197,7 +206,7 @@ class PromptLearner(nn.Module):
         # Every site draws the same shared init (same seed); the private one is the site's own.
         self.shared_ctx = nn.Parameter(init_ctx(seed))
         self.private_ctx = nn.Parameter(init_ctx(seed + 1 if private_seed is None else private_seed)) if dual else None
-        self.text_encoder = TextEncoder(clip)
+        self.text_encoder = TextEncoder(clip, backbone.text_amp_dtype)
 
     @property
     def contexts(self) -> list[torch.Tensor]:

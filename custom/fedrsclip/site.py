@@ -21,7 +21,7 @@ import torch
 
 from .algorithms import Algorithm, get_algorithm
 from .atomic import atomic_torch_save, atomic_write
-from .backbone import Backbone, load_backbone
+from .backbone import Backbone, load_backbone, open_backbone
 from .config import Config
 from .data.composite import settings_from_config
 from .data.errors import DataError
@@ -205,7 +205,7 @@ class PromptSite(Site):
     def __init__(self, cfg: Config, name: str, manifest: Mapping[str, Any] | None = None,
                  backbone: Backbone | None = None, state_dir: str | Path | None = None, progress: bool = True):
         super().__init__(cfg, name, manifest, state_dir)
-        self.backbone = backbone or load_backbone(cfg.model)
+        self.backbone = backbone or open_backbone(cfg.model, cfg.data.cache_dir)  # warm: the text side only
         cache_dir = Path(cfg.data.cache_dir) / name
         splits = {}
         for split in ("train", "test"):
@@ -213,6 +213,8 @@ class PromptSite(Site):
             splits[split] = cached_features(self.backbone, items, cache_dir, split, progress=progress,
                                             image=settings_from_config(cfg.data, self.manifest.get("modality"))) \
                 if items else None
+        if backbone is None:  # this site's own CLIP: the image tower is no longer needed
+            self.backbone.release_image_tower()
         if splits["train"] is None:
             raise DataError(f"{name}: the manifest gives this site no training images")
         self.train_set: FeatureSet = splits["train"]

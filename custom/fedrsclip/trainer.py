@@ -25,6 +25,7 @@ from .losses import dpac_loss, dpac_loss_classes, peer_negatives, proximal_term
 from .ot import ot_scores
 from .prompts import PromptLearner, check_texts_fit, class_texts
 from .protocol import Payload, PayloadError, RoundResult, site_seed
+from .sgd import SGD
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class PromptTrainer:
         tc = self.cfg.train
         learner = self.model.learner
         params = [p for p in learner.contexts]
-        optimizer = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        optimizer = SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)  # torch.optim's, lighter
         anchor = learner.shared_ctx.detach().clone()
         self.round_start_shared = anchor.cpu().numpy().astype(np.float32)  # the received global (round 1: the init)
         peer_feats = None
