@@ -16,6 +16,7 @@ import numpy as np
 
 from ...protocol import site_order
 from .cells import Record, column_key, columns, number, select
+from .run_table import caveat
 from .tables import LABELS
 
 DPI = 110
@@ -104,16 +105,22 @@ def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], colu
     return path
 
 
-def confusion_matrix(record: Record, path: Path) -> Path | None:
-    """Summed over the cell's sites: row-normalised colours, counts written in the cells."""
-    sites = [p for p in (record.get("site_predictions") or {}).values() if p.get("confusion")]
-    if not sites:
-        return None
-    classes = sites[0]["classes"]
-    counts = np.sum([np.asarray(p["confusion"]) for p in sites], axis=0)
+def stamp(fig: plt.Figure, note: str | None) -> None:
+    """Write `note` (the synthetic/random caveat) across the top of the figure, in the image itself: a PNG is
+    shown and shared without the report around it."""
+    if note:
+        fig.text(0.5, 0.995, f"{note.upper()}", ha="center", va="top", fontsize=9, fontweight="bold",
+                 color="white", bbox={"facecolor": MISTAKE, "edgecolor": "none", "pad": 3})
+
+
+def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str, path: Path,
+                     note: str | None = None) -> Path:
+    """A confusion matrix [true][predicted]: row-normalised colours, counts written in the cells (up to 31
+    classes); `note`: a caveat stamped on the image."""
+    counts = np.asarray(counts)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = max(5.0, 0.45 * len(classes) + 2.5)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = plt.subplots(figsize=(size + 1, size + (0.3 if note else 0)))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     if len(classes) <= 31:
         for i in range(len(classes)):
@@ -125,14 +132,26 @@ def confusion_matrix(record: Record, path: Path) -> Path | None:
     ax.set_yticks(range(len(classes)), classes, fontsize=8)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    cell = record["cell"]
-    ax.set_title(f"Confusion matrix: {_label(cell['algorithm'])}, {cell['column']} sites, seed {cell['seed']}\n"
-                 f"summed over {len(sites)} sites' test splits ({int(counts.sum())} images)", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if note else 1))
+    stamp(fig, note)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def confusion_matrix(record: Record, path: Path) -> Path | None:
+    """Summed over the cell's sites: row-normalised colours, counts written in the cells."""
+    sites = [p for p in (record.get("site_predictions") or {}).values() if p.get("confusion")]
+    if not sites:
+        return None
+    counts = np.sum([np.asarray(p["confusion"]) for p in sites], axis=0)
+    cell = record["cell"]
+    return confusion_figure(counts, sites[0]["classes"],
+                            f"Confusion matrix: {_label(cell['algorithm'])}, {cell['column']} sites, seed "
+                            f"{cell['seed']}\nsummed over {len(sites)} sites' test splits ({int(counts.sum())} "
+                            "images)", path, caveat(record.get("results") or {}))
 
 
 def _classes_to_show(classes: Sequence[str], limit: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from ...protocol import site_order
@@ -19,10 +20,29 @@ def _cell(record: Mapping[str, Any] | None) -> str:
     return f"{acc:.1f}" if acc is not None else "?"
 
 
+_OLD_RANDOM = re.compile(r"^\S+ with RANDOM weights \(seed \d+\)")  # what load_backbone wrote before `weights`
+_OLD_SYNTHETIC = re.compile(r"^SYNTHETIC scenes \(")  # what describe_data writes for data.source: synthetic
+
+
+def is_random(results: Mapping[str, Any]) -> bool:
+    """The run's CLIP had random weights: as recorded (`weights`, from how they were loaded), or for a results
+    file from before that field, the exact description `load_backbone` writes for model.random_init."""
+    if "weights" in results:
+        return results["weights"] == "random"
+    return bool(_OLD_RANDOM.match(str(results.get("backbone", ""))))
+
+
+def is_synthetic(results: Mapping[str, Any]) -> bool:
+    """The run's data was generated (data.source: synthetic), as recorded, or as `describe_data` words it."""
+    if "data_source" in results:
+        return results["data_source"] == "synthetic"
+    return bool(_OLD_SYNTHETIC.match(str(results.get("data", ""))))
+
+
 def caveat(results: Mapping[str, Any]) -> str | None:
-    """The warning a run on synthetic data and/or a random-weight CLIP needs, or None."""
-    synthetic = "SYNTHETIC" in str(results.get("data", "")).upper()
-    random = "RANDOM" in str(results.get("backbone", "")).upper()
+    """The warning a run on synthetic data and/or a random-weight CLIP needs, or None. From what the run
+    recorded about its weights and data, never from a file's name."""
+    synthetic, random = is_synthetic(results), is_random(results)
     if synthetic and random:
         return CAVEAT
     if synthetic:
