@@ -23,7 +23,7 @@ from .factory import load_shared, make_site
 from .protocol import (SHARED, ContributionError, FinalRecord, Gate, Payload, Update, check_update, payload_nbytes,
                        site_order, weighted_mean)
 from .results_file import ResultsBook
-from .zeroshot import pool as pool_zero_shot
+from .zeroshot import chance_warning, pool as pool_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
     results = book.snapshot()
     zero_shot = pool_zero_shot([site.zero_shot() for site in sites if site.test_set is not None])
     if zero_shot:  # over every site's test split (the per-class parts stay in the sites' predictions)
-        results["zero_shot"] = {k: zero_shot[k] for k in ("accuracy", "samples", "prompt", "chance")}
+        results["zero_shot"] = {**{k: zero_shot[k] for k in ("accuracy", "samples", "prompt", "chance")},
+                                "warning": chance_warning(zero_shot, "the sites' test splits")}
     return results
 
 

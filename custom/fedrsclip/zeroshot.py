@@ -9,16 +9,17 @@ which on a labelled split means random weights, a wrong class list, or class nam
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .backbone import Backbone
 from .config import ConfigError
-from .features import FeatureSet
-from .prompts import check_texts_fit, class_texts
+
+if TYPE_CHECKING:  # torch only where a model runs: reports and the server read results with the rest
+    import torch
+
+    from .backbone import Backbone
+    from .features import FeatureSet
 
 DEFAULT_TEMPLATE = "a satellite photo of {}."  # LRSCLIP's, with the sentence's full stop as CLIP's templates have
 CHANCE_LEVEL = 0.01  # one-sided binomial test: above chance when P(X >= correct | chance) is below this
@@ -34,19 +35,24 @@ def template_text(template: str) -> str:
     return text
 
 
-@torch.no_grad()
 def zero_shot_predict(backbone: Backbone, classnames: Sequence[str], features: FeatureSet,
                       template: str = DEFAULT_TEMPLATE, descriptions: Mapping[str, str] | None = None) -> torch.Tensor:
     """Predicted class [N] of each image: the highest cosine similarity between its global embedding and the
     encoded `template` of each class. A class's text is its description from `descriptions`
     (`fedrsclip.prompts.load_class_descriptions`), else its name with '_' as spaces, the text the learned prompts
     use. A text over the encoder's context stops with the class and the limit (ConfigError) instead of being cut."""
+    import torch
+    import torch.nn.functional as F
+
+    from .prompts import check_texts_fit, class_texts
+
     template = template_text(template)
     texts = [template.format(t) for t in class_texts(list(classnames), descriptions)]
     check_texts_fit(backbone.tokenizer, texts, list(classnames), backbone.context_length)
-    text = F.normalize(backbone.encode_text(texts).float(), dim=-1).cpu()
-    image = F.normalize(features.global_feats.float(), dim=-1)
-    return (image @ text.T).argmax(-1)
+    with torch.no_grad():
+        text = F.normalize(backbone.encode_text(texts).float(), dim=-1).cpu()
+        image = F.normalize(features.global_feats.float(), dim=-1)
+        return (image @ text.T).argmax(-1)
 
 
 def zero_shot_accuracy(backbone: Backbone, classnames: Sequence[str], features: FeatureSet,

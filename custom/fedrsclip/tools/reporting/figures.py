@@ -4,6 +4,7 @@ mistakes in red)."""
 
 from __future__ import annotations
 
+import logging
 import statistics
 from pathlib import Path
 from typing import Sequence
@@ -19,12 +20,20 @@ from .cells import Record, column_key, columns, number, select
 from .run_table import caveat
 from .tables import LABELS
 
+log = logging.getLogger(__name__)
+
 DPI = 110
 MISTAKE = "#d62728"
 
 
 def _label(algorithm: str) -> str:
     return LABELS.get(algorithm, algorithm)
+
+
+def _note(records: Sequence[Record]) -> str | None:
+    """The caveat of the runs behind a figure (each distinct one), or None."""
+    notes = sorted({n for n in (caveat(r.get("results") or {}) for r in records) if n})
+    return "; ".join(notes) or None
 
 
 def _curve(record: Record) -> list[float | None]:
@@ -68,10 +77,12 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
                 handles.append(h)
                 labels.append(l)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    note = _note(cells)
     fig.suptitle("Accuracy of the global model per round\n(each site on its own test split, test-sample weighted; "
-                 "mean over seeds, band: min-max)", fontsize=10)
+                 "mean over seeds, band: min-max)", fontsize=10, y=0.95 if note else 0.98)
     rows = (len(labels) + 4) // 5
-    fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))
+    fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 0.94 if note else 1))
+    stamp(fig, note)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -99,7 +110,9 @@ def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], colu
     ax.set_title(f"Per-site accuracy, {column} sites, {partition} (mean over seeds)")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    note = _note(cells)
+    fig.tight_layout(rect=(0, 0, 1, 0.94 if note else 1))
+    stamp(fig, note)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -160,9 +173,25 @@ def _classes_to_show(classes: Sequence[str], limit: int) -> list[int]:
     return sorted({round(i) for i in np.linspace(0, len(classes) - 1, limit)})
 
 
+def _image_settings(record: Record, path: str):
+    """What the encoder saw of `path` in this cell: its data.* settings (composite, scaling) and the file's
+    modality, as feature extraction renders it."""
+    from ...config import load_config
+    from ...data.composite import settings_from_config
+    from ...data.images import detect_modality
+
+    data = [o for o in (record.get("settings") or {}).get("overrides") or [] if o.strip().startswith("data.")]
+    return settings_from_config(load_config(overrides=data).data, detect_modality(path))
+
+
 def prediction_grid(record: Record, path: Path, max_sites: int = 10, max_classes: int = 6) -> Path | None:
-    """Rows: true classes; columns: sites; each image captioned with its predicted class, mistakes framed red."""
-    from PIL import Image
+    """Rows: true classes; columns: sites; each image captioned with its predicted class, mistakes framed red.
+    Each image is shown as the encoder saw it (`fedrsclip.data.images.load_rgb`: rasters, 16-bit images and
+    band-per-file patches rendered with the cell's settings, the pixel cap applied)."""
+    import warnings
+
+    from ...data.errors import ImageReadError
+    from ...data.images import load_rgb
 
     predictions = record.get("site_predictions") or {}
     sites = sorted((s for s, p in predictions.items() if p.get("samples")), key=site_order)[:max_sites]
@@ -189,10 +218,13 @@ def prediction_grid(record: Record, path: Path, max_sites: int = 10, max_classes
                 ax.set_axis_off()
                 continue
             try:
-                with Image.open(sample["path"]) as image:
-                    ax.imshow(np.asarray(image.convert("RGB")))
-            except OSError:
-                ax.text(0.5, 0.5, "image\nnot found", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+                with warnings.catch_warnings():  # near-black or saturated: extraction already said so
+                    warnings.simplefilter("ignore")
+                    ax.imshow(np.asarray(load_rgb(sample["path"], _image_settings(record, sample["path"]))))
+            except (ImageReadError, OSError) as exc:
+                ax.text(0.5, 0.5, "image not\nreadable here", ha="center", va="center", fontsize=7,
+                        transform=ax.transAxes)
+                log.warning("prediction grid: %s", exc)
             wrong = sample["predicted"] != sample["true"]
             for spine in ax.spines.values():
                 spine.set_edgecolor(MISTAKE if wrong else "#bbbbbb")
@@ -200,9 +232,11 @@ def prediction_grid(record: Record, path: Path, max_sites: int = 10, max_classes
             ax.text(0.5, 1.02, classes[sample["predicted"]], transform=ax.transAxes, ha="center", va="bottom",
                     fontsize=7, color=MISTAKE if wrong else "black", fontweight="bold" if wrong else "normal")
     cell = record["cell"]
+    note = caveat(record.get("results") or {})
     fig.suptitle(f"Predictions of {_label(cell['algorithm'])}, {cell['column']} sites, seed {cell['seed']}\n"
-                 "rows: true class; caption: predicted; red frame: mistake", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+                 "rows: true class; caption: predicted; red frame: mistake", fontsize=8, y=0.97 if note else 0.98)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.75 if note else 0.45) / fig.get_figheight()))
+    stamp(fig, note)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -217,3 +251,86 @@ def showcase(records: Sequence[Record], algorithms: Sequence[str], partition: st
         if mine:
             return max(mine, key=lambda r: (column_key(r["cell"]["column"]), -r["cell"]["seed"]))
     return None
+
+
+# ---- one run (fedrsclip report WORKSPACE) ----------------------------------------------------------------------------
+def _run_title(results: dict) -> str:
+    where = "in-process" if results.get("runner") == "in-process" else "FLARE"
+    return (f"{_label(str(results.get('algorithm', '?')))} ({where}), {len(results.get('sites') or [])} sites; "
+            f"{results.get('backbone', '?')}")
+
+
+def run_accuracy_per_round(results: dict, path: Path) -> Path | None:
+    """Accuracy per round of one run: each site (thin lines), the mean and the test-sample-weighted mean (thick);
+    round 0 is the initial model. None when no round has an accuracy."""
+    rounds = results.get("rounds") or []
+    sites = list(results.get("sites") or sorted({s for r in rounds for s in r.get("sites", {})}, key=site_order))
+    points = [(0, results.get("initial") or {})] + [(r.get("round"), r) for r in rounds]
+    if not any(number(p.get("weighted_accuracy")) is not None for _, p in points):
+        return None
+    note = caveat(results)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6 + (0.3 if note else 0)))
+    for site in sites:
+        xs = [x for x, p in points if number(((p.get("sites") or {}).get(site) or {}).get("accuracy")) is not None]
+        ys = [number(((p.get("sites") or {}).get(site) or {}).get("accuracy")) for x, p in points if x in xs]
+        ax.plot(xs, ys, color="#999999", linewidth=0.8, alpha=0.6)
+    for key, label, style in (("mean_accuracy", "mean over sites", "--"), ("weighted_accuracy",
+                                                                             "test-sample weighted", "-")):
+        xs = [x for x, p in points if number(p.get(key)) is not None]
+        ax.plot(xs, [number(p[key]) for x, p in points if x in xs], style, marker="o", markersize=4, linewidth=2,
+                label=label)
+    ax.plot([], [], color="#999999", linewidth=0.8, label="each site")
+    zero_shot = number((results.get("zero_shot") or {}).get("accuracy"))
+    if zero_shot is not None:
+        ax.axhline(zero_shot, color="#2ca02c", linestyle=":", label=f"zero-shot CLIP ({zero_shot:.1f}%)")
+    ax.set_xlabel("round (0: initial model)")
+    ax.set_ylabel("accuracy (%) on each site's own test split")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"Accuracy of the global model per round\n{_run_title(results)}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.95 if note else 1))
+    stamp(fig, note)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def run_per_site_accuracy(results: dict, path: Path) -> Path | None:
+    """Each site's accuracy of the initial and of the final global model (with its private prompt where the
+    algorithm has one), on its own test split, with its test-image count. None when there is no final value."""
+    rounds = results.get("rounds") or []
+    final = (results.get("final") or {}).get("sites") or (rounds[-1].get("sites") if rounds else {}) or {}
+    initial = (results.get("initial") or {}).get("sites") or {}
+    sites = [s for s in (results.get("sites") or sorted(final, key=site_order))
+             if number((final.get(s) or {}).get("accuracy")) is not None]
+    if not sites:
+        return None
+    note = caveat(results)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(sites) + 2.5), 4.4 + (0.3 if note else 0)))
+    x = np.arange(len(sites))
+    before = [number((initial.get(s) or {}).get("accuracy")) for s in sites]
+    after = [number(final[s]["accuracy"]) for s in sites]
+    ax.bar(x - 0.2, [np.nan if v is None else v for v in before], 0.4, label="initial model", color="#bbbbbb")
+    bars = ax.bar(x + 0.2, after, 0.4, label="final model")
+    for bar, site in zip(bars, sites):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"n={final[site].get('samples')}",
+                ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, sites, rotation=45 if len(sites) > 10 else 0)
+    ax.set_ylabel("accuracy (%) on the site's own test split")
+    ax.set_title(f"Per-site accuracy (n: the site's test images)\n{_run_title(results)}", fontsize=9)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout(rect=(0, 0, 1, 0.95 if note else 1))
+    stamp(fig, note)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def run_figures(results: dict, folder: Path, prefix: str = "") -> list[Path]:
+    """The figures of one run written into `folder` (`prefix` + accuracy_per_round.png, per_site_accuracy.png)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = [run_accuracy_per_round(results, folder / f"{prefix}accuracy_per_round.png"),
+            run_per_site_accuracy(results, folder / f"{prefix}per_site_accuracy.png")]
+    return [p for p in made if p is not None]
