@@ -87,7 +87,8 @@ def run_zeroshot(cfg: Config, manifest_path: str | Path, out: str | Path, templa
                "split": split, "classes": classes, "class_descriptions": cfg.prompt.class_descriptions,
                "backbone": backbone.description, "weights": backbone.weights, "data_source": "manifest",
                "skipped": [list(s) for s in features.skipped], **result,
-               "warning": chance_warning(result, f"the manifest's {split} images")}
+               "warning": chance_warning(result, "all images of the manifest" if split == "all" else
+                                         f"the manifest's {split} images")}
     atomic_write_json(out, results)
     results["figure"] = str(write_figure(results, figure_path(out)))
     return results
@@ -101,7 +102,7 @@ def write_figure(results: dict[str, Any], path: Path) -> Path:
     title = (f"Zero-shot {results['backbone']}: {results['accuracy']:.1f}% top-1 on {results['samples']} images "
              f"({results['split']})\nprompt \"{results['prompt'].format('{class}')}\"; chance "
              f"{results['chance']:.1f}%; rows: true class (its accuracy)")
-    return confusion_figure(results["confusion"], labels, title, path, caveat(results))
+    return confusion_figure(results["confusion"], results["classes"], title, path, caveat(results), row_labels=labels)
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -127,9 +127,9 @@ def stamp(fig: plt.Figure, note: str | None) -> None:
 
 
 def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str, path: Path,
-                     note: str | None = None) -> Path:
+                     note: str | None = None, row_labels: Sequence[str] | None = None) -> Path:
     """A confusion matrix [true][predicted]: row-normalised colours, counts written in the cells (up to 31
-    classes); `note`: a caveat stamped on the image."""
+    classes); `note`: a caveat stamped on the image; `row_labels`: the true classes' labels (default `classes`)."""
     counts = np.asarray(counts)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = max(5.0, 0.45 * len(classes) + 2.5)
@@ -142,7 +142,7 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str, pat
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if rates[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_yticks(range(len(classes)), row_labels or classes, fontsize=8)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
