@@ -197,10 +197,11 @@ class ResultsBook:
         return [r for r, v in self.rounds.items() if "finished" not in v]
 
     def finish(self) -> str:
-        """The run's status at its end: finished when every round was done, else incomplete (unless failed)."""
+        """The run's status at its end: finished when its last round was done (a resumed run starts after the
+        earlier run's rounds), else incomplete (unless failed)."""
         if self.status == "running":
-            done = [r for r in self.rounds.values() if "finished" in r]
-            self.status = "finished" if len(done) >= (self.num_rounds or 0) else "incomplete"
+            done = [r for r, v in self.rounds.items() if "finished" in v]
+            self.status = "finished" if max(done, default=0) >= (self.num_rounds or 0) else "incomplete"
         self.head["ended"] = time.time()
         return self.status
 

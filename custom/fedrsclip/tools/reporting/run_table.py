@@ -77,7 +77,8 @@ def timing_lines(rounds: list[Mapping[str, Any]]) -> list[str]:
             plain.append((rnd, seconds))
     if plain:
         low, high = min(s for _, s in plain), max(s for _, s in plain)
-        rounds_text = f"round {plain[0][0]}" if len(plain) == 1 else f"{len(plain)} other rounds"
+        other = " other" if len(plain) < len(slowest) else ""
+        rounds_text = f"round {plain[0][0]}" if len(plain) == 1 else f"the{other} {len(plain)} rounds"
         out.append(f"  {rounds_text}: {low:.1f}" + (f" to {high:.1f}" if high - low >= 0.05 else "")
                    + " (evaluate + train)")
     return out
@@ -109,7 +110,10 @@ def format_table(results: Mapping[str, Any]) -> str:
 
     where = "in-process" if results.get("runner") == "in-process" else "on FLARE"
     numbers = [r["round"] for r in rounds if isinstance(r.get("round"), int)]
-    last, first = (max(numbers), min(numbers)) if numbers else (0, 1)
+    # rounds trained in this run (a resumed run's first row is the resumed model's evaluation, trained before)
+    trained = [r["round"] for r in rounds if isinstance(r.get("round"), int) and
+               any("samples_train" in v or v.get("missing") for v in r.get("sites", {}).values())] or numbers
+    last, first = (max(numbers), min(trained)) if numbers else (0, 1)
     resumed = f" (rounds {first}-{last} in this run, resumed after round {first - 1})" if first > 1 else ""
     title = f"FedRSCLIP {where}: {results.get('algorithm', '?')}, {len(sites)} sites, " \
             f"{last}/{results.get('num_rounds') or last} rounds{resumed}, status {results.get('status', '?')}"

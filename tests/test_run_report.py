@@ -1,0 +1,107 @@
+"""One run's report: per-phase timings that add up to a site's seconds, the server's per-round progress line with
+its ETA, a resumed run's round count, the figures with their caveat in the image, and `fedrsclip report` on an
+in-process results file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fedrsclip.cli import main
+from fedrsclip.protocol import RoundRecord, class_fingerprint
+from fedrsclip.results_file import ResultsBook
+from fedrsclip.tools.reporting.figures import MISTAKE
+from fedrsclip.tools.reporting.run_table import format_table
+from helpers import TINY
+
+CLASSES = class_fingerprint(["a", "b"])
+
+
+def _record(rnd: int, timings: dict, accuracy: float = 50.0) -> RoundRecord:
+    return RoundRecord(round=rnd, samples_train=10, classes=CLASSES, timings=timings, seconds=sum(timings.values()),
+                       received={"accuracy": accuracy, "loss": 1.0, "samples": 10})
+
+
+def test_progress_line_names_the_round_the_slowest_site_and_the_time_left(monkeypatch):
+    clock = iter([0.0, 0.0, 700.0, 700.0, 706.0, 706.0, 712.0])
+    monkeypatch.setattr("fedrsclip.results_file.time.time", lambda: next(clock))
+    book = ResultsBook("flare", sites=["site-1", "site-2"], num_rounds=5)
+    first = {"start": 12.0, "load": 30.0, "extract": 650.0, "evaluate": 3.0, "train": 8.0}
+    book.round_started(1)
+    book.add_update("site-1", _record(1, first, 10.0))
+    book.add_update("site-2", _record(1, {"evaluate": 1.0, "train": 2.0}, 20.0))
+    book.round_done(1)
+    line = book.progress_line(1)
+    assert line.startswith("round 1/5 done in 700.0s: 2/2 sites; slowest site-1 703.0s (start 12.0, load 30.0, "
+                           "extract 650.0, evaluate 3.0, train 8.0); mean accuracy 15.0% of the initial model")
+    assert "about 47 min left for 4 rounds" in line  # only round 1 so far: it is the estimate
+    for rnd in (2, 3):
+        book.round_started(rnd)
+        for site in ("site-1", "site-2"):
+            book.add_update(site, _record(rnd, {"evaluate": 1.0, "train": 5.0}, 40.0))
+        book.round_done(rnd)
+    line = book.progress_line(3)
+    assert line.startswith("round 3/5 done in 6.0s: 2/2 sites") and "mean accuracy 40.0% after round 2" in line
+    assert line.endswith("about 12s left for 2 rounds")  # rounds after the first: 6 s each
+
+
+def test_the_table_shows_each_phase_of_a_round_that_started_a_site():
+    """A site's recorded seconds left out process start and feature extraction (5.8 s for a 703 s round)."""
+    phases = {"start": 12.0, "load": 30.2, "extract": 650.0, "evaluate": 3.1, "train": 7.9}
+    results = {"rounds": [{"round": 1, "sites": {"site-1": {"accuracy": 10.0, "seconds": sum(phases.values()),
+                                                            "timings": phases}}},
+                          {"round": 2, "sites": {"site-1": {"accuracy": 20.0, "seconds": 5.8,
+                                                            "timings": {"evaluate": 0.3, "train": 5.5}}}},
+                          {"round": 3, "sites": {"site-1": {"accuracy": 30.0, "seconds": 6.0,
+                                                            "timings": {"evaluate": 0.3, "train": 5.7}}}}],
+               "sites": ["site-1"], "num_rounds": 3}
+    table = format_table(results)
+    assert "  round 1: 703.2 = start 12.0 + load 30.2 + extract 650.0 + evaluate 3.1 + train 7.9" in table
+    assert "  the other 2 rounds: 5.8 to 6.0 (evaluate + train)" in table
+
+
+def test_a_resumed_run_counts_its_rounds_after_the_earlier_runs():
+    """A resumed run reported "11/10 rounds"."""
+    rounds = [{"round": 10, "sites": {"site-1": {"accuracy": 45.0}}}]  # the resumed model, evaluated in this run
+    rounds += [{"round": r, "sites": {"site-1": {"accuracy": 50.0, "samples_train": 5}}} for r in range(11, 21)]
+    title = format_table({"rounds": rounds, "sites": ["site-1"], "num_rounds": 20, "status": "finished"})
+    assert "20/20 rounds (rounds 11-20 in this run, resumed after round 10), status finished" in title
+
+
+def _banner(path) -> bool:
+    """The caveat's red banner across the top of the image."""
+    with Image.open(path) as image:
+        top = np.asarray(image.convert("RGB"))[:40]
+    red = tuple(int(MISTAKE[i:i + 2], 16) for i in (1, 3, 5))
+    return bool((np.abs(top.astype(int) - red).sum(axis=-1) < 30).sum() > 200)
+
+
+@pytest.fixture(scope="module")
+def inprocess(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    out = tmp / "r.json"
+    assert main(["run", "--set=data.source=synthetic", *[f"--set={s}" for s in TINY], "--set=data.synthetic_sites=2",
+                 "--set=data.synthetic_per_class=10", f"--set=data.cache_dir={tmp / 'cache'}", "--rounds", "2",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_report_of_an_in_process_results_file_writes_figures_with_the_caveat(inprocess, capsys, tmp_path):
+    """`fedrsclip report` exited 2 on a `fedrsclip run` results file while printing its table."""
+    capsys.readouterr()
+    assert main(["report", str(inprocess)]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot CLIP (\"a satellite photo of {class}.\", no training)" in out
+    figures = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("figure: ")]
+    assert [p.rsplit("/", 1)[1] for p in figures] == ["r-accuracy_per_round.png", "r-per_site_accuracy.png"]
+    for figure in figures:
+        assert _banner(figure), f"{figure} does not carry the caveat"
+    # the same results relabelled as a real run: no banner
+    results = json.loads(inprocess.read_text())
+    real = tmp_path / "real.json"
+    real.write_text(json.dumps({**results, "weights": "tag:openai", "data_source": "manifest"}))
+    assert main(["report", str(real), "--figures", str(tmp_path / "figs")]) == 0
+    assert not _banner(tmp_path / "figs" / "real-accuracy_per_round.png")
