@@ -122,3 +122,39 @@ def test_report_into_a_closed_pipe_ends_quietly(tmp_path):
                           env=ENV, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert len(proc.stdout.splitlines()) == 2
     assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
+
+
+def test_the_next_commands_data_synth_prints_run_as_printed(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "--out", str(tmp_path / "syn"), "--classes", "3", "--per-class", "4", "--size",
+                 "32", "--quiet"]) == 0
+    (command,) = [line[len("next: "):] for line in capsys.readouterr().out.splitlines() if line.startswith("next: ")]
+    words = shlex.split(command)
+    assert words[0] == "fedrsclip" and main([*words[1:], "--quiet"]) == 0
+    assert (tmp_path / "manifest.json").is_file()
+
+
+def test_a_jobs_class_descriptions_travel_with_it_and_resolve_at_every_site(tmp_path, capsys):
+    """--class-descriptions on job: the file is copied into the job; a site resolves the relative setting against
+    the job's config folder, wherever its workspace is."""
+    from fedrsclip.flare.job import job_settings
+    from fedrsclip.flare.settings import resolve_site_settings
+
+    descriptions = tmp_path / "texts.yaml"
+    descriptions.write_text("class_0: a field\nclass_1: a forest\n")
+    out = tmp_path / "job"
+    assert main(["job", "--algorithm", "fedrsclip", "--sites", "2", "--out", str(out), "--class-descriptions",
+                 str(descriptions)]) == 0
+    config = out / "app" / "config"
+    assert (config / "class_descriptions.yaml").read_text() == descriptions.read_text()
+    assert "prompt.class_descriptions=class_descriptions.yaml" in job_settings(out)["overrides"]
+    descriptions.unlink()  # the sites never read the original
+    site = resolve_site_settings("site-1", config / "fedrsclip.yaml", job_settings(out)["overrides"],
+                                 tmp_path / "site-1-workspace")
+    assert site.cfg.prompt.class_descriptions == str(config / "class_descriptions.yaml")
+    capsys.readouterr()
+    assert main(["job", "--algorithm", "fedrsclip", "--out", str(tmp_path / "job2"), "--class-descriptions",
+                 str(descriptions)]) == 2
+    assert "does not exist here" in capsys.readouterr().err and not (tmp_path / "job2").exists()

@@ -169,7 +169,8 @@ def test_job_zip_is_valid_byoc_job():
 def test_run_demo_prints_progress_and_the_labelled_table(tmp_path, capsys):
     assert run_demo(str(tmp_path / "ws"), sites=2, rounds=1, overrides=["data.synthetic_per_class=10"]) == 0
     out = capsys.readouterr().out
-    assert "[demo] round 1/1 done" in out
+    assert "[demo] round 1/1 done in" in out and "; slowest site-" in out  # the server's line, relayed
+    assert "[demo] site-1: ready after" in out and "[demo] site-2: ready after" in out  # round 1 is not silent
     assert "synthetic data, RANDOM-weight CLIP — not meaningful accuracy" in out
     assert "round  site-1  site-2  mean  weighted" in out
     assert (tmp_path / "ws.log").is_file()

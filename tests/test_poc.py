@@ -245,8 +245,9 @@ def test_preflight_check_passes_for_each_kit_while_the_server_runs(poc):
     """provisioning/README.md: what each participant runs to check its kit, and what success looks like."""
     kits = poc["ws"] / "example_project" / "prod_00"
     nvflare = str(Path(sys.executable).with_name("nvflare"))
+    env = {**poc["env"], "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # activated
     for kit in ("site-1", "admin@nvidia.com"):
-        proc = run([nvflare, "preflight-check", "-p", kits / kit], poc["env"], 300)
+        proc = run([nvflare, "preflight-check", "-p", kits / kit], env, 300)
         assert proc.returncode == 0 and "overall: pass" in proc.stdout, output(proc)
         assert "Check server available" in proc.stdout and "PASSED" in proc.stdout
 

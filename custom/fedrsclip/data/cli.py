@@ -221,14 +221,14 @@ def _synth(args: argparse.Namespace) -> int:
     out = make_synthetic(args.out, classes=args.classes, per_class=args.per_class,
                          size=args.size, seed=args.seed, progress=not args.quiet)
     print(f"wrote {args.classes} classes x {args.per_class} images of {args.size}x{args.size} to {out}")
-    print(f"next: fedrsclip data partition --dataset synthetic --root {out} --sites N --out manifest.json")
+    print(f"next: fedrsclip data partition --dataset synthetic --root {out} --sites 3 --out manifest.json")
     return 0
 
 
 def _synth_mm(args: argparse.Namespace) -> int:
     out = make_synthetic_mm(args.out, scenes=args.scenes, size=args.size, seed=args.seed, progress=not args.quiet)
     print(f"wrote {args.scenes} synthetic S2/S1 scene pairs of {args.size}x{args.size} px to {out}")
-    print(f"next: fedrsclip data partition --dataset bigearthnet-mm --root {out} --sites N --modalities s2,s1 "
+    print(f"next: fedrsclip data partition --dataset bigearthnet-mm --root {out} --sites 2 --modalities s2,s1 "
           "--out manifest.json")
     return 0
 
