@@ -15,7 +15,7 @@ from fedrsclip.protocol import RoundRecord, class_fingerprint
 from fedrsclip.results_file import ResultsBook
 from fedrsclip.tools.reporting.figures import MISTAKE
 from fedrsclip.tools.reporting.run_table import format_table
-from helpers import TINY
+from helpers import REAL_DATA, TINY
 
 CLASSES = class_fingerprint(["a", "b"])
 
@@ -105,3 +105,34 @@ def test_report_of_an_in_process_results_file_writes_figures_with_the_caveat(inp
     real.write_text(json.dumps({**results, "weights": "tag:openai", "data_source": "manifest"}))
     assert main(["report", str(real), "--figures", str(tmp_path / "figs")]) == 0
     assert not _banner(tmp_path / "figs" / "real-accuracy_per_round.png")
+
+
+BIGEARTHNET = REAL_DATA.parent / "bigearthnet-sample" / "S2" / "S2A_MSIL2A_20170617T113321_4_55"
+
+
+@pytest.mark.skipif(not BIGEARTHNET.is_dir(), reason=f"no BigEarthNet sample at {BIGEARTHNET}")
+def test_the_prediction_grid_shows_images_as_the_encoder_saw_them(tmp_path, caplog):
+    """The grid opened images with plain Pillow: a band-per-file patch could not be shown, a 16-bit image was
+    clipped to white, and no pixel cap applied. It now draws each one through `load_rgb`, as extraction does."""
+    from fedrsclip.data.composite import image_settings
+    from fedrsclip.data.images import load_rgb
+    from fedrsclip.tools.reporting.figures import prediction_grid, sample_image
+
+    deep = tmp_path / "deep.tif"  # 12-bit values in a 16-bit TIFF, as aerial cameras write them
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)).save(deep)
+    record = {"cell": {"algorithm": "fedrsclip", "column": "2", "seed": 0}, "settings": {"overrides": []},
+              "results": {"weights": "tag:openai", "data_source": "manifest"},
+              "site_predictions": {"site-1": {"classes": ["pasture", "field"], "samples": [
+                  {"path": str(BIGEARTHNET), "true": 0, "predicted": 1},
+                  {"path": str(deep), "true": 1, "predicted": 1}]}}}
+    patch = sample_image(record, str(BIGEARTHNET))
+    assert patch.shape == (120, 120, 3)
+    np.testing.assert_array_equal(patch, np.asarray(load_rgb(BIGEARTHNET, image_settings(dataset_modality="s2"))))
+    shown = sample_image(record, str(deep))
+    assert (shown == 255).mean() < 0.01 and shown.max() == 255  # scaled as 0..4095, not clipped at 255
+    capped = {**record, "settings": {"overrides": ["data.max_pixels=1000"]}}
+    with pytest.raises(ValueError, match="max_pixels"):  # the cell's pixel cap applies
+        sample_image(capped, str(deep))
+    with caplog.at_level("WARNING"):
+        path = prediction_grid(record, tmp_path / "grid.png")
+    assert path.is_file() and not [r for r in caplog.records if "prediction grid" in r.getMessage()]

@@ -173,25 +173,28 @@ def _classes_to_show(classes: Sequence[str], limit: int) -> list[int]:
     return sorted({round(i) for i in np.linspace(0, len(classes) - 1, limit)})
 
 
-def _image_settings(record: Record, path: str):
-    """What the encoder saw of `path` in this cell: its data.* settings (composite, scaling) and the file's
-    modality, as feature extraction renders it."""
+def sample_image(record: Record, path: str) -> np.ndarray:
+    """The picture the encoder saw of a cell's sample `path` (8-bit RGB, [H, W, 3]): `load_rgb` with the cell's
+    data.* settings (composite, scaling, pixel cap) and the file's modality, as feature extraction renders it.
+    Raises ImageReadError when the file cannot be read here."""
+    import warnings
+
     from ...config import load_config
     from ...data.composite import settings_from_config
-    from ...data.images import detect_modality
+    from ...data.images import detect_modality, load_rgb
 
     data = [o for o in (record.get("settings") or {}).get("overrides") or [] if o.strip().startswith("data.")]
-    return settings_from_config(load_config(overrides=data).data, detect_modality(path))
+    settings = settings_from_config(load_config(overrides=data).data, detect_modality(path))
+    with warnings.catch_warnings():  # near-black or saturated: extraction already said so
+        warnings.simplefilter("ignore")
+        return np.asarray(load_rgb(path, settings))
 
 
 def prediction_grid(record: Record, path: Path, max_sites: int = 10, max_classes: int = 6) -> Path | None:
     """Rows: true classes; columns: sites; each image captioned with its predicted class, mistakes framed red.
     Each image is shown as the encoder saw it (`fedrsclip.data.images.load_rgb`: rasters, 16-bit images and
     band-per-file patches rendered with the cell's settings, the pixel cap applied)."""
-    import warnings
-
     from ...data.errors import ImageReadError
-    from ...data.images import load_rgb
 
     predictions = record.get("site_predictions") or {}
     sites = sorted((s for s, p in predictions.items() if p.get("samples")), key=site_order)[:max_sites]
@@ -218,9 +221,7 @@ def prediction_grid(record: Record, path: Path, max_sites: int = 10, max_classes
                 ax.set_axis_off()
                 continue
             try:
-                with warnings.catch_warnings():  # near-black or saturated: extraction already said so
-                    warnings.simplefilter("ignore")
-                    ax.imshow(np.asarray(load_rgb(sample["path"], _image_settings(record, sample["path"]))))
+                ax.imshow(sample_image(record, sample["path"]))
             except (ImageReadError, OSError) as exc:
                 ax.text(0.5, 0.5, "image not\nreadable here", ha="center", va="center", fontsize=7,
                         transform=ax.transAxes)
