@@ -59,7 +59,7 @@ def test_the_table_shows_each_phase_of_a_round_that_started_a_site():
                                                             "timings": {"evaluate": 0.3, "train": 5.7}}}}],
                "sites": ["site-1"], "num_rounds": 3}
     table = format_table(results)
-    assert "  round 1: 703.2 = start 12.0 + load 30.2 + extract 650.0 + evaluate 3.1 + train 7.9" in table
+    assert "  in round 1: 703.2 = start 12.0 + load 30.2 + extract 650.0 + evaluate 3.1 + train 7.9" in table
     assert "  the other 2 rounds: 5.8 to 6.0 (evaluate + train)" in table
 
 

@@ -72,13 +72,13 @@ def timing_lines(rounds: list[Mapping[str, Any]]) -> list[str]:
     for rnd, seconds, timings in slowest:
         if any(k in timings for k in SETUP_PHASES):
             parts = " + ".join(f"{k} {v:.1f}" for k, v in timings.items() if number(v) is not None)
-            out.append(f"  round {rnd}: {seconds:.1f} = {parts}")
+            out.append(f"  in round {rnd}: {seconds:.1f} = {parts}")
         else:
             plain.append((rnd, seconds))
     if plain:
         low, high = min(s for _, s in plain), max(s for _, s in plain)
         other = " other" if len(plain) < len(slowest) else ""
-        rounds_text = f"round {plain[0][0]}" if len(plain) == 1 else f"the{other} {len(plain)} rounds"
+        rounds_text = f"in round {plain[0][0]}" if len(plain) == 1 else f"the{other} {len(plain)} rounds"
         out.append(f"  {rounds_text}: {low:.1f}" + (f" to {high:.1f}" if high - low >= 0.05 else "")
                    + " (evaluate + train)")
     return out
