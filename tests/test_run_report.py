@@ -136,3 +136,15 @@ def test_the_prediction_grid_shows_images_as_the_encoder_saw_them(tmp_path, capl
     with caplog.at_level("WARNING"):
         path = prediction_grid(record, tmp_path / "grid.png")
     assert path.is_file() and not [r for r in caplog.records if "prediction grid" in r.getMessage()]
+
+
+def test_a_long_extraction_without_a_bar_logs_its_progress(tiny_backbone, synth_root, monkeypatch, caplog):
+    """A FLARE site (no progress bar) said nothing until its whole extraction was done."""
+    from fedrsclip import features
+
+    items = [(p, 0) for p in sorted(synth_root.rglob("*.png"))[:40]]
+    monkeypatch.setattr(features, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level("INFO", logger="fedrsclip.features"):
+        features.extract_features(tiny_backbone, items, batch_size=8, progress=False, desc="train features")
+    notes = [r.getMessage() for r in caplog.records if "images/s, about" in r.getMessage()]
+    assert notes and notes[0].startswith("train features: 8/40 images (")

@@ -156,6 +156,7 @@ def extract_features(
                                          num_workers=workers, collate_fn=list)
     globals_, tokens_, kept, skipped, odd = [], [], [], [], []
     start = last_note = time.perf_counter()
+    done = 0
     with tqdm(total=len(items), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for rows in loader:
             for index, _, error, warning in rows:
@@ -171,11 +172,12 @@ def extract_features(
                 tokens_.append(toks.half().cpu())
                 kept.extend(index for index, _ in good)
             bar.update(len(rows))
+            done += len(rows)  # a disabled bar counts nothing
             now = time.perf_counter()
-            if not progress and now - last_note >= PROGRESS_SECONDS and bar.n < len(items):  # no bar (FLARE sites)
-                last_note, rate = now, bar.n / (now - start)
-                log.info("%s: %d/%d images (%.1f images/s, about %.0f s left)", desc, bar.n, len(items), rate,
-                         (len(items) - bar.n) / max(rate, 1e-9))
+            if not progress and now - last_note >= PROGRESS_SECONDS and done < len(items):  # no bar (FLARE sites)
+                last_note, rate = now, done / (now - start)
+                log.info("%s: %d/%d images (%.1f images/s, about %.0f s left)", desc, done, len(items), rate,
+                         (len(items) - done) / max(rate, 1e-9))
     seconds = time.perf_counter() - start
     log.info("%s: %d images in %.1f s (%.1f images/s; batches of %d, %d decoding workers, %d torch threads)", desc,
              len(items), seconds, len(items) / max(seconds, 1e-9), batch_size, workers, torch.get_num_threads())
