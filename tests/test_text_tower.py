@@ -275,7 +275,7 @@ def test_tower_file_that_lies_about_its_weights_stops_the_extraction(synth_manif
 
 def test_warm_start_tokenizes_from_the_memo(synth_manifest, tmp_path, caplog):
     from fedrsclip.backbone import token_memo_path
-    from fedrsclip.trainer import zero_shot_accuracy
+    from fedrsclip.zeroshot import zero_shot_accuracy
 
     cfg = tiny_config(cache_dir=tmp_path)
     cold_site = _site(cfg, synth_manifest)

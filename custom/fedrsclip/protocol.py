@@ -37,8 +37,13 @@ TRAINING_METRICS = frozenset({
     "train_loss", "train_ce", "train_dpac", "train_prox", "train_accuracy", "train_seconds", "steps",
     "dp_epsilon", "dp_delta", "dp_rounds", "dp_noise_std",  # derived from the settings, never from the update
 })
-TIMINGS = frozenset({"setup", "evaluate", "train"})  # seconds per phase of a site's task (setup: site built)
-DESCRIPTION_KEYS = frozenset({"algorithm", "backbone", "data"})
+# Seconds per phase of a site's task, disjoint (their sum is the task's `seconds`): start (the site's process
+# started until its first task arrived), load (weights, state), extract (image features, from the images or the
+# cache), evaluate (the received model), train. The first three only in the first task of a process.
+TIMINGS = frozenset({"start", "load", "extract", "evaluate", "train"})
+# The run's descriptions: text for people (algorithm, backbone, data) and what is known for labels (weights:
+# "random", "tag:<open_clip tag>" or "file:<sha256 prefix>"; data_source: "synthetic" or "manifest").
+DESCRIPTION_KEYS = frozenset({"algorithm", "backbone", "data", "weights", "data_source"})
 
 
 class PayloadError(ValueError):

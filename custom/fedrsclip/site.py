@@ -29,7 +29,8 @@ from .data.manifest import load_manifest, site_split
 from .features import FeatureSet, cached_features
 from .privacy import check_outgoing, dp_warning, protect_outgoing
 from .protocol import Payload, PayloadError, RoundRecord, Trainer, Update, class_fingerprint, payload_nbytes
-from .trainer import PromptTrainer, zero_shot_accuracy
+from .trainer import PromptTrainer
+from .zeroshot import zero_shot_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ class Site:
         self.manifest = manifest
         self.classnames: list[str] = list(manifest["classes"])
         self.state_path = state_file(state_dir, name) if state_dir else None
+        # seconds spent building the site, by phase (protocol.TIMINGS): "load" (weights, state), "extract" (image
+        # features: encoded or read from the cache); set by subclasses, reported with the first round
+        self.setup_timings: dict[str, float] = {}
         warning = dp_warning(cfg)
         if warning:
             log.warning("%s: %s", name, warning)
@@ -99,6 +103,19 @@ class Site:
     def description(self) -> str:
         """The model this site trains, for the results file (e.g. the backbone and its weights)."""
         raise NotImplementedError
+
+    @property
+    def weights(self) -> str | None:
+        """What the model's starting weights are, as known (`Backbone.weights` for CLIP sites), or None."""
+        return None
+
+    def run_description(self, data: str) -> dict[str, str]:
+        """The run's descriptions this site sends once (`protocol.DESCRIPTION_KEYS`); `data`: its description."""
+        out = {"algorithm": self.cfg.algorithm, "backbone": self.description, "data": data,
+               "data_source": self.cfg.data.source}
+        if self.weights is not None:
+            out["weights"] = self.weights
+        return out
 
     def split_items(self, split: str) -> list[tuple[Path, int]]:
         """This site's (path, label) items of a split; every file must exist."""
@@ -160,13 +177,14 @@ class Site:
         return self.evaluate(received)
 
     def run_round(self, received: Payload | None, round_idx: int, peers: np.ndarray | None = None,
-                  should_abort: Callable[[], bool] = lambda: False, *, setup_seconds: float | None = None,
+                  should_abort: Callable[[], bool] = lambda: False, *, setup: Mapping[str, float] | None = None,
                   state_continued: bool = True, description: Mapping[str, str] | None = None) -> Update:
         """One round (0-based `round_idx`): evaluate the received model, train, protect and check what leaves.
 
         `peers`: other sites' shared prompts [J, n_ctx, W] (dpac.negatives: peers, in-process only).
-        `setup_seconds`, `state_continued`, `description`: what the runner knows about this task (building the
-        site in this process, whether its state continued from earlier rounds, the run's descriptions).
+        `setup`, `state_continued`, `description`: what the runner knows about this task (the seconds of each
+        phase before this round in this process, `protocol.TIMINGS`: start, load, extract; whether its state
+        continued from earlier rounds; the run's descriptions).
         Raises PayloadError (a received model that does not fit), PrivacyError (nothing may be sent)."""
         start = time.perf_counter()
         evaluation = self.evaluate(received)
@@ -174,9 +192,7 @@ class Site:
         result = self.train(round_idx, peers, should_abort)
         result = protect_outgoing(result, self.cfg, self.name, round_idx, self.dp_reference())
         trained = time.perf_counter()
-        timings = {"evaluate": evaluated - start, "train": trained - evaluated}
-        if setup_seconds is not None:
-            timings["setup"] = setup_seconds
+        timings = {**(setup or {}), "evaluate": evaluated - start, "train": trained - evaluated}
         record = RoundRecord(round=round_idx + 1, samples_train=int(result.num_samples),
                              classes=class_fingerprint(self.classnames), received=evaluation, metrics=result.metrics,
                              timings=timings, seconds=sum(timings.values()),
@@ -205,14 +221,17 @@ class PromptSite(Site):
     def __init__(self, cfg: Config, name: str, manifest: Mapping[str, Any] | None = None,
                  backbone: Backbone | None = None, state_dir: str | Path | None = None, progress: bool = True):
         super().__init__(cfg, name, manifest, state_dir)
+        begin = time.perf_counter()
         self.backbone = backbone or open_backbone(cfg.model, cfg.data.cache_dir)  # warm: the text side only
         cache_dir = Path(cfg.data.cache_dir) / name
+        loaded = time.perf_counter()
         splits = {}
         for split in ("train", "test"):
             items = self.split_items(split)
             splits[split] = cached_features(self.backbone, items, cache_dir, split, progress=progress,
                                             image=settings_from_config(cfg.data, self.manifest.get("modality"))) \
                 if items else None
+        extracted = time.perf_counter()
         if backbone is None:  # this site's own CLIP: the image tower is no longer needed
             self.backbone.release_image_tower()
         if splits["train"] is None:
@@ -221,6 +240,7 @@ class PromptSite(Site):
         self.test_set: FeatureSet | None = splits["test"]
         self.trainer = PromptTrainer(cfg, self.backbone, self.classnames, site=name)
         self.load_state()
+        self.setup_timings = {"load": loaded - begin + time.perf_counter() - extracted, "extract": extracted - loaded}
 
     @classmethod
     def load_shared(cls, cfg: Config) -> Backbone:
@@ -229,6 +249,10 @@ class PromptSite(Site):
     @property
     def description(self) -> str:
         return self.backbone.description
+
+    @property
+    def weights(self) -> str:
+        return self.backbone.weights
 
     def dp_reference(self) -> np.ndarray | None:
         return self.trainer.round_start_shared
@@ -243,5 +267,7 @@ class PromptSite(Site):
         return list(self.test_set.paths), self.test_set.labels.numpy(), pred.numpy()
 
     def zero_shot(self) -> dict | None:
-        return zero_shot_accuracy(self.backbone, self.classnames, self.test_set)
+        # the class texts of the learned prompts: prompt.class_descriptions when set, else the class names
+        return zero_shot_accuracy(self.backbone, self.classnames, self.test_set,
+                                  descriptions=self.trainer.model.learner.descriptions)
 

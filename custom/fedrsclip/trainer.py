@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from .config import Config
 from .features import FeatureSet
 from .losses import dpac_loss, dpac_loss_classes, peer_negatives, proximal_term
 from .ot import ot_scores
-from .prompts import PromptLearner, check_texts_fit, class_texts
+from .prompts import PromptLearner
 from .protocol import Payload, PayloadError, RoundResult, site_seed
 from .sgd import SGD
 
@@ -198,24 +198,3 @@ class PromptTrainer:
         logits, pred = self.predict(features, shared_only)
         return {"accuracy": float((pred == features.labels).float().mean()) * 100.0,
                 "loss": float(F.cross_entropy(logits, features.labels)), "samples": len(features)}
-
-
-@torch.no_grad()
-def zero_shot_accuracy(backbone: Backbone, classnames: list[str], features: FeatureSet,
-                       template: str = "a satellite photo of {}.",
-                       descriptions: Mapping[str, str] | None = None) -> dict:
-    """Zero-shot CLIP with one hand-written prompt per class: top-1 accuracy (%) over `features`.
-
-    The LRSCLIP protocol (seed 003, Table IV: "a satellite photo of {class}"). `template` gets each class's text:
-    its description from `descriptions` (`fedrsclip.prompts.load_class_descriptions`), else its name with '_' as
-    spaces, the same text the learned prompts use. A text over the encoder's context stops with the class and
-    the limit (ConfigError) instead of being cut.
-    """
-    texts = [template.format(t) for t in class_texts(classnames, descriptions)]
-    check_texts_fit(backbone.tokenizer, texts, classnames, backbone.context_length)
-    text = F.normalize(backbone.encode_text(texts), dim=-1).cpu()
-    image = F.normalize(features.global_feats.float(), dim=-1)
-    pred = (image @ text.T).argmax(-1)
-    return {"accuracy": float((pred == features.labels).float().mean()) * 100.0, "samples": len(features),
-            "prompt": template}
-

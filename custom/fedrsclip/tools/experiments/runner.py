@@ -9,7 +9,6 @@ folder: nothing else in it is ever deleted.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -24,24 +23,11 @@ from tqdm.auto import tqdm
 from ...atomic import atomic_write_json
 from ...data.partition import SCHEMES
 from ...flare.job import JobSpec, write_job
-from ...predictions import predictions_path
+from ...predictions import gather_site_predictions
 from ...results_file import SIMULATOR_RESULTS, load_results
 from ..demo import simulator_command
 from .grid import MAX_THREADS, Cell, DataSource, build_grid, check_overrides
 from .layout import CELL_FORMAT, CENTRALIZED, EXPERIMENT_FILE, cell_path, is_finished
-
-
-def gather_site_predictions(workspace: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """Each site's predictions file from its own workspace (next to its final state)."""
-    out = {}
-    for site, final in (results.get("final") or {}).get("sites", {}).items():
-        candidates = [predictions_path(Path(final["final_state"]).parent, site)] if final.get("final_state") else []
-        candidates += list((workspace / site).glob(f"*/fedrsclip/{predictions_path('.', site).name}"))
-        for path in candidates:
-            if path.is_file():
-                out[site] = json.loads(path.read_text())
-                break
-    return out
 
 
 def _summary(results: dict[str, Any]) -> str:
