@@ -38,14 +38,17 @@ def saved_once(make_site, *overrides):
     return site, site.state_path.read_bytes()
 
 
+NO_BOUND = "train.max_global_change=1e300"  # lets `huge` past the site's plausibility check, to test what follows
+
+
 def huge(site) -> dict:
-    """A finite shared prompt (so it is accepted) whose text features overflow."""
+    """A finite shared prompt (accepted with NO_BOUND) whose text features overflow."""
     return {SHARED: np.full_like(site.trainer.payload()[SHARED], 3e38)}
 
 
 def test_nan_loss_fails_the_round_and_keeps_the_state(make_site):
     _, before = saved_once(make_site, "algorithm=fedavg-pl")  # cosine scores: the loss itself goes non-finite
-    site = make_site("algorithm=fedavg-pl")
+    site = make_site("algorithm=fedavg-pl", NO_BOUND)
     with pytest.raises(FloatingPointError, match="loss became .* in round 1 .*lower train.lr"):
         site.run_round(huge(site), 1)
     assert site.state_path.read_bytes() == before
@@ -53,6 +56,7 @@ def test_nan_loss_fails_the_round_and_keeps_the_state(make_site):
 
 def test_diverging_ot_fails_the_round_and_keeps_the_state(make_site):
     site, before = saved_once(make_site)
+    site = make_site(NO_BOUND)
     with pytest.raises(OTDivergedError, match="ot.log_domain: true"):
         site.run_round(huge(site), 1)
     assert site.state_path.read_bytes() == before

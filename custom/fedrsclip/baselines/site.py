@@ -48,8 +48,8 @@ class ClassifierSite(Site):
             else None
         self.load_state()
 
-    def state_blob(self, round_idx: int | None = None) -> dict[str, Any]:
-        return {**super().state_blob(round_idx), "arch": self.cfg.classifier.arch}
+    def state_blob(self, round_idx: int | None = None, **extra: Any) -> dict[str, Any]:
+        return super().state_blob(round_idx, arch=self.cfg.classifier.arch, **extra)
 
     def check_state(self, state: Mapping[str, Any]) -> None:
         arch = state.get("arch")
