@@ -62,6 +62,27 @@ def test_diverging_ot_fails_the_round_and_keeps_the_state(make_site):
     assert site.state_path.read_bytes() == before
 
 
+def test_a_global_prompt_beyond_float32_range_is_refused_as_the_payload(make_site):
+    """Issue 11 item 6: 1e39 is finite in float64 but inf once cast to the float32 the site trains in; it was
+    loaded and failed later as an OT error. Now the payload is refused where it enters, and named."""
+    site, before = saved_once(make_site)
+    beyond = {SHARED: np.full(site.trainer.payload()[SHARED].shape, 1e39)}
+    with pytest.raises(PayloadError, match=r"the received global shared_ctx holds 256 NaN or Inf .*beyond float32"):
+        site.run_round(beyond, 1)
+    assert site.state_path.read_bytes() == before
+
+
+def test_values_beyond_float32_range_are_refused_at_the_server_and_before_sending(make_site):
+    from fedrsclip.privacy import PrivacyError, check_outgoing
+
+    beyond = {SHARED: np.full((4, 64), 1e39)}
+    with pytest.raises(ContributionError, match="holds 256 NaN or Inf values .*beyond float32"):
+        check_update(beyond, 10, {SHARED: (4, 64)})
+    site = make_site()
+    with pytest.raises(PrivacyError, match="refusing to send 'shared_ctx'.*beyond float32"):
+        check_outgoing(beyond, site.algorithm, site.trainer.shapes, site.name)
+
+
 def test_saved_state_of_another_class_list_is_refused(make_site, synth_manifest):
     site, before = saved_once(make_site)
     other = copy.deepcopy(synth_manifest)

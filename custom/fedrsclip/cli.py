@@ -136,11 +136,12 @@ def _he_context(args: argparse.Namespace) -> int:
     params = CKKSParams(args.poly_modulus_degree, tuple(int(b) for b in args.coeff_mod_bit_sizes.split(",")),
                         args.scale_bits)
     if args.simulator:
-        folder, made = prepare_simulator_contexts(args.simulator, params, replace=args.replace)
+        folder, made = prepare_simulator_contexts(args.simulator, params, force=args.force)
         print(f"{'wrote' if made else 'kept the existing'} client and server contexts in {folder}"
-              + ("" if made else " (--replace makes a new key)"))
+              + ("" if made else " (--force makes a new key: every model saved under the old one becomes "
+                                 "undecryptable)"))
     else:
-        for folder in install_kit_contexts(args.kits, params, replace=args.replace):
+        for folder in install_kit_contexts(args.kits, params, force=args.force):
             print(f"wrote a context into {folder}")
     print(f"CKKS: N={params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)}, scale "
           f"2^{params.scale_bits}")
@@ -254,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "simulator copies them to every participant)")
     where.add_argument("--kits", metavar="PROD_DIR", help="into the unsigned kits of a POC prod_NN folder (the "
                                                           "server's kit gets the keyless context)")
-    p.add_argument("--replace", action="store_true", help="make a new key even where there is one (every model saved "
-                                                          "under the old key becomes undecryptable)")
+    p.add_argument("--force", action="store_true", help="make a new key even where there is one (every model saved "
+                                                        "under the old key becomes undecryptable)")
     p.add_argument("--poly-modulus-degree", type=int, default=DEFAULT_PARAMS.poly_modulus_degree)
     p.add_argument("--coeff-mod-bit-sizes", default=",".join(map(str, DEFAULT_PARAMS.coeff_mod_bit_sizes)))
     p.add_argument("--scale-bits", type=int, default=DEFAULT_PARAMS.scale_bits)
