@@ -101,6 +101,27 @@ def test_corrupt_saved_state_is_refused_not_replaced(make_site):
     assert site.state_path.read_bytes() == before[: len(before) // 2]
 
 
+def test_sites_with_different_class_descriptions_are_not_averaged_together(make_site, synth_manifest, tmp_path):
+    """The class-list fingerprint covers the class texts the prompts use (prompt.class_descriptions), not only the
+    names: the server's gate keeps the majority's and rejects the other."""
+    from fedrsclip.protocol import Gate
+
+    def descriptions(name: str, text) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({c: text(c) for c in synth_manifest["classes"]}))
+        return f"prompt.class_descriptions={path}"
+
+    plain = make_site().classes_fingerprint
+    assert plain == class_fingerprint(synth_manifest["classes"])  # names only: as before
+    assert make_site(descriptions("same.json", lambda c: c.replace("_", " "))).classes_fingerprint == plain
+    aerial = make_site(descriptions("a.json", lambda c: f"an aerial view of {c}")).classes_fingerprint
+    ground = make_site(descriptions("b.json", lambda c: f"a ground photo of {c}")).classes_fingerprint
+    assert len({plain, aerial, ground}) == 3
+    refused = Gate().refuse_minority({"site-1": ("s", aerial, 10.0), "site-2": ("s", aerial, 10.0),
+                                      "site-3": ("s", ground, 10.0)})
+    assert list(refused) == ["site-3"] and "another class list" in refused["site-3"]
+
+
 def test_site_without_training_images(make_site, synth_manifest):
     empty = copy.deepcopy(synth_manifest)
     empty["sites"]["site-2"]["train"] = []

@@ -30,6 +30,7 @@ from .data.errors import DataError
 from .data.manifest import load_manifest, site_split
 from .features import FeatureSet, cached_features
 from .privacy import check_outgoing, dp_warning, protect_outgoing
+from .prompts import class_texts
 from .protocol import Payload, PayloadError, RoundRecord, Trainer, Update, class_fingerprint, payload_nbytes
 from .trainer import PromptTrainer, zero_shot_accuracy
 
@@ -176,6 +177,11 @@ class Site:
                             f"{missing[0]}; set data.root to the folder that holds the class folders")
         return items
 
+    @property
+    def classes_fingerprint(self) -> str:
+        """What the server compares across sites (`protocol.class_fingerprint`): this site's class list."""
+        return class_fingerprint(self.classnames)
+
     # ---- local state (never sent) ----------------------------------------------------------------------------------
     def state_blob(self, round_idx: int | None = None, **extra: Any) -> dict[str, Any]:
         """The site-local state as saved on disk (with `extra` entries), and its checksum (`state_checksum`)."""
@@ -260,7 +266,7 @@ class Site:
         if setup_seconds is not None:
             timings["setup"] = setup_seconds
         record = RoundRecord(round=round_idx + 1, samples_train=int(result.num_samples),
-                             classes=class_fingerprint(self.classnames), received=evaluation, metrics=result.metrics,
+                             classes=self.classes_fingerprint, received=evaluation, metrics=result.metrics,
                              timings=timings, seconds=sum(timings.values()),
                              bytes_up=payload_nbytes(result.payload), bytes_down=payload_nbytes(received or {}),
                              state_continued=state_continued, description=description)
@@ -313,6 +319,14 @@ class PromptSite(Site):
     @property
     def description(self) -> str:
         return self.backbone.description
+
+    @property
+    def classes_fingerprint(self) -> str:
+        """The class list and, when they are not the names, the class texts the prompts use (prompt.
+        class_descriptions): sites with different description files must not be averaged together."""
+        descriptions = self.trainer.model.learner.descriptions
+        texts = class_texts(self.classnames, descriptions) if descriptions else None
+        return class_fingerprint(self.classnames, None if texts == class_texts(self.classnames) else texts)
 
     def dp_reference(self) -> np.ndarray | None:
         return self.trainer.round_start_shared
