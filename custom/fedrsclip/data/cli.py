@@ -85,7 +85,8 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--modalities", default=None, metavar="SPEC",
                    help="bigearthnet-mm only: each site's modalities, e.g. s2,s1 (alternating) or s2,s1,s2+s1 "
                    "(a site with both holds them paired by scene); repeated over the sites")
-    p.add_argument("--out", required=True, help="manifest file to write")
+    p.add_argument("--out", required=True, help="manifest file to write (new, or an earlier fedrsclip manifest, "
+                                                "which is replaced; any other file is refused)")
     p.add_argument("--no-verify", action="store_true", help="do not open every image to check it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
@@ -161,7 +162,22 @@ def _data_config(overrides: Sequence[str], config: str | None = None):
         raise DataError(str(exc)) from exc
 
 
+def _check_manifest_out(out: Path) -> None:
+    """--out may name a new file or a fedrsclip manifest (one this command wrote: replacing it is the ordinary
+    re-partitioning, and the old one is remade by its own command). Anything else is refused, with no --force: a
+    file that is not a manifest at that path is a mistaken --out, and only the user may delete it."""
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; give the manifest's file name, e.g. {out / 'manifest.json'}")
+    if out.exists():
+        try:
+            load_manifest(out)
+        except DataError:
+            raise DataError(f"--out {out} exists and is not a fedrsclip manifest: choose another file (nothing was "
+                            "written, and that file is left as it is)") from None
+
+
 def _partition(args: argparse.Namespace) -> int:
+    _check_manifest_out(Path(args.out))  # before listing the dataset, which can take minutes
     if args.classes_per_site is not None and args.scheme != "label-skew":
         raise DataError("--classes-per-site applies only to --scheme label-skew")
     if args.beta is not None and args.scheme != "dirichlet":
