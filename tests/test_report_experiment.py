@@ -90,3 +90,11 @@ def test_report_of_an_empty_experiment_folder(tmp_path, capsys):
     (tmp_path / "cells").mkdir()
     assert report_command(tmp_path) == 1
     assert "no finished cell" in capsys.readouterr().err
+
+
+def test_report_never_replaces_a_report_md_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "report.md").write_text("my notes on this grid")
+    assert report_command(tmp_path) == 1
+    assert "report.md exists and is not a fedrsclip report" in capsys.readouterr().err
+    assert (tmp_path / "report.md").read_text() == "my notes on this grid"

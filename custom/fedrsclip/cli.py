@@ -186,14 +186,19 @@ def _experiment(args: argparse.Namespace) -> int:
     data = DataSource(manifest=args.manifest, dataset=args.dataset, root=args.root, data_seed=args.data_seed)
     return run_experiment(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
                           parse_sites(args.sites), [p.strip() for p in args.partition.split(",") if p.strip()],
-                          [int(s) for s in args.seeds.split(",") if s.strip()], rounds=args.rounds,
+                          args.seeds, rounds=args.rounds,
                           overrides=args.set or [], data=data, settings=args.settings, max_threads=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.cli import add_data_commands
+    from .data.cli import add_data_commands, checked, non_negative_int, positive_int
     from .tools.bench.cli import add_bench_command
     from .tools.experiments.grid import DEFAULT_SITES, MAX_THREADS
+
+    # counts and seeds are refused by argparse, naming the option, before anything is written
+    seed_list = checked(lambda text: [int(x) for x in text.split(",") if x.strip()],
+                        lambda seeds: bool(seeds) and all(0 <= x < 2**32 for x in seeds),
+                        "comma-separated seeds, each an integer from 0 to 2^32 - 1")
 
     parser = argparse.ArgumentParser(prog="fedrsclip", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -207,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "quick experiments")
     p.add_argument("--config", help="YAML configuration (settings in README: Configuration)")
     p.add_argument("--manifest", help="partition manifest (fedrsclip data partition ...)")
-    p.add_argument("--rounds", type=int, help="rounds (default: train.rounds)")
+    p.add_argument("--rounds", type=positive_int, help="rounds (default: train.rounds)")
     p.add_argument("--centralized", action="store_true", help="every site's data pooled at one site (the "
                                                               "centralized reference)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
@@ -218,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main FLARE job in the simulator, offline (synthetic data, random CLIP)")
     p.add_argument("--workspace", default="workspaces/demo")
-    p.add_argument("--sites", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None, help="simulator threads (default: one per site)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default: the job's, 10)")
+    p.add_argument("--sites", type=positive_int, default=10)
+    p.add_argument("--threads", type=positive_int, default=None, help="simulator threads (default: one per site)")
+    p.add_argument("--rounds", type=positive_int, default=None, help="rounds (default: the job's, 10)")
     p.add_argument("--he", action="store_true", help="CKKS-encrypted shared-prompt updates (contexts made in the "
                                                      "workspace's startup/ when missing)")
     p.set_defaults(func=_demo)
@@ -230,19 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="job folder to write: new, empty, or one this command made (it is "
                                                 "then replaced; nothing else is ever deleted)")
     p.add_argument("--name", help="the job's name (default: the --out folder's name)")
-    p.add_argument("--sites", type=int, default=10, help="the sites the job is made for: min_clients, and the "
+    p.add_argument("--sites", type=positive_int, default=10, help="the sites the job is made for: min_clients, and the "
                                                          "synthetic demo's partition (default: %(default)s)")
-    p.add_argument("--rounds", type=int, help="rounds (default: the settings' train.rounds)")
+    p.add_argument("--rounds", type=positive_int, help="rounds (default: the settings' train.rounds)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every site")
     p.add_argument("--settings", default=None, help="the job's fedrsclip YAML (default: the package's offline demo "
                                                     "settings)")
-    p.add_argument("--torch-threads", type=int, default=1, help="torch threads per site process (0: all cores; "
-                                                                "default: %(default)s, for many simulated sites)")
+    p.add_argument("--torch-threads", type=non_negative_int, default=1,
+                   help="torch threads per site process (0: all cores; default: %(default)s, for many simulated "
+                        "sites)")
     p.add_argument("--he", action="store_true", help="the CKKS variant: sites encrypt their updates, the server adds "
                                                      "ciphertexts (needs HE contexts: see he-context)")
-    p.add_argument("--min-clients", type=int, help="fewest sites a round needs (default: all --sites)")
-    p.add_argument("--train-timeout", type=int, help="seconds a round waits for min-clients updates (0: forever)")
-    p.add_argument("--wait-after-min", type=int, help="seconds a round waits for the others after min-clients")
+    p.add_argument("--min-clients", type=positive_int, help="fewest sites a round needs (default: all --sites)")
+    p.add_argument("--train-timeout", type=non_negative_int,
+                   help="seconds a round waits for min-clients updates (0: forever)")
+    p.add_argument("--wait-after-min", type=non_negative_int,
+                   help="seconds a round waits for the others after min-clients")
     p.add_argument("--resume", metavar="RUN", help="continue an aborted run from its last global model: its server "
                                                    "app folder, simulator workspace or FL_global_model.npz")
     p.set_defaults(func=_job)
@@ -275,16 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sites", default=DEFAULT_SITES, help=f"comma-separated site counts and/or 'centralized' "
                                                           f"(default {DEFAULT_SITES})")
     p.add_argument("--partition", default="uniform", help="comma-separated schemes: uniform, label-skew, dirichlet")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds (train.seed)")
-    p.add_argument("--rounds", type=int, help="FL rounds per cell (default: the job's)")
+    p.add_argument("--seeds", default=[0], type=seed_list, help="comma-separated training seeds (train.seed)")
+    p.add_argument("--rounds", type=positive_int, help="FL rounds per cell (default: the job's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every cell")
     p.add_argument("--manifest", help="real data: manifest path pattern with {sites} (and {partition}), e.g. "
                                       "ucm{sites}.json; the centralized cell pools a manifest's sites")
     p.add_argument("--dataset", help="real data partitioned here for every site count: the layout (ucmerced, "
                                      "nwpu, optimal31, imagefolder); with --root")
     p.add_argument("--root", help="the dataset folder (with --dataset)")
-    p.add_argument("--data-seed", type=int, default=0, help="split and partition seed for --dataset (default 0)")
-    p.add_argument("--threads", type=int, default=MAX_THREADS,
+    p.add_argument("--data-seed", type=non_negative_int, default=0,
+                   help="split and partition seed for --dataset (default 0)")
+    p.add_argument("--threads", type=positive_int, default=MAX_THREADS,
                    help=f"at most this many simulator threads per cell (default {MAX_THREADS}; one per site up to it)")
     p.add_argument("--settings", default=None, help="the jobs' fedrsclip YAML (default: the package's offline demo "
                                                     "settings)")

@@ -27,7 +27,7 @@ from .synth import MAX_CLASSES, make_synthetic
 from .synth_mm import make_synthetic_mm
 
 
-def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+def checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
     """An argparse `type` that converts, checks, and names what it expected when either fails."""
 
     def parse(text: str) -> Any:
@@ -42,10 +42,10 @@ def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected:
     return parse
 
 
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-_fraction = _checked(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
+positive_int = checked(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = checked(int, lambda v: v >= 0, "an integer >= 0")
+_fraction = checked(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
+_positive_float = checked(float, lambda v: v > 0, "a positive number")
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,12 +71,12 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
     p.add_argument("--root", required=True, help="dataset folder (for ucmerced: UCMerced_LandUse)")
-    p.add_argument("--clients", required=True, type=_positive_int, help="number of sites (1 = centralised)")
+    p.add_argument("--clients", required=True, type=positive_int, help="number of sites (1 = centralised)")
     p.add_argument("--scheme", default="uniform", choices=SCHEMES, help="partition scheme (default: uniform, the paper's)")
-    p.add_argument("--seed", default=0, type=_non_negative_int, help="random seed for split and partition (default: 0)")
+    p.add_argument("--seed", default=0, type=non_negative_int, help="random seed for split and partition (default: 0)")
     p.add_argument("--train-fraction", type=_fraction, default=None,
                    help=f"fraction of each class used for training (defaults: {fractions})")
-    p.add_argument("--classes-per-site", type=_positive_int, default=None,
+    p.add_argument("--classes-per-site", type=positive_int, default=None,
                    help="label-skew only: classes each site holds (default: half the classes, rounded up)")
     p.add_argument("--beta", type=_positive_float, default=None,
                    help="dirichlet only: concentration, smaller = more skew (default: 0.5)")
@@ -98,10 +98,10 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         description="Write a deterministic ImageFolder of synthetic remote-sensing-like scenes.",
     )
     s.add_argument("--out", required=True, help="output folder (new, empty, or an earlier synthetic dataset)")
-    s.add_argument("--classes", type=_positive_int, default=10, help=f"number of classes, 2..{MAX_CLASSES} (default: 10)")
-    s.add_argument("--per-class", type=_positive_int, default=40, help="images per class (default: 40)")
-    s.add_argument("--size", type=_positive_int, default=64, help="image side in pixels (default: 64)")
-    s.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    s.add_argument("--classes", type=positive_int, default=10, help=f"number of classes, 2..{MAX_CLASSES} (default: 10)")
+    s.add_argument("--per-class", type=positive_int, default=40, help="images per class (default: 40)")
+    s.add_argument("--size", type=positive_int, default=64, help="image side in pixels (default: 64)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     mm = sub.add_parser(
@@ -111,10 +111,10 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "S1-like GeoTIFF patches of the same scenes); partition it with --dataset bigearthnet-mm.",
     )
     mm.add_argument("--out", required=True, help="output folder (new, empty, or an earlier synth-mm dataset)")
-    mm.add_argument("--scenes", type=_positive_int, default=120, help="number of scenes (default: 120)")
-    mm.add_argument("--size", type=_positive_int, default=60,
+    mm.add_argument("--scenes", type=positive_int, default=120, help="number of scenes (default: 120)")
+    mm.add_argument("--size", type=positive_int, default=60,
                     help="patch side in pixels at 10 m, a multiple of 6 (default: 60; BigEarthNet's is 120)")
-    mm.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    mm.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     mm.add_argument("--quiet", action="store_true", help="no progress bar")
 
     show = sub.add_parser("show", help="print the per-site table of a manifest")
