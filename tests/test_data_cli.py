@@ -34,6 +34,24 @@ def test_synth_then_partition_then_show(tmp_path, capsys):
     assert "total" in capsys.readouterr().out
 
 
+def test_partition_replaces_only_a_manifest(tmp_path, capsys):
+    """--out may be a new file or an earlier manifest (replaced); any other file is refused and kept."""
+    syn = tmp_path / "syn"
+    assert main(["data", "synth", "--out", str(syn), "--classes", "2", "--per-class", "4", "--size", "16",
+                 "--quiet"]) == 0
+    partition = ["data", "partition", "--dataset", "synthetic", "--root", str(syn), "--quiet", "--out"]
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    assert main([*partition, str(notes), "--clients", "2"]) == 2
+    assert "is not a fedrsclip manifest" in capsys.readouterr().err and notes.read_text() == '{"mine": true}'
+    assert main([*partition, str(tmp_path), "--clients", "2"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    manifest = tmp_path / "m.json"
+    assert main([*partition, str(manifest), "--clients", "2"]) == 0
+    assert main([*partition, str(manifest), "--clients", "1"]) == 0  # re-partitioned: the manifest is replaced
+    assert len(load_manifest(manifest)["sites"]) == 1
+
+
 def test_errors_exit_2_with_a_message(tmp_path, capsys):
     rc = main(["data", "partition", "--dataset", "nwpu", "--root", str(tmp_path / "nope"),
                "--sites", "2", "--out", str(tmp_path / "m.json")])

@@ -209,6 +209,11 @@ def test_generator_is_seeded_fast_and_never_overwrites_foreign_folders(tmp_path,
     with pytest.raises(DataError, match="nothing was written"):
         make_synthetic_mm(foreign, scenes=2, size=48, progress=False)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    mine = other / "S1" / "SYNTH_S1_00001" / "my_calibration.tif"  # a user's file inside its own dataset: kept
+    mine.write_bytes(b"keep me")
+    with pytest.raises(DataError, match="my_calibration.tif was not written by fedrsclip data synth-mm"):
+        make_synthetic_mm(other, scenes=2, size=48, progress=False)
+    assert mine.read_bytes() == b"keep me" and len(list((other / "S2").iterdir())) == 4
     with pytest.raises(DataError, match="multiple of 6"):
         make_synthetic_mm(tmp_path / "odd", scenes=2, size=50, progress=False)
 

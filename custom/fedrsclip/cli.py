@@ -182,11 +182,12 @@ def _he_context(args: argparse.Namespace) -> int:
     params = CKKSParams(args.poly_modulus_degree, tuple(int(b) for b in args.coeff_mod_bit_sizes.split(",")),
                         args.scale_bits)
     if args.simulator:
-        folder, made = prepare_simulator_contexts(args.simulator, params, replace=args.replace)
+        folder, made = prepare_simulator_contexts(args.simulator, params, force=args.force)
         print(f"{'wrote' if made else 'kept the existing'} client and server contexts in {folder}"
-              + ("" if made else " (--replace makes a new key)"))
+              + ("" if made else " (--force makes a new key: every model saved under the old one becomes "
+                                 "undecryptable)"))
     else:
-        for folder in install_kit_contexts(args.kits, params, replace=args.replace):
+        for folder in install_kit_contexts(args.kits, params, force=args.force):
             print(f"wrote a context into {folder}")
     print(f"CKKS: N={params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)}, scale "
           f"2^{params.scale_bits}")
@@ -275,16 +276,21 @@ def _experiment(args: argparse.Namespace) -> int:
     data = DataSource(manifest=args.manifest, dataset=args.dataset, root=args.root, data_seed=args.data_seed)
     return run_experiment(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
                           parse_sites(args.sites), [p.strip() for p in args.partition.split(",") if p.strip()],
-                          [int(s) for s in args.seeds.split(",") if s.strip()], rounds=args.rounds,
+                          args.seeds, rounds=args.rounds,
                           overrides=args.set or [], data=data, settings=args.settings, max_threads=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.cli import add_data_commands
+    from .data.cli import add_data_commands, checked, non_negative_int, positive_int
     from .he import DEFAULT_PARAMS
     from .tools.bench.cli import add_bench_command
     from .tools.experiments.grid import DEFAULT_SITES, MAX_THREADS
     from .zeroshot import DEFAULT_TEMPLATE
+
+    # counts and seeds are refused by argparse, naming the option, before anything is written
+    seed_list = checked(lambda text: [int(x) for x in text.split(",") if x.strip()],
+                        lambda seeds: bool(seeds) and all(0 <= x < 2**32 for x in seeds),
+                        "comma-separated seeds, each an integer from 0 to 2^32 - 1")
 
     algorithms = list(ALGORITHMS)
     parser = Parser(prog="fedrsclip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -305,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", choices=algorithms, help="the algorithm (default: the configuration's, fedrsclip)")
     p.add_argument("--config", help="YAML configuration (settings in README: Configuration)")
     p.add_argument("--manifest", help="partition manifest (fedrsclip data partition ...)")
-    p.add_argument("--rounds", type=int, help="rounds (default: train.rounds, 10)")
+    p.add_argument("--rounds", type=positive_int, help="rounds (default: train.rounds, 10)")
     p.add_argument("--class-descriptions", metavar="FILE", help="YAML/JSON class name -> description: the class "
                    "text of the prompts and of the zero-shot reference (prompt.class_descriptions)")
     p.add_argument("--centralized", action="store_true", help="every site's data pooled at one site (the "
@@ -321,10 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "progress line per round; then print the per-round, per-site table.")
     p.add_argument("--workspace", default="workspaces/demo", help="the simulator workspace (new, or an earlier "
                                                                   "simulator run's: the simulator empties it)")
-    p.add_argument("--sites", type=int, default=10, help="number of sites (simulated clients)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default: the job's, 10)")
+    p.add_argument("--sites", type=positive_int, default=10, help="number of sites (simulated clients)")
+    p.add_argument("--rounds", type=positive_int, default=None, help="rounds (default: the job's, 10)")
     p.add_argument("--algorithm", choices=algorithms, help="the algorithm (default: the job's, fedrsclip)")
-    p.add_argument("--threads", type=int, default=None, help="simulator threads (default: one per site)")
+    p.add_argument("--threads", type=positive_int, default=None, help="simulator threads (default: one per site)")
     p.add_argument("--he", action="store_true", help="CKKS-encrypted shared-prompt updates (contexts made in the "
                                                      "workspace's startup/ when missing)")
     p.set_defaults(func=_demo)
@@ -336,23 +342,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="job folder to write: new, empty, or one this command made (it is "
                                                 "then replaced; nothing else is ever deleted)")
     p.add_argument("--name", help="the job's name (default: the --out folder's name)")
-    p.add_argument("--sites", type=int, default=10, help="the sites the job is made for: min_clients, and the "
+    p.add_argument("--sites", type=positive_int, default=10, help="the sites the job is made for: min_clients, and the "
                                                          "synthetic demo's partition")
-    p.add_argument("--rounds", type=int, help="rounds (default: the settings' train.rounds)")
+    p.add_argument("--rounds", type=positive_int, help="rounds (default: the settings' train.rounds)")
     p.add_argument("--class-descriptions", metavar="FILE", help="YAML/JSON class name -> description; the job "
                    "carries a copy to every site (prompt.class_descriptions)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every site "
                                                                         "(repeatable)")
     p.add_argument("--settings", default=None, help="the job's fedrsclip YAML (default: the package's offline demo "
                                                     "settings)")
-    p.add_argument("--torch-threads", type=int, default=1, help="torch threads per site process (0: all cores; "
+    p.add_argument("--torch-threads", type=non_negative_int, default=1, help="torch threads per site process (0: all cores; "
                                                                 "1 suits many simulated sites)")
     p.add_argument("--he", action="store_true", help="the CKKS variant: sites encrypt their updates, the server adds "
                                                      "ciphertexts (needs HE contexts: see he-context)")
-    p.add_argument("--min-clients", type=int, help="fewest sites a round needs (default: all --sites)")
-    p.add_argument("--train-timeout", type=int, help="seconds a round waits for min-clients updates (default 0: "
+    p.add_argument("--min-clients", type=positive_int, help="fewest sites a round needs (default: all --sites)")
+    p.add_argument("--train-timeout", type=non_negative_int, help="seconds a round waits for min-clients updates (default 0: "
                                                      "forever)")
-    p.add_argument("--wait-after-min", type=int, help="seconds a round waits for the others after min-clients "
+    p.add_argument("--wait-after-min", type=non_negative_int, help="seconds a round waits for the others after min-clients "
                                                       "(default 0)")
     p.add_argument("--resume", metavar="RUN", help="continue an aborted run from its last global model: its server "
                                                    "app folder, simulator workspace or FL_global_model.npz")
@@ -366,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "simulator copies them to every participant)")
     where.add_argument("--kits", metavar="PROD_DIR", help="into the unsigned kits of a POC prod_NN folder (the "
                                                           "server's kit gets the keyless context)")
-    p.add_argument("--replace", action="store_true", help="make a new key even where there is one (every model saved "
-                                                          "under the old key becomes undecryptable)")
+    p.add_argument("--force", action="store_true", help="make a new key even where there is one (every model saved "
+                                                        "under the old key becomes undecryptable)")
     p.add_argument("--poly-modulus-degree", type=int, default=DEFAULT_PARAMS.poly_modulus_degree,
                    help="CKKS ring dimension N (N/2 values per ciphertext)")
     p.add_argument("--coeff-mod-bit-sizes", default=",".join(map(str, DEFAULT_PARAMS.coeff_mod_bit_sizes)),
@@ -414,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "algorithms too)")
     p.add_argument("--sites", default=DEFAULT_SITES, help="comma-separated site counts and/or 'centralized'")
     p.add_argument("--partition", default="uniform", help="comma-separated schemes: uniform, label-skew, dirichlet")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds (train.seed)")
-    p.add_argument("--rounds", type=int, help="FL rounds per cell (default: the job's)")
+    p.add_argument("--seeds", default=[0], type=seed_list, help="comma-separated training seeds (train.seed)")
+    p.add_argument("--rounds", type=positive_int, help="FL rounds per cell (default: the job's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every cell "
                                                                         "(repeatable)")
     p.add_argument("--manifest", help="real data: manifest path pattern with {sites} (and {partition}), e.g. "
@@ -423,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="real data partitioned here for every site count: the layout (ucmerced, "
                                      "nwpu, optimal31, imagefolder); with --root")
     p.add_argument("--root", help="the dataset folder (with --dataset)")
-    p.add_argument("--data-seed", type=int, default=0, help="split and partition seed for --dataset")
-    p.add_argument("--threads", type=int, default=MAX_THREADS,
+    p.add_argument("--data-seed", type=non_negative_int, default=0, help="split and partition seed for --dataset")
+    p.add_argument("--threads", type=positive_int, default=MAX_THREADS,
                    help="at most this many simulator threads per cell (one per site up to it)")
     p.add_argument("--settings", default=None, help="the jobs' fedrsclip YAML (default: the package's offline demo "
                                                     "settings)")

@@ -62,6 +62,10 @@ def gather_site_predictions(workspace: Path, results: dict[str, Any]) -> dict[st
         candidates += list((workspace / site).glob(f"*/fedrsclip/{predictions_path('.', site).name}"))
         for path in candidates:
             if path.is_file():
-                out[site] = json.loads(path.read_text())
+                try:
+                    out[site] = json.loads(path.read_text())
+                except (OSError, UnicodeDecodeError, ValueError) as exc:
+                    raise ValueError(f"{site}'s predictions file {path} cannot be read ({exc}); delete it and rerun "
+                                     "that run") from exc
                 break
     return out

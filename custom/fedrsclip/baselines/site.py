@@ -53,8 +53,8 @@ class ClassifierSite(Site):
         self.load_state()
         self.setup_timings = {"load": loaded - begin + time.perf_counter() - decoded, "extract": decoded - loaded}
 
-    def state_blob(self, round_idx: int | None = None) -> dict[str, Any]:
-        return {**super().state_blob(round_idx), "arch": self.cfg.classifier.arch}
+    def state_blob(self, round_idx: int | None = None, **extra: Any) -> dict[str, Any]:
+        return super().state_blob(round_idx, arch=self.cfg.classifier.arch, **extra)
 
     def check_state(self, state: Mapping[str, Any]) -> None:
         arch = state.get("arch")

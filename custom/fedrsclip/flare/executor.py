@@ -259,6 +259,7 @@ class FedRSCLIPExecutor(Executor):
     def _validate(self, site, payload, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         from ..predictions import predictions_path, site_predictions
         from ..zeroshot import chance_warning
+        from ..site import STATE_MODE
 
         start = time.perf_counter()
         # a validate task in a fresh process built the site first: that counts in its seconds
@@ -267,8 +268,8 @@ class FedRSCLIPExecutor(Executor):
             raise PayloadError(f"{site.name}: the model sent for validation is empty")
         metrics = site.evaluate(payload)  # `local` sends nothing: its model is the site's own, already loaded
         final_path = site.state_path.with_name(f"{site.name}-final.pt")
-        atomic_torch_save(final_path, {**site.state_blob(), "global_model":
-                                       shareable.get_header(AppConstants.MODEL_OWNER)})
+        atomic_torch_save(final_path, site.state_blob(global_model=shareable.get_header(AppConstants.MODEL_OWNER)),
+                          mode=STATE_MODE)  # the private prompt: owner-only, as the state file
         # Confusion counts and sample images name this site's files: kept in its own workspace, never sent.
         predictions_data = site_predictions(site)
         predictions = atomic_write_json(predictions_path(final_path.parent, site.name), predictions_data)

@@ -90,14 +90,22 @@ def run_experiment(out: str | Path, algorithms: Sequence[str], sites: Sequence[i
                          "a new folder, nothing in this one is touched")
     settings = Path(settings).expanduser().resolve() if settings else None
     data = data or DataSource()
+    for option, values, low in (("--seeds", seeds, 0), ("--rounds", [] if rounds is None else [rounds], 1),
+                                ("--threads", [max_threads], 1), ("--data-seed", [data.data_seed], 0)):
+        wrong = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < low]
+        if wrong or (option == "--seeds" and not values):
+            raise ValueError(f"{option}: {wrong[0] if wrong else 'no value'!r} is not an integer >= {low}; nothing "
+                             "was written")
     bad = [p for p in partitions if p not in SCHEMES]
     if bad:
         raise ValueError(f"--partition {bad[0]!r} is not a partition scheme; choose from {', '.join(SCHEMES)}")
     check_overrides(overrides)
     data.check(sites, partitions)
     cells = build_grid(algorithms, sites, partitions, seeds)
-    for algorithm in algorithms:  # refuse bad settings before running anything
-        JobSpec(sites=1, overrides=(*overrides, f"algorithm={algorithm}"), settings=settings).config()
+    for algorithm in algorithms:  # refuse bad settings before running anything (a seed too large: train.seed)
+        for seed in seeds:
+            JobSpec(sites=1, rounds=rounds, overrides=(*overrides, f"algorithm={algorithm}", f"train.seed={seed}"),
+                    settings=settings).config()
     atomic_write_json(out / EXPERIMENT_FILE, {
         "algorithms": list(algorithms), "sites": [CENTRALIZED if n is None else n for n in sites],
         "partitions": list(partitions), "seeds": list(seeds), "rounds": rounds, "overrides": list(overrides),
