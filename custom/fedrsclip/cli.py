@@ -134,7 +134,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _job(args: argparse.Namespace) -> int:
     """A runnable FLARE job for any algorithm (fedrsclip.flare.job): checked, then written into --out."""
     from .flare.job import JobSpec, describe, find_resume, write_job
-    from .tools.demo import check_workspace, simulator_command
+    from .flare.simulator import check_workspace, simulator_command
 
     resume = find_resume(args.resume) if args.resume else None
     spec = JobSpec(name=Path(args.out).name if args.name is None else args.name, sites=args.sites, rounds=args.rounds,
