@@ -61,10 +61,12 @@ def _progress(line: str, workspace: Path, start: float, num_rounds: int | None, 
         try:
             results = load_results(workspace / SIMULATOR_RESULTS)
             previous = next((r for r in results["rounds"] if r.get("round") == rnd - 1), None)
-            if previous and previous.get("mean_accuracy") is not None:
-                text += f"; mean accuracy after round {rnd - 1}: {previous['mean_accuracy']:.1f}%"
-            elif rnd == 1 and (results.get("initial") or {}).get("mean_accuracy") is not None:
-                text += f"; mean accuracy of the initial model: {results['initial']['mean_accuracy']:.1f}%"
+            initial = results.get("initial") or {}
+            for key, name in (("mean_accuracy", "accuracy"), ("mean_micro_f1", "micro F1")):
+                if previous and previous.get(key) is not None:
+                    text += f"; mean {name} after round {rnd - 1}: {previous[key]:.1f}%"
+                elif rnd == 1 and initial.get(key) is not None:
+                    text += f"; mean {name} of the initial model: {initial[key]:.1f}%"
         except (OSError, ValueError):
             pass
         print(text, flush=True)
@@ -87,6 +89,7 @@ def run_demo(
     log_file: str | None = None,
     he: bool = False,
     audit: bool = False,
+    modalities: str | None = None,
 ) -> int:
     """Run the job (`fedrsclip.flare.job`, the offline demo settings) in the FLARE simulator with `sites` sites and
     print the per-round, per-site accuracy table.
@@ -98,6 +101,8 @@ def run_demo(
     log_file: where the simulator's full output goes (default: <workspace>.log next to the workspace).
     he: the CKKS variant of the job; the workspace's HE contexts are made when missing (kept when present).
     audit: an upload audit widget at every site (fedrsclip bench).
+    modalities: a multi-modal federation on synthetic S2/S1 scenes ("s2,s1": what each site holds; the table is then
+        micro F1 per site).
     Returns 0 when the run finished and produced its results; the simulator's exit code or 1 otherwise.
     """
     if sites < 1:
@@ -114,7 +119,8 @@ def run_demo(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fedrsclip-job-"))
     try:
-        spec = JobSpec(sites=sites, rounds=rounds, overrides=tuple(overrides), he=he, audit=audit)
+        spec = JobSpec(sites=sites, rounds=rounds, overrides=tuple(overrides), he=he, audit=audit,
+                       modalities=modalities)
         run_job = write_job(spec, tmp / spec.name)
         num_rounds = spec.total_rounds()
         if he:
