@@ -73,8 +73,10 @@ def _run(args: argparse.Namespace) -> int:
     results["config"] = cfg.to_dict()
     atomic_write_json(out, results)
     print(format_table(results))
-    if results.get("zero_shot"):
-        print(f"zero-shot ('{results['zero_shot']['prompt']}'): {results['zero_shot']['accuracy']:.2f}")
+    zero_shot = results.get("zero_shot") or {}
+    for metric in ("accuracy", "mAP"):  # multi-label scenes: the ranking measure (a zero-shot model has no threshold)
+        if zero_shot.get(metric) is not None:
+            print(f"zero-shot ('{zero_shot['prompt']}'): {metric} {zero_shot[metric]:.2f}")
     print(f"results file: {out}")
     return 0 if results["status"] == "finished" else 1
 
