@@ -32,6 +32,7 @@ from .protocol import (SHARED, ContributionError, FinalRecord, Gate, Payload, Pa
                        key_metric, lonely_group_warning, lonely_groups, payload_nbytes, signature_shapes, site_order,
                        summarize, weighted_mean)
 from .results_file import ResultsBook
+from .zeroshot import chance_warning, pool as pool_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
         book.status = "failed"
         book.finish()
         return book.snapshot()
-    description = {"algorithm": cfg.algorithm, "backbone": sites[0].description, "data": data}
+    description = sites[0].run_description(data)
     book.describe(description)
     _note_mim(cfg, sites, book)
     gate = Gate()
@@ -98,7 +99,8 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
         for site in sites:
             others = [v for k, v in last_shared.items() if k != site.name]
             peers = np.stack(others) if cfg.dpac.negatives == "peers" and others else None
-            update = site.run_round(received, rnd, peers=peers, description=description if rnd == 0 else None)
+            update = site.run_round(received, rnd, peers=peers, description=description if rnd == 0 else None,
+                                    setup=site.setup_timings if rnd == 0 else None)
             updates[site.name] = update
             book.add_update(site.name, update.record)
         for name in names:  # a site that could not be built is missing from every round, as on FLARE
@@ -120,10 +122,7 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
         record = book.round_done(rnd + 1)
         if algorithm.federated:  # the global model alone (for prompts: the shared prompt, no private part)
             record["global"] = _global_accuracy(sites, received)
-        summary = summarize({s: u.record.received for s, u in updates.items()})
-        log.info("round %d: mean %s of the received model %s over %d sites", rnd + 1, _metric_name(summary),
-                 summary.get("mean_accuracy") if summary.get("mean_accuracy") is not None else
-                 summary.get("mean_micro_f1"), len(sites))
+        log.info("%s", book.progress_line(rnd + 1))
     for site in sites:
         evaluation = site.evaluate(received)
         book.add_final(site.name, FinalRecord(received=evaluation, bytes_down=payload_nbytes(received or {}),
@@ -134,11 +133,13 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
         book.consider_best(final[0], final[1], FINAL,
                            key_metric(next(v for v in book.final.values() if not v.get("missing"))))
     results = book.snapshot()
-    zero_shot = [(z, z["samples"]) for z in (site.zero_shot() for site in sites if site.test_set is not None) if z]
-    if zero_shot:
-        metric = "accuracy" if zero_shot[0][0].get("accuracy") is not None else "mAP"
-        results["zero_shot"] = {metric: _weighted(zero_shot, metric), "samples": sum(w for _, w in zero_shot),
-                                "prompt": zero_shot[0][0]["prompt"]}
+    zero_shot = pool_zero_shot([site.zero_shot() for site in sites if site.test_set is not None])
+    if zero_shot and zero_shot.get("accuracy") is not None:  # over every site's test split (the per-class parts
+        # stay in the sites' predictions)
+        results["zero_shot"] = {**{k: zero_shot[k] for k in ("accuracy", "samples", "prompt", "chance")},
+                                "warning": chance_warning(zero_shot, "the sites' test splits")}
+    elif zero_shot:  # multi-label scenes: the ranking measure (a zero-shot model has no threshold)
+        results["zero_shot"] = {k: zero_shot[k] for k in ("mAP", "samples", "prompt")}
     if sites[0].multi_label:
         results["pooled"] = _pooled(sites)
     return results

@@ -29,11 +29,11 @@ from .config import Config
 from .features import FeatureSet
 from .losses import dpac_loss, dpac_loss_classes, peer_negatives, proximal_term
 from .mim import info_nce
-from .multilabel import SigmoidCalibration, average_precision, multilabel_loss, multilabel_metrics
+from .multilabel import SigmoidCalibration, multilabel_loss, multilabel_metrics
 from .multimodal import ModalSet, evaluate_modality
 from .ot import ot_scores
-from .prompts import PromptLearner, check_texts_fit, class_texts
-from .protocol import COMMON, Payload, PayloadError, RoundResult, key_group, site_seed
+from .prompts import PromptLearner
+from .protocol import COMMON, Payload, PayloadError, RoundResult, as_float32, key_group, site_seed
 from .sgd import SGD
 
 Features = FeatureSet | ModalSet  # one modality (no adapters), or a site's split in a multi-modal federation
@@ -126,7 +126,9 @@ class PromptTrainer:
 
     def set_global(self, payload: Payload) -> None:
         """Load the aggregated shared prompt (and, in a multi-modal federation, every modality's adapter the global
-        model holds: a site may evaluate a modality it does not hold); refuses anything that does not fit."""
+        model holds: a site may evaluate a modality it does not hold); refuses (loading nothing) anything that does
+        not fit or is implausible: a wrong shape or dtype, values that are not finite as float32, or a change from
+        the previous global shared prompt beyond `global_change_bound` (PayloadError naming the received payload)."""
         if SHARED not in payload:
             raise PayloadError(f"{self.site}: the global model has no {SHARED!r} (keys: {sorted(payload)})")
         unexpected = sorted(k for k in payload if k not in self.shapes)
@@ -140,15 +142,43 @@ class PromptTrainer:
                                f"{tuple(param.shape)} (check model.arch and prompt.n_ctx match the job's)")
         if not np.issubdtype(value.dtype, np.floating):
             raise PayloadError(f"{self.site}: received {SHARED} of dtype {value.dtype}, expected floats")
-        if not np.isfinite(value).all():
-            raise PayloadError(f"{self.site}: received {SHARED} with NaN or Inf values; not loaded")
-        if self.model.adapter is not None:
+        value, bad = as_float32(value)  # checked as it will be used: 1e39 is finite in float64, inf in float32
+        if bad:
+            raise PayloadError(f"{self.site}: the received global {SHARED} holds {bad} NaN or Inf values (of "
+                               f"{value.size}; beyond float32's range counts as Inf); not loaded")
+        reference = self.round_start_shared if self.round_start_shared is not None else \
+            param.detach().cpu().numpy()
+        change = float(np.sqrt(np.mean((value.astype(np.float64) - reference) ** 2)))
+        bound = self.global_change_bound()
+        if not change <= bound:
+            raise PayloadError(
+                f"{self.site}: the received global {SHARED} is implausible: it differs from the previous global "
+                f"shared prompt by {change:.3g} (root mean square per value; largest value {np.abs(value).max():.3g}), "
+                f"more than the {bound:.3g} this site accepts (train.max_global_change"
+                f"{', plus the DP noise allowance' if self.cfg.privacy.dp_clip_norm is not None else ''}); not "
+                "loaded. Under CKKS this is what an aggregate containing an update encrypted under another key "
+                "decrypts to: check that every site has the same client context; raise train.max_global_change "
+                "only if such a change is expected")
+        if self.model.adapter is not None:  # checked whole before anything is loaded (`load_payload`)
             try:
                 self.model.adapter.load_payload({k: v for k, v in payload.items() if key_group(k) != COMMON})
             except ValueError as exc:
                 raise PayloadError(f"{self.site}: {exc}; not loaded") from None
         with torch.no_grad():
-            param.copy_(torch.from_numpy(value.astype(np.float32)))
+            param.copy_(torch.from_numpy(value))
+
+    def global_change_bound(self) -> float:
+        """The largest root-mean-square change per value from one global shared prompt to the next that this site
+        accepts: train.max_global_change, plus with DP the most the clipped, noised updates can move the mean (a
+        site's update: at most C in L2 norm plus Gaussian noise of std sigma*C on each of its n values, whose root
+        mean square exceeds sigma*C*(1 + 5/sqrt(2n)) with probability below 1e-6; the mean over sites has less)."""
+        bound = self.cfg.train.max_global_change
+        pc = self.cfg.privacy
+        if pc.dp_clip_norm is not None:
+            values = int(np.prod(self.model.learner.shared_ctx.shape))
+            noise = pc.dp_noise_multiplier * pc.dp_clip_norm * (1 + 5 / np.sqrt(2 * values))
+            bound += pc.dp_clip_norm / np.sqrt(values) + noise
+        return float(bound)
 
     # ---- site-local state (never sent) --------------------------------------------------------------------
     def local_state(self) -> dict[str, torch.Tensor]:
@@ -162,29 +192,40 @@ class PromptTrainer:
                 state.update({f"{part}.{k}": v.detach().cpu().clone() for k, v in module.state_dict().items()})
         return state
 
-    def load_local_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_local_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load what `local_state` saved: exactly this model's prompts (and its adapters and sigmoid bias, when it
+        has them), of its shapes, finite as float32; PayloadError says what does not fit (nothing is loaded then)."""
         learner = self.model.learner
+        params = {name: getattr(learner, name) for name in ("shared_ctx", "private_ctx")
+                  if getattr(learner, name) is not None}
+        modules = {part: getattr(self.model, part) for part in ("adapter", "calibration")
+                   if getattr(self.model, part) is not None}
+        expected = {**params, **{f"{part}.{k}": v for part, module in modules.items()
+                                 for k, v in module.state_dict().items()}}
+        prompts = sorted(k for k in state if k.split(".", 1)[0] not in ("adapter", "calibration"))
+        if prompts != sorted(params):
+            raise PayloadError(f"holds the prompts {prompts}, this model has {sorted(params)} (algorithm "
+                               f"{self.algorithm.name}); it was saved by another algorithm")
+        if set(state) != set(expected):
+            raise PayloadError(f"holds the entries {sorted(set(state) - set(params))[:4]}, this model has "
+                               f"{sorted(set(expected) - set(params))[:4]}; the configuration (multimodal.modalities, "
+                               "multimodal.adapter_rank, the manifest's label kind) changed since it was saved")
+        values = {}
+        for name, param in expected.items():
+            value = state[name]
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise PayloadError(f"holds {name} as {type(value).__name__}, not a float tensor")
+            if tuple(value.shape) != tuple(param.shape):
+                raise PayloadError(f"holds {name} of shape {tuple(value.shape)}, the model needs {tuple(param.shape)}; "
+                                   "the configuration changed since it was saved")
+            values[name] = value.to(param.dtype)  # checked as it is used
+            if not torch.isfinite(values[name]).all():
+                raise PayloadError(f"holds {name} with NaN or Inf values (beyond float32's range counts as Inf)")
         with torch.no_grad():
-            for name in ("shared_ctx", "private_ctx"):
-                param = getattr(learner, name)
-                if param is None or name not in state:
-                    continue
-                if tuple(state[name].shape) != tuple(param.shape):
-                    raise PayloadError(f"{self.site}: saved {name} has shape {tuple(state[name].shape)}, the "
-                                       f"model needs {tuple(param.shape)}; the configuration changed since it was saved")
-                param.copy_(state[name])
-        for part in ("adapter", "calibration"):
-            module = getattr(self.model, part)
-            if module is None:
-                continue
-            own = {k: v for k, v in state.items() if k.startswith(part + ".")}
-            expected = {f"{part}.{k}": v for k, v in module.state_dict().items()}
-            if own.keys() != expected.keys() or any(tuple(own[k].shape) != tuple(v.shape) for k, v in
-                                                    expected.items()):
-                raise PayloadError(f"{self.site}: the saved state's {part} entries {sorted(own)[:4]} do not fit this "
-                                   f"model's {sorted(expected)[:4]}; the configuration (multimodal.modalities, "
-                                   "multimodal.adapter_rank, the manifest's label kind) changed since it was saved")
-            module.load_state_dict({k[len(part) + 1:]: v for k, v in own.items()})
+            for name, param in params.items():
+                param.copy_(values[name])
+        for part, module in modules.items():
+            module.load_state_dict({k[len(part) + 1:]: v for k, v in values.items() if k.startswith(part + ".")})
 
     @torch.no_grad()
     def init_calibration(self, train: Features) -> None:
@@ -387,31 +428,4 @@ def _views(features: Features) -> list[tuple[str | None, FeatureSet]]:
     if isinstance(features, ModalSet):
         return list(features.sets.items())
     return [(None, features)]
-
-
-@torch.no_grad()
-def zero_shot_accuracy(backbone: Backbone, classnames: list[str], features: FeatureSet,
-                       template: str = "a satellite photo of {}.",
-                       descriptions: Mapping[str, str] | None = None) -> dict:
-    """Zero-shot CLIP with one hand-written prompt per class: top-1 accuracy (%) over `features`; for multi-label
-    features (multi-hot labels [N, K]) the mAP (%) instead (accuracy None: a zero-shot model has no threshold).
-
-    The LRSCLIP protocol (seed 003, Table IV: "a satellite photo of {class}"). `template` gets each class's text:
-    its description from `descriptions` (`fedrsclip.prompts.load_class_descriptions`), else its name with '_' as
-    spaces, the same text the learned prompts use. A text over the encoder's context stops with the class and
-    the limit (ConfigError) instead of being cut.
-    """
-    texts = [template.format(t) for t in class_texts(classnames, descriptions)]
-    check_texts_fit(backbone.tokenizer, texts, classnames, backbone.context_length)
-    text = F.normalize(backbone.encode_text(texts), dim=-1).cpu()
-    image = F.normalize(features.global_feats.float(), dim=-1)
-    if features.labels.ndim == 2:  # label sets: no threshold without training, so the ranking measure only
-        scores, positives = (image @ text.T).numpy(), features.labels.numpy() > 0
-        present = [k for k in range(positives.shape[1]) if positives[:, k].any()]
-        ap = [average_precision(scores[:, k], positives[:, k]) for k in present]
-        return {"accuracy": None, "mAP": float(np.mean(ap)) * 100.0 if ap else None, "samples": len(features),
-                "prompt": template}
-    pred = (image @ text.T).argmax(-1)
-    return {"accuracy": float((pred == features.labels).float().mean()) * 100.0, "samples": len(features),
-            "prompt": template}
 

@@ -9,7 +9,8 @@ Layers, later ones win:
      decides the shared model (algorithm, model.arch, prompt, train.*) comes from the job so every site trains the
      same one. Relative paths in it are relative to the file's folder.
 
-Relative `data.cache_dir` and the synthetic dataset's folder live under the site's workspace.
+Relative `data.cache_dir` and the synthetic dataset's folder live under the site's workspace; a relative
+`prompt.class_descriptions` is a file of the job's config folder (where `fedrsclip job` puts its copy).
 """
 
 from __future__ import annotations
@@ -135,6 +136,11 @@ def resolve_site_settings(
         except ConfigError as exc:
             raise SiteConfigError(f"{exc} (after applying the site configuration {site_path})") from exc
 
+    descriptions = cfg.prompt.class_descriptions
+    if descriptions and job_config is not None and not Path(descriptions).expanduser().is_absolute():
+        # the job's copy (fedrsclip job ships the file): relative to the job's config folder, on every site alike
+        cfg = dataclasses.replace(cfg, prompt=dataclasses.replace(
+            cfg.prompt, class_descriptions=str(Path(job_config).parent / descriptions)))
     workspace_root = Path(workspace_root)
     data = cfg.data
     if not Path(data.cache_dir).expanduser().is_absolute():

@@ -4,6 +4,7 @@ one modality only (multi-modal federations: the missing-modality rows)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from ...protocol import MULTILABEL_KEYS, site_order
@@ -62,10 +63,31 @@ def multilabel_lines(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
+_OLD_RANDOM = re.compile(r"^\S+ with RANDOM weights \(seed \d+\)")  # what load_backbone wrote before `weights`
+# what describe_data writes for data.source: synthetic (or synthetic-mm)
+_OLD_SYNTHETIC = re.compile(r"^SYNTHETIC (multi-modal multi-label )?scenes \(")
+
+
+def is_random(results: Mapping[str, Any]) -> bool:
+    """The run's CLIP had random weights: as recorded (`weights`, from how they were loaded), or for a results
+    file from before that field, the exact description `load_backbone` writes for model.random_init."""
+    if "weights" in results:
+        return results["weights"] == "random"
+    return bool(_OLD_RANDOM.match(str(results.get("backbone", ""))))
+
+
+def is_synthetic(results: Mapping[str, Any]) -> bool:
+    """The run's data was generated (data.source: synthetic or synthetic-mm), as recorded, or as `describe_data`
+    words it."""
+    if "data_source" in results:
+        return results["data_source"] in ("synthetic", "synthetic-mm")
+    return bool(_OLD_SYNTHETIC.match(str(results.get("data", ""))))
+
+
 def caveat(results: Mapping[str, Any]) -> str | None:
-    """The warning a run on synthetic data and/or a random-weight CLIP needs, or None."""
-    synthetic = "SYNTHETIC" in str(results.get("data", "")).upper()
-    random = "RANDOM" in str(results.get("backbone", "")).upper()
+    """The warning a run on synthetic data and/or a random-weight CLIP needs, or None. From what the run
+    recorded about its weights and data, never from a file's name."""
+    synthetic, random = is_synthetic(results), is_random(results)
     if synthetic and random:
         return CAVEAT
     if synthetic:
@@ -73,6 +95,38 @@ def caveat(results: Mapping[str, Any]) -> str | None:
     if random:
         return "RANDOM-weight CLIP — not meaningful accuracy"
     return None
+
+
+SETUP_PHASES = ("start", "load", "extract", "setup")  # before a process's first round ("setup": older files)
+
+
+def timing_lines(rounds: list[Mapping[str, Any]]) -> list[str]:
+    """Seconds at the slowest site of each round, by phase (`protocol.TIMINGS`): each round where a site process
+    started (start, load, extract) on its own line, the other rounds as a range."""
+    slowest = []
+    for record in rounds:
+        timed = [v for v in record.get("sites", {}).values() if not v.get("missing") and number(v.get("seconds"))]
+        if timed:
+            site = max(timed, key=lambda v: v["seconds"])
+            slowest.append((record.get("round"), site["seconds"], site.get("timings") or {}))
+    if not slowest:
+        return []
+    out = ["seconds at the slowest site of each round, by phase (start: process start to first task; load: "
+           "weights and state; extract: image features):"]
+    plain = []
+    for rnd, seconds, timings in slowest:
+        if any(k in timings for k in SETUP_PHASES):
+            parts = " + ".join(f"{k} {v:.1f}" for k, v in timings.items() if number(v) is not None)
+            out.append(f"  in round {rnd}: {seconds:.1f} = {parts}")
+        else:
+            plain.append((rnd, seconds))
+    if plain:
+        low, high = min(s for _, s in plain), max(s for _, s in plain)
+        other = " other" if len(plain) < len(slowest) else ""
+        rounds_text = f"in round {plain[0][0]}" if len(plain) == 1 else f"the{other} {len(plain)} rounds"
+        out.append(f"  {rounds_text}: {low:.1f}" + (f" to {high:.1f}" if high - low >= 0.05 else "")
+                   + " (evaluate + train)")
+    return out
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -102,8 +156,14 @@ def format_table(results: Mapping[str, Any]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
     where = "in-process" if results.get("runner") == "in-process" else "on FLARE"
+    numbers = [r["round"] for r in rounds if isinstance(r.get("round"), int)]
+    # rounds trained in this run (a resumed run's first row is the resumed model's evaluation, trained before)
+    trained = [r["round"] for r in rounds if isinstance(r.get("round"), int) and
+               any("samples_train" in v or v.get("missing") for v in r.get("sites", {}).values())] or numbers
+    last, first = (max(numbers), min(trained)) if numbers else (0, 1)
+    resumed = f" (rounds {first}-{last} in this run, resumed after round {first - 1})" if first > 1 else ""
     title = f"FedRSCLIP {where}: {results.get('algorithm', '?')}, {len(sites)} sites, " \
-            f"{len(rounds)}/{results.get('num_rounds') or len(rounds)} rounds, status {results.get('status', '?')}"
+            f"{last}/{results.get('num_rounds') or last} rounds{resumed}, status {results.get('status', '?')}"
     out = []
     note = caveat(results)
     if note:
@@ -126,6 +186,19 @@ def format_table(results: Mapping[str, Any]) -> str:
         name = "accuracy" if chosen[0] == "accuracy" else "micro F1"
         out.append(f"best: after round {best.get('round')}, weighted {name} {chosen[1]:.1f}% "
                    f"({best.get('selected_by', '')})")
+    zero_shot = results.get("zero_shot")
+    if isinstance(zero_shot, Mapping) and number(zero_shot.get("accuracy")) is not None:
+        prompt = str(zero_shot.get("prompt") or "").replace("{}", "{class}")
+        out.append(f"zero-shot CLIP (\"{prompt}\", no training): {zero_shot['accuracy']:.1f}% on "
+                   f"{zero_shot.get('samples')} test images of all sites"
+                   + (f" (chance {zero_shot['chance']:.1f}%)" if number(zero_shot.get("chance")) else ""))
+        if zero_shot.get("warning"):
+            out.append(f"warning: {zero_shot['warning']}")
+    elif isinstance(zero_shot, Mapping) and number(zero_shot.get("mAP")) is not None:  # multi-label: no threshold
+        prompt = str(zero_shot.get("prompt") or "").replace("{}", "{class}")
+        out.append(f"zero-shot CLIP (\"{prompt}\", no training): mAP {zero_shot['mAP']:.1f}% on "
+                   f"{zero_shot.get('samples')} test scenes of all sites")
+    out += timing_lines(rounds)
     out += _data_notes(rounds)
     bytes_up = [v.get("bytes_up") for r in rounds for v in r.get("sites", {}).values()
                 if isinstance(v.get("bytes_up"), int)]
