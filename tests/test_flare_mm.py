@@ -1,11 +1,16 @@
-"""The multi-modal job on the real `nvflare simulator` (what `make demo-mm` runs): sites of two modalities (and one
-holding both) on synthetic multi-label S2/S1 scenes with the RANDOM-weight tiny CLIP. Micro F1 rises over rounds,
-each modality's adapter is averaged among its own sites only, the results carry the missing-modality rows, and
-the CKKS variant (slow) gives the plaintext run's scores with ciphertext-only on the server."""
+"""The multi-modal job on the real `nvflare simulator` through `fedrsclip demo --modalities` (what `make demo-mm`
+runs): sites of two modalities (and one holding both) on synthetic multi-label S2/S1 scenes with the RANDOM-weight
+tiny CLIP. Micro F1 rises over rounds, each modality's adapter is averaged among its own sites only, the results
+carry the missing-modality rows, and the CKKS variant gives the plaintext run's scores with ciphertext-only on the
+server. Simulator runs are slow tests; the job export (`fedrsclip job --modalities`) is checked in the default suite.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +23,30 @@ from fedrsclip.flare.model_file import load_npz
 from fedrsclip.protocol import SHARED, adapter_keys
 from fedrsclip.results_file import find_results
 from fedrsclip.tools.reporting.run_table import format_table
-from helpers import make_job, simulate
 
 SITES, ROUNDS, MODALITIES = 3, 8, "s2,s1,s2+s1"
 
 
-def _run(tmp: Path, name: str, he: bool = False, rounds: int = ROUNDS) -> Path:
-    job = make_job(tmp / f"job-{name}", sites=SITES, rounds=rounds, modalities=MODALITIES, he=he)
+def _demo(tmp: Path, name: str, he: bool = False, rounds: int = ROUNDS) -> tuple[Path, str]:
+    """`fedrsclip demo --modalities ...` (make demo-mm): the workspace and what it printed."""
     ws = tmp / f"ws-{name}"
-    if he:
-        from fedrsclip.flare.he.context import prepare_simulator_contexts
-
-        prepare_simulator_contexts(ws)
-    proc = simulate(job, ws, SITES)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return ws
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["demo", "--modalities", MODALITIES, "--sites", str(SITES), "--rounds", str(rounds),
+                   "--workspace", str(ws), *(["--he"] if he else [])])
+    log = ws.with_name(ws.name + ".log")
+    assert rc == 0, out.getvalue()[-3000:] + (log.read_text()[-3000:] if log.is_file() else "")
+    return ws, out.getvalue()
 
 
 @pytest.fixture(scope="module")
-def plain(tmp_path_factory) -> Path:
-    return _run(tmp_path_factory.mktemp("mm"), "plain")
+def demo(tmp_path_factory) -> tuple[Path, str]:
+    return _demo(tmp_path_factory.mktemp("mm"), "plain")
+
+
+@pytest.fixture(scope="module")
+def plain(demo) -> Path:
+    return demo[0]
 
 
 def _results(ws: Path) -> dict:
@@ -57,6 +66,34 @@ def test_the_job_declares_the_federations_modalities():
     assert JobSpec().job_overrides == ["data.synthetic_sites=10"]  # the default job is unchanged
 
 
+def test_fedrsclip_job_modalities_writes_them_for_every_site(tmp_path, capsys):
+    out = tmp_path / "job"
+    assert main(["job", "--algorithm", "fedrsclip", "--out", str(out), "--sites", "3", "--modalities", MODALITIES]) == 0
+    client = json.loads((out / "app" / "config" / "config_fed_client.json").read_text())
+    text = json.dumps(client)
+    assert f"multimodal.modalities={MODALITIES}" in text and "data.source=synthetic-mm" in text
+    capsys.readouterr()
+    # bad input stops before anything is written, naming the setting and what to do
+    assert main(["job", "--algorithm", "fedrsclip", "--out", str(tmp_path / "bad"), "--modalities", "s2,s9"]) == 2
+    assert "multimodal.modalities: 's9' is not a modality" in capsys.readouterr().err
+    assert main(["job", "--algorithm", "fedavg-full", "--out", str(tmp_path / "full"), "--modalities", "s2,s1"]) == 2
+    assert "algorithm fedavg-full has no modality adapters" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "full").exists()
+
+
+@pytest.mark.slow
+def test_the_demo_prints_the_per_site_f1_table_labelled(demo):
+    """What `make demo-mm` prints: the per-round, per-site micro F1 table and the final model's F1/mAP rows, with
+    the synthetic-data and random-weight caveat."""
+    _, out = demo
+    assert "*** synthetic data, RANDOM-weight CLIP — not meaningful accuracy ***" in out
+    assert "micro F1 (%, multi-label scenes) of the global model after each round" in out
+    assert re.search(r"^round\s+site-1\s+site-2\s+site-3\s+mean\s+weighted$", out, re.M)
+    for row in ("overall (weighted)", "s2 only", "s1 only"):
+        assert re.search(rf"^{re.escape(row)}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\d+$", out, re.M), row
+
+
+@pytest.mark.slow
 def test_micro_f1_rises_over_rounds(plain):
     results = _results(plain)
     assert results["status"] == "finished" and results["errors"] == [], results["errors"]
@@ -71,6 +108,7 @@ def test_micro_f1_rises_over_rounds(plain):
     assert results["best"]["weighted_micro_f1"] is not None
 
 
+@pytest.mark.slow
 def test_each_site_sends_its_own_modalities_and_the_server_averages_each_group(plain):
     sent = {s: v["bytes_up"] for s, v in _results(plain)["rounds"][0]["sites"].items()}
     prompt, adapter = 4 * 4 * 64, 4 * 2 * 16 * 64  # tiny CLIP: n_ctx 4 x width 64; rank 16 x E 64, two tensors
@@ -86,13 +124,19 @@ def test_each_site_sends_its_own_modalities_and_the_server_averages_each_group(p
     assert "calibration.bias" not in weights
 
 
+@pytest.mark.slow
 def test_report_of_the_multi_modal_run(plain, capsys):
     assert main(["report", str(plain)]) == 0
     out = capsys.readouterr().out
     assert "synthetic data, RANDOM-weight CLIP" in out and "micro F1 (%, multi-label scenes)" in out
     for row in ("overall (weighted)", "s2 only", "s1 only"):
         assert row in out
-    assert out == format_table(_results(plain)) + f"\nresults file: {find_results(plain)}\n"
+    # the results file's table, and the zero-shot reference from the sites' (site-local) predictions: its mAP
+    zero_shot = [line for line in out.splitlines() if line.startswith("zero-shot CLIP")]
+    assert len(zero_shot) == 1 and re.search(r": mAP [\d.]+% on \d+ test scenes of all sites$", zero_shot[0])
+    table = format_table(_results(plain)).splitlines()
+    assert [line for line in out.splitlines() if not line.startswith("zero-shot CLIP")][:len(table)] == table
+    assert f"results file: {find_results(plain)}" in out
 
 
 @pytest.mark.slow
@@ -100,7 +144,7 @@ def test_ckks_gives_the_plaintext_scores_and_the_server_only_ciphertext(plain, t
     """CKKS with MF: each modality's adapter is encrypted and summed within its group (its own total weight)."""
     from fedrsclip.he import HEADER_KEY, EncryptedUpdate
 
-    ckks = _run(tmp_path, "ckks", he=True)
+    ckks, _ = _demo(tmp_path, "ckks", he=True)
     a, b = _results(plain), _results(ckks)
     assert b["status"] == "finished" and b["errors"] == [] and b.get("encryption") == "ckks"
     for site, entry in b["final"]["sites"].items():

@@ -243,6 +243,10 @@ class Config:
             self.multimodal.site_modalities()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if self.multimodal.modalities is not None and ALGORITHMS[self.algorithm].kind != "prompt":
+            able = ", ".join(a for a, spec in ALGORITHMS.items() if spec.kind == "prompt")
+            raise ConfigError(f"multimodal.modalities is set but algorithm {self.algorithm} has no modality adapters "
+                              f"(multi-modal federations train prompts); use one of: {able}, or drop the modalities")
         if self.data.source == "synthetic-mm" and self.multimodal.modalities is None:
             raise ConfigError("data.source is synthetic-mm but multimodal.modalities is null: say which modalities "
                               "the synthetic sites hold, e.g. multimodal.modalities=s2,s1")
