@@ -153,3 +153,20 @@ def test_ckks_gives_the_plaintext_scores_and_the_server_only_ciphertext(plain, t
     update = EncryptedUpdate.from_data(weights, "global")
     assert HEADER_KEY in weights and all(v.dtype == np.uint8 for v in weights.values())
     assert update.group_weights.keys() == {"s2", "s1"} and set(update.shapes) == {SHARED, *adapter_keys(["s2", "s1"])}
+
+
+@pytest.mark.slow
+def test_a_modality_at_one_site_only_is_a_results_warning_on_flare(tmp_path):
+    """MF with s1 at site-2 alone ("s2,s1" over 3 sites): the server says so in the log and the results file (the
+    "average" it sends every site is site-2's own adapter), and MIM is noted inactive (no site holds both)."""
+    ws = tmp_path / "ws"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["demo", "--modalities", "s2,s1", "--sites", "3", "--rounds", "1", "--workspace", str(ws)])
+    assert rc == 0, out.getvalue()[-3000:]
+    results = _results(ws)
+    (warning,) = [w for w in results["warnings"] if w["kind"] == "single_site_modality"]
+    assert warning["modality"] == "s1" and warning["site"] == "site-2" and warning["round"] == 1
+    printed = out.getvalue()
+    assert "warning: the adapter of modality s1 was sent by site-2 alone in round 1" in printed
+    assert "MIM (multimodal.mim) was inactive at every site" in printed
