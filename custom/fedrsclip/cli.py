@@ -282,11 +282,13 @@ def _experiment(args: argparse.Namespace) -> int:
     from .tools.experiments.grid import DataSource, parse_sites
     from .tools.experiments.runner import run_experiment
 
-    data = DataSource(manifest=args.manifest, dataset=args.dataset, root=args.root, data_seed=args.data_seed)
+    data = DataSource(manifest=args.manifest, dataset=args.dataset, root=args.root, data_seed=args.data_seed,
+                      modalities=args.modalities)
     return run_experiment(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
                           parse_sites(args.sites), [p.strip() for p in args.partition.split(",") if p.strip()],
                           args.seeds, rounds=args.rounds,
-                          overrides=args.set or [], data=data, settings=args.settings, max_threads=args.threads)
+                          overrides=args.set or [], data=data, settings=args.settings, max_threads=args.threads,
+                          ablate=args.ablate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -448,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many simulator threads per cell (one per site up to it)")
     p.add_argument("--settings", default=None, help="the jobs' fedrsclip YAML (default: the package's offline demo "
                                                     "settings)")
+    p.add_argument("--modalities", help="a multi-modal federation in every cell: the sites' modalities, e.g. "
+                                        "s2,s1,s2+s1 (synthetic S2/S1 scenes unless --manifest/--dataset; README: "
+                                        "Multi-modal federations)")
+    p.add_argument("--ablate", metavar="MODULES", help="with --modalities: comma-separated multi-modal modules (mf, "
+                                                       "fw, mim), each switched off in cells of its own next to the "
+                                                       "full framework's")
     p.set_defaults(func=_experiment)
     add_bench_command(sub)
     return parser

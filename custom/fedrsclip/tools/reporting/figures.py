@@ -36,21 +36,26 @@ def _note(records: Sequence[Record]) -> str | None:
     return "; ".join(notes) or None
 
 
-def _curve(record: Record) -> list[float | None]:
-    """Weighted accuracy of the initial model (round 0) and after each round."""
+METRIC_NAMES = {"accuracy": "accuracy", "micro_f1": "micro F1"}  # multi-label runs: micro F1 in place of accuracy
+
+
+def _curve(record: Record, metric: str = "accuracy") -> list[float | None]:
+    """Weighted accuracy (or `metric`) of the initial model (round 0) and after each round."""
     results = record["results"]
-    out = [number((results.get("initial") or {}).get("weighted_accuracy"))]
-    return out + [number(r.get("weighted_accuracy")) for r in results.get("rounds", [])]
+    out = [number((results.get("initial") or {}).get(f"weighted_{metric}"))]
+    return out + [number(r.get(f"weighted_{metric}")) for r in results.get("rounds", [])]
 
 
-def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], partition: str, path: Path) -> Path:
-    """One panel per column (centralized, site counts); one line per algorithm, mean over seeds, band: min-max."""
+def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], partition: str, path: Path,
+                       metric: str = "accuracy") -> Path:
+    """One panel per column (centralized, site counts); one line per algorithm, mean over seeds, band: min-max.
+    `metric`: micro_f1 for multi-label runs."""
     cells = [r for r in select(records) if r["cell"]["partition"] in (partition, "pooled")]
     cols = columns(cells)
     fig, axes = plt.subplots(1, len(cols), figsize=(max(4.2 * len(cols), 6.5), 4.4), sharey=True, squeeze=False)
     for ax, col in zip(axes[0], cols):
         for algorithm in algorithms:
-            curves = [_curve(r) for r in select(cells, algorithm=algorithm, column=col)]
+            curves = [_curve(r, metric) for r in select(cells, algorithm=algorithm, column=col)]
             if not curves:
                 continue
             length = max(len(c) for c in curves)
@@ -69,7 +74,7 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
         ax.set_xlabel("round (0: initial model)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (%), test-sample weighted")
+    axes[0][0].set_ylabel(f"{METRIC_NAMES[metric]} (%), test-sample weighted")
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes[0][1:]:
         for h, l in zip(*ax.get_legend_handles_labels()):
@@ -78,7 +83,8 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
                 labels.append(l)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     note = _note(cells)
-    fig.suptitle("Accuracy of the global model per round\n(each site on its own test split, test-sample weighted; "
+    fig.suptitle(f"{METRIC_NAMES[metric].capitalize()} of the global model per round\n(each site on its own test "
+                 "split, test-sample weighted; "
                  "mean over seeds, band: min-max)", fontsize=10, y=0.95 if note else 0.98)
     rows = (len(labels) + 4) // 5
     fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 0.94 if note else 1))
@@ -89,8 +95,8 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
 
 
 def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], column: str, partition: str,
-                      path: Path) -> Path:
-    """Final accuracy of each site (mean over seeds), one bar per algorithm."""
+                      path: Path, metric: str = "accuracy") -> Path:
+    """Final accuracy (or `metric`) of each site (mean over seeds), one bar per algorithm."""
     cells = select(records, column=column, partition=partition)
     sites = sorted({s for r in cells for s in (r["results"].get("final") or {}).get("sites", {})}, key=site_order)
     present = [a for a in algorithms if select(cells, algorithm=a)]
@@ -100,14 +106,14 @@ def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], colu
     for i, algorithm in enumerate(present):
         means = []
         for site in sites:
-            values = [number(((r["results"].get("final") or {}).get("sites", {}).get(site) or {}).get("accuracy"))
+            values = [number(((r["results"].get("final") or {}).get("sites", {}).get(site) or {}).get(metric))
                       for r in select(cells, algorithm=algorithm)]
             values = [v for v in values if v is not None]
             means.append(statistics.mean(values) if values else np.nan)
         ax.bar(x + (i - (len(present) - 1) / 2) * width, means, width, label=_label(algorithm))
     ax.set_xticks(x, sites, rotation=45 if len(sites) > 10 else 0)
-    ax.set_ylabel("final accuracy (%) on the site's own test split")
-    ax.set_title(f"Per-site accuracy, {column} sites, {partition} (mean over seeds)")
+    ax.set_ylabel(f"final {METRIC_NAMES[metric]} (%) on the site's own test split")
+    ax.set_title(f"Per-site {METRIC_NAMES[metric]}, {column} sites, {partition} (mean over seeds)")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     note = _note(cells)
