@@ -104,6 +104,22 @@ def test_an_adapter_is_averaged_only_within_its_modality(listing, cache, tmp_pat
     np.testing.assert_array_equal(site.trainer.model.adapter["s1"].up.weight.detach().numpy(), mean[s1[1]])
 
 
+def test_dp_clips_and_noises_the_adapters_with_the_shared_prompt(listing, cache, tmp_path):
+    """DP with MF: every entry a site sends (shared prompt and its adapters) is clipped as one update and noised
+    (before: the adapters had no reference, so a DP site refused to send anything)."""
+    manifest = mm_manifest(listing, "s2,s1,s2+s1")
+    clip = 0.05
+    cfg = tiny_config("algorithm=fedrsclip", "train.rounds=1", *FAST, f"privacy.dp_clip_norm={clip}",
+                      "privacy.dp_noise_multiplier=0", "privacy.dp_seed=1", cache_dir=cache)
+    site = make_site(cfg, "site-3", manifest, state_dir=tmp_path / "state", progress=False)
+    start = dict(site.trainer.payload())
+    update = site.run_round(None, 0)
+    assert set(update.payload) == {SHARED, *adapter_keys(["s2", "s1"])}
+    change = np.concatenate([(update.payload[k].astype(np.float64) - start[k]).ravel() for k in sorted(start)])
+    assert np.linalg.norm(change) == pytest.approx(clip, rel=1e-4)  # trained further than clip: clipped to it
+    assert update.record.metrics["dp_rounds"] == 1
+
+
 def test_mf_off_keeps_the_adapters_at_their_site(listing, cache, tmp_path):
     manifest = mm_manifest(listing, "s2,s1,s2+s1")
     cfg = tiny_config("train.rounds=2", "multimodal.fusion=false", *FAST, cache_dir=cache)
@@ -193,7 +209,8 @@ def test_a_site_whose_modality_has_no_composite(listing, cache):
     results = run_inprocess(cfg, manifest, progress=False)
     (error,) = results["errors"]
     assert error["site"] == "site-2" and error["kind"] == "data"
-    assert "modality 'rgb' has no band composite" in error["error"] and "set data.modality to s2 or s1" in error["error"]
+    assert "modality 'rgb' has no band composite" in error["error"]
+    assert "set data.modality to s2 or s1" in error["error"]
     assert results["rounds"][0]["sites"]["site-2"]["missing"] is True
     assert {"site-1", "site-3"} <= {s for s, v in results["rounds"][0]["sites"].items() if not v.get("missing")}
 

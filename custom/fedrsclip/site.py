@@ -463,8 +463,9 @@ class PromptSite(Site):
         return class_fingerprint(self.classnames, None if texts == class_texts(self.classnames) else texts,
                                  multi_label=self.multi_label)
 
-    def dp_reference(self) -> np.ndarray | None:
-        return self.trainer.round_start_shared
+    def dp_reference(self) -> Mapping[str, np.ndarray] | None:
+        # every entry sent, as the round started: a multi-modal site's adapters are clipped with its shared prompt
+        return dict(self.trainer.round_start) or None
 
     def evaluate_global(self, received: Payload | None = None) -> dict:
         if received:
