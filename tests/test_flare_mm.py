@@ -137,6 +137,8 @@ def test_report_of_the_multi_modal_run(plain, capsys):
     table = format_table(_results(plain)).splitlines()
     assert [line for line in out.splitlines() if not line.startswith("zero-shot CLIP")][:len(table)] == table
     assert f"results file: {find_results(plain)}" in out
+    for name in ("accuracy_per_round", "per_site_accuracy"):  # drawn by micro F1 for label sets (before: none)
+        assert f"figure: {find_results(plain).parent / name}.png" in out
 
 
 @pytest.mark.slow

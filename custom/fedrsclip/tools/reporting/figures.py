@@ -17,7 +17,7 @@ import numpy as np
 
 from ...protocol import site_order
 from .cells import Record, column_key, columns, number, select
-from .run_table import caveat
+from .run_table import caveat, is_multi_label
 from .tables import LABELS
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ def _note(records: Sequence[Record]) -> str | None:
 
 
 METRIC_NAMES = {"accuracy": "accuracy", "micro_f1": "micro F1"}  # multi-label runs: micro F1 in place of accuracy
+TITLES = {"accuracy": "Accuracy", "micro_f1": "Micro F1"}
 
 
 def _curve(record: Record, metric: str = "accuracy") -> list[float | None]:
@@ -83,7 +84,7 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
                 labels.append(l)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     note = _note(cells)
-    fig.suptitle(f"{METRIC_NAMES[metric].capitalize()} of the global model per round\n(each site on its own test "
+    fig.suptitle(f"{TITLES[metric]} of the global model per round\n(each site on its own test "
                  "split, test-sample weighted; "
                  "mean over seeds, band: min-max)", fontsize=10, y=0.95 if note else 0.98)
     rows = (len(labels) + 4) // 5
@@ -268,21 +269,23 @@ def _run_title(results: dict) -> str:
 
 
 def run_accuracy_per_round(results: dict, path: Path) -> Path | None:
-    """Accuracy per round of one run: each site (thin lines), the mean and the test-sample-weighted mean (thick);
-    round 0 is the initial model. None when no round has an accuracy."""
+    """Accuracy (micro F1 for multi-label scenes) per round of one run: each site (thin lines), the mean and the
+    test-sample-weighted mean (thick); round 0 is the initial model. None when no round has one."""
+    metric = "micro_f1" if is_multi_label(results) else "accuracy"
+    name = METRIC_NAMES[metric]
     rounds = results.get("rounds") or []
     sites = list(results.get("sites") or sorted({s for r in rounds for s in r.get("sites", {})}, key=site_order))
     points = [(0, results.get("initial") or {})] + [(r.get("round"), r) for r in rounds]
-    if not any(number(p.get("weighted_accuracy")) is not None for _, p in points):
+    if not any(number(p.get(f"weighted_{metric}")) is not None for _, p in points):
         return None
     note = caveat(results)
     fig, ax = plt.subplots(figsize=(7.5, 4.6 + (0.3 if note else 0)))
     for site in sites:
-        xs = [x for x, p in points if number(((p.get("sites") or {}).get(site) or {}).get("accuracy")) is not None]
-        ys = [number(((p.get("sites") or {}).get(site) or {}).get("accuracy")) for x, p in points if x in xs]
+        xs = [x for x, p in points if number(((p.get("sites") or {}).get(site) or {}).get(metric)) is not None]
+        ys = [number(((p.get("sites") or {}).get(site) or {}).get(metric)) for x, p in points if x in xs]
         ax.plot(xs, ys, color="#999999", linewidth=0.8, alpha=0.6)
-    for key, label, style in (("mean_accuracy", "mean over sites", "--"), ("weighted_accuracy",
-                                                                             "test-sample weighted", "-")):
+    for key, label, style in ((f"mean_{metric}", "mean over sites", "--"), (f"weighted_{metric}",
+                                                                              "test-sample weighted", "-")):
         xs = [x for x, p in points if number(p.get(key)) is not None]
         ax.plot(xs, [number(p[key]) for x, p in points if x in xs], style, marker="o", markersize=4, linewidth=2,
                 label=label)
@@ -291,11 +294,11 @@ def run_accuracy_per_round(results: dict, path: Path) -> Path | None:
     if zero_shot is not None:
         ax.axhline(zero_shot, color="#2ca02c", linestyle=":", label=f"zero-shot CLIP ({zero_shot:.1f}%)")
     ax.set_xlabel("round (0: initial model)")
-    ax.set_ylabel("accuracy (%) on each site's own test split")
+    ax.set_ylabel(f"{name} (%) on each site's own test split")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"Accuracy of the global model per round\n{_run_title(results)}", fontsize=9)
+    ax.set_title(f"{TITLES[metric]} of the global model per round\n{_run_title(results)}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.95 if note else 1))
     stamp(fig, note)
     fig.savefig(path, dpi=DPI)
@@ -304,28 +307,30 @@ def run_accuracy_per_round(results: dict, path: Path) -> Path | None:
 
 
 def run_per_site_accuracy(results: dict, path: Path) -> Path | None:
-    """Each site's accuracy of the initial and of the final global model (with its private prompt where the
-    algorithm has one), on its own test split, with its test-image count. None when there is no final value."""
+    """Each site's accuracy (micro F1 for multi-label scenes) of the initial and of the final global model (with its
+    private prompt where the algorithm has one), on its own test split, with its test-image count. None when there
+    is no final value."""
+    metric = "micro_f1" if is_multi_label(results) else "accuracy"
     rounds = results.get("rounds") or []
     final = (results.get("final") or {}).get("sites") or (rounds[-1].get("sites") if rounds else {}) or {}
     initial = (results.get("initial") or {}).get("sites") or {}
     sites = [s for s in (results.get("sites") or sorted(final, key=site_order))
-             if number((final.get(s) or {}).get("accuracy")) is not None]
+             if number((final.get(s) or {}).get(metric)) is not None]
     if not sites:
         return None
     note = caveat(results)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(sites) + 2.5), 4.4 + (0.3 if note else 0)))
     x = np.arange(len(sites))
-    before = [number((initial.get(s) or {}).get("accuracy")) for s in sites]
-    after = [number(final[s]["accuracy"]) for s in sites]
+    before = [number((initial.get(s) or {}).get(metric)) for s in sites]
+    after = [number(final[s][metric]) for s in sites]
     ax.bar(x - 0.2, [np.nan if v is None else v for v in before], 0.4, label="initial model", color="#bbbbbb")
     bars = ax.bar(x + 0.2, after, 0.4, label="final model")
     for bar, site in zip(bars, sites):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"n={final[site].get('samples')}",
                 ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x, sites, rotation=45 if len(sites) > 10 else 0)
-    ax.set_ylabel("accuracy (%) on the site's own test split")
-    ax.set_title(f"Per-site accuracy (n: the site's test images)\n{_run_title(results)}", fontsize=9)
+    ax.set_ylabel(f"{METRIC_NAMES[metric]} (%) on the site's own test split")
+    ax.set_title(f"Per-site {METRIC_NAMES[metric]} (n: the site's test images)\n{_run_title(results)}", fontsize=9)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout(rect=(0, 0, 1, 0.95 if note else 1))
