@@ -22,7 +22,7 @@ from fedrsclip.flare.job import JobSpec
 from fedrsclip.flare.model_file import load_npz
 from fedrsclip.protocol import SHARED, adapter_keys
 from fedrsclip.results_file import find_results
-from fedrsclip.tools.reporting.run_table import format_table
+from fedrsclip.tools.reporting.run_table import CAVEAT, caveat, format_table
 
 SITES, ROUNDS, MODALITIES = 3, 8, "s2,s1,s2+s1"
 
@@ -81,12 +81,20 @@ def test_fedrsclip_job_modalities_writes_them_for_every_site(tmp_path, capsys):
     assert not (tmp_path / "bad").exists() and not (tmp_path / "full").exists()
 
 
+def test_synthetic_multi_modal_runs_carry_the_caveat():
+    """The caveat follows the recorded data source: synthetic-mm is generated data too (before: no caveat)."""
+    assert caveat({"data_source": "synthetic-mm", "weights": "random"}) == CAVEAT
+    assert caveat({"data": "SYNTHETIC multi-modal multi-label scenes (240 S2/S1 pairs, ...)"}) is not None
+    assert caveat({"data_source": "manifest", "weights": "tag:openai"}) is None
+
+
 @pytest.mark.slow
 def test_the_demo_prints_the_per_site_f1_table_labelled(demo):
     """What `make demo-mm` prints: the per-round, per-site micro F1 table and the final model's F1/mAP rows, with
     the synthetic-data and random-weight caveat."""
     _, out = demo
     assert "*** synthetic data, RANDOM-weight CLIP — not meaningful accuracy ***" in out
+    assert re.search(r"\[demo\] round 3/8 done .*; mean micro F1 [\d.]+% after round 2", out)
     assert "micro F1 (%, multi-label scenes) of the global model after each round" in out
     assert re.search(r"^round\s+site-1\s+site-2\s+site-3\s+mean\s+weighted$", out, re.M)
     for row in ("overall (weighted)", "s2 only", "s1 only"):

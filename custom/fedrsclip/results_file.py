@@ -206,8 +206,8 @@ class ResultsBook:
 
     def progress_line(self, rnd: int) -> str:
         """One line after round `rnd`: its wall time, the sites that answered, the slowest site's phases, the
-        latest accuracy (the model received in this round: after round rnd - 1) and the time left, estimated from
-        the rounds after the first (the first also starts the sites) or from the first alone."""
+        latest mean accuracy or micro F1 (the model received in this round: after round rnd - 1) and the time left
+        (estimated from the rounds after the first, which also starts the sites, or from the first alone)."""
         record = self.rounds.get(rnd, {})
         done = {r: v["finished"] - v["started"] for r, v in self.rounds.items() if "finished" in v and "started" in v}
         text = f"round {rnd}/{self.num_rounds or '?'} done" + (f" in {done[rnd]:.1f}s" if rnd in done else "")
@@ -221,9 +221,10 @@ class ResultsBook:
             text += f"; slowest {site} {seconds:.1f}s" + (f" ({phases})" if phases else "")
         previous = summarize(self.initial) if rnd == 1 else summarize(
             {s: v for s, v in self.rounds.get(rnd - 1, {}).get("sites", {}).items() if not v.get("missing")})
-        if previous["mean_accuracy"] is not None:
-            text += (f"; mean accuracy {previous['mean_accuracy']:.1f}% "
-                     + ("of the initial model" if rnd == 1 else f"after round {rnd - 1}"))
+        for key, name in (("mean_accuracy", "accuracy"), ("mean_micro_f1", "micro F1")):  # micro F1: label sets
+            if previous.get(key) is not None:
+                text += (f"; mean {name} {previous[key]:.1f}% "
+                         + ("of the initial model" if rnd == 1 else f"after round {rnd - 1}"))
         left = (self.num_rounds or 0) - rnd
         later = [d for r, d in done.items() if r > min(done)] if done else []
         per_round = (sum(later) / len(later)) if later else done.get(rnd)
