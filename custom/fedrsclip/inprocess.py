@@ -30,7 +30,7 @@ from .mim import inactive_reason
 from .multilabel import metrics_by_site
 from .protocol import (SHARED, ContributionError, FinalRecord, Gate, Payload, PayloadError, Update, check_update,
                        key_metric, lonely_group_warning, lonely_groups, payload_nbytes, signature_shapes, site_order,
-                       summarize, weighted_mean)
+                       weighted_mean)
 from .results_file import ResultsBook
 from .zeroshot import chance_warning, pool as pool_zero_shot
 
@@ -143,10 +143,6 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
     if sites[0].multi_label:
         results["pooled"] = _pooled(sites)
     return results
-
-
-def _metric_name(summary: dict) -> str:
-    return "accuracy" if summary.get("mean_accuracy") is not None else "micro F1"
 
 
 def _note_mim(cfg: Config, sites: list, book: ResultsBook) -> None:
