@@ -14,7 +14,8 @@ import pytest
 
 from fedrsclip.cli import main
 from fedrsclip.data import list_dataset
-from fedrsclip.data.manifest import write_manifest
+from fedrsclip.data.errors import DataError
+from fedrsclip.data.manifest import build_manifest, write_manifest
 from fedrsclip.data.multimodal import build_mm_manifest
 from fedrsclip.data.synth_mm import make_synthetic_mm
 from fedrsclip.factory import make_site
@@ -118,6 +119,21 @@ def test_dp_clips_and_noises_the_adapters_with_the_shared_prompt(listing, cache,
     change = np.concatenate([(update.payload[k].astype(np.float64) - start[k]).ravel() for k in sorted(start)])
     assert np.linalg.norm(change) == pytest.approx(clip, rel=1e-4)  # trained further than clip: clipped to it
     assert update.record.metrics["dp_rounds"] == 1
+
+
+def test_a_site_declares_its_modality_with_its_own_manifest(mm_root, listing, cache, tmp_path):
+    """A deployed site with its own single-modality manifest (its site configuration: data.manifest, data.modality)
+    in a federation of s2 and s1: it reads its patches through the s1 composite and sends its s1 adapter only."""
+    manifest = build_manifest(list_dataset("bigearthnet-s1", mm_root / "S1", progress=False), 2, "uniform", seed=0)
+    cfg = tiny_config("multimodal.modalities=s2,s1", "data.modality=s1", "train.rounds=1", *FAST, cache_dir=cache)
+    site = make_site(cfg, "site-1", manifest, state_dir=tmp_path, progress=False)
+    assert site.modalities == ("s1",) and site.federation == ("s2", "s1") and site.multi_label
+    update = site.run_round(None, 0)
+    assert set(update.payload) == {SHARED, *adapter_keys(["s1"])}
+    with pytest.raises(DataError, match="site-2: data.modality is s2 but this site's records in the multi-modal "
+                                        "manifest are s1 patches"):  # declared against what its records are
+        make_site(tiny_config("data.modality=s2", cache_dir=cache), "site-2", mm_manifest(listing, "s2,s1"),
+                  progress=False)
 
 
 def test_mf_off_keeps_the_adapters_at_their_site(listing, cache, tmp_path):
