@@ -77,7 +77,8 @@ def site_order(name: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
 
 
-def class_fingerprint(classnames: Sequence[str], texts: Sequence[str] | None = None, multi_label: bool = False) -> str:
+def class_fingerprint(classnames: Sequence[str], texts: Sequence[str] | None = None,
+                      multi_label: bool = False) -> str:
     """A short, stable name of a class list ("K:sha256 prefix"), sent with each update: the server must never
     average prompts trained on different class lists (the prompts' shapes would not show it). `texts`: the class
     texts the prompts use when they are not the names (prompt.class_descriptions), so that sites with different
