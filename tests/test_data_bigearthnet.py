@@ -89,13 +89,17 @@ def test_features_extract_through_the_same_path(tiny_backbone, tmp_path):
 
 def test_single_label_path_refuses_a_multi_label_manifest(tmp_path):
     from conftest import tiny_config
-    from fedrsclip.site import PromptSite as Site
+    from fedrsclip.algorithms import get_algorithm
+    from fedrsclip.site import PromptSite as Site, label_kind
 
     manifest = build_manifest(list_dataset("bigearthnet-s1", SAMPLE, progress=False), 2, "uniform", seed=0)
     with pytest.raises(DataError, match="multi-label.*single-label"):
         site_split(manifest, "site-1", "train")
-    with pytest.raises(DataError, match="multi-label"):
-        Site(tiny_config(cache_dir=tmp_path), "site-1", manifest, progress=False)
+    # the full-model baseline refuses it naming the algorithms that train label sets; a prompt site reads label sets
+    with pytest.raises(DataError, match="is multi-label .* algorithm fedavg-full trains single-label data only"):
+        label_kind(tiny_config("algorithm=fedavg-full"), manifest, get_algorithm("fedavg-full"), "site-1")
+    site = Site(tiny_config(cache_dir=tmp_path), "site-1", manifest, progress=False)
+    assert site.multi_label and site.train_set.labels.ndim == 2
 
 
 def test_bad_patches_are_skipped_and_counted_by_reason(tmp_path):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from fedrsclip.cli import main
-from fedrsclip.tools.experiments.grid import Cell, DataSource, build_grid, check_overrides, parse_sites
+from fedrsclip.tools.experiments.grid import (Cell, DataSource, build_grid, check_overrides, parse_ablate, parse_sites,
+                                              variant_overrides)
 from fedrsclip.tools.experiments.layout import CENTRALIZED
 from fedrsclip.tools.experiments.runner import run_experiment
 
@@ -133,3 +135,55 @@ def test_experiment_then_report_then_resume(tmp_path, capsys):
     assert "3 already finished (skipped), 1 to run" in err
     assert {c.name: c.stat().st_mtime_ns for c in cells[1:]} == {k: mtimes[k] for k in [c.name for c in cells[1:]]}
     assert json.loads(cells[0].read_text())["results"]["status"] == "finished"
+
+
+# ---- multi-modal grids: the ablation switches (MF, FW, MIM) as cells of their own ----------------------------------
+def test_ablation_variants_are_cells_of_their_own():
+    variants = parse_ablate("mf, fw,mim")
+    assert variants == ["full", "no-mf", "no-fw", "no-mim"]
+    assert [variant_overrides(v) for v in variants] == [[], ["multimodal.fusion=false"],
+                                                        ["multimodal.whitening=false"], ["multimodal.mim=false"]]
+    cells = build_grid(["fedrsclip"], [3, 6], ["uniform"], [0], variants)
+    assert len(cells) == 2 * 4 and len({c.name for c in cells}) == len(cells)
+    assert Cell("fedrsclip", 3, "uniform", 0, "no-mf").name == "fedrsclip__3__uniform__seed0__no-mf"
+    assert Cell("fedrsclip", 3, "uniform", 0).name == "fedrsclip__3__uniform__seed0"  # no variant: as before
+    assert parse_ablate(None) == [""]
+    data = DataSource(modalities="s2,s1,s2+s1")
+    assert data.overrides(cells[0], [3, 6], Path("/x"))[:2] == ["data.source=synthetic-mm", "data.synthetic_size=48"]
+
+
+def test_ablation_refusals(tmp_path, capsys):
+    with pytest.raises(ValueError, match="--ablate: 'dpac' is not a multi-modal module"):
+        parse_ablate("mf,dpac")
+    with pytest.raises(ValueError, match="multimodal.fusion is switched per cell by --ablate"):
+        check_overrides(["multimodal.fusion=true"], parse_ablate("mf"))
+    with pytest.raises(ValueError, match="multimodal.modalities is set per cell"):
+        check_overrides(["multimodal.modalities=s2"])
+    with pytest.raises(ValueError, match="no centralized column"):
+        DataSource(modalities="s2,s1").check([None, 2], ["uniform"])
+    assert main(["experiment", "--out", str(tmp_path / "x"), "--algorithms", "fedrsclip", "--sites", "2",
+                 "--ablate", "mf"]) == 2
+    assert "give the federation's modalities too (--modalities" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_multi_modal_ablation_grid_then_report(tmp_path):
+    """`fedrsclip experiment --modalities ... --ablate mf`: the full framework's cell and the one without MF, each a
+    real simulator run; the report's tables give micro F1 and mAP, with a row per variant."""
+    out = tmp_path / "exp"
+    assert main(["experiment", "--out", str(out), "--algorithms", "fedrsclip", "--sites", "3", "--rounds", "2",
+                 "--modalities", "s2,s1,s2+s1", "--ablate", "mf"]) == 0
+    cells = {c.stem: json.loads(c.read_text()) for c in (out / "cells").glob("*.json")}
+    assert set(cells) == {"fedrsclip__3__uniform__seed0__full", "fedrsclip__3__uniform__seed0__no-mf"}
+    full, no_mf = (cells[f"fedrsclip__3__uniform__seed0__{v}"]["results"] for v in ("full", "no-mf"))
+    # MF off: only the shared prompt leaves (4 x 64 float32 values of the tiny CLIP); on: the adapters too
+    assert {s["bytes_up"] for s in no_mf["rounds"][0]["sites"].values()} == {4 * 4 * 64}
+    assert min(s["bytes_up"] for s in full["rounds"][0]["sites"].values()) > 4 * 4 * 64
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    for metric in ("micro F1 (%)", "mAP (%)"):
+        assert f"### Multi-modal modules of `fedrsclip`, {metric}" in report
+    assert "| w/o MF (adapters stay at their site) (`no-mf`) |" in report
+    assert "| MF + FW + MIM (the full framework) (`full`) |" in report
+    assert "confusion_matrix" not in report  # single-label figures are not drawn for label sets

@@ -44,7 +44,7 @@ def test_job_yaml_is_the_offline_demo():
 
 def test_data_source_settings_are_checked():
     assert load_config().data.source == "manifest"  # default unchanged
-    with pytest.raises(ConfigError, match="data.source must be manifest or synthetic"):
+    with pytest.raises(ConfigError, match="data.source must be one of manifest, synthetic, synthetic-mm"):
         load_config(None, ["data.source=bogus"])
     with pytest.raises(ConfigError, match="set data.source: manifest"):
         load_config(None, ["data.source=synthetic", "data.manifest=m.json"])

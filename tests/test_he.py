@@ -235,3 +235,45 @@ def test_he_context_command(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["he-context", "--kits", str(tmp_path / "empty")]) == 2
     assert "holds no server or no client startup kit" in capsys.readouterr().err
+
+
+def test_each_modality_group_is_averaged_over_its_own_senders_under_ckks(contexts):
+    """MF under CKKS: sites send the shared prompt and their modality's adapter; the server adds each group's
+    ciphertexts, and a site decrypts each group with its own senders' total weight: the shared prompt over all,
+    the s2 adapter over the s2 sites, the s1 adapter over the s1 site (before: every entry over the total weight)."""
+    client_ctx, server_ctx = contexts
+    rng = np.random.default_rng(3)
+    down, up = (16, 64), (64, 16)
+
+    def site(modality):
+        return {"shared_ctx": rng.normal(0, 0.3, (4, 64)).astype(np.float32),
+                f"adapter.{modality}.down.weight": rng.normal(0, 0.3, down).astype(np.float32),
+                f"adapter.{modality}.up.weight": rng.normal(0, 0.3, up).astype(np.float32)}
+
+    payloads, weights = [site("s2"), site("s1"), site("s2")], [30.0, 50.0, 20.0]
+    result = _aggregate(client_ctx, server_ctx, payloads, weights)
+    assert result.group_weights == {"s2": 50.0, "s1": 50.0} and result.weight == 100.0
+    got = decrypt_average(client_ctx, EncryptedUpdate.from_data(result.to_data(), "global"), "global")
+    from fedrsclip.protocol import weighted_mean
+
+    plain = weighted_mean(zip(payloads, weights))
+    assert set(got) == set(plain)
+    for key in plain:
+        assert np.abs(got[key] - plain[key]).max() < 1e-6, key
+    np.testing.assert_allclose(got["adapter.s1.up.weight"], payloads[1]["adapter.s1.up.weight"], atol=1e-6)
+
+
+def test_group_weights_that_do_not_match_the_groups_are_refused(contexts):
+    client_ctx, server_ctx = contexts
+    payload = {"shared_ctx": np.zeros((4, 8), np.float32), "adapter.s2.down.weight": np.ones((2, 8), np.float32),
+               "adapter.s2.up.weight": np.ones((8, 2), np.float32)}
+    update = encrypt_update(client_ctx, payload, 5.0)
+    data = update.to_data()
+    header = json.loads(data[HEADER_KEY].tobytes())
+    header["group_weights"] = {"s2": 500.0}  # a site claiming more weight for its adapter than for its prompt
+    data[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with pytest.raises(HEError, match="group weights"):
+        EncryptedSum(server_ctx).add(EncryptedUpdate.from_data(data, "site-1"), "site-1")
+    half = {k: v for k, v in payload.items() if k != "adapter.s2.up.weight"}
+    with pytest.raises(HEError, match="part of the adapter of modality s2"):
+        EncryptedSum(server_ctx).add(encrypt_update(client_ctx, half, 5.0), "site-1")

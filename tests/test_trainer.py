@@ -62,8 +62,8 @@ def shared_grad(site, mu: float) -> torch.Tensor:
     learner = trainer.model.learner
     anchor = learner.shared_ctx.detach().clone() - 0.5  # the live prompt has moved away from the global one
     train = site.train_set
-    loss, _ = trainer._loss(learner.text_features(), train.global_feats[:8].float(), train.tokens[:8],
-                            train.labels[:8], None, anchor)
+    loss, _ = trainer._loss(learner.text_features(), [(None, train.global_feats[:8].float(), train.tokens[:8],
+                                                       train.labels[:8])], None, anchor)
     learner.zero_grad()
     loss.backward()
     return learner.shared_ctx.grad.clone()

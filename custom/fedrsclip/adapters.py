@@ -33,35 +33,22 @@ import torch
 from torch import nn
 
 from .data.composite import MODALITIES
+from .protocol import ADAPTER_PARAMETERS, ADAPTER_PREFIX, COMMON, adapter_key, adapter_keys
+from .protocol import key_group as protocol_key_group
 
-PREFIX = "adapter"
+PREFIX = ADAPTER_PREFIX
 DEFAULT_RANK = 16
-PARAMETERS: tuple[str, ...] = ("down.weight", "up.weight")  # one adapter's tensors, in payload order
-COMMON = "all"  # the group of every key that is not an adapter's (the shared prompt): averaged across all sites
-
-
-def adapter_key(modality: str, parameter: str) -> str:
-    """`adapter.<modality>.<parameter>`: the payload key (and state_dict name under an `adapter` attribute)."""
-    return f"{PREFIX}.{modality}.{parameter}"
-
-
-def adapter_keys(modalities: Iterable[str]) -> tuple[str, ...]:
-    """Every payload key a site holding `modalities` sends for its adapters (the allow-list's adapter part)."""
-    return tuple(adapter_key(m, p) for m in modalities for p in PARAMETERS)
+PARAMETERS = ADAPTER_PARAMETERS  # one adapter's tensors, in payload order
 
 
 def key_group(key: str) -> str:
-    """The averaging group of a payload key: its modality for `adapter.<m>.*`, else COMMON.
-
-    ValueError for an `adapter.` key that names no known modality or parameter.
-    """
-    if not key.startswith(PREFIX + "."):
-        return COMMON
-    parts = key.split(".", 2)
-    if len(parts) != 3 or parts[1] not in MODALITIES or parts[2] not in PARAMETERS:
+    """The averaging group of a payload key (`fedrsclip.protocol.key_group`): its modality for `adapter.<m>.*`,
+    else COMMON. ValueError for an `adapter.` key that names no known modality or parameter."""
+    group = protocol_key_group(key)
+    if group != COMMON and group not in MODALITIES:
         raise ValueError(f"payload key {key!r} is not an adapter key adapter.<modality>.<parameter> with a modality "
                          f"in {', '.join(MODALITIES)} and a parameter in {', '.join(PARAMETERS)}")
-    return parts[1]
+    return group
 
 
 def _modality_seed(seed: int, modality: str) -> int:

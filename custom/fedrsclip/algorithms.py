@@ -5,6 +5,10 @@ Scoring: "cosine" is CoOp's cos(global image feature, prompt text feature) (eq. 
 both prompts' logits); "ot" is CMFAC, 1 - d_OT between patch tokens and the prompts' text features (eq. 15);
 "uniform" is the same with a uniform transport plan (the OT-vs-uniform ablation).
 
+Every prompt algorithm trains single-label scenes with cross-entropy and multi-label scenes (label sets: BigEarthNet)
+with the multi-label loss of `fedrsclip.multilabel`, as the manifest says; in a multi-modal federation it also
+learns one adapter per modality (`fedrsclip.adapters`; the `multimodal` settings: MF, FW, MIM).
+
 To add an algorithm that combines these switches, add a row below. One that needs a new mechanism: its loss or
 score in `fedrsclip.trainer` (the method in one file), its switch here, and, when it sends anything new, the entry
 names in `sends` (checked at the site by `fedrsclip.privacy.check_outgoing`). A new kind of model (a new `kind`)
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .protocol import SHARED
+from .protocol import SHARED, adapter_keys
 
 ALL_WEIGHTS = ("*",)  # `sends` of a full-model algorithm: every weight its trainer lists (trainer.shapes)
 
@@ -30,11 +34,19 @@ class Algorithm:
     dpac: bool = True
     proximal: bool = False
     sends: tuple[str, ...] = (SHARED,)  # payload entries that leave a site; ALL_WEIGHTS; (): nothing (local)
+    labels: tuple[str, ...] = ("single", "multi")  # the label kinds it trains: one class per image, label sets
 
     @property
     def federated(self) -> bool:
         """False: nothing is sent, nothing is aggregated."""
         return bool(self.sends)
+
+    def outgoing(self, fused: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """What a site sends: `sends`, and in a multi-modal federation with MF on (multimodal.fusion) the adapter
+        of each modality it holds (`fused`; fedrsclip.adapters), averaged among that modality's sites only."""
+        if not self.federated or self.sends == ALL_WEIGHTS:
+            return self.sends
+        return (*self.sends, *adapter_keys(fused))
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -56,7 +68,7 @@ _ALL = [
     Algorithm("local", "local training only (one CoOp prompt per site, nothing sent)", dual=False,
               scoring="cosine", dpac=False, sends=()),
     Algorithm("fedavg-full", "FedAvg of a full timm image classifier (the paper's parameter-transfer baseline)",
-              kind="classifier", dual=False, scoring="cosine", dpac=False, sends=ALL_WEIGHTS),
+              kind="classifier", dual=False, scoring="cosine", dpac=False, sends=ALL_WEIGHTS, labels=("single",)),
 ]
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in _ALL}

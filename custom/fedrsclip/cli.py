@@ -87,11 +87,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: --out {out} exists and is not a fedrsclip results file: choose another --out",
                   file=sys.stderr)
             return 2
-    if cfg.data.source == "synthetic":
+    if cfg.data.source in ("synthetic", "synthetic-mm"):
         from .data.source import synthetic_manifest
 
         manifest_path = synthetic_manifest(cfg.data, cfg.data.synthetic_dir or Path(cfg.data.cache_dir).parent /
-                                           "fedrsclip-data")
+                                           "fedrsclip-data", modalities=cfg.multimodal.modalities)
     elif cfg.data.manifest:
         manifest_path = Path(cfg.data.manifest)
     else:
@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     results = run_inprocess(cfg, load_manifest(manifest_path), state_dir=args.state_dir, pooled=args.centralized,
-                            data_description=describe_data(cfg.data, manifest_path))
+                            data_description=describe_data(cfg.data, manifest_path, cfg.multimodal.modalities))
     results["config"] = cfg.to_dict()
     atomic_write_json(out, results)
     print(format_table(results))
@@ -128,7 +128,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .tools.demo import run_demo
 
     return run_demo(args.workspace, sites=args.sites, threads=args.threads, he=args.he, rounds=args.rounds,
-                    overrides=_overrides(args))
+                    overrides=_overrides(args), modalities=args.modalities)
 
 
 def _job(args: argparse.Namespace) -> int:
@@ -141,10 +141,11 @@ def _job(args: argparse.Namespace) -> int:
                    overrides=tuple(_overrides(args, with_algorithm=False)),
                    settings=Path(args.settings) if args.settings else None, he=args.he, min_clients=args.min_clients,
                    train_timeout=args.train_timeout or 0, wait_after_min=args.wait_after_min or 0, resume=resume,
-                   torch_threads=args.torch_threads)
+                   torch_threads=args.torch_threads, modalities=args.modalities)
     if args.algorithm and spec.config().algorithm != args.algorithm:  # the settings' own one needs no override
         spec = dataclasses.replace(spec, overrides=(f"algorithm={args.algorithm}", *spec.overrides))
     _warn_privacy(spec.config())
+    _note_modalities(spec.config())
     out = write_job(spec, args.out)
     print(f"wrote {out}: {describe(spec)}")
     if resume is not None:
@@ -155,6 +156,14 @@ def _job(args: argparse.Namespace) -> int:
         print(f"HE contexts for the simulator: fedrsclip he-context --simulator {workspace}")
     print("run it: " + " ".join(simulator_command(out, workspace, spec.sites, spec.sites, portable=True)))
     return 0
+
+
+def _note_modalities(cfg) -> None:
+    """Say when MIM is asked for but no site of the job holds paired modalities (it then does nothing)."""
+    items = cfg.multimodal.site_modalities()
+    if items is not None and cfg.multimodal.modules(True)[1] and not any(len(mods) > 1 for mods in items):
+        print(f"note: MIM is inactive: no site holds paired modalities (multimodal.modalities "
+              f"{cfg.multimodal.modalities}; a site holding both is written s2+s1)", file=sys.stderr)
 
 
 def _free_workspace(job: Path, resume: Path | None, check) -> Path:
@@ -273,11 +282,13 @@ def _experiment(args: argparse.Namespace) -> int:
     from .tools.experiments.grid import DataSource, parse_sites
     from .tools.experiments.runner import run_experiment
 
-    data = DataSource(manifest=args.manifest, dataset=args.dataset, root=args.root, data_seed=args.data_seed)
+    data = DataSource(manifest=args.manifest, dataset=args.dataset, root=args.root, data_seed=args.data_seed,
+                      modalities=args.modalities)
     return run_experiment(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
                           parse_sites(args.sites), [p.strip() for p in args.partition.split(",") if p.strip()],
                           args.seeds, rounds=args.rounds,
-                          overrides=args.set or [], data=data, settings=args.settings, max_threads=args.threads)
+                          overrides=args.set or [], data=data, settings=args.settings, max_threads=args.threads,
+                          ablate=args.ablate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None, help="simulator threads (default: one per site)")
     p.add_argument("--he", action="store_true", help="CKKS-encrypted shared-prompt updates (contexts made in the "
                                                      "workspace's startup/ when missing)")
+    p.add_argument("--modalities", help="a multi-modal federation on synthetic S2/S1 scenes: what each site holds, "
+                                        "e.g. s2,s1 (alternating) or s2,s1,s2+s1 (README: Multi-modal federations)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("job", help="make a FLARE job for an algorithm (built with FLARE's job API)",
@@ -363,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "(default 0)")
     p.add_argument("--resume", metavar="RUN", help="continue an aborted run from its last global model: its server "
                                                    "app folder, simulator workspace or FL_global_model.npz")
+    p.add_argument("--modalities", help="a multi-modal federation: the sites' modalities, e.g. s2,s1 (repeated over "
+                                        "the sites; s2+s1 a site holding both): an adapter per modality, averaged "
+                                        "among its sites only (README: Multi-modal federations)")
     p.set_defaults(func=_job)
 
     p = sub.add_parser("he-context", help="make CKKS (TenSEAL) contexts for the simulator or for POC kits",
@@ -435,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many simulator threads per cell (one per site up to it)")
     p.add_argument("--settings", default=None, help="the jobs' fedrsclip YAML (default: the package's offline demo "
                                                     "settings)")
+    p.add_argument("--modalities", help="a multi-modal federation in every cell: the sites' modalities, e.g. "
+                                        "s2,s1,s2+s1 (synthetic S2/S1 scenes unless --manifest/--dataset; README: "
+                                        "Multi-modal federations)")
+    p.add_argument("--ablate", metavar="MODULES", help="with --modalities: comma-separated multi-modal modules (mf, "
+                                                       "fw, mim), each switched off in cells of its own next to the "
+                                                       "full framework's")
     p.set_defaults(func=_experiment)
     add_bench_command(sub)
     return parser

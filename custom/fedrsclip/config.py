@@ -18,6 +18,8 @@ from .ot import OTConfig  # frozen and self-validating; FedOTP's values as defau
 from .ranges import check_ranges, ranged
 
 SEED = "[0, 4294967296)"  # every seed: numpy's and torch's generators take it as it is
+SOURCES = ("manifest", "synthetic", "synthetic-mm")
+LOSSES = ("bce", "asl")
 
 
 class ConfigError(ValueError):
@@ -91,8 +93,13 @@ class DataConfig:
     num_workers: int = ranged(0, "[0, inf)")
     # Where the images come from: "manifest" (data.manifest, the default) or "synthetic": every site generates the
     # same seeded synthetic dataset (fedrsclip.data.synth) and the same partition manifest over synthetic_sites
-    # sites, then takes its part. No download, no preparation step (offline demo, tests).
+    # sites, then takes its part. No download, no preparation step (offline demo, tests). "synthetic-mm": the same
+    # with synthetic_scenes multi-label scenes as Sentinel-2-like and Sentinel-1-like patches (fedrsclip.data.
+    # synth_mm), each site holding the modalities multimodal.modalities gives it.
     source: str = "manifest"
+    # null: as the manifest says; true / false: this run is for label sets (multi-label) / one class per image, and
+    # a manifest of the other kind stops the site with a message.
+    multi_label: bool | None = None
     synthetic_sites: int = ranged(10, "[1, inf)")  # sites the synthetic dataset is partitioned over (site-1 .. site-N)
     synthetic_classes: int = ranged(10, "[1, inf)")
     synthetic_per_class: int = ranged(40, "[1, inf)")
@@ -100,6 +107,7 @@ class DataConfig:
     synthetic_seed: int = ranged(0, SEED)  # images, train/test split and partition
     synthetic_scheme: str = "uniform"  # a partition scheme: uniform | label-skew | dirichlet
     synthetic_dir: str | None = None  # where to generate it; null: the caller's default (a FLARE site's workspace)
+    synthetic_scenes: int = ranged(240, "[2, inf)")  # synthetic-mm: scenes (synthetic_size: a multiple of 6 px)
     # What the image encoder sees (fedrsclip.data.composite; README "Your imagery"). All of them are part of the
     # feature-cache key. `fedrsclip data preview FILE --set data.X=...` shows the result.
     modality: str = "auto"  # auto (the manifest's: s2/s1 for BigEarthNet and EuroSAT MS, else rgb) | rgb | s2 | s1
@@ -113,9 +121,12 @@ class DataConfig:
     max_pixels: int = ranged(40_000_000, "[1, inf)")  # larger images are skipped, checked from the header before decoding
 
     def __post_init__(self) -> None:
-        if self.source not in ("manifest", "synthetic"):
-            raise ValueError(f"data.source must be manifest or synthetic; got {self.source!r}")
-        if self.source == "synthetic" and self.manifest:
+        if self.source not in SOURCES:
+            raise ValueError(f"data.source must be one of {', '.join(SOURCES)}; got {self.source!r}")
+        if self.source == "synthetic-mm" and isinstance(self.synthetic_size, int) and self.synthetic_size % 6:
+            raise ValueError(f"data.synthetic_size must be a multiple of 6 for data.source: synthetic-mm (its "
+                             f"Sentinel-2 bands are at 10, 20 and 60 m); got {self.synthetic_size}: set e.g. 60")
+        if self.source != "manifest" and self.manifest:
             raise ValueError(f"data.manifest is set ({self.manifest}) but data.source is synthetic: set "
                              "data.source: manifest to use the manifest, or data.manifest: null")
         from .data.composite import check_image_settings  # the image settings' own rules, in one place
@@ -131,6 +142,62 @@ class ClassifierConfig:
     pretrained: bool = False  # ImageNet weights from the hub; offline runs use random init
     image_size: int = ranged(224, "[1, inf)")
     lr: float = ranged(0.01, "(0, inf)")
+
+
+@dataclass
+class MultiLabelConfig:
+    """Label sets per image (BigEarthNet; fedrsclip.multilabel): the loss on the class scores and its calibration."""
+
+    loss: str = "bce"  # bce (binary cross-entropy) | asl (asymmetric loss, Ridnik et al. 2021, for imbalanced sets)
+    gamma_pos: float = ranged(0.0, "[0, inf)")  # asl: focusing exponent of the positives
+    gamma_neg: float = ranged(4.0, "[0, inf)")  # asl: focusing exponent of the negatives (the paper's 4)
+    clip: float = ranged(0.05, "[0, 1)")  # asl: probability shift of the negatives (the paper's 0.05)
+    bias_lr: float = ranged(0.1, "(0, inf)")  # SGD learning rate of the site's sigmoid calibration bias (never sent)
+
+
+@dataclass
+class MultiModalConfig:
+    """Sites of different modalities in one federation (seed 002; README "Multi-modal federations")."""
+
+    # The federation's modalities, per site: "s2,s1" (site-1 s2, site-2 s1, repeated over the sites), "s2+s1" a site
+    # holding both (paired scenes). Every site builds an adapter for each of them; with data.source: synthetic-mm it
+    # also says what each synthetic site holds. null: from a multi-modal manifest, else one modality (no adapters).
+    modalities: str | None = None
+    # The seed's three modules. null: on in a multi-modal federation (the seed's full framework), off otherwise.
+    fusion: bool = True  # MF: each modality's adapter averaged among its sites; false: adapters stay at their site
+    whitening: bool | None = None  # FW: each site whitens its features with its own statistics (never sent)
+    mim: bool | None = None  # MIM: InfoNCE between the modalities' adapted features of paired scenes
+    adapter_rank: int = ranged(16, "[1, inf)")  # the adapters' bottleneck (2 x rank x E values per modality)
+    adapter_lr: float = ranged(0.05, "(0, inf)")  # SGD learning rate of the adapters
+    mim_weight: float = ranged(0.5, "[0, inf)")
+    mim_temperature: float = ranged(0.1, "(0, inf)")  # tau of the InfoNCE term
+
+    def site_modalities(self) -> list[tuple[str, ...]] | None:
+        """The `modalities` items as tuples ("s2+s1" -> ("s2", "s1")), None when unset; ValueError naming a bad one."""
+        if self.modalities is None:
+            return None
+        from .data.composite import MODALITIES
+
+        items = [item.strip() for item in str(self.modalities).split(",")]
+        out = []
+        for item in items:
+            mods = tuple(m.strip().lower() for m in item.split("+"))
+            unknown = [m for m in mods if m not in MODALITIES]
+            if not item or unknown or len(set(mods)) != len(mods):
+                raise ValueError(f"multimodal.modalities: {item!r} is not a modality or modalities joined by '+' "
+                                 f"(known: {', '.join(MODALITIES)}; each once), e.g. s2,s1 or s2,s1,s2+s1")
+            out.append(mods)
+        return out
+
+    def modules(self, multi_modal: bool) -> tuple[bool, bool]:
+        """(FW on, MIM on) for a run that is (or is not) a multi-modal federation: null follows it."""
+        return (multi_modal if self.whitening is None else self.whitening,
+                multi_modal if self.mim is None else self.mim)
+
+    def federation(self) -> tuple[str, ...] | None:
+        """Every modality of the federation, in order of first mention; None when unset."""
+        items = self.site_modalities()
+        return None if items is None else tuple(dict.fromkeys(m for mods in items for m in mods))
 
 
 @dataclass
@@ -157,6 +224,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    multilabel: MultiLabelConfig = field(default_factory=MultiLabelConfig)
+    multimodal: MultiModalConfig = field(default_factory=MultiModalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +238,18 @@ class Config:
         _choice("prompt.class_position", self.prompt.class_position, ("middle", "end", "front"))
         _choice("dpac.negatives", self.dpac.negatives, ("classes", "peers"))
         _choice("model.text_precision", self.model.text_precision, ("fp32", "bf16", "fp16"))
+        _choice("multilabel.loss", self.multilabel.loss, LOSSES)
+        try:
+            self.multimodal.site_modalities()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.multimodal.modalities is not None and ALGORITHMS[self.algorithm].kind != "prompt":
+            able = ", ".join(a for a, spec in ALGORITHMS.items() if spec.kind == "prompt")
+            raise ConfigError(f"multimodal.modalities is set but algorithm {self.algorithm} has no modality adapters "
+                              f"(multi-modal federations train prompts); use one of: {able}, or drop the modalities")
+        if self.data.source == "synthetic-mm" and self.multimodal.modalities is None:
+            raise ConfigError("data.source is synthetic-mm but multimodal.modalities is null: say which modalities "
+                              "the synthetic sites hold, e.g. multimodal.modalities=s2,s1")
         for section in fields(self):  # every numeric setting against the range declared next to it
             if dataclasses.is_dataclass(value := getattr(self, section.name)):
                 try:

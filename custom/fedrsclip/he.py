@@ -17,6 +17,12 @@ One ciphertext is 65,676 bytes; the server's context is under 100 bytes, because
 On the wire an encrypted update is a dict of uint8 arrays, so FLARE's serializer and the server's .npz model files
 carry it as they are: one serialized CKKS vector per payload key, and `HEADER_KEY` holding a small JSON header
 (shapes, total weight, key id, number of contributions).
+
+Multi-modal federations (MF): each modality's adapter is sent by the sites holding it only, so each averaging group
+(`protocol.key_group`) has its own total weight: the header's "group_weights" {modality: sum of its senders' n_k},
+and a site decrypts an adapter entry as Dec(C) / N_modality. The shared prompt keeps the total weight. Each group is
+encrypted as it is today (one CKKS vector per entry); the server adds a group's ciphertexts only to the same
+group's.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .protocol import as_float32
+from .protocol import COMMON, ContributionError, as_float32, check_fits, groups_of, key_group
 
 CLIENT_CONTEXT_FILE = "client_context.tenseal"  # FLARE's names (nvflare.lighter ProvFileName), made by HEBuilder
 SERVER_CONTEXT_FILE = "server_context.tenseal"
@@ -131,6 +137,15 @@ class EncryptedUpdate:
     def nbytes(self) -> int:
         return sum(len(v) for v in self.vectors.values())
 
+    @property
+    def group_weights(self) -> dict[str, float]:
+        """{adapter group: the total weight of its senders} (multi-modal federations); {} otherwise."""
+        return {str(g): float(w) for g, w in (self.extra.get("group_weights") or {}).items()}
+
+    def weight_of(self, key: str) -> float:
+        """The total weight the entry `key` was summed with: its group's, else the update's."""
+        return self.group_weights.get(key_group(key), self.weight)
+
     def to_data(self) -> dict[str, np.ndarray]:
         header = {"format": FORMAT, "shapes": {k: list(s) for k, s in self.shapes.items()}, "weight": self.weight,
                   "key_id": self.key_id, "contributions": self.contributions, **self.extra}
@@ -168,6 +183,12 @@ class EncryptedUpdate:
             raise HEError(f"{source}: the CKKS update's weight {weight} is not a positive number")
         extra = {k: v for k, v in header.items()
                  if k not in ("format", "shapes", "weight", "key_id", "contributions")}
+        groups = extra.get("group_weights", {})
+        if not isinstance(groups, dict) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0
+                for w in groups.values()):
+            raise HEError(f"{source}: the CKKS header's group_weights {groups!r} are not positive weights per "
+                          "modality")
         return cls(vectors, shapes, weight, kid, int(header.get("contributions", 1)), extra)
 
 
@@ -188,7 +209,9 @@ def encrypt_update(ctx, payload: Mapping[str, np.ndarray], weight: float) -> Enc
                           f"{exc}; the CKKS parameters leave too little headroom, use a context with a smaller "
                           "scale (fedrsclip he-context --scale-bits)") from None
         shapes[key] = tuple(array.shape)
-    return EncryptedUpdate(vectors, shapes, float(weight), key_id(ctx))
+    groups = sorted({key_group(k) for k in payload} - {COMMON})
+    extra = {"group_weights": {g: float(weight) for g in groups}} if groups else {}
+    return EncryptedUpdate(vectors, shapes, float(weight), key_id(ctx), extra=extra)
 
 
 class EncryptedSum:
@@ -199,16 +222,28 @@ class EncryptedSum:
         self.sums: dict[str, Any] = {}
         self.shapes: dict[str, tuple[int, ...]] | None = None
         self.weight = 0.0
+        self.group_weights: dict[str, float] = {}
         self.key_id: str | None = None
         self.count = 0
 
     def check(self, update: EncryptedUpdate, source: str, expected_shapes: Mapping[str, tuple] | None = None):
-        """Deserialized vectors of `update` after checking its keys, shapes, sizes and key id; HEError otherwise."""
+        """Deserialized vectors of `update` after checking its keys, shapes, sizes, group weights and key id;
+        HEError otherwise. Shapes fit the sum so far, or `expected_shapes` (the previous global model's), as
+        `protocol.check_fits` says (an update carries the adapters of its own modalities only)."""
         ts = _ts()
         shapes = self.shapes or (dict(expected_shapes) if expected_shapes else None)
-        if shapes is not None and update.shapes != shapes:
-            raise HEError(f"{source}: update shapes {update.shapes} do not match {shapes} (a site running another "
-                          "model or algorithm)")
+        try:
+            groups_of(update.shapes)
+            if shapes is not None:
+                check_fits(update.shapes, shapes)
+        except ContributionError as exc:
+            raise HEError(f"{source}: update shapes {update.shapes} do not match {shapes} ({exc}; a site running "
+                          "another model or algorithm)") from None
+        groups = {key_group(k) for k in update.shapes} - {COMMON}
+        if set(update.group_weights) != groups or (update.contributions == 1 and any(
+                abs(w - update.weight) > 1e-9 * max(1.0, update.weight) for w in update.group_weights.values())):
+            raise HEError(f"{source}: its group weights {update.group_weights} do not match its adapter groups "
+                          f"{sorted(groups)} and weight {update.weight:g}")
         if self.key_id is not None and update.key_id != self.key_id:
             raise HEError(f"{source}: encrypted under key {update.key_id}, the others under {self.key_id}: this "
                           f"site's {CLIENT_CONTEXT_FILE} is not the one the other sites use")
@@ -230,16 +265,19 @@ class EncryptedSum:
         vectors = self.check(update, source, expected_shapes)
         for key, vector in vectors.items():
             self.sums[key] = vector if key not in self.sums else self.sums[key] + vector
-        self.shapes = dict(update.shapes)
+        self.shapes = {**(self.shapes or {}), **update.shapes}
         self.key_id = update.key_id
         self.weight += update.weight
+        for group, weight in update.group_weights.items():  # each modality's adapter: its senders' weights only
+            self.group_weights[group] = self.group_weights.get(group, 0.0) + weight
         self.count += update.contributions
 
     def result(self) -> EncryptedUpdate:
         if not self.count:
             raise HEError("no encrypted update to aggregate")
+        extra = {"group_weights": dict(self.group_weights)} if self.group_weights else {}
         return EncryptedUpdate({k: v.serialize() for k, v in self.sums.items()}, dict(self.shapes),
-                               self.weight, self.key_id, self.count)
+                               self.weight, self.key_id, self.count, extra)
 
 
 def decrypt_average(ctx, update: EncryptedUpdate, source: str) -> dict[str, np.ndarray]:
@@ -269,7 +307,7 @@ def decrypt_average(ctx, update: EncryptedUpdate, source: str) -> dict[str, np.n
         if values.size != int(np.prod(shape)):
             raise HEError(f"{source}: {key!r} decrypts to {values.size} values, its shape {shape} needs "
                           f"{int(np.prod(shape))}")
-        mean, bad = as_float32(values / update.weight)  # checked as it is used: float32
+        mean, bad = as_float32(values / update.weight_of(key))  # checked as it is used: float32
         if bad:
             raise HEError(f"{source}: {key!r} decrypts to {bad} NaN or Inf values (beyond float32's range counts "
                           "as Inf)")

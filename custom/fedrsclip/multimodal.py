@@ -12,7 +12,9 @@ with its own statistics. MIM (fedrsclip.mim) acts on the adapted pooled features
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +23,8 @@ from .adapters import ModalityAdapters
 from .features import FeatureSet
 from .multilabel import SigmoidCalibration, multilabel_metrics
 from .whitening import FeatureWhitening
+
+log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pooled [B, E], tokens [B, V, E]) -> logits [B, K]
 
@@ -61,3 +65,57 @@ def evaluate_modality(test: FeatureSet, modality: str, score: ScoreFn, adapters:
         out.append((calibration(logits) if calibration is not None else logits).float().cpu())
     metrics = multilabel_metrics(torch.cat(out), test.labels)
     return {**metrics, "modality": modality, "row": f"{modality} only"}
+
+
+def _take(features: FeatureSet, rows: torch.Tensor) -> FeatureSet:
+    return FeatureSet(features.global_feats[rows], features.tokens[rows], features.labels[rows],
+                      [features.paths[i] for i in rows.tolist()], list(features.skipped))
+
+
+@dataclass
+class ModalSet:
+    """One split of a site in a multi-modal federation: {modality: FeatureSet}, the site's own modality first;
+    row i of every set is the same scene (same labels). A site of one modality has one set."""
+
+    sets: dict[str, FeatureSet]
+
+    def __len__(self) -> int:
+        return len(self.primary)
+
+    @property
+    def primary(self) -> FeatureSet:
+        return next(iter(self.sets.values()))
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.primary.labels
+
+    @property
+    def paths(self) -> list[str]:
+        return self.primary.paths
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [x for fs in self.sets.values() for x in fs.skipped]
+
+    @staticmethod
+    def align(primary: tuple[str, FeatureSet], partners: Mapping[str, tuple[FeatureSet, Mapping[str, str]]],
+              where: str = "") -> "ModalSet":
+        """The scenes readable in every modality, aligned row by row. primary: (modality, its features);
+        partners: {modality: (its features, {record path: partner path})}. A scene whose patch was skipped
+        (unreadable) in any modality is left out of every modality, with a log line."""
+        modality, first = primary
+        keep = torch.arange(len(first))
+        rows: dict[str, torch.Tensor] = {}
+        for m, (features, partner_of) in partners.items():
+            by_path = {p: i for i, p in enumerate(features.paths)}
+            rows[m] = torch.tensor([by_path.get(partner_of.get(path, ""), -1) for path in first.paths],
+                                   dtype=torch.long)
+            keep = keep[rows[m][keep] >= 0]
+        dropped = len(first) - len(keep)
+        if dropped:
+            log.warning("%s: %d of %d scenes are left out: a patch of another modality is unreadable (see the "
+                        "skipped files above)", where or modality, dropped, len(first))
+        sets = {modality: _take(first, keep)}
+        sets.update({m: _take(partners[m][0], rows[m][keep]) for m in partners})
+        return ModalSet(sets)

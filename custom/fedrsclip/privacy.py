@@ -46,9 +46,11 @@ class PrivacyError(RuntimeError):
     """A site was about to send something it must not (a key outside the allow-list, a bad array)."""
 
 
-def allowed_keys(algorithm: Algorithm, expected_shapes: Mapping[str, tuple] | None) -> set[str]:
-    """The payload entries `algorithm` sends (for ALL_WEIGHTS: the trainer's weight entries)."""
-    sends = algorithm.sends
+def allowed_keys(algorithm: Algorithm, expected_shapes: Mapping[str, tuple] | None,
+                 fused: tuple[str, ...] = ()) -> set[str]:
+    """The payload entries `algorithm` sends (for ALL_WEIGHTS: the trainer's weight entries), with the adapters of
+    the modalities `fused` (MF on: the site's own modalities; `Algorithm.outgoing`)."""
+    sends = algorithm.outgoing(fused)
     if sends == ALL_WEIGHTS:
         if expected_shapes is None:
             raise PrivacyError(f"{algorithm.name} sends every model weight: the check needs the trainer's shapes "
@@ -59,11 +61,12 @@ def allowed_keys(algorithm: Algorithm, expected_shapes: Mapping[str, tuple] | No
 
 def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
                    expected_shapes: Mapping[str, tuple] | None = None, site: str = "site",
-                   record: RoundRecord | None = None) -> dict[str, np.ndarray]:
+                   record: RoundRecord | None = None, fused: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Refuse any update that is not exactly the algorithm's allow-list: the payload's entries correctly shaped
     floats, finite as the float32 that is sent; the record's fields and metric names those of
-    `protocol.RoundRecord`, its bytes_up the payload's. Returns the payload as float32 arrays (what is then sent)."""
-    allowed = allowed_keys(algorithm, expected_shapes)
+    `protocol.RoundRecord`, its bytes_up the payload's. `fused`: the modalities whose adapters this site sends (MF;
+    no other modality's ever leaves). Returns the payload as float32 arrays (what is then sent)."""
+    allowed = allowed_keys(algorithm, expected_shapes, fused)
     extra = sorted(set(payload) - allowed)
     if extra:
         raise PrivacyError(f"{site}: refusing to send {extra[:5]}{' ...' if len(extra) > 5 else ''}: algorithm "
@@ -145,23 +148,31 @@ def dp_warning(cfg: Config) -> str | None:
 
 
 def protect_outgoing(result: RoundResult, cfg: Config, site: str, round_idx: int,
-                     reference: np.ndarray | None, releases: int) -> RoundResult:
-    """DP of the shared-prompt update when configured (`reference`: the shared prompt the round started from;
-    `releases`: this site's releases of it so far, this one included, as the site counts them in its saved state:
-    never the round number a server sends, which a resumed, repeated or forged round would make too small).
-    The returned metrics gain the accounting (dp_epsilon, dp_delta, dp_rounds: the releases, dp_noise_std); the
-    raw update's norm and whether it was clipped are logged here, at the site, and nowhere else."""
+                     reference: np.ndarray | Mapping[str, np.ndarray] | None, releases: int) -> RoundResult:
+    """DP of the update when configured (`reference`: the shared prompt the round started from, or {key: value
+    at the round's start} of every entry sent: a multi-modal site's adapters are clipped and noised together with
+    its shared prompt, as one vector; `releases`: this site's releases so far, this one included, as the site
+    counts them in its saved state: never the round number a server sends, which a resumed, repeated or forged
+    round would make too small). The returned metrics gain the accounting (dp_epsilon, dp_delta, dp_rounds: the
+    releases, dp_noise_std); the raw update's norm and whether it was clipped are logged here, at the site, and
+    nowhere else."""
     if isinstance(releases, bool) or not isinstance(releases, int) or releases < 1:
         raise PrivacyError(f"{site}: {releases!r} is not a count of releases (this round's included)")
     pc = cfg.privacy
     if pc.dp_clip_norm is None or not result.payload:
         return result
-    if reference is None or SHARED not in result.payload:
-        raise PrivacyError(f"{site}: differential privacy needs the shared prompt the round started from")
+    references = {SHARED: reference} if isinstance(reference, np.ndarray) else dict(reference or {})
+    if SHARED not in result.payload or set(result.payload) - {k for k, v in references.items() if v is not None}:
+        raise PrivacyError(f"{site}: differential privacy needs the value each sent entry started the round from")
     payload: Payload = dict(result.payload)
-    update = np.asarray(payload[SHARED], dtype=np.float64) - reference
+    keys = sorted(payload)  # one fixed order: the noise stream is reproducible with privacy.dp_seed
+    starts = [np.asarray(references[k], dtype=np.float64) for k in keys]
+    update = np.concatenate([(np.asarray(payload[k], dtype=np.float64) - s).ravel() for k, s in zip(keys, starts)])
     noised, info = clip_and_noise(update, pc.dp_clip_norm, pc.dp_noise_multiplier, dp_rng(pc.dp_seed, site, round_idx))
-    payload[SHARED] = (reference + noised).astype(np.float32)
+    offset = 0
+    for key, start in zip(keys, starts):
+        payload[key] = (start + noised[offset:offset + start.size].reshape(start.shape)).astype(np.float32)
+        offset += start.size
     log.info("%s: DP round %d: update norm %.4g before clipping to %g (%s); kept at this site, never sent", site,
              round_idx + 1, info["dp_update_norm"], pc.dp_clip_norm, "clipped" if info["dp_clipped"] else "not clipped")
     metrics = {**result.metrics, "dp_noise_std": info["dp_noise_std"],

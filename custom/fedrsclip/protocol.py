@@ -27,14 +27,25 @@ from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-SHARED = "shared_ctx"  # the shared prompt: the only payload entry of the prompt algorithms
+SHARED = "shared_ctx"  # the shared prompt: sent by every site of a federated prompt algorithm
+
+# A modality adapter's entries (multi-modal federations, fedrsclip.adapters): `adapter.<modality>.<parameter>`, sent
+# only by the sites holding that modality (MF) and averaged only among them: each modality is an averaging group,
+# every other entry (the shared prompt) belongs to the group COMMON, averaged across all sites.
+ADAPTER_PREFIX = "adapter"
+ADAPTER_PARAMETERS: tuple[str, ...] = ("down.weight", "up.weight")  # one adapter's tensors, in payload order
+COMMON = "all"
+_MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 Payload = dict[str, np.ndarray]
 
 # Names a record may carry (the allow-list of privacy.check_outgoing). To report a new metric, add its name here.
 EVALUATION_KEYS = ("accuracy", "loss", "samples")  # of one model on a site's own test split, in table order
+MULTILABEL_KEYS = ("micro_f1", "macro_f1", "mAP")  # multi-label evaluations add these (percent; accuracy is None)
 TRAINING_METRICS = frozenset({
     "train_loss", "train_ce", "train_dpac", "train_prox", "train_accuracy", "train_seconds", "steps",
+    "train_bce", "train_asl", "train_mim", "mim_steps",  # multi-label loss; MIM (steps it was active in)
+    "skipped_images",  # this site's train + test files that could not be read (a count; the files stay in its log)
     "dp_epsilon", "dp_delta", "dp_rounds", "dp_noise_std",  # derived from the settings, never from the update
 })
 # Seconds per phase of a site's task, disjoint (their sum is the task's `seconds`): start (the site's process
@@ -42,8 +53,9 @@ TRAINING_METRICS = frozenset({
 # cache), evaluate (the received model), train. The first three only in the first task of a process.
 TIMINGS = frozenset({"start", "load", "extract", "evaluate", "train"})
 # The run's descriptions: text for people (algorithm, backbone, data) and what is known for labels (weights:
-# "random", "tag:<open_clip tag>" or "file:<sha256 prefix>"; data_source: "synthetic" or "manifest").
+# "random", "tag:<open_clip tag>" or "file:<sha256 prefix>"; data_source: "synthetic", "synthetic-mm" or "manifest").
 DESCRIPTION_KEYS = frozenset({"algorithm", "backbone", "data", "weights", "data_source"})
+EVALUATION_NAMES = frozenset({*EVALUATION_KEYS, *MULTILABEL_KEYS})
 
 
 class PayloadError(ValueError):
@@ -65,13 +77,87 @@ def site_order(name: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
 
 
-def class_fingerprint(classnames: Sequence[str], texts: Sequence[str] | None = None) -> str:
+def class_fingerprint(classnames: Sequence[str], texts: Sequence[str] | None = None,
+                      multi_label: bool = False) -> str:
     """A short, stable name of a class list ("K:sha256 prefix"), sent with each update: the server must never
     average prompts trained on different class lists (the prompts' shapes would not show it). `texts`: the class
     texts the prompts use when they are not the names (prompt.class_descriptions), so that sites with different
-    description files are not averaged together either; None keeps the names-only fingerprint."""
-    key = list(classnames) if texts is None else [list(classnames), list(texts)]
+    description files are not averaged together either; None keeps the names-only fingerprint. `multi_label`:
+    prompts trained for multi-label scenes are never averaged with prompts trained for one class per image (the
+    same classes, another task)."""
+    key: Any = list(classnames) if texts is None else [list(classnames), list(texts)]
+    if multi_label:
+        key = {"multi_label": key}
     return f"{len(classnames)}:{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]}"
+
+
+# ---- averaging groups (multi-modal federations) --------------------------------------------------------------------
+def adapter_key(modality: str, parameter: str) -> str:
+    """`adapter.<modality>.<parameter>`: a payload key (and a state_dict name under a model's `adapter`)."""
+    return f"{ADAPTER_PREFIX}.{modality}.{parameter}"
+
+
+def adapter_keys(modalities: Iterable[str]) -> tuple[str, ...]:
+    """Every payload key a site holding `modalities` sends for its adapters (the allow-list's adapter part)."""
+    return tuple(adapter_key(m, p) for m in modalities for p in ADAPTER_PARAMETERS)
+
+
+def key_group(key: str) -> str:
+    """The averaging group of a payload key: its modality for `adapter.<m>.<parameter>`, else COMMON.
+
+    ValueError for an `adapter.` key that is not `adapter.<modality name>.<parameter>`."""
+    if not key.startswith(ADAPTER_PREFIX + "."):
+        return COMMON
+    parts = key.split(".", 2)
+    if len(parts) != 3 or not _MODALITY_NAME.match(parts[1]) or parts[2] not in ADAPTER_PARAMETERS:
+        raise ValueError(f"payload key {key!r} is not an adapter key adapter.<modality>.<parameter> with a "
+                         f"parameter in {', '.join(ADAPTER_PARAMETERS)}")
+    return parts[1]
+
+
+def groups_of(keys: Iterable[str]) -> dict[str, list[str]]:
+    """{group: its keys} of a payload's keys (COMMON for the shared prompt). ContributionError for a malformed
+    adapter key or an adapter group without all of its parameters (half an adapter cannot be averaged)."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        try:
+            out.setdefault(key_group(key), []).append(key)
+        except ValueError as exc:
+            raise ContributionError(str(exc)) from None
+    for group, members in out.items():
+        if group != COMMON and sorted(members) != sorted(adapter_keys([group])):
+            missing = sorted(set(adapter_keys([group])) - set(members))
+            raise ContributionError(f"it sends part of the adapter of modality {group}: {', '.join(missing)} missing")
+    return out
+
+
+def signature_shapes(shapes: Mapping[str, tuple[int, ...]]) -> tuple:
+    """What every site's update must share whatever modalities it holds: the shapes of its COMMON entries and of
+    its adapters' parameters, with the modality left out (`adapter.*.down.weight`). Sorted (key, shape) pairs."""
+    out = {}
+    for key, shape in shapes.items():
+        group = key_group(key)
+        out[key if group == COMMON else adapter_key("*", key.split(".", 2)[2])] = tuple(shape)
+    return tuple(sorted(out.items()))
+
+
+def lonely_groups(senders: Mapping[str, Iterable[str]]) -> dict[str, str]:
+    """{modality: its only sender} for every adapter group that exactly one site sent ({site: its payload keys}):
+    with MF on, that "average" is the one site's own adapter, and every site receives it."""
+    holders: dict[str, list[str]] = {}
+    for site, keys in senders.items():
+        for group in {key_group(k) for k in keys} - {COMMON}:
+            holders.setdefault(group, []).append(site)
+    return {group: sites[0] for group, sites in sorted(holders.items()) if len(sites) == 1}
+
+
+def lonely_group_warning(modality: str, site: str, rnd: int) -> dict[str, Any]:
+    """The results entry (and log line) for a modality whose adapter one site alone sent in round `rnd`."""
+    return {"kind": "single_site_modality", "round": rnd, "modality": modality, "site": site,
+            "message": f"the adapter of modality {modality} was sent by {site} alone in round {rnd}: with MF on "
+                       f"(multimodal.fusion) its 'average' is {site}'s own adapter, which every site receives "
+                       f"(under CKKS too, after decryption). Add another site holding {modality}, or set "
+                       "multimodal.fusion: false to keep every adapter at its site"}
 
 
 def payload_nbytes(payload: Mapping[str, Any]) -> int:
@@ -161,7 +247,7 @@ class RoundRecord:
                 raise ContributionError(f"record.{name} is {value!r}, not a count")
         if not isinstance(self.classes, str) or not re.fullmatch(r"\d+:[0-9a-f]{12}", self.classes):
             raise ContributionError(f"record.classes is {self.classes!r}, not a class-list fingerprint")
-        self.received = _numbers("received", self.received, frozenset(EVALUATION_KEYS))
+        self.received = _numbers("received", self.received, EVALUATION_NAMES)
         self.metrics = _numbers("metrics", self.metrics, TRAINING_METRICS)
         self.timings = _numbers("timings", self.timings, TIMINGS)
         if not _number(self.seconds) or not math.isfinite(self.seconds):
@@ -225,9 +311,16 @@ class FinalRecord:
     seconds: float = 0.0
     bytes_down: int = 0
     final_state: str | None = None
+    modalities: dict | None = None  # multi-modal sites: {modality: evaluation of that modality alone}
 
     def __post_init__(self) -> None:
-        self.received = _numbers("received", self.received, frozenset(EVALUATION_KEYS))
+        self.received = _numbers("received", self.received, EVALUATION_NAMES)
+        if self.modalities is not None:
+            if not isinstance(self.modalities, Mapping) or not all(
+                    isinstance(m, str) and _MODALITY_NAME.match(m) for m in self.modalities):
+                raise ContributionError("the final record's modalities must map modality names to evaluations")
+            self.modalities = {m: _numbers(f"modalities.{m}", v, EVALUATION_NAMES)
+                               for m, v in self.modalities.items()}
         if not _number(self.seconds) or not isinstance(self.bytes_down, int):
             raise ContributionError("the final record's seconds or bytes_down is not a number")
         if self.final_state is not None and not isinstance(self.final_state, str):
@@ -291,8 +384,8 @@ class Trainer(Protocol):
 def check_update(data: Any, weight: Any, reference: Mapping[str, tuple[int, ...]] | None) -> dict[str, tuple]:
     """The shapes of a valid plaintext update; ContributionError says what is wrong with an invalid one.
 
-    Valid: a dict of finite float arrays with a positive finite weight, of the `reference` keys and shapes (the
-    global model's) when there is one."""
+    Valid: a dict of finite float arrays with a positive finite weight, every adapter group complete, and, when
+    there is a `reference` (the global model's shapes), fitting it (`check_fits`)."""
     if not isinstance(data, Mapping):
         raise ContributionError(f"the update is a {type(data).__name__}, not a dict of arrays")
     shapes = {}
@@ -308,14 +401,29 @@ def check_update(data: Any, weight: Any, reference: Mapping[str, tuple[int, ...]
         shapes[key] = tuple(value.shape)
     if weight is not None and (not _number(weight) or not math.isfinite(weight) or weight <= 0):
         raise ContributionError(f"its weight is {weight!r}, expected a positive number of training samples")
+    groups_of(shapes)
     if reference:
-        if set(shapes) != set(reference):
-            raise ContributionError(f"its entries {sorted(shapes)} are not the global model's {sorted(reference)}")
-        wrong = {k: v for k, v in shapes.items() if v != tuple(reference[k])}
-        if wrong:
-            key = next(iter(wrong))
-            raise ContributionError(f"{key} has shape {wrong[key]}, the global model's is {tuple(reference[key])}")
+        check_fits(shapes, reference)
     return shapes
+
+
+def check_fits(shapes: Mapping[str, tuple], reference: Mapping[str, tuple]) -> None:
+    """ContributionError unless an update of `shapes` fits the global model of `reference` shapes: the same COMMON
+    entries; adapter groups of modalities the global model has, of its shapes; groups it does not have yet (a
+    modality whose sites had no accepted update so far) of the shapes every adapter has."""
+    common = {k for k in shapes if key_group(k) == COMMON}
+    reference_common = {k for k in reference if key_group(k) == COMMON}
+    if common != reference_common:
+        raise ContributionError(f"its entries {sorted(shapes)} are not the global model's {sorted(reference)}")
+    wrong = {k: v for k, v in shapes.items() if k in reference and tuple(v) != tuple(reference[k])}
+    if wrong:
+        key = next(iter(wrong))
+        raise ContributionError(f"{key} has shape {wrong[key]}, the global model's is {tuple(reference[key])}")
+    adapters = dict(signature_shapes({k: v for k, v in reference.items() if key_group(k) != COMMON}))
+    for key, shape in signature_shapes({k: v for k, v in shapes.items() if key_group(k) != COMMON}):
+        if adapters and adapters.get(key) != shape:
+            raise ContributionError(f"its adapters' {key.split('.', 2)[2]} has shape {shape}, the global model's "
+                                    f"adapters have {adapters.get(key)}")
 
 
 def weighted_mean(contributions: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> Payload:
@@ -341,13 +449,25 @@ def weighted_mean(contributions: Iterable[tuple[Mapping[str, np.ndarray], float]
 
 def summarize(site_metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
     """Mean and test-sample-weighted mean of per-site accuracies (sites with a finite accuracy and samples only);
-    None when there is none."""
-    usable = [(m["accuracy"], m["samples"]) for m in site_metrics.values()
-              if _number(m.get("accuracy")) and math.isfinite(m["accuracy"]) and m.get("samples")]
-    if not usable:
-        return {"mean_accuracy": None, "weighted_accuracy": None}
-    accs, samples = zip(*usable)
-    return {"mean_accuracy": float(np.mean(accs)), "weighted_accuracy": float(np.average(accs, weights=samples))}
+    None when there is none. Multi-label evaluations add the same two for each of MULTILABEL_KEYS (mean_micro_f1,
+    weighted_micro_f1, ...), only when some site reports them."""
+    out: dict[str, float | None] = {}
+    for metric in ("accuracy", *MULTILABEL_KEYS):
+        usable = [(m[metric], m["samples"]) for m in site_metrics.values()
+                  if _number(m.get(metric)) and math.isfinite(m[metric]) and m.get("samples")]
+        if not usable:
+            if metric == "accuracy":
+                out.update(mean_accuracy=None, weighted_accuracy=None)
+            continue
+        values, samples = zip(*usable)
+        out[f"mean_{metric}"] = float(np.mean(values))
+        out[f"weighted_{metric}"] = float(np.average(values, weights=samples))
+    return out
+
+
+def key_metric(evaluation: Mapping[str, Any]) -> str:
+    """The metric that ranks models of a run: accuracy, or micro F1 for multi-label evaluations."""
+    return "micro_f1" if evaluation.get("accuracy") is None and _number(evaluation.get("micro_f1")) else "accuracy"
 
 
 def majority(values: Mapping[str, Any], weights: Mapping[str, float]) -> Any:

@@ -9,10 +9,16 @@ the in-process runner (`fedrsclip run --out`). `ResultsBook` builds it from the 
      "rounds": [{"round": r, "sites": {site: {evaluation of the global model after round r (with the site's
                  private prompt), samples_train, seconds, timings, bytes_up, bytes_down, training metrics} or
                  {"missing": true, "kind", "error"}}, "missing": [...], "mean_accuracy", "weighted_accuracy"}],
-     "final": {"sites": {...}, ...}, "best": {"round", "weighted_accuracy", "selected_by"} | null,
-     "errors": [{"site", "task", "round", "kind", "error"}]}
+     "final": {"sites": {...}, ..., "modalities": {modality: {"sites": {site: evaluation}, "mean_...",
+               "weighted_..."}} (multi-modal federations: the final model on one modality only)},
+     "best": {"round", "weighted_accuracy" (multi-label: "weighted_micro_f1"), "selected_by"} | null,
+     "errors": [{"site", "task", "round", "kind", "error"}],
+     "warnings": [{"kind", "round", "message", ...}] (only when there is one)}
 
-An evaluation is `protocol.EVALUATION_KEYS` (accuracy, loss, samples; more metrics go into the same entries).
+An evaluation is `protocol.EVALUATION_KEYS` (accuracy, loss, samples; more metrics go into the same entries); a
+multi-label one adds `protocol.MULTILABEL_KEYS` (micro_f1, macro_f1, mAP; accuracy is null), and the summaries their
+mean_ and weighted_ forms: the overall row is the test-sample-weighted mean of the sites' rows (a FLARE server
+never sees a site's predictions).
 Row r's evaluation is measured when a site receives the model after round r: at the start of round r+1 (it
 travels in that round's record, `RoundRecord.received`), or at the final evaluation for the last round.
 """
@@ -24,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .protocol import EVALUATION_KEYS, FinalRecord, RoundRecord, site_order, summarize
+from .protocol import EVALUATION_KEYS, MULTILABEL_KEYS, FinalRecord, RoundRecord, key_metric, site_order, summarize
 
 RESULTS_FILE = "fedrsclip_results.json"
 RESULTS_FORMAT = 1
@@ -62,9 +68,13 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return results
 
 
-def describe_data(data: Any, manifest_path: str | Path | None) -> str:
-    """The data a run used, as the results file says it (`data`: a config.DataConfig). Synthetic data is named in
-    capitals, and reports and tables warn about it."""
+def describe_data(data: Any, manifest_path: str | Path | None, modalities: str | None = None) -> str:
+    """The data a run used, as the results file says it (`data`: a config.DataConfig; `modalities`: the sites'
+    modalities of synthetic-mm data). Synthetic data is named in capitals, and reports and tables warn about it."""
+    if data.source == "synthetic-mm":
+        return (f"SYNTHETIC multi-modal multi-label scenes ({data.synthetic_scenes} S2/S1 pairs, "
+                f"{data.synthetic_size}px, seed {data.synthetic_seed}, {data.synthetic_sites} sites holding "
+                f"{modalities}, {data.synthetic_scheme})")
     if data.source == "synthetic":
         return (f"SYNTHETIC scenes ({data.synthetic_classes} classes, {data.synthetic_per_class}/class, "
                 f"{data.synthetic_size}px, seed {data.synthetic_seed}, {data.synthetic_sites} sites, "
@@ -80,7 +90,22 @@ def _duration(seconds: float) -> str:
 
 
 def _evaluation(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: values.get(k) for k in EVALUATION_KEYS}
+    return {**{k: values.get(k) for k in EVALUATION_KEYS}, **{k: values[k] for k in MULTILABEL_KEYS if k in values}}
+
+
+def best_entry(after_round: int, value: float, metric: str, selected_by: str) -> dict[str, Any]:
+    """The results file's `best`: the round, the weighted mean of `metric` (accuracy, or micro_f1 for multi-label
+    runs) and what selected it."""
+    return {"round": after_round, f"weighted_{metric}": value, "selected_by": selected_by}
+
+
+def best_value(best: Mapping[str, Any] | None) -> tuple[str, float] | None:
+    """(metric, value) of a results file's `best`, or None."""
+    for metric in ("accuracy", "micro_f1"):
+        value = (best or {}).get(f"weighted_{metric}")
+        if isinstance(value, (int, float)):
+            return metric, float(value)
+    return None
 
 
 def _ordered(by_site: Mapping[str, Any]) -> dict:
@@ -100,6 +125,8 @@ class ResultsBook:
         self.final: dict[str, dict] = {}
         self.best: dict | None = None
         self.errors: list[dict] = []
+        self.warnings: list[dict] = []
+        self.modalities: dict[str, dict] = {}  # site -> {modality: evaluation of that modality alone}
 
     # ---- what arrives ----------------------------------------------------------------------------------------------
     def join(self, site: str) -> None:
@@ -136,6 +163,17 @@ class ResultsBook:
         self.join(site)
         self.final[site] = {**_evaluation(record.received), "seconds": record.seconds,
                             "final_state": record.final_state}
+        if record.modalities:
+            self.modalities[site] = {m: _evaluation(v) for m, v in record.modalities.items()}
+
+    def warn(self, entry: Mapping[str, Any]) -> bool:
+        """Keep a warning ({"kind", "message", ...}) once: the same kind for the same modality and site is kept at
+        its first round. Returns whether it was new."""
+        same = ("kind", "modality", "site")
+        if any(all(w.get(k) == entry.get(k) for k in same) for w in self.warnings):
+            return False
+        self.warnings.append(dict(entry))
+        return True
 
     def add_error(self, site: str, task: str, rnd: int | None, kind: str, message: str, train: bool) -> None:
         """A failed task (`train`: a training round, else the final evaluation); the site is missing there."""
@@ -168,8 +206,8 @@ class ResultsBook:
 
     def progress_line(self, rnd: int) -> str:
         """One line after round `rnd`: its wall time, the sites that answered, the slowest site's phases, the
-        latest accuracy (the model received in this round: after round rnd - 1) and the time left, estimated from
-        the rounds after the first (the first also starts the sites) or from the first alone."""
+        latest mean accuracy or micro F1 (the model received in this round: after round rnd - 1) and the time left
+        (estimated from the rounds after the first, which also starts the sites, or from the first alone)."""
         record = self.rounds.get(rnd, {})
         done = {r: v["finished"] - v["started"] for r, v in self.rounds.items() if "finished" in v and "started" in v}
         text = f"round {rnd}/{self.num_rounds or '?'} done" + (f" in {done[rnd]:.1f}s" if rnd in done else "")
@@ -183,9 +221,10 @@ class ResultsBook:
             text += f"; slowest {site} {seconds:.1f}s" + (f" ({phases})" if phases else "")
         previous = summarize(self.initial) if rnd == 1 else summarize(
             {s: v for s, v in self.rounds.get(rnd - 1, {}).get("sites", {}).items() if not v.get("missing")})
-        if previous["mean_accuracy"] is not None:
-            text += (f"; mean accuracy {previous['mean_accuracy']:.1f}% "
-                     + ("of the initial model" if rnd == 1 else f"after round {rnd - 1}"))
+        for key, name in (("mean_accuracy", "accuracy"), ("mean_micro_f1", "micro F1")):  # micro F1: label sets
+            if previous.get(key) is not None:
+                text += (f"; mean {name} {previous[key]:.1f}% "
+                         + ("of the initial model" if rnd == 1 else f"after round {rnd - 1}"))
         left = (self.num_rounds or 0) - rnd
         later = [d for r, d in done.items() if r > min(done)] if done else []
         per_round = (sum(later) / len(later)) if later else done.get(rnd)
@@ -206,29 +245,31 @@ class ResultsBook:
         return self.status
 
     def final_best(self) -> tuple[int, float] | None:
-        """(round, weighted accuracy) of the final model when it beats the best so far: the in-time choice never
-        sees the last round's model. Weighted by the last round's training samples, as the in-time choice."""
+        """(round, weighted accuracy; micro F1 for multi-label runs) of the final model when it beats the best so
+        far: the in-time choice never sees the last round's model. Weighted by the last round's training samples,
+        as the in-time choice."""
         final_sites = {s: r for s, r in self.final.items() if not r.get("missing")}
         if not final_sites or not self.rounds:
             return None
+        metric = key_metric(next(iter(final_sites.values())))
         last = self.rounds.get(max(self.rounds), {}).get("sites", {})
         weights = {s: (last.get(s, {}).get("samples_train") or 0) for s in final_sites}
-        accs = {s: r["accuracy"] for s, r in final_sites.items() if isinstance(r.get("accuracy"), (int, float))}
+        accs = {s: r[metric] for s, r in final_sites.items() if isinstance(r.get(metric), (int, float))}
         total = sum(weights[s] for s in accs)
         if not accs or total <= 0:
             return None
         value = sum(accs[s] * weights[s] for s in accs) / total
-        if self.best is not None and self.best.get("weighted_accuracy") is not None \
-                and value <= self.best["weighted_accuracy"]:
+        best = best_value(self.best)
+        if best is not None and value <= best[1]:
             return None
         finished = [r for r, v in self.rounds.items() if "finished" in v]
         return (max(finished) if finished else max(self.rounds)), value
 
-    def consider_best(self, after_round: int, value: float | None, selected_by: str) -> None:
-        """Keep (after_round, value) as the best model when it beats the best so far."""
-        if value is not None and (self.best is None or self.best.get("weighted_accuracy") is None
-                                  or value > self.best["weighted_accuracy"]):
-            self.best = {"round": after_round, "weighted_accuracy": value, "selected_by": selected_by}
+    def consider_best(self, after_round: int, value: float | None, selected_by: str, metric: str = "accuracy") -> None:
+        """Keep (after_round, value of `metric`) as the best model when it beats the best so far."""
+        best = best_value(self.best)
+        if value is not None and (best is None or value > best[1]):
+            self.best = best_entry(after_round, value, metric, selected_by)
 
     # ---- the file --------------------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -246,9 +287,17 @@ class ResultsBook:
             rounds.append({"round": rnd, "sites": _ordered(sites), "missing": sorted(src["missing"], key=site_order),
                            **summarize(present),
                            **{k: v for k, v in src.items() if k not in ("round", "sites", "missing")}})
-        return {**self.head, "status": self.status, "num_rounds": self.num_rounds, "sites": self.sites,
-                "initial": {"sites": _ordered(self.initial), **summarize(self.initial)},
-                "rounds": rounds,
-                "final": {"sites": _ordered(self.final),
-                          **summarize({s: v for s, v in self.final.items() if not v.get("missing")})},
-                "best": self.best, "errors": self.errors}
+        present = {s: v for s, v in self.final.items() if not v.get("missing")}
+        final = {"sites": _ordered(self.final), **summarize(present)}
+        if self.modalities:
+            by_modality: dict[str, dict] = {}
+            for site, rows in self.modalities.items():
+                for modality, row in rows.items():
+                    by_modality.setdefault(modality, {})[site] = row
+            final["modalities"] = {m: {"sites": _ordered(rows), **summarize(rows)} for m, rows in by_modality.items()}
+        out = {**self.head, "status": self.status, "num_rounds": self.num_rounds, "sites": self.sites,
+               "initial": {"sites": _ordered(self.initial), **summarize(self.initial)},
+               "rounds": rounds, "final": final, "best": self.best, "errors": self.errors}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out

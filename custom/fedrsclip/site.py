@@ -7,6 +7,12 @@ round record, pass the allow-list check (`fedrsclip.privacy.check_outgoing`), sa
 round and reloaded at start, so a site that runs each round in a fresh process, or restarts, continues where it
 was. `PromptSite` is FedRSCLIP's site; the full-model baseline's is `fedrsclip.baselines.site.ClassifierSite`;
 `fedrsclip.factory.make_site` picks one.
+
+Label sets and modalities (docs/multimodal.md): a multi-label manifest makes the site multi-label (refused, with the
+reason, by an algorithm that trains one class per image, or when data.multi_label says otherwise). In a
+multi-modal federation (multimodal.modalities, or a multi-modal manifest) a prompt site reads each modality it holds
+through that modality's composite, whitens each with its own statistics (FW, multimodal.whitening), and trains and
+sends its modalities' adapters (MF).
 """
 
 from __future__ import annotations
@@ -21,18 +27,21 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .algorithms import Algorithm, get_algorithm
+from .algorithms import ALGORITHMS, Algorithm, get_algorithm
 from .atomic import atomic_torch_save, atomic_write
 from .backbone import Backbone, load_backbone, open_backbone
 from .config import Config
-from .data.composite import settings_from_config
+from .data.composite import image_settings, settings_from_config
 from .data.errors import DataError
-from .data.manifest import load_manifest, site_split
+from .data.manifest import is_multi_label, load_manifest, site_split
+from .data.multimodal import is_multi_modal, paired_split, site_modalities
 from .features import FeatureSet, cached_features
+from .multimodal import ModalSet
 from .privacy import check_outgoing, dp_warning, protect_outgoing
 from .prompts import class_texts
 from .protocol import Payload, PayloadError, RoundRecord, Trainer, Update, class_fingerprint, payload_nbytes
 from .trainer import PromptTrainer
+from .whitening import fit_whitening, whiten
 from .zeroshot import zero_shot_accuracy
 
 log = logging.getLogger(__name__)
@@ -130,6 +139,24 @@ def adopt_state(resume_from: str | None, name: str, state_dir: str | Path, works
     return source
 
 
+def label_kind(cfg: Config, manifest: Mapping[str, Any], algorithm: Algorithm, site: str) -> bool:
+    """True for a multi-label manifest. DataError when the algorithm does not train that kind of labels, or
+    data.multi_label declares the other kind (a manifest given to the wrong run)."""
+    multi = is_multi_label(manifest)
+    kind = "multi-label (a list of labels per image)" if multi else "single-label (one class per image)"
+    dataset = manifest.get("dataset", "?")
+    if ("multi" if multi else "single") not in algorithm.labels:
+        able = ", ".join(a for a in ALGORITHMS if ("multi" if multi else "single") in ALGORITHMS[a].labels)
+        raise DataError(f"{site}: the manifest of dataset {dataset} is {kind}, and algorithm {algorithm.name} trains "
+                        f"{' and '.join(algorithm.labels)}-label data only; use one of: {able}")
+    if cfg.data.multi_label is not None and cfg.data.multi_label != multi:
+        wanted = "multi-label" if cfg.data.multi_label else "single-label"
+        raise DataError(f"{site}: data.multi_label is {str(cfg.data.multi_label).lower()} (a {wanted} run) but the "
+                        f"manifest of dataset {dataset} is {kind}; give this site a {wanted} manifest, or set "
+                        "data.multi_label: null to follow the manifest")
+    return multi
+
+
 class Site:
     """What every kind of site shares: its manifest part, its state file, and the round protocol.
 
@@ -153,6 +180,7 @@ class Site:
             manifest = load_manifest(cfg.data.manifest)
         self.manifest = manifest
         self.classnames: list[str] = list(manifest["classes"])
+        self.multi_label = label_kind(cfg, manifest, self.algorithm, name)
         self.state_path = state_file(state_dir, name) if state_dir else None
         # seconds spent building the site, by phase (protocol.TIMINGS): "load" (weights, state), "extract" (image
         # features: encoded or read from the cache); set by subclasses, reported with the first round
@@ -187,8 +215,8 @@ class Site:
 
     def split_items(self, split: str) -> list[tuple[Path, int]]:
         """This site's (path, label) items of a split; every file must exist."""
-        items = site_split(self.manifest, self.name, split, root=self.cfg.data.root)
-        missing = [p for p, _ in items if not p.is_file()]
+        items = site_split(self.manifest, self.name, split, root=self.cfg.data.root, multi_label=self.multi_label)
+        missing = [p for p, _ in items if not (p.is_file() or p.is_dir())]  # a file, or a band-per-file patch
         if missing:
             raise DataError(f"{self.name}: {len(missing)} of {len(items)} {split} images are missing, e.g. "
                             f"{missing[0]}; set data.root to the folder that holds the class folders")
@@ -196,8 +224,9 @@ class Site:
 
     @property
     def classes_fingerprint(self) -> str:
-        """What the server compares across sites (`protocol.class_fingerprint`): this site's class list."""
-        return class_fingerprint(self.classnames)
+        """What the server compares across sites (`protocol.class_fingerprint`): this site's class list (and whether
+        its scenes are multi-label)."""
+        return class_fingerprint(self.classnames, multi_label=self.multi_label)
 
     # ---- local state (never sent) ----------------------------------------------------------------------------------
     def state_blob(self, round_idx: int | None = None, **extra: Any) -> dict[str, Any]:
@@ -243,9 +272,14 @@ class Site:
             atomic_torch_save(self.state_path, self.state_blob(round_idx), mode=STATE_MODE)
 
     # ---- the round ---------------------------------------------------------------------------------------------------
-    def dp_reference(self) -> np.ndarray | None:
-        """The shared prompt this round started from: differential privacy noises the difference to it."""
+    def dp_reference(self) -> np.ndarray | Mapping[str, np.ndarray] | None:
+        """What the sent entries were as this round started: differential privacy noises the difference to it."""
         return None
+
+    @property
+    def fused(self) -> tuple[str, ...]:
+        """The modalities whose adapters this site sends (MF): none for a site without adapters."""
+        return ()
 
     def train(self, round_idx: int, peers: np.ndarray | None, should_abort: Callable[[], bool]):
         return self.trainer.train_round(self.train_set, round_idx, peers=peers, should_abort=should_abort)
@@ -282,15 +316,26 @@ class Site:
         trained = time.perf_counter()
         timings = {**(setup or {}), "evaluate": evaluated - start, "train": trained - evaluated}
         record = RoundRecord(round=round_idx + 1, samples_train=int(result.num_samples),
-                             classes=self.classes_fingerprint, received=evaluation, metrics=result.metrics,
+                             classes=self.classes_fingerprint, received=evaluation,
+                             metrics={**result.metrics, **self.data_metrics()},
                              timings=timings, seconds=sum(timings.values()),
                              bytes_up=payload_nbytes(result.payload), bytes_down=payload_nbytes(received or {}),
                              state_continued=state_continued, description=description)
-        payload = check_outgoing(result.payload, self.algorithm, self.trainer.shapes, self.name, record)
+        payload = check_outgoing(result.payload, self.algorithm, self.trainer.shapes, self.name, record, self.fused)
         if "dp_rounds" in result.metrics:
             self.dp_releases = releases  # saved with the state below, before anything leaves
         self.save_state(round_idx)
         return Update(payload, record)
+
+    def data_metrics(self) -> dict[str, int]:
+        """What the round record says about this site's data beyond the sample count: how many of its files could
+        not be read (a count; which ones, and why, stay in its log)."""
+        return {}
+
+    def evaluate_modalities(self) -> dict[str, dict] | None:
+        """In a multi-modal federation: {modality: the current model on this site's test split of that modality
+        alone} (the missing-modality rows); None otherwise."""
+        return None
 
     # ---- site-local results (never sent) -----------------------------------------------------------------------
     def predict_test(self) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
@@ -313,24 +358,89 @@ class PromptSite(Site):
         super().__init__(cfg, name, manifest, state_dir)
         begin = time.perf_counter()
         self.backbone = backbone or open_backbone(cfg.model, cfg.data.cache_dir)  # warm: the text side only
+        self.federation, self.modalities = federation_modalities(cfg, self.manifest, name)
         cache_dir = Path(cfg.data.cache_dir) / name
         loaded = time.perf_counter()
         splits = {}
         for split in ("train", "test"):
             items = self.split_items(split)
-            splits[split] = cached_features(self.backbone, items, cache_dir, split, progress=progress,
-                                            image=settings_from_config(cfg.data, self.manifest.get("modality"))) \
-                if items else None
+            splits[split] = self._features(items, split, cache_dir, progress) if items else None
         extracted = time.perf_counter()
         if backbone is None:  # this site's own CLIP: the image tower is no longer needed
             self.backbone.release_image_tower()
         if splits["train"] is None:
             raise DataError(f"{name}: the manifest gives this site no training images")
-        self.train_set: FeatureSet = splits["train"]
-        self.test_set: FeatureSet | None = splits["test"]
-        self.trainer = PromptTrainer(cfg, self.backbone, self.classnames, site=name)
-        self.load_state()
+        self.whitening, self.mim = cfg.multimodal.modules(self.federation is not None)
+        if self.whitening:
+            splits = self._whiten(splits)
+        self.train_set = splits["train"]
+        self.test_set = splits["test"]
+        self.trainer = PromptTrainer(cfg, self.backbone, self.classnames, site=name, multi_label=self.multi_label,
+                                     modalities=self.federation or (), held=self.modalities,
+                                     feature_dim=int(self.train_set.primary.global_feats.shape[-1])
+                                     if self.federation else None)
+        if not self.load_state():
+            self.trainer.init_calibration(self.train_set)
+        if self.federation:
+            log.info("%s: holds %s of the federation's modalities %s; MF %s, FW %s, MIM %s", name,
+                     "+".join(self.modalities), ", ".join(self.federation), _on(cfg.multimodal.fusion),
+                     _on(self.whitening), _on(self.mim))
         self.setup_timings = {"load": loaded - begin + time.perf_counter() - extracted, "extract": extracted - loaded}
+
+    def _features(self, items, split: str, cache_dir: Path, progress: bool) -> FeatureSet | ModalSet:
+        """One split's cached features: a FeatureSet; in a multi-modal federation a ModalSet of every modality this
+        site holds (its partner patches read through their own modality's composite)."""
+        num_classes = len(self.classnames) if self.multi_label else None
+        own = settings_from_config(self.cfg.data, self.modalities[0] if self.federation else
+                                   self.manifest.get("modality"))
+        first = cached_features(self.backbone, items, cache_dir, split, progress=progress, image=own,
+                                num_classes=num_classes)
+        if not self.federation:
+            return first
+        partners = {}
+        for modality in self.modalities[1:]:
+            pairs = paired_split(self.manifest, self.name, split, modality, root=self.cfg.data.root)
+            labels = dict((str(p), label) for p, label in items)
+            partner_items = [(b, labels[str(a)]) for a, b in pairs]
+            settings = image_settings(modality, max_pixels=self.cfg.data.max_pixels)
+            features = cached_features(self.backbone, partner_items, cache_dir, f"{split}-{modality}",
+                                       progress=progress, image=settings, num_classes=num_classes)
+            partners[modality] = (features, {str(a): str(b) for a, b in pairs})
+        return ModalSet.align((self.modalities[0], first), partners, f"{self.name} {split}")
+
+    def _whiten(self, splits: dict) -> dict:
+        """FW: each modality whitened with statistics fitted on this site's own training features of it (kept here,
+        never sent; refitted from the cached features at every start)."""
+        train, test = splits["train"], splits["test"]
+        views = train.sets if isinstance(train, ModalSet) else {self.modalities[0]: train}
+        white: dict[str, dict] = {"train": {}, "test": {}}
+        for modality, features in views.items():
+            try:
+                stats = fit_whitening(features, seed=self.cfg.train.seed)
+            except ValueError as exc:
+                raise DataError(f"{self.name}: {exc}") from None
+            white["train"][modality] = whiten(features, stats)
+            if test is not None:
+                white["test"][modality] = whiten(test.sets[modality] if isinstance(test, ModalSet) else test, stats)
+            log.info("%s: FW for %s from %d training rows (shrinkage %.2f); the statistics stay at this site",
+                     self.name, modality, stats.pooled.samples, stats.pooled.shrinkage)
+        if isinstance(train, ModalSet):
+            return {"train": ModalSet(white["train"]), "test": ModalSet(white["test"]) if test is not None else None}
+        only = self.modalities[0]
+        return {"train": white["train"][only], "test": white["test"].get(only)}
+
+    @property
+    def fused(self) -> tuple[str, ...]:
+        return self.trainer.fused
+
+    def data_metrics(self) -> dict[str, int]:
+        skipped = len(self.train_set.skipped) + (len(self.test_set.skipped) if self.test_set is not None else 0)
+        return {"skipped_images": skipped} if skipped else {}
+
+    def evaluate_modalities(self) -> dict[str, dict] | None:
+        if not self.federation or self.test_set is None:
+            return None
+        return self.trainer.evaluate_modalities(self.test_set)
 
     @classmethod
     def load_shared(cls, cfg: Config) -> Backbone:
@@ -350,10 +460,12 @@ class PromptSite(Site):
         class_descriptions): sites with different description files must not be averaged together."""
         descriptions = self.trainer.model.learner.descriptions
         texts = class_texts(self.classnames, descriptions) if descriptions else None
-        return class_fingerprint(self.classnames, None if texts == class_texts(self.classnames) else texts)
+        return class_fingerprint(self.classnames, None if texts == class_texts(self.classnames) else texts,
+                                 multi_label=self.multi_label)
 
-    def dp_reference(self) -> np.ndarray | None:
-        return self.trainer.round_start_shared
+    def dp_reference(self) -> Mapping[str, np.ndarray] | None:
+        # every entry sent, as the round started: a multi-modal site's adapters are clipped with its shared prompt
+        return dict(self.trainer.round_start) or None
 
     def evaluate_global(self, received: Payload | None = None) -> dict:
         if received:
@@ -366,6 +478,41 @@ class PromptSite(Site):
 
     def zero_shot(self) -> dict | None:
         # the class texts of the learned prompts: prompt.class_descriptions when set, else the class names
-        return zero_shot_accuracy(self.backbone, self.classnames, self.test_set,
+        test = self.test_set.primary if isinstance(self.test_set, ModalSet) else self.test_set
+        return zero_shot_accuracy(self.backbone, self.classnames, test,
                                   descriptions=self.trainer.model.learner.descriptions)
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def federation_modalities(cfg: Config, manifest: Mapping[str, Any], site: str
+                          ) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """(the federation's modalities or None, this site's own modalities, its records' modality first).
+
+    The federation's: multimodal.modalities, else a multi-modal manifest's list, else None (one modality, no
+    adapters). The site's: its entry in a multi-modal manifest, else its data (data.modality, or the manifest's).
+    DataError when the site holds a modality the federation does not name, or declares another than its records'.
+    """
+    federation = cfg.multimodal.federation()
+    multi = is_multi_modal(manifest)
+    if federation is None and multi:
+        federation = tuple(manifest.get("modalities") or ())
+    if multi:
+        held = site_modalities(manifest, site)
+        if cfg.data.modality not in ("auto", held[0]):
+            raise DataError(f"{site}: data.modality is {cfg.data.modality} but this site's records in the multi-modal "
+                            f"manifest are {held[0]} patches; set data.modality: auto (the manifest decides) or give "
+                            "this site its own manifest")
+    else:
+        held = (settings_from_config(cfg.data, manifest.get("modality")).modality,)
+    if federation is None:
+        return None, held
+    foreign = [m for m in held if m not in federation]
+    if foreign:
+        raise DataError(f"{site}: this site holds {'+'.join(held)} data but the federation's modalities are "
+                        f"{', '.join(federation)} (multimodal.modalities): every site's modality needs its adapter in "
+                        "the job; add it to multimodal.modalities (fedrsclip job --modalities)")
+    return federation, held
 

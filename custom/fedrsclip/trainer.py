@@ -1,10 +1,15 @@
 """The method in one file (as CoOp's trainer): the class scores, the loss, and one site's local training and
 evaluation for one round. Plain PyTorch, no FLARE. The pieces it assembles: `prompts.py` (the prompt learner and
-text encoder), `ot.py` (CMFAC's transport), `losses.py` (DPAC, the proximal term).
+text encoder), `ot.py` (CMFAC's transport), `losses.py` (DPAC, the proximal term), and for multi-label scenes and
+multi-modal federations (docs/multimodal.md) `multilabel.py` (sigmoid calibration, BCE/ASL, F1 and mAP),
+`adapters.py` (one adapter per modality) and `mim.py` (InfoNCE between paired modalities).
 
 Per step only the text encoder runs (K classes x 1 or 2 prompts); image features come from the cache. The loss is
 cross-entropy on the class scores (cosine, or CMFAC's 1 - d_OT), plus DPAC for dual prompts, plus the proximal
-term for FedProx. The optimiser (SGD) is created afresh each round so no momentum leaks between rounds or sites.
+term for FedProx. Multi-label scenes replace cross-entropy by the multi-label loss on the calibrated scores. In a
+multi-modal federation a site's features pass its modality's adapter first; a site holding several modalities of
+the same scenes sums their losses, plus MIM (multimodal.mim). The optimisers (SGD) are created afresh each round so
+no momentum leaks between rounds or sites.
 """
 
 from __future__ import annotations
@@ -17,15 +22,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapters import ModalityAdapters
 from .algorithms import SHARED, Algorithm, get_algorithm
 from .backbone import Backbone
 from .config import Config
 from .features import FeatureSet
 from .losses import dpac_loss, dpac_loss_classes, peer_negatives, proximal_term
+from .mim import info_nce
+from .multilabel import SigmoidCalibration, multilabel_loss, multilabel_metrics
+from .multimodal import ModalSet, evaluate_modality
 from .ot import ot_scores
 from .prompts import PromptLearner
-from .protocol import Payload, PayloadError, RoundResult, as_float32, site_seed
+from .protocol import COMMON, Payload, PayloadError, RoundResult, as_float32, key_group, site_seed
 from .sgd import SGD
+
+Features = FeatureSet | ModalSet  # one modality (no adapters), or a site's split in a multi-modal federation
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +45,8 @@ class PromptModel(torch.nn.Module):
     """Prompt learner + the algorithm's class scoring over cached image features."""
 
     def __init__(self, backbone: Backbone, classnames: list[str], cfg: Config, algorithm: Algorithm, seed: int,
-                 private_seed: int):
+                 private_seed: int, multi_label: bool = False, modalities: tuple[str, ...] = (),
+                 feature_dim: int | None = None):
         super().__init__()
         self.learner = PromptLearner(backbone, classnames, cfg.prompt, dual=algorithm.dual, seed=seed,
                                      private_seed=private_seed).to(backbone.device)
@@ -42,6 +54,18 @@ class PromptModel(torch.nn.Module):
         self.ot = cfg.ot
         self.logit_scale = backbone.logit_scale
         self.device = backbone.device
+        # Multi-modal federation: one adapter per modality of the federation (named `adapter`, so its state names
+        # are the payload keys); every site starts each from the same seed. Multi-label: the site's sigmoid bias.
+        self.adapter = ModalityAdapters(modalities, feature_dim, cfg.multimodal.adapter_rank, seed=seed).to(
+            backbone.device) if modalities else None
+        self.calibration = SigmoidCalibration(len(classnames)).to(backbone.device) if multi_label else None
+
+    def adapt(self, modality: str | None, pooled: torch.Tensor, tokens: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The modality's adapter on pooled [B, E] and tokens [B, V, E]; unchanged without adapters."""
+        if self.adapter is None or modality is None:
+            return pooled, tokens
+        return self.adapter.adapt(modality, pooled), self.adapter.adapt(modality, tokens)
 
     def scores(self, global_feats: torch.Tensor, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Class logits [B, K] from image features and text features [P, K, E]."""
@@ -55,31 +79,62 @@ class PromptModel(torch.nn.Module):
 class PromptTrainer:
     """One site's prompt model: receives the global shared prompt, trains locally, returns its shared prompt."""
 
-    def __init__(self, cfg: Config, backbone: Backbone, classnames: list[str], site: str = "site-1"):
+    def __init__(self, cfg: Config, backbone: Backbone, classnames: list[str], site: str = "site-1", *,
+                 multi_label: bool = False, modalities: tuple[str, ...] = (), held: tuple[str, ...] = (),
+                 feature_dim: int | None = None):
+        """multi_label: the site's scenes carry label sets. modalities: the federation's (an adapter each; () for a
+        federation of one modality); held: this site's own, in its ModalSets' order (trained; sent under MF).
+        feature_dim: E of the cached image features (the adapters' width)."""
         self.cfg = cfg
         self.algorithm = get_algorithm(cfg.algorithm)
         self.site = site
         self.seed = site_seed(cfg.train.seed, site)
+        self.multi_label = multi_label
+        self.held = tuple(held) if modalities else ()
         self.model = PromptModel(backbone, classnames, cfg, self.algorithm, seed=cfg.train.seed,
-                                 private_seed=self.seed)
+                                 private_seed=self.seed, multi_label=multi_label, modalities=tuple(modalities),
+                                 feature_dim=feature_dim)
         self.device = backbone.device
-        self.round_start_shared: np.ndarray | None = None  # the shared prompt a round started from (DP reference)
+        self.round_start: Payload = {}  # what was sent, as the round started (the DP reference)
+        self.mim = cfg.multimodal.modules(bool(modalities))[1]
+        self.mim_note: str | None = None  # why MIM did nothing in the last round (logged), when it was asked for
+
+    @property
+    def fused(self) -> tuple[str, ...]:
+        """The modalities whose adapters this site sends (MF on): its own; () when MF is off or there are none."""
+        return self.held if self.cfg.multimodal.fusion else ()
+
+    @property
+    def round_start_shared(self) -> np.ndarray | None:
+        return self.round_start.get(SHARED)
 
     # ---- what crosses the wire -------------------------------------------------------------------------
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Name -> shape of every payload entry (as ClassifierTrainer.shapes)."""
-        return {SHARED: tuple(self.model.learner.shared_ctx.shape)}
+        """Name -> shape of every entry this model may send or receive (as ClassifierTrainer.shapes): the shared
+        prompt, and in a multi-modal federation every modality's adapter."""
+        out = {SHARED: tuple(self.model.learner.shared_ctx.shape)}
+        if self.model.adapter is not None:
+            out.update({k: tuple(v.shape) for k, v in self.model.adapter.payload(self.model.adapter).items()})
+        return out
 
     def payload(self) -> Payload:
-        return {SHARED: self.model.learner.shared_ctx.detach().cpu().numpy().astype(np.float32)}
+        out = {SHARED: self.model.learner.shared_ctx.detach().cpu().numpy().astype(np.float32)}
+        if self.fused:
+            out.update(self.model.adapter.payload(self.fused))
+        return out
 
     def set_global(self, payload: Payload) -> None:
-        """Load the aggregated shared prompt; refuses (loading nothing) anything that does not fit or is implausible:
-        a wrong shape or dtype, values that are not finite as float32, or a change from the previous global shared
-        prompt beyond `global_change_bound` (PayloadError naming the received payload)."""
+        """Load the aggregated shared prompt (and, in a multi-modal federation, every modality's adapter the global
+        model holds: a site may evaluate a modality it does not hold); refuses (loading nothing) anything that does
+        not fit or is implausible: a wrong shape or dtype, values that are not finite as float32, or a change from
+        the previous global shared prompt beyond `global_change_bound` (PayloadError naming the received payload)."""
         if SHARED not in payload:
             raise PayloadError(f"{self.site}: the global model has no {SHARED!r} (keys: {sorted(payload)})")
+        unexpected = sorted(k for k in payload if k not in self.shapes)
+        if unexpected:
+            raise PayloadError(f"{self.site}: the global model holds {unexpected[:3]}, which this model does not have "
+                               "(check that every site runs the same job: multimodal.modalities, algorithm)")
         param = self.model.learner.shared_ctx
         value = np.asarray(payload[SHARED])
         if value.shape != tuple(param.shape):
@@ -104,6 +159,11 @@ class PromptTrainer:
                 "loaded. Under CKKS this is what an aggregate containing an update encrypted under another key "
                 "decrypts to: check that every site has the same client context; raise train.max_global_change "
                 "only if such a change is expected")
+        if self.model.adapter is not None:  # checked whole before anything is loaded (`load_payload`)
+            try:
+                self.model.adapter.load_payload({k: v for k, v in payload.items() if key_group(k) != COMMON})
+            except ValueError as exc:
+                raise PayloadError(f"{self.site}: {exc}; not loaded") from None
         with torch.no_grad():
             param.copy_(torch.from_numpy(value))
 
@@ -126,19 +186,32 @@ class PromptTrainer:
         state = {"shared_ctx": learner.shared_ctx.detach().cpu().clone()}
         if learner.private_ctx is not None:
             state["private_ctx"] = learner.private_ctx.detach().cpu().clone()
+        for part in ("adapter", "calibration"):  # every modality's adapter (MF off: the only copy), the sigmoid bias
+            module = getattr(self.model, part)
+            if module is not None:
+                state.update({f"{part}.{k}": v.detach().cpu().clone() for k, v in module.state_dict().items()})
         return state
 
     def load_local_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Load what `local_state` saved: exactly this model's prompts, of its shapes, finite as float32; PayloadError
-        says what does not fit (nothing is loaded then)."""
+        """Load what `local_state` saved: exactly this model's prompts (and its adapters and sigmoid bias, when it
+        has them), of its shapes, finite as float32; PayloadError says what does not fit (nothing is loaded then)."""
         learner = self.model.learner
         params = {name: getattr(learner, name) for name in ("shared_ctx", "private_ctx")
                   if getattr(learner, name) is not None}
-        if set(state) != set(params):
-            raise PayloadError(f"holds the prompts {sorted(state)}, this model has {sorted(params)} (algorithm "
+        modules = {part: getattr(self.model, part) for part in ("adapter", "calibration")
+                   if getattr(self.model, part) is not None}
+        expected = {**params, **{f"{part}.{k}": v for part, module in modules.items()
+                                 for k, v in module.state_dict().items()}}
+        prompts = sorted(k for k in state if k.split(".", 1)[0] not in ("adapter", "calibration"))
+        if prompts != sorted(params):
+            raise PayloadError(f"holds the prompts {prompts}, this model has {sorted(params)} (algorithm "
                                f"{self.algorithm.name}); it was saved by another algorithm")
+        if set(state) != set(expected):
+            raise PayloadError(f"holds the entries {sorted(set(state) - set(params))[:4]}, this model has "
+                               f"{sorted(set(expected) - set(params))[:4]}; the configuration (multimodal.modalities, "
+                               "multimodal.adapter_rank, the manifest's label kind) changed since it was saved")
         values = {}
-        for name, param in params.items():
+        for name, param in expected.items():
             value = state[name]
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 raise PayloadError(f"holds {name} as {type(value).__name__}, not a float tensor")
@@ -149,14 +222,53 @@ class PromptTrainer:
             if not torch.isfinite(values[name]).all():
                 raise PayloadError(f"holds {name} with NaN or Inf values (beyond float32's range counts as Inf)")
         with torch.no_grad():
-            for name, value in values.items():
-                params[name].copy_(value)
+            for name, param in params.items():
+                param.copy_(values[name])
+        for part, module in modules.items():
+            module.load_state_dict({k[len(part) + 1:]: v for k, v in values.items() if k.startswith(part + ".")})
+
+    @torch.no_grad()
+    def init_calibration(self, train: Features) -> None:
+        """Start the sigmoid bias from the site's training scores (fedrsclip.multilabel.SigmoidCalibration.init_from);
+        every modality a site holds counts."""
+        if self.model.calibration is None:
+            return
+        self.model.eval()
+        text = self.model.learner.text_features()
+        logits, targets = [], []
+        for modality, features in _views(train):
+            logits.append(self._scores(features, modality, text))
+            targets.append(features.labels)
+        self.model.calibration.init_from(torch.cat(logits), torch.cat(targets))
 
     # ---- training -----------------------------------------------------------------------------------------------
-    def _loss(self, text: torch.Tensor, global_feats, tokens, labels, peers, anchor) -> tuple[torch.Tensor, dict]:
-        logits = self.model.scores(global_feats, tokens, text)
-        ce = F.cross_entropy(logits, labels)
-        parts = {"ce": ce}
+    def _label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[str, torch.Tensor]:
+        """("ce", cross-entropy) on class indices [B]; ("bce" or "asl", the multi-label loss) on multi-hot [B, K]."""
+        if self.model.calibration is None:
+            return "ce", F.cross_entropy(logits, labels)
+        ml = self.cfg.multilabel
+        z = self.model.calibration(logits)
+        if ml.loss == "bce":
+            return "bce", multilabel_loss(z, labels)
+        return "asl", multilabel_loss(z, labels, ml.gamma_pos, ml.gamma_neg, ml.clip)
+
+    def _loss(self, text: torch.Tensor, batches, peers, anchor) -> tuple[torch.Tensor, dict]:
+        """batches: [(modality or None, pooled [B, E], tokens [B, V, E], labels)], one per modality the site holds,
+        row i of each the same scene."""
+        parts: dict[str, torch.Tensor] = {}
+        adapted = []
+        for modality, pooled, tokens, labels in batches:
+            pooled, tokens = self.model.adapt(modality, pooled, tokens)
+            adapted.append(pooled)
+            name, value = self._label_loss(self.model.scores(pooled, tokens, text), labels)
+            parts[name] = parts[name] + value if name in parts else value  # the modalities' losses summed
+        mm = self.cfg.multimodal
+        if self.mim and len(adapted) >= 2:
+            term = info_nce(adapted[0], adapted[1], mm.mim_temperature)
+            if term.active:
+                parts["mim"] = mm.mim_weight * term.loss
+            else:
+                self.mim_note = term.reason
         if self.algorithm.dpac and self.algorithm.dual and self.cfg.dpac.weight > 0:
             shared, private = text[0], text[1]
             if self.cfg.dpac.negatives == "peers":
@@ -170,20 +282,34 @@ class PromptTrainer:
             parts["prox"] = proximal_term([self.model.learner.shared_ctx], [anchor], self.cfg.train.fedprox_mu)
         return sum(parts.values()), parts
 
+    def _optimizers(self) -> list[SGD]:
+        """SGD for the prompts (train.lr), the adapters of the site's own modalities (multimodal.adapter_lr) and the
+        sigmoid bias (multilabel.bias_lr): torch.optim's update, lighter."""
+        tc = self.cfg.train
+        groups = [(list(self.model.learner.contexts), tc.lr)]
+        if self.model.adapter is not None and self.held:
+            groups.append(([p for m in self.held for p in self.model.adapter[m].parameters()],
+                           self.cfg.multimodal.adapter_lr))
+        if self.model.calibration is not None:
+            groups.append(([self.model.calibration.bias], self.cfg.multilabel.bias_lr))
+        return [SGD(params, lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay) for params, lr in groups]
+
     def train_round(
         self,
-        train: FeatureSet,
+        train: Features,
         round_idx: int = 0,
         peers: np.ndarray | None = None,
         should_abort: Callable[[], bool] = lambda: False,
     ) -> RoundResult:
-        """Local epochs on the cached training features. `peers`: other sites' shared prompts [J, n_ctx, W]."""
+        """Local epochs on the cached training features (a ModalSet in a multi-modal federation: every modality of
+        a batch's scenes). `peers`: other sites' shared prompts [J, n_ctx, W]."""
         tc = self.cfg.train
         learner = self.model.learner
-        params = [p for p in learner.contexts]
-        optimizer = SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)  # torch.optim's, lighter
+        optimizers = self._optimizers()
         anchor = learner.shared_ctx.detach().clone()
-        self.round_start_shared = anchor.cpu().numpy().astype(np.float32)  # the received global (round 1: the init)
+        self.round_start = self.payload() if self.algorithm.federated else {}  # the received global (round 1: init)
+        self.mim_note = None
+        views = _views(train)
         peer_feats = None
         if peers is not None and len(peers):
             with torch.no_grad():
@@ -192,7 +318,7 @@ class PromptTrainer:
         gen = torch.Generator().manual_seed(site_seed(tc.seed + 7919 * round_idx, self.site))
         n = len(train)
         totals: dict[str, float] = {}
-        steps = 0
+        steps = mim_steps = 0
         start = time.perf_counter()
         self.model.train()
         for _epoch in range(tc.local_epochs):
@@ -201,42 +327,105 @@ class PromptTrainer:
                 if should_abort():
                     raise InterruptedError(f"{self.site}: training aborted in round {round_idx}")
                 idx = order[begin : begin + tc.batch_size]
-                labels = train.labels[idx].to(self.device)
                 text = learner.text_features()
-                loss, parts = self._loss(text, train.global_feats[idx].to(self.device).float(),
-                                         train.tokens[idx].to(self.device), labels, peer_feats, anchor)
+                batches = [(m, fs.global_feats[idx].to(self.device).float(), fs.tokens[idx].to(self.device),
+                            fs.labels[idx].to(self.device)) for m, fs in views]
+                loss, parts = self._loss(text, batches, peer_feats, anchor)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{self.site}: loss became {loss.item()} in round {round_idx} "
                                              f"({ {k: float(v.detach()) for k, v in parts.items()} }); lower train.lr")
-                optimizer.zero_grad(set_to_none=True)
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
+                for optimizer in optimizers:
+                    optimizer.step()
                 steps += 1
                 for key, value in parts.items():
                     totals[key] = totals.get(key, 0.0) + float(value.detach())
                 totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+                mim_steps += "mim" in parts
         seconds = time.perf_counter() - start
-        metrics = {f"train_{k}": v / max(steps, 1) for k, v in totals.items()}
+        metrics = {f"train_{k}": v / max(steps, 1) for k, v in totals.items() if k != "mim"}
         metrics.update(train_seconds=seconds, steps=steps)
+        if self.mim:
+            metrics.update(mim_steps=mim_steps, **({"train_mim": totals["mim"] / mim_steps} if mim_steps else {}))
+            if len(views) < 2:
+                self.mim_note = f"{self.site} holds one modality ({views[0][0]}): no paired scenes for MIM"
+            if self.mim_note:
+                log.info("%s: MIM inactive in round %d (%d of %d steps active): %s", self.site, round_idx + 1,
+                         mim_steps, steps, self.mim_note)
         payload = self.payload() if self.algorithm.federated else {}
         return RoundResult(payload=payload, num_samples=n, metrics=metrics)
 
     # ---- evaluation ---------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(self, features: FeatureSet, shared_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [N, K] and predictions [N]; `shared_only` scores with the shared prompt alone."""
-        self.model.eval()
-        learner = self.model.learner
-        text = learner.text_features([learner.shared_ctx] if shared_only else None)
+    def _scores(self, features: FeatureSet, modality: str | None, text: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated class logits [N, K] of one modality's features, in evaluation batches."""
         out = []
         for begin in range(0, len(features), self.cfg.train.eval_batch_size):
             sl = slice(begin, begin + self.cfg.train.eval_batch_size)
-            out.append(self.model.scores(features.global_feats[sl].to(self.device).float(),
-                                         features.tokens[sl].to(self.device), text).cpu())
-        logits = torch.cat(out)
+            pooled, tokens = self.model.adapt(modality, features.global_feats[sl].to(self.device).float(),
+                                              features.tokens[sl].to(self.device))
+            out.append(self.model.scores(pooled, tokens, text).cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def predict(self, features: Features, shared_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores [N, K] and predictions: single-label, logits and class indices [N]; multi-label, calibrated scores
+        and multi-hot predictions [N, K] (sigmoid >= 0.5). A site holding several modalities of a scene scores it
+        with the mean of their scores (late fusion). `shared_only` scores with the shared prompt alone."""
+        self.model.eval()
+        learner = self.model.learner
+        text = learner.text_features([learner.shared_ctx] if shared_only else None)
+        scores = [self._scores(fs, m, text) for m, fs in _views(features)]
+        if self.model.calibration is not None:
+            scores = [self.model.calibration(z.to(self.device)).cpu() for z in scores]
+        logits = torch.stack(scores).mean(0)
+        if self.model.calibration is not None:
+            return logits, logits >= 0
         return logits, logits.argmax(-1)
 
-    def evaluate(self, features: FeatureSet, shared_only: bool = False) -> dict:
+    def evaluate(self, features: Features, shared_only: bool = False) -> dict:
+        """Single-label: accuracy (%), cross-entropy, samples. Multi-label: micro F1, macro F1, mAP (%; accuracy
+        None), the multi-label loss per image, samples (fedrsclip.multilabel.multilabel_metrics)."""
         logits, pred = self.predict(features, shared_only)
-        return {"accuracy": float((pred == features.labels).float().mean()) * 100.0,
-                "loss": float(F.cross_entropy(logits, features.labels)), "samples": len(features)}
+        if self.model.calibration is None:
+            return {"accuracy": float((pred == features.labels).float().mean()) * 100.0,
+                    "loss": float(F.cross_entropy(logits, features.labels)), "samples": len(features)}
+        metrics = multilabel_metrics(logits, features.labels)
+        return {"accuracy": None, "loss": float(self._label_loss_of_scores(logits, features.labels)),
+                "samples": len(features), **{k: metrics[k] for k in ("micro_f1", "macro_f1", "mAP")}}
+
+    def _label_loss_of_scores(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ml = self.cfg.multilabel
+        return multilabel_loss(z, labels) if ml.loss == "bce" else \
+            multilabel_loss(z, labels, ml.gamma_pos, ml.gamma_neg, ml.clip)
+
+    @torch.no_grad()
+    def evaluate_modalities(self, features: ModalSet) -> dict[str, dict]:
+        """{modality: the model on that modality alone} (the missing-modality rows: a site holding s2 and s1 is
+        scored on its s2 patches only, then on its s1 patches only). Multi-label: F1 and mAP by fedrsclip.multimodal.
+        evaluate_modality with this site's calibration; single-label: accuracy and loss."""
+        self.model.eval()
+        learner = self.model.learner
+        text = learner.text_features()
+        out = {}
+        for modality, fs in _views(features):
+            if self.model.calibration is None:
+                logits = self._scores(fs, modality, text)
+                out[modality] = {"accuracy": float((logits.argmax(-1) == fs.labels).float().mean()) * 100.0,
+                                 "loss": float(F.cross_entropy(logits, fs.labels)), "samples": len(fs)}
+                continue
+            row = evaluate_modality(fs, modality, lambda pooled, tokens: self.model.scores(pooled, tokens, text),
+                                    self.model.adapter, self.model.calibration,
+                                    batch_size=self.cfg.train.eval_batch_size, device=self.device)
+            out[modality] = {"accuracy": None, "samples": row["samples"],
+                             **{k: row[k] for k in ("micro_f1", "macro_f1", "mAP")}}
+        return out
+
+
+def _views(features: Features) -> list[tuple[str | None, FeatureSet]]:
+    """(modality, features) of each modality a split holds; (None, features) for a plain FeatureSet."""
+    if isinstance(features, ModalSet):
+        return list(features.sets.items())
+    return [(None, features)]
+

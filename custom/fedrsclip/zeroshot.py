@@ -35,12 +35,12 @@ def template_text(template: str) -> str:
     return text
 
 
-def zero_shot_predict(backbone: Backbone, classnames: Sequence[str], features: FeatureSet,
-                      template: str = DEFAULT_TEMPLATE, descriptions: Mapping[str, str] | None = None) -> torch.Tensor:
-    """Predicted class [N] of each image: the highest cosine similarity between its global embedding and the
-    encoded `template` of each class. A class's text is its description from `descriptions`
-    (`fedrsclip.prompts.load_class_descriptions`), else its name with '_' as spaces, the text the learned prompts
-    use. A text over the encoder's context stops with the class and the limit (ConfigError) instead of being cut."""
+def zero_shot_scores(backbone: Backbone, classnames: Sequence[str], features: FeatureSet,
+                     template: str = DEFAULT_TEMPLATE, descriptions: Mapping[str, str] | None = None) -> torch.Tensor:
+    """Cosine similarity [N, K] between each image's global embedding and the encoded `template` of each class. A
+    class's text is its description from `descriptions` (`fedrsclip.prompts.load_class_descriptions`), else its
+    name with '_' as spaces, the text the learned prompts use. A text over the encoder's context stops with the
+    class and the limit (ConfigError) instead of being cut."""
     import torch
     import torch.nn.functional as F
 
@@ -52,7 +52,13 @@ def zero_shot_predict(backbone: Backbone, classnames: Sequence[str], features: F
     with torch.no_grad():
         text = F.normalize(backbone.encode_text(texts).float(), dim=-1).cpu()
         image = F.normalize(features.global_feats.float(), dim=-1)
-        return (image @ text.T).argmax(-1)
+        return image @ text.T
+
+
+def zero_shot_predict(backbone: Backbone, classnames: Sequence[str], features: FeatureSet,
+                      template: str = DEFAULT_TEMPLATE, descriptions: Mapping[str, str] | None = None) -> torch.Tensor:
+    """Predicted class [N] of each image: the highest of its `zero_shot_scores`."""
+    return zero_shot_scores(backbone, classnames, features, template, descriptions).argmax(-1)
 
 
 def zero_shot_accuracy(backbone: Backbone, classnames: Sequence[str], features: FeatureSet,
@@ -60,8 +66,19 @@ def zero_shot_accuracy(backbone: Backbone, classnames: Sequence[str], features: 
     """Zero-shot top-1 accuracy (%) over `features` (single-label), with its parts.
 
     Returns {"accuracy", "samples", "prompt" (the template), "chance" (100 / K, %), "per_class" (accuracy % of
-    each class, None for a class without images), "confusion" ([true][predicted] counts, K x K)}.
+    each class, None for a class without images), "confusion" ([true][predicted] counts, K x K)}. Multi-label
+    features (multi-hot labels [N, K]): {"accuracy": None, "mAP" (%, over the classes present), "samples",
+    "prompt"}: a zero-shot model has no threshold, so the ranking measure only.
     """
+    if features.labels.ndim == 2:
+        from .multilabel import average_precision
+
+        scores = zero_shot_scores(backbone, classnames, features, template, descriptions).numpy()
+        positives = features.labels.numpy() > 0
+        ap = [average_precision(scores[:, k], positives[:, k]) for k in range(positives.shape[1])
+              if positives[:, k].any()]
+        return {"accuracy": None, "mAP": float(np.mean(ap)) * 100.0 if ap else None, "samples": len(features),
+                "prompt": template_text(template)}
     labels = features.labels.numpy().astype(np.int64)
     pred = zero_shot_predict(backbone, classnames, features, template, descriptions).numpy()
     k = len(classnames)
@@ -107,11 +124,17 @@ def chance_warning(result: Mapping[str, Any], what: str = "the test split") -> s
 
 def pool(results: Sequence[Mapping[str, Any]]) -> dict | None:
     """Several sites' `zero_shot_accuracy` results on disjoint images of the same classes, as one: accuracy over
-    all their images, summed confusion counts. None when there is none."""
+    all their images, summed confusion counts; for multi-label results the test-sample weighted mAP. None when
+    there is none."""
     results = [r for r in results if r and r.get("samples")]
     if not results:
         return None
     samples = sum(int(r["samples"]) for r in results)
+    if results[0].get("accuracy") is None:  # multi-label: each site's mAP, weighted by its scenes
+        scored = [r for r in results if r.get("mAP") is not None]
+        weight = sum(int(r["samples"]) for r in scored)
+        return {"accuracy": None, "mAP": sum(r["mAP"] * r["samples"] for r in scored) / weight if weight else None,
+                "samples": samples, "prompt": results[0].get("prompt")}
     out: dict[str, Any] = {"accuracy": sum(r["accuracy"] * r["samples"] for r in results) / samples,
                            "samples": samples, "prompt": results[0].get("prompt"), "chance": results[0].get("chance")}
     confusions = [np.asarray(r["confusion"]) for r in results if r.get("confusion")]

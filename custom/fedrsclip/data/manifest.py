@@ -244,9 +244,10 @@ def site_split(
         raise DataError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
     if is_multi_label(manifest) and not multi_label:
         raise DataError(
-            f"the manifest of dataset {manifest.get('dataset')} is multi-label (each image has a list of labels); "
-            "the single-label prompt algorithms and baselines cannot train on it. Multi-label training is not "
-            "built yet; use a single-label dataset (one class folder per image)")
+            f"the manifest of dataset {manifest.get('dataset')} is multi-label (each image has a list of labels) "
+            "and is read here as single-label (one class per image): the prompt algorithms train label sets "
+            "(fedrsclip.site reads it with multi_label=True); the full-model baseline fedavg-full trains one class "
+            "per image only")
     sites = manifest["sites"]
     if site not in sites:
         raise DataError(

@@ -7,6 +7,11 @@ a non-finite or non-positive weight, does not have the global model's keys and s
 record (`protocol.RoundRecord`), or was trained on another class list than the federation's (`protocol.Gate`:
 the majority's, fixed in the first round).
 
+Multi-modal federations: each modality's adapter is sent only by the sites holding it; the gate compares what
+every update must share (`protocol.signature_shapes`: the shared prompt's shapes and the adapters' shapes, whatever
+their modality), and the mean of each entry is over the updates that carry it (MF). An adapter group that one site
+alone sent is reported (event GROUP_WARNING: a `warnings` entry of the results file).
+
 Fewer accepted updates than `min_clients` stop the job (system_panic) with a message that names every missing site
 and why; the workflow then stops before it saves a model, so the global model on disk stays the previous round's.
 """
@@ -27,8 +32,9 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
 from ..he import HEADER_KEY as HE_HEADER_KEY
-from ..protocol import ContributionError, Gate, RoundRecord, check_update, site_order, weighted_mean
-from .constants import CONTRIBUTION_REJECTED, ERROR_HEADER, META_KEY, REJECTION_PROP
+from ..protocol import (ContributionError, Gate, RoundRecord, check_update, lonely_group_warning, lonely_groups,
+                        signature_shapes, site_order, weighted_mean)
+from .constants import CONTRIBUTION_REJECTED, ERROR_HEADER, GROUP_WARNING, META_KEY, REJECTION_PROP, WARNING_PROP
 
 Held = tuple[Shareable, Any, str, float]  # a held update: (the result, its signature, class list, weight)
 
@@ -104,6 +110,7 @@ class GatedAggregator(Aggregator):
             self._reject(site, rnd, reason, fl_ctx)
             del held[site]
         accepted, model = self._combine(held, fl_ctx) if held else ([], None)
+        self._warn_lonely_groups({s: self._keys(held[s][0]) for s in accepted}, rnd, fl_ctx)
         if len(accepted) < self.min_clients:
             self.system_panic(self._shortfall(accepted, rnd, fl_ctx), fl_ctx)
             # nothing new: the workflow stops before it saves a model
@@ -112,6 +119,17 @@ class GatedAggregator(Aggregator):
 
     def reset(self, fl_ctx: FLContext):
         self._held, self._why = {}, {}
+
+    def _keys(self, shareable: Shareable) -> list[str]:
+        """The payload keys an accepted update carries (plaintext: its data's; CKKS: its header's)."""
+        return [k for k in (from_shareable(shareable).data or {}) if k != HE_HEADER_KEY]
+
+    def _warn_lonely_groups(self, senders: dict[str, list[str]], rnd: int, fl_ctx: FLContext) -> None:
+        for modality, site in lonely_groups(senders).items():
+            warning = lonely_group_warning(modality, site, rnd + 1)
+            self.log_warning(fl_ctx, warning["message"])
+            fl_ctx.set_prop(WARNING_PROP, warning, private=True, sticky=False)
+            self.fire_event(GROUP_WARNING, fl_ctx)
 
     def _reject(self, site: str, rnd: Any, reason: str, fl_ctx: FLContext) -> None:
         rnd1 = _one_based(rnd)
@@ -153,7 +171,7 @@ class ValidatingAggregator(GatedAggregator):
                                     "job made with --he, the server does not (every participant must run one job)")
         reference = {k: v.shape for k, v in global_weights(fl_ctx).items() if isinstance(v, np.ndarray)} or None
         shapes = check_update(dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference)
-        return tuple(sorted(shapes.items()))
+        return signature_shapes(shapes)
 
     def _combine(self, held: dict[str, Held], fl_ctx: FLContext) -> tuple[list[str], Shareable]:
         accepted = sorted(held, key=site_order)  # one fixed order: the float32 sums are the same on every run

@@ -21,3 +21,5 @@ RESUME_MODEL = "config/resume_FL_global_model.npz"  # in a resumed job's app fol
 
 CONTRIBUTION_REJECTED = "fedrsclip.contribution_rejected"  # event fired by the gate; details in REJECTION_PROP
 REJECTION_PROP = "fedrsclip.rejection"  # {"site", "round" (1-based), "error"}
+GROUP_WARNING = "fedrsclip.group_warning"  # event fired by the aggregator; the results entry in WARNING_PROP
+WARNING_PROP = "fedrsclip.warning"  # protocol.lonely_group_warning: an adapter group that one site alone sent

@@ -3,7 +3,8 @@
 train: receive the global shared prompt (empty in round 1: every site then starts from the identical init the
     trainer draws from train.seed) and run `Site.run_round`: evaluate it with this site's private prompt on the
     site's own test split (the accuracy of the global model of the previous round, also sent as
-    MetaKey.INITIAL_METRICS for best-model selection), train the local epochs, check what leaves; return the
+    MetaKey.INITIAL_METRICS for best-model selection; multi-label scenes have no accuracy, so there the best model is
+    the final evaluation's choice), train the local epochs, check what leaves; return the
     payload as DXO WEIGHTS with the round record (`protocol.RoundRecord`) in its meta, weighted by the training
     sample count (MetaKey.NUM_STEPS_CURRENT_ROUND: eq. 6).
 validate: evaluate the final global model and keep it, with the private prompt, on disk.
@@ -39,7 +40,7 @@ from ..atomic import atomic_torch_save, atomic_write_json
 from ..config import ConfigError
 from ..data.errors import DataError
 from ..he import HEADER_KEY as HE_HEADER_KEY
-from ..protocol import FinalRecord, PayloadError, payload_nbytes
+from ..protocol import COMMON, FinalRecord, PayloadError, key_group, payload_nbytes
 from .constants import ERROR_HEADER, ERROR_KIND_HEADER, META_KEY, ROUND_HEADER, STATE_SUBDIR, TASK_TRAIN, TASK_VALIDATE
 from .settings import (SITE_CONFIG_ENV, SITE_CONFIG_FILE, SiteConfigError, find_site_config,
                        resolve_site_settings)
@@ -215,8 +216,10 @@ class FedRSCLIPExecutor(Executor):
             raise PayloadError(f"{site.name}: the global model is CKKS-encrypted but this site's job has no "
                                "decryption filter: every site must run the job made with --he")
         shapes = site.trainer.shapes
-        if set(data) != set(shapes):
-            unexpected, missing = sorted(set(data) - set(shapes)), sorted(set(shapes) - set(data))
+        # Every entry the model has, except adapters: a modality whose sites sent nothing yet has none in the model
+        required = {k for k in shapes if key_group(k) == COMMON}
+        if not required <= set(data) or not set(data) <= set(shapes):
+            unexpected, missing = sorted(set(data) - set(shapes)), sorted(required - set(data))
             raise PayloadError(f"{site.name}: the global model does not fit algorithm {site.cfg.algorithm}: "
                                f"{len(missing)} missing entries {missing[:3]}, {len(unexpected)} unexpected "
                                f"{unexpected[:3]} (check that every site runs the same job)")
@@ -248,11 +251,12 @@ class FedRSCLIPExecutor(Executor):
                                      "the private prompt restarted from its initial value")
         received = record.received
         total = f"/{self.start_round + num_rounds}" if isinstance(num_rounds, int) else ""
-        self.log_info(fl_ctx, f"{site.name} round {round_idx + 1}{total}: received global model accuracy "
-                              f"{_pct(received.get('accuracy'))} on {received.get('samples')} own test images; "
+        self.log_info(fl_ctx, f"{site.name} round {round_idx + 1}{total}: received global model "
+                              f"{_score(received)} on {received.get('samples')} own test images; "
                               f"trained on {record.samples_train} images, loss "
                               f"{record.metrics.get('train_loss') or float('nan'):.4f}; {_phases(record.timings)}")
         self._stream(fl_ctx, {"accuracy": (received.get("accuracy"), round_idx),
+                              "micro_f1": (received.get("micro_f1"), round_idx),
                               "train_loss": (record.metrics.get("train_loss"), round_idx + 1)})
         return DXO(DataKind.WEIGHTS, data=dict(update.payload), meta=meta).to_shareable()
 
@@ -274,14 +278,16 @@ class FedRSCLIPExecutor(Executor):
         predictions_data = site_predictions(site)
         predictions = atomic_write_json(predictions_path(final_path.parent, site.name), predictions_data)
         record = FinalRecord(received=metrics, seconds=time.perf_counter() - start + setup,
-                             bytes_down=payload_nbytes(payload or {}), final_state=str(final_path))
-        self.log_info(fl_ctx, f"{site.name}: final global model accuracy {_pct(record.received.get('accuracy'))} on "
+                             bytes_down=payload_nbytes(payload or {}), final_state=str(final_path),
+                             modalities=site.evaluate_modalities())
+        self.log_info(fl_ctx, f"{site.name}: final global model {_score(record.received)} on "
                               f"{metrics['samples']} own test images; final shared + private prompts kept in "
                               f"{final_path}; predictions (site-local) in {predictions}")
         warning = chance_warning((predictions_data or {}).get("zero_shot") or {}, f"{site.name}'s test split")
         if warning:
             self.log_warning(fl_ctx, f"{site.name}: {warning}")
-        self._stream(fl_ctx, {"final_accuracy": (record.received.get("accuracy"), None)})
+        self._stream(fl_ctx, {"final_accuracy": (record.received.get("accuracy"), None),
+                              "final_micro_f1": (record.received.get("micro_f1"), None)})
         return DXO(DataKind.METRICS, data=dict(record.received), meta={META_KEY: record.to_wire()}).to_shareable()
 
     def _stream(self, fl_ctx: FLContext, values: dict[str, tuple[Any, int | None]]) -> None:
@@ -320,3 +326,10 @@ def _phases(timings: dict) -> str:
 
 def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
+
+
+def _score(evaluation: dict) -> str:
+    """"accuracy 81.20%", or for multi-label scenes "micro F1 40.10%, mAP 55.00%"."""
+    if evaluation.get("accuracy") is None and evaluation.get("micro_f1") is not None:
+        return f"micro F1 {_pct(evaluation.get('micro_f1'))}, mAP {_pct(evaluation.get('mAP'))}"
+    return f"accuracy {_pct(evaluation.get('accuracy'))}"

@@ -94,6 +94,9 @@ class JobSpec:
         updates. min_clients / train_timeout / wait_after_min: fault tolerance (README: Reliability).
         resume: continue an earlier run (`find_resume`). torch_threads: CPU threads per site process (1 suits many
         simulated sites on one machine; 0: all cores). audit: the upload audit widget at the sites (bench).
+        modalities: a multi-modal federation (multimodal.modalities, e.g. "s2,s1": site-1 s2, site-2 s1, ...;
+        "s2+s1" a site holding both): every site builds an adapter per modality and the aggregator averages each
+        among its sites; with the offline demo's synthetic data, the sites get synthetic multi-modal scenes.
     """
 
     name: str = "fedrsclip"
@@ -108,6 +111,7 @@ class JobSpec:
     resume: Resume | None = None
     torch_threads: int = 1
     audit: bool = False
+    modalities: str | None = None
     extra_files: tuple[Path, ...] = field(default=(), repr=False)  # internal: files the export adds (the resume model)
 
     def __post_init__(self) -> None:
@@ -138,11 +142,21 @@ class JobSpec:
 
     @property
     def job_overrides(self) -> list[str]:
-        """The executor's overrides: the sites' count for the synthetic partition, then the user's, then the resumed
-        run's site state (later ones win)."""
-        out = [f"data.synthetic_sites={self.sites}", *self.overrides]
+        """The executor's overrides: the sites' count for the synthetic partition, the multi-modal federation's
+        settings (`modalities`), then the user's, then the resumed run's site state (later ones win)."""
+        out = [f"data.synthetic_sites={self.sites}", *self.modality_overrides(), *self.overrides]
         if self.resume is not None:
             out.append(f"train.resume_from={self.resume.site_state}")
+        return out
+
+    def modality_overrides(self) -> list[str]:
+        """multimodal.modalities; and when the settings use the offline demo's synthetic scenes, the synthetic
+        multi-modal scenes instead (48 px: a multiple of 6, as their 60 m bands need)."""
+        if not self.modalities:
+            return []
+        out = [f"multimodal.modalities={self.modalities}"]
+        if self.settings_file.is_file() and load_config(self.settings_file).data.source == "synthetic":
+            out += ["data.source=synthetic-mm", "data.synthetic_size=48"]
         return out
 
     def config(self) -> Config:
@@ -400,5 +414,6 @@ def describe(spec: JobSpec) -> dict[str, Any]:
     """The job's settings as a printable summary (for the CLI)."""
     return json.loads(to_json({"name": spec.name, "sites": spec.sites, "rounds": spec.total_rounds(),
                                "min_clients": spec.min_clients or spec.sites, "he": spec.he,
+                               **({"modalities": spec.modalities} if spec.modalities else {}),
                                "train_timeout": spec.train_timeout, "wait_after_min": spec.wait_after_min,
                                "overrides": spec.job_overrides}, indent=None))

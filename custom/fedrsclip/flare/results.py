@@ -28,10 +28,10 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
 from ..atomic import atomic_write_json
-from ..protocol import ContributionError, FinalRecord, RoundRecord
-from ..results_file import RESULTS_FILE, ResultsBook
+from ..protocol import ContributionError, FinalRecord, RoundRecord, key_metric
+from ..results_file import RESULTS_FILE, ResultsBook, best_entry
 from .constants import (BEST_MODEL_FILE, CONTRIBUTION_REJECTED, ERROR_HEADER, ERROR_KIND_HEADER, GLOBAL_MODEL_FILE,
-                        META_KEY, REJECTION_PROP, ROUND_HEADER, TASK_TRAIN, TASK_VALIDATE)
+                        GROUP_WARNING, META_KEY, REJECTION_PROP, ROUND_HEADER, TASK_TRAIN, TASK_VALIDATE, WARNING_PROP)
 from .persistor import PromptPersistor
 
 
@@ -73,6 +73,9 @@ class ResultsCollector(Widget):
                 info = fl_ctx.get_prop(REJECTION_PROP) or {}
                 self.book.reject(info.get("site", "?"), info.get("round"), self.train_task_name,
                                  str(info.get("error")))
+            elif event_type == GROUP_WARNING:
+                if self.book.warn(fl_ctx.get_prop(WARNING_PROP) or {}):
+                    self._write()
             elif event_type == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE:
                 value = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)
                 self.book.best = {"round": int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)),
@@ -188,8 +191,8 @@ class ResultsCollector(Widget):
             persistor = fl_ctx.get_engine().get_component(self.persistor_id)
             if isinstance(persistor, PromptPersistor) and persistor.weights:
                 persistor.save_best(fl_ctx, dict(persistor.weights), after, value)
-            self.book.best = {"round": after, "weighted_accuracy": value,
-                              "selected_by": "final evaluation (GlobalModelEval)"}
+            final = next(v for v in self.book.final.values() if not v.get("missing"))
+            self.book.best = best_entry(after, value, key_metric(final), "final evaluation (GlobalModelEval)")
         self._write()
         self.log_info(fl_ctx, f"results ({status}) written to {self.path}")
 

@@ -148,15 +148,15 @@ def resolve_site_settings(
     cfg = dataclasses.replace(cfg, data=data)
     where = f"{site_path}" if site_path else f"{Path(local_dir or workspace_root / 'local') / SITE_CONFIG_FILE} " \
                                                f"or ${SITE_CONFIG_ENV}"
-    if data.source == "synthetic":
-        path = synthetic_manifest(data, workspace_root / SYNTHETIC_SUBDIR)
+    if data.source in ("synthetic", "synthetic-mm"):
+        path = synthetic_manifest(data, workspace_root / SYNTHETIC_SUBDIR, modalities=cfg.multimodal.modalities)
         manifest = load_manifest(path)
         if site not in manifest["sites"]:
             raise DataError(f"{site}: the synthetic dataset is partitioned over data.synthetic_sites = "
                             f"{data.synthetic_sites} sites ({', '.join(manifest['sites'])}), which does not include "
                             f"{site}; set data.synthetic_sites to the number of sites in the job's fedrsclip.yaml "
                             "or overrides")
-        return SiteSettings(cfg, manifest, site_path, describe_data(data, path), path)
+        return SiteSettings(cfg, manifest, site_path, describe_data(data, path, cfg.multimodal.modalities), path)
     if not data.manifest:
         raise DataError(f"{site}: no data configured for this site: set data.manifest (the partition manifest that "
                         f"names {site}) and, if the images are elsewhere, data.root, in {where}; or data.source: "

@@ -5,7 +5,8 @@ so it can add the sites' ciphertexts but never decrypt them. The gate of flare/a
 (round, once per site, class list, min_clients); what it can check of a ciphertext is checked too: it must be
 ciphertext (plaintext is rejected, never averaged), with as many encrypted values as its shape needs, of the
 shapes of the previous global model and of the majority, under the majority's key, and with the weight its
-plaintext sample count claims.
+plaintext sample count claims. In a multi-modal federation each modality's adapter is summed within its group, with
+the group's own total weight (`fedrsclip.he`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 
 from ...he import HEADER_KEY, SERVER_CONTEXT_FILE, EncryptedSum, EncryptedUpdate, HEError
-from ...protocol import ContributionError, site_order
+from ...protocol import ContributionError, signature_shapes, site_order
 from ..aggregator import GatedAggregator, Held, global_weights
 from .context import load_workspace_context
 
@@ -48,7 +49,7 @@ class CKKSAggregator(GatedAggregator):
             EncryptedSum(self._context(fl_ctx)).check(update, source, expected)  # deserializes, counts the values
         except HEError as exc:
             raise ContributionError(str(exc)) from None
-        return (tuple(sorted(update.shapes.items())), update.key_id)
+        return (signature_shapes(update.shapes), update.key_id)  # the same whatever modalities a site holds
 
     def _combine(self, held: dict[str, Held], fl_ctx: FLContext) -> tuple[list[str], Shareable]:
         total = EncryptedSum(self._context(fl_ctx))

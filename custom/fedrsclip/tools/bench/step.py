@@ -56,7 +56,7 @@ class _StepPath:
     def _step(self) -> tuple[float, Any]:
         global_feats, tokens = self.feats_fn()
         text = self.text_fn()
-        loss, _parts = self.trainer._loss(text, global_feats, tokens, self.labels, None, None)
+        loss, _parts = self.trainer._loss(text, [(None, global_feats, tokens, self.labels)], None, None)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad = self.trainer.model.learner.shared_ctx.grad.detach().clone()

@@ -1,5 +1,5 @@
-"""The grid of an experiment: its cells (algorithm x site count x partition scheme x seed) and where each cell's
-data comes from.
+"""The grid of an experiment: its cells (algorithm x site count x partition scheme x seed, and in a multi-modal
+federation x the ablation variants of its three modules) and where each cell's data comes from.
 
 The "centralized" column runs each algorithm as the same FLARE job with ONE site that holds all the data pooled
 (every site's train and test split; `fedrsclip.data.manifest.centralized`). The partition scheme does not apply to
@@ -21,6 +21,28 @@ DEFAULT_SITES = "centralized,2,5,10,15,20,40"
 MAX_THREADS = 10  # simulator threads: one process per site up to this; more sites share them (fresh process per task)
 GRID_KEYS = ("algorithm", "train.seed", "data.synthetic_sites", "data.synthetic_scheme", "data.source",
              "data.manifest")
+# Multi-modal ablations (--ablate): the full framework (the settings' modules) and one cell per module switched off.
+MODULES = {"mf": "multimodal.fusion", "fw": "multimodal.whitening", "mim": "multimodal.mim"}
+FULL = "full"
+
+
+def variant_overrides(variant: str) -> list[str]:
+    """The settings of an ablation variant: [] for "" and "full", ["multimodal.fusion=false"] for "no-mf", ..."""
+    if variant in ("", FULL):
+        return []
+    return [f"{MODULES[variant.removeprefix('no-')]}=false"]
+
+
+def parse_ablate(text: str | None) -> list[str]:
+    """"mf,fw" -> ["full", "no-mf", "no-fw"]; None or "" -> [""] (no ablation axis). ValueError names a bad one."""
+    if not text:
+        return [""]
+    parts = [p.strip().lower() for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if p not in MODULES]
+    if bad or not parts:
+        raise ValueError(f"--ablate: {bad[0] if bad else text!r} is not a multi-modal module; give a comma-separated "
+                         f"list of {', '.join(MODULES)} (each is switched off in its own cells)")
+    return [FULL, *(f"no-{p}" for p in dict.fromkeys(parts))]
 
 
 @dataclass(frozen=True)
@@ -29,6 +51,7 @@ class Cell:
     sites: int | None  # None: centralized (one site, all data pooled)
     partition: str
     seed: int
+    variant: str = ""  # "" (no ablation axis), "full", or "no-<module>" (variant_overrides)
 
     @property
     def column(self) -> str:
@@ -40,11 +63,12 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.algorithm}__{self.column}__{self.partition}__seed{self.seed}"
+        name = f"{self.algorithm}__{self.column}__{self.partition}__seed{self.seed}"
+        return f"{name}__{self.variant}" if self.variant else name
 
     def describe(self) -> str:
         where = "centralized (1 site, all data)" if self.sites is None else f"{self.sites} sites, {self.partition}"
-        return f"{self.algorithm}, {where}, seed {self.seed}"
+        return f"{self.algorithm}{f' ({self.variant})' if self.variant else ''}, {where}, seed {self.seed}"
 
 
 def parse_sites(text: str) -> list[int | None]:
@@ -63,15 +87,17 @@ def parse_sites(text: str) -> list[int | None]:
 
 
 def build_grid(algorithms: Sequence[str], sites: Sequence[int | None], partitions: Sequence[str],
-               seeds: Sequence[int]) -> list[Cell]:
+               seeds: Sequence[int], variants: Sequence[str] = ("",)) -> list[Cell]:
+    """Every cell; `variants` (`parse_ablate`) multiplies each one."""
     for name in algorithms:
         get_algorithm(name)  # unknown names stop here, with the list of valid ones
     cells = []
     for algorithm in algorithms:
         for seed in seeds:
-            if None in sites:
-                cells.append(Cell(algorithm, None, POOLED, seed))
-            cells += [Cell(algorithm, n, p, seed) for p in partitions for n in sites if n is not None]
+            for variant in variants:
+                if None in sites:
+                    cells.append(Cell(algorithm, None, POOLED, seed, variant))
+                cells += [Cell(algorithm, n, p, seed, variant) for p in partitions for n in sites if n is not None]
     return cells
 
 
@@ -84,6 +110,7 @@ class DataSource:
     dataset: str | None = None
     root: str | None = None
     data_seed: int = 0
+    modalities: str | None = None  # a multi-modal federation (multimodal.modalities): synthetic S2/S1 scenes
     description: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
@@ -92,10 +119,15 @@ class DataSource:
         if bool(self.dataset) != bool(self.root):
             raise ValueError("--dataset and --root go together (the dataset layout and its folder)")
         self.description = (f"manifests {self.manifest}" if self.manifest else
-                            f"{self.dataset} at {self.root}" if self.dataset else "synthetic (data.source: synthetic)")
+                            f"{self.dataset} at {self.root}" if self.dataset else
+                            "synthetic (data.source: synthetic-mm)" if self.modalities else
+                            "synthetic (data.source: synthetic)")
         self._listing = None
 
     def check(self, sites: Sequence[int | None], partitions: Sequence[str]) -> None:
+        if self.modalities and None in sites:
+            raise ValueError("--sites: a multi-modal grid (--modalities) has no centralized column (one site cannot "
+                             "stand for sites of different modalities); give site counts only, e.g. --sites 3,6")
         if self.manifest and "{sites}" not in self.manifest and len([n for n in sites if n is not None]) > 1:
             raise ValueError(f"--manifest {self.manifest}: the grid has several site counts, so the pattern needs "
                              "'{sites}' (e.g. ucm{sites}.json, made with fedrsclip data partition --sites N)")
@@ -106,8 +138,9 @@ class DataSource:
     def overrides(self, cell: Cell, grid_sites: Sequence[int | None], out: Path) -> list[str]:
         if not self.manifest and not self.dataset:
             scheme = "uniform" if cell.sites is None else cell.partition  # one site holds everything either way
-            return ["data.source=synthetic", f"data.synthetic_scheme={scheme}",
-                    f"data.synthetic_dir={out / 'data'}"]
+            source = ["data.source=synthetic-mm", "data.synthetic_size=48"] if self.modalities else \
+                ["data.source=synthetic"]  # 48 px: a multiple of 6, as the synthetic 60 m bands need
+            return [*source, f"data.synthetic_scheme={scheme}", f"data.synthetic_dir={out / 'data'}"]
         return ["data.source=manifest", f"data.manifest={self._manifest_for(cell, grid_sites, out)}"]
 
     def _manifest_for(self, cell: Cell, grid_sites: Sequence[int | None], out: Path) -> Path:
@@ -137,9 +170,12 @@ class DataSource:
         return source.resolve()
 
 
-def check_overrides(overrides: Sequence[str]) -> None:
+def check_overrides(overrides: Sequence[str], variants: Sequence[str] = ("",)) -> None:
+    ablated = {MODULES[v.removeprefix("no-")] for v in variants if v.startswith("no-")}
     for item in overrides:
         key = item.split("=", 1)[0].strip()
-        if key in GRID_KEYS:
+        if key in GRID_KEYS or key == "multimodal.modalities":
             raise ValueError(f"--set {item}: {key} is set per cell by the grid (--algorithms, --seeds, --sites, "
-                             "--partition, --manifest/--dataset); leave it out")
+                             "--partition, --manifest/--dataset, --modalities); leave it out")
+        if key in ablated:
+            raise ValueError(f"--set {item}: {key} is switched per cell by --ablate; leave it out")

@@ -26,14 +26,16 @@ from ...flare.job import JobSpec, write_job
 from ...flare.simulator import simulator_command
 from ...predictions import gather_site_predictions
 from ...results_file import SIMULATOR_RESULTS, load_results
-from .grid import MAX_THREADS, Cell, DataSource, build_grid, check_overrides
+from .grid import MAX_THREADS, Cell, DataSource, build_grid, check_overrides, parse_ablate, variant_overrides
 from .layout import CELL_FORMAT, CENTRALIZED, EXPERIMENT_FILE, cell_path, is_finished
 
 
 def _summary(results: dict[str, Any]) -> str:
-    final = (results.get("final") or {}).get("weighted_accuracy")
-    return f"final accuracy {final:.1f}% (test-sample weighted over sites)" if isinstance(final, (int, float)) \
-        else "no final accuracy"
+    final = results.get("final") or {}
+    for key, name in (("weighted_accuracy", "accuracy"), ("weighted_micro_f1", "micro F1")):
+        if isinstance(final.get(key), (int, float)):
+            return f"final {name} {final[key]:.1f}% (test-sample weighted over sites)"
+    return "no final accuracy"
 
 
 def _first_error(results: dict[str, Any], log: Path) -> str:
@@ -51,10 +53,10 @@ def run_cell(cell: Cell, out: Path, settings: Path | None, rounds: int | None, o
              data: DataSource, grid_sites: Sequence[int | None], max_threads: int) -> dict[str, Any]:
     """Generate the cell's job, run it in the simulator, and write its results file. Returns the record."""
     cell_overrides = [*overrides, f"algorithm={cell.algorithm}", f"train.seed={cell.seed}",
-                      *data.overrides(cell, grid_sites, out),
+                      *data.overrides(cell, grid_sites, out), *variant_overrides(cell.variant),
                       f"data.cache_dir={out / 'features' / f'{cell.column}-{cell.partition}'}"]
-    job = write_job(JobSpec(sites=cell.num_sites, rounds=rounds, overrides=tuple(cell_overrides), settings=settings),
-                    out / "jobs" / cell.name)
+    job = write_job(JobSpec(sites=cell.num_sites, rounds=rounds, overrides=tuple(cell_overrides), settings=settings,
+                            modalities=data.modalities), out / "jobs" / cell.name)
     workspace, log = out / "runs" / cell.name, out / "runs" / f"{cell.name}.log"  # the simulator empties it
     log.parent.mkdir(parents=True, exist_ok=True)
     threads = min(cell.num_sites, max_threads)
@@ -81,9 +83,10 @@ def run_cell(cell: Cell, out: Path, settings: Path | None, rounds: int | None, o
 def run_experiment(out: str | Path, algorithms: Sequence[str], sites: Sequence[int | None],
                    partitions: Sequence[str], seeds: Sequence[int], rounds: int | None = None,
                    overrides: Sequence[str] = (), data: DataSource | None = None, settings: str | Path | None = None,
-                   max_threads: int = MAX_THREADS) -> int:
+                   max_threads: int = MAX_THREADS, ablate: str | None = None) -> int:
     """Run every unfinished cell of the grid; 0 when every cell finished, 1 otherwise. `settings`: the jobs'
-    fedrsclip YAML (default: the package's offline demo settings)."""
+    fedrsclip YAML (default: the package's offline demo settings). `ablate`: multi-modal modules ("mf,fw,mim")
+    each switched off in cells of its own next to the full framework's (needs `data.modalities`)."""
     out = Path(out).expanduser().resolve()
     if out.is_dir() and any(out.iterdir()) and not (out / EXPERIMENT_FILE).is_file():
         raise ValueError(f"--out {out} is not empty and is not an experiment folder (no {EXPERIMENT_FILE}): choose "
@@ -99,17 +102,25 @@ def run_experiment(out: str | Path, algorithms: Sequence[str], sites: Sequence[i
     bad = [p for p in partitions if p not in SCHEMES]
     if bad:
         raise ValueError(f"--partition {bad[0]!r} is not a partition scheme; choose from {', '.join(SCHEMES)}")
-    check_overrides(overrides)
+    variants = parse_ablate(ablate)
+    if ablate and not data.modalities:
+        raise ValueError("--ablate switches the multi-modal modules (MF, FW, MIM): give the federation's modalities "
+                         "too (--modalities, e.g. s2,s1,s2+s1); nothing was written")
+    check_overrides(overrides, variants)
     data.check(sites, partitions)
-    cells = build_grid(algorithms, sites, partitions, seeds)
+    cells = build_grid(algorithms, sites, partitions, seeds, variants)
     for algorithm in algorithms:  # refuse bad settings before running anything (a seed too large: train.seed)
         for seed in seeds:
-            JobSpec(sites=1, rounds=rounds, overrides=(*overrides, f"algorithm={algorithm}", f"train.seed={seed}"),
-                    settings=settings).config()
+            for variant in variants:
+                JobSpec(sites=1, rounds=rounds, settings=settings, modalities=data.modalities,
+                        overrides=(*overrides, f"algorithm={algorithm}", f"train.seed={seed}",
+                                   *variant_overrides(variant))).config()
     atomic_write_json(out / EXPERIMENT_FILE, {
         "algorithms": list(algorithms), "sites": [CENTRALIZED if n is None else n for n in sites],
         "partitions": list(partitions), "seeds": list(seeds), "rounds": rounds, "overrides": list(overrides),
-        "data": data.description, "settings": str(settings) if settings else None, "cells": [c.name for c in cells]})
+        "data": data.description, "settings": str(settings) if settings else None,
+        **({"modalities": data.modalities, "variants": variants} if data.modalities else {}),
+        "cells": [c.name for c in cells]})
     todo = [c for c in cells if not is_finished(cell_path(out, c.name))]
     say = lambda text: tqdm.write(f"[experiment] {text}", file=sys.stderr)  # above the bar
     say(f"{len(cells)} cells in {out}: {len(cells) - len(todo)} already finished (skipped), {len(todo)} to run")

@@ -38,14 +38,20 @@ def number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def final_accuracy(record: Record) -> float | None:
-    """The final global model's accuracy, each site on its own test split (with its private prompt), weighted by
-    test samples; the last round's when the final evaluation is missing."""
+def final_accuracy(record: Record, metric: str = "accuracy") -> float | None:
+    """The final global model's accuracy (or another `metric` of protocol.EVALUATION_NAMES: micro_f1, macro_f1, mAP
+    for multi-label scenes), each site on its own test split (with its private prompt), weighted by test samples;
+    the last round's when the final evaluation is missing."""
     results = record.get("results") or {}
-    value = number((results.get("final") or {}).get("weighted_accuracy"))
+    value = number((results.get("final") or {}).get(f"weighted_{metric}"))
     if value is None and results.get("rounds"):
-        value = number(results["rounds"][-1].get("weighted_accuracy"))
+        value = number(results["rounds"][-1].get(f"weighted_{metric}"))
     return value
+
+
+def multi_label(records: Iterable[Record]) -> bool:
+    """True when the cells' runs are multi-label (micro F1 instead of accuracy)."""
+    return any(final_accuracy(r, "micro_f1") is not None for r in records)
 
 
 def column_key(column: str) -> tuple[int, int]:
@@ -57,4 +63,6 @@ def columns(records: Iterable[Record]) -> list[str]:
 
 
 def select(records: Iterable[Record], **where: Any) -> list[Record]:
-    return [r for r in records if finished(r) and all(r["cell"].get(k) == v for k, v in where.items())]
+    """The finished records whose cell has every `where` value (variant: "" matches cells without one)."""
+    return [r for r in records if finished(r) and all((r["cell"].get(k) or ("" if k == "variant" else None)) == v
+                                                      for k, v in where.items())]

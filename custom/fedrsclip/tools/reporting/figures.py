@@ -17,7 +17,7 @@ import numpy as np
 
 from ...protocol import site_order
 from .cells import Record, column_key, columns, number, select
-from .run_table import caveat
+from .run_table import caveat, is_multi_label
 from .tables import LABELS
 
 log = logging.getLogger(__name__)
@@ -36,21 +36,27 @@ def _note(records: Sequence[Record]) -> str | None:
     return "; ".join(notes) or None
 
 
-def _curve(record: Record) -> list[float | None]:
-    """Weighted accuracy of the initial model (round 0) and after each round."""
+METRIC_NAMES = {"accuracy": "accuracy", "micro_f1": "micro F1"}  # multi-label runs: micro F1 in place of accuracy
+TITLES = {"accuracy": "Accuracy", "micro_f1": "Micro F1"}
+
+
+def _curve(record: Record, metric: str = "accuracy") -> list[float | None]:
+    """Weighted accuracy (or `metric`) of the initial model (round 0) and after each round."""
     results = record["results"]
-    out = [number((results.get("initial") or {}).get("weighted_accuracy"))]
-    return out + [number(r.get("weighted_accuracy")) for r in results.get("rounds", [])]
+    out = [number((results.get("initial") or {}).get(f"weighted_{metric}"))]
+    return out + [number(r.get(f"weighted_{metric}")) for r in results.get("rounds", [])]
 
 
-def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], partition: str, path: Path) -> Path:
-    """One panel per column (centralized, site counts); one line per algorithm, mean over seeds, band: min-max."""
+def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], partition: str, path: Path,
+                       metric: str = "accuracy") -> Path:
+    """One panel per column (centralized, site counts); one line per algorithm, mean over seeds, band: min-max.
+    `metric`: micro_f1 for multi-label runs."""
     cells = [r for r in select(records) if r["cell"]["partition"] in (partition, "pooled")]
     cols = columns(cells)
     fig, axes = plt.subplots(1, len(cols), figsize=(max(4.2 * len(cols), 6.5), 4.4), sharey=True, squeeze=False)
     for ax, col in zip(axes[0], cols):
         for algorithm in algorithms:
-            curves = [_curve(r) for r in select(cells, algorithm=algorithm, column=col)]
+            curves = [_curve(r, metric) for r in select(cells, algorithm=algorithm, column=col)]
             if not curves:
                 continue
             length = max(len(c) for c in curves)
@@ -69,7 +75,7 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
         ax.set_xlabel("round (0: initial model)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy (%), test-sample weighted")
+    axes[0][0].set_ylabel(f"{METRIC_NAMES[metric]} (%), test-sample weighted")
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes[0][1:]:
         for h, l in zip(*ax.get_legend_handles_labels()):
@@ -78,15 +84,16 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
                 labels.append(l)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     note = _note(cells)
-    fig.suptitle("Accuracy of the global model per round\n(each site on its own test split, test-sample weighted; "
+    fig.suptitle(f"{TITLES[metric]} of the global model per round\n(each site on its own test "
+                 "split, test-sample weighted; "
                  "mean over seeds, band: min-max)", fontsize=10, y=0.95 if note else 0.98)
     rows = (len(labels) + 4) // 5
     return save(fig, path, note, rect=(0, 0.05 + 0.05 * rows, 1, 0.94 if note else 1))
 
 
 def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], column: str, partition: str,
-                      path: Path) -> Path:
-    """Final accuracy of each site (mean over seeds), one bar per algorithm."""
+                      path: Path, metric: str = "accuracy") -> Path:
+    """Final accuracy (or `metric`) of each site (mean over seeds), one bar per algorithm."""
     cells = select(records, column=column, partition=partition)
     sites = sorted({s for r in cells for s in (r["results"].get("final") or {}).get("sites", {})}, key=site_order)
     present = [a for a in algorithms if select(cells, algorithm=a)]
@@ -96,14 +103,14 @@ def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], colu
     for i, algorithm in enumerate(present):
         means = []
         for site in sites:
-            values = [number(((r["results"].get("final") or {}).get("sites", {}).get(site) or {}).get("accuracy"))
+            values = [number(((r["results"].get("final") or {}).get("sites", {}).get(site) or {}).get(metric))
                       for r in select(cells, algorithm=algorithm)]
             values = [v for v in values if v is not None]
             means.append(statistics.mean(values) if values else np.nan)
         ax.bar(x + (i - (len(present) - 1) / 2) * width, means, width, label=_label(algorithm))
     ax.set_xticks(x, sites, rotation=45 if len(sites) > 10 else 0)
-    ax.set_ylabel("final accuracy (%) on the site's own test split")
-    ax.set_title(f"Per-site accuracy, {column} sites, {partition} (mean over seeds)")
+    ax.set_ylabel(f"final {METRIC_NAMES[metric]} (%) on the site's own test split")
+    ax.set_title(f"Per-site {METRIC_NAMES[metric]}, {column} sites, {partition} (mean over seeds)")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     note = _note(cells)
@@ -255,21 +262,23 @@ def _run_title(results: dict) -> str:
 
 
 def run_accuracy_per_round(results: dict, path: Path) -> Path | None:
-    """Accuracy per round of one run: each site (thin lines), the mean and the test-sample-weighted mean (thick);
-    round 0 is the initial model. None when no round has an accuracy."""
+    """Accuracy (micro F1 for multi-label scenes) per round of one run: each site (thin lines), the mean and the
+    test-sample-weighted mean (thick); round 0 is the initial model. None when no round has one."""
+    metric = "micro_f1" if is_multi_label(results) else "accuracy"
+    name = METRIC_NAMES[metric]
     rounds = results.get("rounds") or []
     sites = list(results.get("sites") or sorted({s for r in rounds for s in r.get("sites", {})}, key=site_order))
     points = [(0, results.get("initial") or {})] + [(r.get("round"), r) for r in rounds]
-    if not any(number(p.get("weighted_accuracy")) is not None for _, p in points):
+    if not any(number(p.get(f"weighted_{metric}")) is not None for _, p in points):
         return None
     note = caveat(results)
     fig, ax = plt.subplots(figsize=(7.5, 4.6 + (0.3 if note else 0)))
     for site in sites:
-        xs = [x for x, p in points if number(((p.get("sites") or {}).get(site) or {}).get("accuracy")) is not None]
-        ys = [number(((p.get("sites") or {}).get(site) or {}).get("accuracy")) for x, p in points if x in xs]
+        xs = [x for x, p in points if number(((p.get("sites") or {}).get(site) or {}).get(metric)) is not None]
+        ys = [number(((p.get("sites") or {}).get(site) or {}).get(metric)) for x, p in points if x in xs]
         ax.plot(xs, ys, color="#999999", linewidth=0.8, alpha=0.6)
-    for key, label, style in (("mean_accuracy", "mean over sites", "--"), ("weighted_accuracy",
-                                                                             "test-sample weighted", "-")):
+    for key, label, style in ((f"mean_{metric}", "mean over sites", "--"), (f"weighted_{metric}",
+                                                                              "test-sample weighted", "-")):
         xs = [x for x, p in points if number(p.get(key)) is not None]
         ax.plot(xs, [number(p[key]) for x, p in points if x in xs], style, marker="o", markersize=4, linewidth=2,
                 label=label)
@@ -278,37 +287,39 @@ def run_accuracy_per_round(results: dict, path: Path) -> Path | None:
     if zero_shot is not None:
         ax.axhline(zero_shot, color="#2ca02c", linestyle=":", label=f"zero-shot CLIP ({zero_shot:.1f}%)")
     ax.set_xlabel("round (0: initial model)")
-    ax.set_ylabel("accuracy (%) on each site's own test split")
+    ax.set_ylabel(f"{name} (%) on each site's own test split")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"Accuracy of the global model per round\n{_run_title(results)}", fontsize=9)
+    ax.set_title(f"{TITLES[metric]} of the global model per round\n{_run_title(results)}", fontsize=9)
     return save(fig, path, note, rect=(0, 0, 1, 0.95 if note else 1))
 
 
 def run_per_site_accuracy(results: dict, path: Path) -> Path | None:
-    """Each site's accuracy of the initial and of the final global model (with its private prompt where the
-    algorithm has one), on its own test split, with its test-image count. None when there is no final value."""
+    """Each site's accuracy (micro F1 for multi-label scenes) of the initial and of the final global model (with its
+    private prompt where the algorithm has one), on its own test split, with its test-image count. None when there
+    is no final value."""
+    metric = "micro_f1" if is_multi_label(results) else "accuracy"
     rounds = results.get("rounds") or []
     final = (results.get("final") or {}).get("sites") or (rounds[-1].get("sites") if rounds else {}) or {}
     initial = (results.get("initial") or {}).get("sites") or {}
     sites = [s for s in (results.get("sites") or sorted(final, key=site_order))
-             if number((final.get(s) or {}).get("accuracy")) is not None]
+             if number((final.get(s) or {}).get(metric)) is not None]
     if not sites:
         return None
     note = caveat(results)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(sites) + 2.5), 4.4 + (0.3 if note else 0)))
     x = np.arange(len(sites))
-    before = [number((initial.get(s) or {}).get("accuracy")) for s in sites]
-    after = [number(final[s]["accuracy"]) for s in sites]
+    before = [number((initial.get(s) or {}).get(metric)) for s in sites]
+    after = [number(final[s][metric]) for s in sites]
     ax.bar(x - 0.2, [np.nan if v is None else v for v in before], 0.4, label="initial model", color="#bbbbbb")
     bars = ax.bar(x + 0.2, after, 0.4, label="final model")
     for bar, site in zip(bars, sites):
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"n={final[site].get('samples')}",
                 ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x, sites, rotation=45 if len(sites) > 10 else 0)
-    ax.set_ylabel("accuracy (%) on the site's own test split")
-    ax.set_title(f"Per-site accuracy (n: the site's test images)\n{_run_title(results)}", fontsize=9)
+    ax.set_ylabel(f"{METRIC_NAMES[metric]} (%) on the site's own test split")
+    ax.set_title(f"Per-site {METRIC_NAMES[metric]} (n: the site's test images)\n{_run_title(results)}", fontsize=9)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return save(fig, path, note, rect=(0, 0, 1, 0.95 if note else 1))

@@ -9,8 +9,10 @@ from pathlib import Path
 from ...atomic import atomic_write
 from .run_table import caveat
 from . import figures
-from .cells import Record, column_key, load_experiment, select
-from .tables import ABLATIONS, COMPARISON, ordered, table
+from .cells import Record, column_key, load_experiment, multi_label, select
+from .tables import ABLATIONS, COMPARISON, ordered, table, variant_table
+
+METRICS = {"accuracy": "accuracy (%)", "micro_f1": "micro F1 (%)", "mAP": "mAP (%)"}
 
 REPORT_FILE = "report.md"
 TITLE = "# FedRSCLIP experiment report"  # the first line: a report.md without it is not ours to replace
@@ -21,7 +23,7 @@ def _distinct(records: list[Record], key: str) -> list[str]:
     return sorted({re.sub(r"\b\d+ sites?, ", "", str(r["results"][key])) for r in records if r["results"].get(key)})
 
 
-def _header(grid: dict, done: list[Record], records: list[Record]) -> list[str]:
+def _header(grid: dict, done: list[Record], records: list[Record], multi: bool = False) -> list[str]:
     notes = sorted({n for n in (caveat(r["results"]) for r in done) if n})
     seeds = sorted({r["cell"]["seed"] for r in done})
     rounds = sorted({len(r["results"].get("rounds", [])) for r in done})
@@ -35,8 +37,10 @@ def _header(grid: dict, done: list[Record], records: list[Record]) -> list[str]:
               "(one value: one seed)",
               f"- rounds: {', '.join(map(str, rounds))}; settings for every cell: "
               f"{', '.join(f'`{o}`' for o in grid.get('overrides') or []) or 'the job defaults'}",
-              "- accuracy (%): the final global model, evaluated by each site on its own test split (with its private "
-              "prompt where the algorithm has one), weighted by test samples",
+              ("- micro F1 and mAP (%; multi-label scenes, a class predicted where its sigmoid >= 0.5)" if multi else
+               "- accuracy (%)") + ": the final global model, evaluated by each site on its own test split (with its "
+              "private prompt where the algorithm has one), weighted by test samples",
+              *([f"- multi-modal federation: the sites hold {grid['modalities']}"] if grid.get("modalities") else []),
               "- centralized: the same FLARE job with one site holding all the data (every site's train and test "
               "split pooled)",
               f"- cells: {len(done)} finished of {len(records)} recorded"
@@ -55,23 +59,34 @@ def write_report(folder: str | Path) -> Path:
     done = select(records)
     algorithms = list(dict.fromkeys([*(grid.get("algorithms") or []), *(r["cell"]["algorithm"] for r in done)]))
     partitions = [p for p in dict.fromkeys(r["cell"]["partition"] for r in done) if p != "pooled"] or ["uniform"]
-    lines = _header(grid, done, records)
+    multi = multi_label(done)
+    metrics = ["micro_f1", "mAP"] if multi else ["accuracy"]
+    lines = _header(grid, done, records, multi)
     comparison = ordered([a for a in algorithms if a not in ABLATIONS[:-1]], COMPARISON)
     ablations = ordered([a for a in algorithms if a in ABLATIONS], ABLATIONS)
     for partition in partitions:
         suffix = "" if len(partitions) == 1 else f"-{partition}"
-        lines += [f"## Partition: {partition}", "", "### Comparison (layout of Tables II-IV)", "",
-                  table(done, partition, comparison, zero_shot_row=True), ""]
-        if len(ablations) > 1:
-            lines += ["### Ablations (layout of Tables V-VII)", "", table(done, partition, ablations, False), ""]
+        lines += [f"## Partition: {partition}", ""]
+        for metric in metrics:
+            named = f", {METRICS[metric]}" if multi else ""
+            lines += [f"### Comparison (layout of Tables II-IV{named})", "",
+                      table(done, partition, comparison, zero_shot_row=not multi, metric=metric), ""]
+            if len(ablations) > 1:
+                lines += [f"### Ablations (layout of Tables V-VII{named})", "",
+                          table(done, partition, ablations, False, metric=metric), ""]
+            for algorithm in algorithms:
+                if any(r["cell"].get("variant") for r in select(done, algorithm=algorithm, partition=partition)):
+                    lines += [f"### Multi-modal modules of `{algorithm}`, {METRICS[metric]}", "",
+                              variant_table(done, partition, algorithm, metric), ""]
         lines += ["### Figures", ""]
         pictures = [figures.accuracy_per_round(done, algorithms, partition,
-                                               folder / f"accuracy_per_round{suffix}.png")]
+                                               folder / f"accuracy_per_round{suffix}.png", metrics[0])]
         federated = sorted({r["cell"]["column"] for r in select(done, partition=partition)}, key=column_key)
         if federated:
             pictures.append(figures.per_site_accuracy(done, algorithms, federated[-1], partition,
-                                                      folder / f"per_site_accuracy{suffix}.png"))
-        shown = figures.showcase(done, ordered(algorithms, ["fedrsclip"]), partition)
+                                                      folder / f"per_site_accuracy{suffix}.png", metrics[0]))
+        # a confusion matrix and one true class per sample: single-label scenes only
+        shown = None if multi else figures.showcase(done, ordered(algorithms, ["fedrsclip"]), partition)
         if shown is not None:
             pictures.append(figures.confusion_matrix(shown, folder / f"confusion_matrix{suffix}.png"))
             pictures.append(figures.prediction_grid(shown, folder / f"predictions{suffix}.png"))

@@ -1,27 +1,71 @@
-"""The per-round, per-site accuracy table of one run's results file (either runner: fedrsclip.results_file)."""
+"""The per-round, per-site accuracy table of one run's results file (either runner: fedrsclip.results_file); for
+multi-label scenes the micro F1 table, then the final model's micro F1, macro F1 and mAP per site, overall, and on
+one modality only (multi-modal federations: the missing-modality rows)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Mapping
 
-from ...protocol import site_order
+from ...protocol import MULTILABEL_KEYS, site_order
+from ...results_file import best_value
 from .cells import number
 
 CAVEAT = "synthetic data, RANDOM-weight CLIP — not meaningful accuracy"
 
 
-def _cell(record: Mapping[str, Any] | None) -> str:
+def _cell(record: Mapping[str, Any] | None, metric: str = "accuracy") -> str:
     if not record:
         return "-"
     if record.get("missing"):
         return "miss"
-    acc = number(record.get("accuracy"))
+    acc = number(record.get(metric))
     return f"{acc:.1f}" if acc is not None else "?"
 
 
+def is_multi_label(results: Mapping[str, Any]) -> bool:
+    """True when the run's evaluations are multi-label (micro F1, macro F1, mAP instead of accuracy)."""
+    entries = [*((results.get("initial") or {}).get("sites") or {}).values(),
+               *((results.get("final") or {}).get("sites") or {}).values(),
+               *(v for r in results.get("rounds", []) for v in (r.get("sites") or {}).values())]
+    return any(isinstance(e, Mapping) and number(e.get("micro_f1")) is not None for e in entries)
+
+
+def _pct(value: Any) -> str:
+    value = number(value)
+    return "-" if value is None else f"{value:.1f}"
+
+
+def multilabel_lines(results: Mapping[str, Any]) -> list[str]:
+    """The final model's micro F1, macro F1 and mAP: per site, overall (test-sample weighted), pooled (in-process:
+    every site's predictions together), and per modality alone."""
+    final = results.get("final") or {}
+    rows = [(s, v) for s, v in (final.get("sites") or {}).items() if not v.get("missing")]
+    rows.append(("overall (weighted)", {k: final.get(f"weighted_{k}") for k in MULTILABEL_KEYS}
+                 | {"samples": sum(v.get("samples") or 0 for _, v in rows)}))
+    if results.get("pooled"):
+        rows.append(("pooled (in-process)", results["pooled"]))
+    for modality, block in (final.get("modalities") or {}).items():
+        rows.append((f"{modality} only", {k: block.get(f"weighted_{k}") for k in MULTILABEL_KEYS}
+                     | {"samples": sum(v.get("samples") or 0 for v in (block.get("sites") or {}).values())}))
+    header = ["final model", "micro F1", "macro F1", "mAP", "test images"]
+    body = [[name, *(_pct(v.get(k)) for k in MULTILABEL_KEYS), str(v.get("samples") or "-")] for name, v in rows]
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    out = ["", "the final global model, multi-label (%; a class is predicted where its sigmoid >= 0.5):",
+           line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]
+    if final.get("modalities"):
+        out.append("<m> only: every site holding m scored on its test scenes of m alone (the missing-modality "
+                   "evaluation)")
+    return out
+
+
 _OLD_RANDOM = re.compile(r"^\S+ with RANDOM weights \(seed \d+\)")  # what load_backbone wrote before `weights`
-_OLD_SYNTHETIC = re.compile(r"^SYNTHETIC scenes \(")  # what describe_data writes for data.source: synthetic
+# what describe_data writes for data.source: synthetic (or synthetic-mm)
+_OLD_SYNTHETIC = re.compile(r"^SYNTHETIC (multi-modal multi-label )?scenes \(")
 
 
 def is_random(results: Mapping[str, Any]) -> bool:
@@ -33,9 +77,10 @@ def is_random(results: Mapping[str, Any]) -> bool:
 
 
 def is_synthetic(results: Mapping[str, Any]) -> bool:
-    """The run's data was generated (data.source: synthetic), as recorded, or as `describe_data` words it."""
+    """The run's data was generated (data.source: synthetic or synthetic-mm), as recorded, or as `describe_data`
+    words it."""
     if "data_source" in results:
-        return results["data_source"] == "synthetic"
+        return results["data_source"] in ("synthetic", "synthetic-mm")
     return bool(_OLD_SYNTHETIC.match(str(results.get("data", ""))))
 
 
@@ -92,14 +137,16 @@ def format_table(results: Mapping[str, Any]) -> str:
     """
     rounds = results.get("rounds", [])
     sites = list(results.get("sites") or sorted({s for r in rounds for s in r.get("sites", {})}, key=site_order))
+    multi = is_multi_label(results)
+    metric = "micro_f1" if multi else "accuracy"
     rows: list[tuple[str, list[str], float | None, float | None]] = []
     initial = results.get("initial") or {}
     if initial.get("sites"):
-        rows.append(("init", [_cell(initial["sites"].get(s)) for s in sites],
-                     number(initial.get("mean_accuracy")), number(initial.get("weighted_accuracy"))))
+        rows.append(("init", [_cell(initial["sites"].get(s), metric) for s in sites],
+                     number(initial.get(f"mean_{metric}")), number(initial.get(f"weighted_{metric}"))))
     for record in rounds:
-        rows.append((str(record.get("round")), [_cell(record.get("sites", {}).get(s)) for s in sites],
-                     number(record.get("mean_accuracy")), number(record.get("weighted_accuracy"))))
+        rows.append((str(record.get("round")), [_cell(record.get("sites", {}).get(s), metric) for s in sites],
+                     number(record.get(f"mean_{metric}")), number(record.get(f"weighted_{metric}"))))
     header = ["round", *sites, "mean", "weighted"]
     body = [[name, *cells, "-" if m is None else f"{m:.1f}", "-" if w is None else f"{w:.1f}"]
             for name, cells, m, w in rows]
@@ -125,15 +172,19 @@ def format_table(results: Mapping[str, Any]) -> str:
     for key in ("backbone", "data"):
         if results.get(key):
             out.append(f"{key}: {results[key]}")
-    out += ["accuracy (%) of the global model after each round on each site's own test split (dual-prompt "
+    what = "micro F1 (%, multi-label scenes)" if multi else "accuracy (%)"
+    out += [f"{what} of the global model after each round on each site's own test split (dual-prompt "
             "algorithms: with the site's private prompt)", line(header), line(["-" * w for w in widths]),
             *(line(r) for r in body)]
     cells = {c for _, row, _, _ in rows for c in row}
     if "miss" in cells or "?" in cells:
         out.append("miss: no result from the site in that round; ?: not measured (the site's next task failed)")
-    best = results.get("best")
-    if isinstance(best, Mapping) and number(best.get("weighted_accuracy")) is not None:
-        out.append(f"best: after round {best.get('round')}, weighted accuracy {best['weighted_accuracy']:.1f}% "
+    if multi:
+        out += multilabel_lines(results)
+    best, chosen = results.get("best"), best_value(results.get("best"))
+    if isinstance(best, Mapping) and chosen is not None:
+        name = "accuracy" if chosen[0] == "accuracy" else "micro F1"
+        out.append(f"best: after round {best.get('round')}, weighted {name} {chosen[1]:.1f}% "
                    f"({best.get('selected_by', '')})")
     zero_shot = results.get("zero_shot")
     if isinstance(zero_shot, Mapping) and number(zero_shot.get("accuracy")) is not None:
@@ -143,7 +194,12 @@ def format_table(results: Mapping[str, Any]) -> str:
                    + (f" (chance {zero_shot['chance']:.1f}%)" if number(zero_shot.get("chance")) else ""))
         if zero_shot.get("warning"):
             out.append(f"warning: {zero_shot['warning']}")
+    elif isinstance(zero_shot, Mapping) and number(zero_shot.get("mAP")) is not None:  # multi-label: no threshold
+        prompt = str(zero_shot.get("prompt") or "").replace("{}", "{class}")
+        out.append(f"zero-shot CLIP (\"{prompt}\", no training): mAP {zero_shot['mAP']:.1f}% on "
+                   f"{zero_shot.get('samples')} test scenes of all sites")
     out += timing_lines(rounds)
+    out += _data_notes(rounds)
     bytes_up = [v.get("bytes_up") for r in rounds for v in r.get("sites", {}).values()
                 if isinstance(v.get("bytes_up"), int)]
     plain = [v.get("bytes_up_plain") for r in rounds for v in r.get("sites", {}).values()
@@ -151,6 +207,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     if bytes_up:
         out.append(f"sent per site and round: {max(bytes_up):,} bytes up"
                    + (f" (CKKS ciphertext of {max(plain):,} bytes of values)" if plain else ""))
+    for warning in results.get("warnings") or []:
+        out.append(f"warning: {warning.get('message')}")
     errors = results.get("errors") or []
     if errors:
         out.append(f"{len(errors)} failed task(s):")
@@ -163,3 +221,18 @@ def format_table(results: Mapping[str, Any]) -> str:
         out.append(f"*** {note} ***")
     return "\n".join(out)
 
+
+
+def _data_notes(rounds: list) -> list[str]:
+    """Unreadable files per site, and MIM asked for but active at no site, from the sites' round entries."""
+    entries = [(s, v) for r in rounds for s, v in (r.get("sites") or {}).items()]
+    out = []
+    skipped = {s: v["skipped_images"] for s, v in entries if isinstance(v.get("skipped_images"), int)}
+    if skipped:
+        out.append("unreadable images skipped (the files and why are in each site's log): "
+                   + ", ".join(f"{s} {n}" for s, n in sorted(skipped.items(), key=lambda x: site_order(x[0]))))
+    mim = [v.get("mim_steps") for _, v in entries if "mim_steps" in v]
+    if mim and not any(mim):
+        out.append("MIM (multimodal.mim) was inactive at every site: no site holds paired modalities of the same "
+                   "scenes")
+    return out

@@ -63,9 +63,18 @@ def zero_shot(records: Iterable[Record]) -> dict | None:
     return None
 
 
-def table(records: Sequence[Record], partition: str, algorithms: Sequence[str], zero_shot_row: bool) -> str:
-    """Markdown: rows `algorithms` (those with finished cells), columns centralized + site counts of `partition`."""
-    cells = [r for r in records if r["cell"]["partition"] in (partition, "pooled")]
+# Multi-modal ablations (--ablate): the variants' rows, in this order.
+VARIANTS = {"full": "MF + FW + MIM (the full framework)", "no-mf": "w/o MF (adapters stay at their site)",
+            "no-fw": "w/o FW (no feature whitening)", "no-mim": "w/o MIM (no cross-modal InfoNCE)"}
+
+
+def table(records: Sequence[Record], partition: str, algorithms: Sequence[str], zero_shot_row: bool,
+          metric: str = "accuracy", variant: str | None = None) -> str:
+    """Markdown: rows `algorithms` (those with finished cells), columns centralized + site counts of `partition`;
+    entries: the final `metric` (`cells.final_accuracy`). `variant`: only the cells of that multi-modal ablation
+    variant (None: the full framework's, or cells without a variant)."""
+    cells = [r for r in records if r["cell"]["partition"] in (partition, "pooled")
+             and (r["cell"].get("variant") or "") in ((variant,) if variant is not None else ("", "full"))]
     cols = columns(select(cells))
     header = ["model (`algorithm`)", *("centralized" if c == "centralized" else f"{c} sites" for c in cols),
               TRANSMITTED_HEADER]
@@ -76,7 +85,7 @@ def table(records: Sequence[Record], partition: str, algorithms: Sequence[str], 
             continue
         row = [f"{LABELS.get(algorithm, algorithm)} (`{algorithm}`)"]
         for col in cols:
-            values = [final_accuracy(r) for r in select(mine, column=col)]
+            values = [final_accuracy(r, metric) for r in select(mine, column=col)]
             row.append(mean_std([v for v in values if v is not None]))
         row.append(format_count(transmitted_values([r for r in mine if r["cell"]["column"] != "centralized"]
                                                    or mine)))
@@ -95,6 +104,26 @@ def table(records: Sequence[Record], partition: str, algorithms: Sequence[str], 
             if warning:
                 warnings.append(f"**Warning:** {warning}.")
     return "\n".join(lines + ([""] + warnings if warnings else []))
+
+
+def variant_table(records: Sequence[Record], partition: str, algorithm: str, metric: str) -> str:
+    """Markdown: one row per multi-modal ablation variant of `algorithm` (`VARIANTS`), columns its site counts."""
+    cells = [r for r in select(records, algorithm=algorithm) if r["cell"]["partition"] == partition
+             and r["cell"].get("variant")]
+    cols = columns(cells)
+    header = ["variant", *(f"{c} sites" for c in cols), TRANSMITTED_HEADER]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant in [*VARIANTS, *sorted({r["cell"]["variant"] for r in cells} - set(VARIANTS))]:
+        mine = [r for r in cells if r["cell"]["variant"] == variant]
+        if not mine:
+            continue
+        row = [f"{VARIANTS.get(variant, variant)} (`{variant}`)"]
+        for col in cols:
+            values = [final_accuracy(r, metric) for r in select(mine, column=col)]
+            row.append(mean_std([v for v in values if v is not None]))
+        row.append(format_count(transmitted_values(mine)))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def ordered(algorithms: Iterable[str], order: Sequence[str]) -> list[str]:
