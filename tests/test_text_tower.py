@@ -316,3 +316,57 @@ def test_recipe_covers_every_model_setting(tmp_path):
     (tmp_path / "open_clip_config.json").write_text("{}")  # fedrsclip.checkpoints reads it: part of the recipe
     assert tower_recipe(ModelConfig(arch="ViT-B-16", pretrained=str(path), quick_gelu=False), memo) != first
     assert tower_recipe(ModelConfig(arch="ViT-B-16", pretrained=str(tmp_path / "none.pt")), memo) is None
+
+
+def test_sites_sharing_a_cache_share_one_tower_file(tmp_path, caplog):
+    """Two sites that start cold on one cache folder (simulator sites with an absolute data.cache_dir): the second
+    to finish uses the file the first wrote instead of replacing it, so both map the same file (shared pages)."""
+    cfg = tiny_config().model
+    first, second = open_backbone(cfg, tmp_path), open_backbone(cfg, tmp_path)  # both cold: no file yet
+    assert first.has_image_tower and second.has_image_tower
+    first.release_image_tower()
+    (tower,) = _towers(tmp_path)
+    inode = tower.stat().st_ino
+    with caplog.at_level(logging.INFO):
+        second.release_image_tower()
+    assert "written by another process" in caplog.text
+    assert _towers(tmp_path) == [tower] and tower.stat().st_ino == inode  # not replaced
+    maps = Path(f"/proc/{os.getpid()}/maps")
+    if maps.is_file():  # Linux: the second site's weights are a mapping of that very file
+        assert str(tower) in maps.read_text()
+    tokens = clip_tokenizer(77)(["a satellite photo of a river."])
+    with torch.no_grad():
+        torch.testing.assert_close(second.model.encode_text(tokens), first.model.encode_text(tokens), rtol=0, atol=0)
+
+
+def test_a_tower_file_of_other_weights_is_replaced_not_shared(tmp_path):
+    """A file in the tower's place whose recipe matches but whose weights give other text features is rewritten
+    with this CLIP's text side, never used."""
+    cold = open_backbone(tiny_config().model, tmp_path)
+    stranger = load_backbone(tiny_config("model.init_seed=1").model)
+    spec = spec_of(stranger.model, stranger.quick_gelu)
+    save_text_tower(cold.tower_file, text_tower_of(stranger.model), spec, {"recipe": cold.recipe})
+    inode = cold.tower_file.stat().st_ino
+    cold.release_image_tower()
+    assert cold.tower_file.stat().st_ino != inode
+    check_same_text(open_text_tower(cold.tower_file)[0], load_backbone(tiny_config().model).model, spec)
+
+
+def test_in_process_runs_remember_the_checkpoint_digest(tiny_backbone, tmp_path):
+    """The in-process runner's shared CLIP reads a checkpoint file's digest from the cache's memo: an unchanged
+    600 MB ViT-B/16 file is hashed once, not at every run."""
+    from fedrsclip.data.digests import MEMO_NAME
+    from fedrsclip.factory import load_shared
+
+    path = tmp_path / "clip.pt"
+    torch.save(tiny_backbone.model.state_dict(), path)
+    cfg = tiny_config(f"model.pretrained={path}", "model.random_init=false", "model.quick_gelu=false",
+                      cache_dir=tmp_path / "cache")
+    first = load_shared(cfg)
+    memo = tmp_path / "cache" / MEMO_NAME
+    entries = json.loads(memo.read_text())
+    (key,) = [k for k in entries if k == str(path.resolve())]
+    assert first.fingerprint.split("file=")[1].startswith(entries[key][5][:16])
+    entries[key][5] = "f" * 64  # a remembered digest is used as is: the file is not read again
+    memo.write_text(json.dumps(entries))
+    assert "file=" + "f" * 16 in load_shared(cfg).fingerprint
