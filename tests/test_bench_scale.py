@@ -128,3 +128,36 @@ def test_paper_scale_run_on_the_tiny_clip(tmp_path):
     log = (tmp_path / "out" / "ws.log").read_text(errors="replace")
     assert "extracting features" not in log  # every site started from its filled cache
     assert time.perf_counter() - start < 600
+
+
+def test_bench_gpu_stops_clearly_without_cuda(tmp_path, capsys):
+    import torch
+
+    from fedrsclip.tools.bench.gpu import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: make bench-gpu runs for real")
+    assert main(["--out", str(tmp_path / "gpu")]) == 2
+    err = capsys.readouterr().err
+    assert "needs an NVIDIA GPU" in err and "make bench" in err
+    assert not (tmp_path / "gpu").exists()  # nothing measured, nothing written
+
+
+def test_task_phases_from_a_simulator_log(tmp_path):
+    """-t 1: the gaps between FLARE's lines for each task's worker process (times as the simulator logs them)."""
+    from fedrsclip.tools.bench.simthreads import task_phases
+
+    lines = ["2026-01-01 10:00:00,000 - INFO - Round 0 started.",
+             "2026-01-01 10:00:01,000 - INFO - ClientTaskWorker started to run",
+             "2026-01-01 10:00:04,000 - INFO - Initialize ClientRunner for client: site-1",
+             "2026-01-01 10:00:05,500 - INFO - Finished one task run for client: site-1 interval: 0.5",
+             "2026-01-01 10:00:07,500 - INFO - ClientTaskWorker started to run",
+             "2026-01-01 10:00:10,000 - INFO - Initialize ClientRunner for client: site-2",
+             "2026-01-01 10:00:10,500 - INFO - Finished one task run for client: site-2 interval: 0.5"]
+    log = tmp_path / "sim.log"
+    log.write_text("\n".join(lines) + "\n")
+    phases = task_phases(log)
+    assert phases["tasks"] == 2 and phases["between_s"] == pytest.approx(2.0)
+    assert phases["setup_s"] == pytest.approx(2.75) and phases["task_s"] == pytest.approx(1.0)
+    log.write_text(lines[0] + "\n")
+    assert task_phases(log) is None

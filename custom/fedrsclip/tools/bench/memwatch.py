@@ -10,7 +10,6 @@ site's process ends after each task and a new one starts.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import psutil

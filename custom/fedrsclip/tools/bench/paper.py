@@ -163,8 +163,8 @@ def run_paper_scale(sites: int, out_dir: str | Path, threads: int | None = None,
     class and split (`reused_partition`; default: Table I's). arch: the model (random weights; tests: fedrsclip-tiny).
     Raises FileNotFoundError without UC Merced images, ValueError for a workspace holding other files.
     """
-    from ...flare.job import JobSpec, write_job
     from ...data.manifest import write_manifest
+    from ...flare.job import JobSpec, write_job
     from ..demo import check_workspace, simulator_command
 
     images = Path(images)
@@ -262,17 +262,19 @@ def format_paper(r: dict) -> str:
         lines.append(f"feature caches filled beforehand: {r['prepare']['distinct_images']} distinct images, "
                      f"{r['prepare']['seconds']:.0f} s, peak RSS {r['prepare']['peak_rss_mb']:.0f} MB")
     for row in r["rounds_table"]:
-        lines.append(f"  round {row['round']:>2}: {row['wall_s']:7.1f} s  (slowest site {row['slowest_site_s'] or 0:.1f} s, "
-                     f"{row['sites_reported']} sites reported, {row['sites_missing']} missing)")
+        lines.append(f"  round {row['round']:>2}: {row['wall_s']:7.1f} s  (slowest site "
+                     f"{row['slowest_site_s'] or 0:.1f} s, {row['sites_reported']} sites reported, "
+                     f"{row['sites_missing']} missing)")
     after, share = r.get("round_s_after_first"), r.get("flare_overhead_fraction")
     after_text = "n/a" if after is None else f"{after:.1f} s"
     share_text = "n/a" if share is None else f"{share:.1%}"
     lines += [f"job wall time {r['job_wall_s']:.0f} s; per round after round 1: {after_text}; FLARE's share "
               f"{share_text}",
-              f"memory: machine {mem['machine_used_mb_peak']:,.0f} MB used at peak ({mem['machine_used_mb_before']:,.0f}"
-              f" before the run, other programs included); the run's processes {mem['run_pss_mb_peak']:,.0f} MB PSS "
-              f"({mem['run_rss_mb_peak']:,.0f} MB RSS); per site process at most {mem['site_peak_vmhwm_mb_max'] or 0:,.0f}"
-              f" MB RSS (VmHWM), {mem['site_peak_pss_mb_max'] or 0:,.0f} MB PSS; up to "
+              f"memory: machine {mem['machine_used_mb_peak']:,.0f} MB used at peak "
+              f"({mem['machine_used_mb_before']:,.0f} before the run, other programs included); the run's processes "
+              f"{mem['run_pss_mb_peak']:,.0f} MB PSS ({mem['run_rss_mb_peak']:,.0f} MB RSS); per site process at most "
+              f"{mem['site_peak_vmhwm_mb_max'] or 0:,.0f} MB RSS (VmHWM), {mem['site_peak_pss_mb_max'] or 0:,.0f} MB "
+              "PSS; up to "
               f"{mem['site_processes_at_once_max']} site processes at once"]
     return "\n".join(lines)
 

@@ -149,7 +149,8 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
         site_round = time_site_round(backbone, features, 21, n, rounds=settings["site_rounds"],
                                      warmup=not quick)  # --quick: a single round, no warm-up
         results["site_round"] = {**site_round, "how": "PromptTrainer.evaluate (test split) + train_round (batch 32, "
-                                 "1 local epoch), as a FLARE train task does; real image features repeated to the count"}
+                                 "1 local epoch), as a FLARE train task does; real image features repeated to the "
+                                 "count"}
         results["site_round_s"] = site_round["round_s"]
         del backbone, features
 
@@ -165,7 +166,8 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
             results.update(realistic_overhead(flare_figures, results["site_round_s"]))
             results.update(bench_sim_threads(workdir / "sim-threads", settings["sim_sites"]))
         else:
-            skipped = "skipped in --quick (a 10-site simulator job takes minutes); run `fedrsclip bench` without --quick"
+            skipped = ("skipped in --quick (a 10-site simulator job takes minutes); run `fedrsclip bench` without "
+                       "--quick")
             results.update({"flare_overhead_fraction": None, "flare_overhead_note": skipped, "sim_demo_t1_s": None,
                             "sim_demo_tn_s": None, "sim_demo_ratio": None, "sim_demo_note": skipped})
     results["wall_s"] = time.perf_counter() - begin

@@ -9,7 +9,10 @@ workspace each, one after the other on the same machine.
 from __future__ import annotations
 
 import contextlib
+import re
+import statistics
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,46 @@ def _tasks(results: dict) -> tuple[int, float]:
     return count, seconds
 
 
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - ")
+_PHASES = {"ClientTaskWorker started to run": "worker", "Initialize ClientRunner for client": "runner",
+           "Finished one task run for client": "done"}
+
+
+def task_phases(log_path: str | Path) -> dict[str, Any] | None:
+    """Where a task's time goes when each task has its own worker process (`-t 1`), from the simulator's log:
+    `between` = the previous task's end to the new worker's first line (FLARE's 1 s pause between tasks, the process
+    start, nvflare's imports); `setup` = to "Initialize ClientRunner" (FLARE's client, cell and app set up,
+    importing the executor's module: torch); `task` = to "Finished one task run" (the site built from disk, the
+    round, the reply). Medians over the tasks; None when the log has none."""
+    events: list[tuple[str, float]] = []
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            match = _STAMP.match(line)
+            if not match:
+                continue
+            kind = next((k for text, k in _PHASES.items() if text in line), None)
+            if kind:
+                when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                events.append((kind, when))
+    phases: dict[str, list[float]] = {"between": [], "setup": [], "task": []}
+    last: dict[str, float] = {}
+    for kind, when in events:
+        if kind == "worker":
+            if "done" in last:
+                phases["between"].append(when - last["done"])
+            last = {"done": last.get("done", when), "worker": when}
+        elif kind == "runner" and "worker" in last:
+            phases["setup"].append(when - last["worker"])
+            last["runner"] = when
+        elif kind == "done" and "runner" in last:
+            phases["task"].append(when - last["runner"])
+            last = {"done": when}
+    if not phases["task"]:
+        return None
+    return {**{f"{k}_s": statistics.median(v) if v else None for k, v in phases.items()},
+            "tasks": len(phases["task"])}
+
+
 def run_demo_timed(workdir: Path, sites: int, threads: int, rounds: int | None) -> dict[str, Any]:
     """One demo job in the simulator: its wall time, exit code and what its results file says about the tasks."""
     workspace = workdir / f"demo-t{threads}"
@@ -48,6 +91,8 @@ def run_demo_timed(workdir: Path, sites: int, threads: int, rounds: int | None) 
     tasks, seconds = _tasks(results)
     out.update(status=results.get("status"), rounds=len(results.get("rounds", [])), train_tasks=tasks,
                site_seconds=seconds, wall_s_per_train_task=wall / tasks if tasks else None)
+    if threads < sites:
+        out["task_phases"] = task_phases(workdir / f"demo-t{threads}.log")
     return out
 
 
@@ -73,5 +118,11 @@ def _per_task(run: dict) -> str:
     per = run.get("wall_s_per_train_task")
     if per is None:
         return "no task recorded"
-    return (f"{per:.1f} s of job wall time per training task, of which the site's own seconds "
+    text = (f"{per:.1f} s of job wall time per training task, of which the site's own seconds "
             f"{run['site_seconds'] / max(run['train_tasks'], 1):.1f} s")
+    phases = run.get("task_phases")
+    if phases:
+        text += (f"; per task (medians): {phases['between_s'] or 0:.1f} s from the previous task's end to the new "
+                 f"worker, {phases['setup_s'] or 0:.1f} s of FLARE client set-up and module imports, "
+                 f"{phases['task_s']:.1f} s for the task itself")
+    return text

@@ -172,7 +172,8 @@ def bench_site_start(workdir: Path, images: Sequence[tuple[Path, int]], classes:
                site_peak_rss_mb_train_vitb16=vitb["warm_median"]["peak_rss_mb"],
                site_start={"demo": demo, "vitb16": vitb, "how": (
                    "fresh processes (torch, nvflare's executor, the site's settings resolved as a FLARE task "
-                   f"does, make_site, one run_round; {demo_job.torch_threads} torch thread(s), the job's): task_start = process start to the end of the first training "
+                   f"does, make_site, one run_round; {demo_job.torch_threads} torch thread(s), the job's): "
+                   "task_start = process start to the end of the first training "
                    f"step, median of {warm_repeats} warm start(s); extract = VmHWM of the cold start once the site "
                    "is built (whole CLIP loaded, features extracted, image tower freed); train = VmHWM of a warm "
                    "start at the end of its round (evaluate + train)")})
