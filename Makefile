@@ -1,4 +1,7 @@
 # Every target creates .venv on first use. torch/torchvision are pinned (see requirements.txt).
+# The pins are tested with Python 3.11: .venv is made with python3.11 (`make PYTHON=python3.X ...` tries another;
+# pyproject.toml allows 3.10 and later, untested here).
+PYTHON  ?= python3.11
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 WS      ?= workspaces/demo
@@ -8,7 +11,9 @@ SITES   ?= 10
 	format lint clean
 
 $(STAMP): requirements.txt pyproject.toml
-	test -x $(PY) || python3 -m venv .venv
+	@test -x $(PY) || command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11, or \
+	give another interpreter with PYTHON=python3.X (untested)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .

@@ -123,6 +123,24 @@ def test_plot_and_table(tmp_path):
     assert "K= 45" in table and "n/a: failed" in table
 
 
+def test_scaling_never_overwrites_files_it_did_not_write(tmp_path):
+    """--out-dir may be new or an earlier study's; a foreign scaling.json or scaling.png is refused before the
+    study starts, and kept."""
+    for name in ("scaling.json", "scaling.png"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text("mine")
+        with pytest.raises(ValueError, match=f"holds a {name} that is not an earlier scaling study's"):
+            scaling.run_scaling(folder)
+        assert (folder / name).read_text() == "mine"
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "scaling.json").write_text(json.dumps({"classes": [], "images": [], "sites": [], "wall_s": 1.0}))
+    (earlier / "scaling.png").write_bytes(b"an earlier figure")
+    scaling.check_scaling_out(earlier)  # an earlier study: replaced
+    scaling.check_scaling_out(tmp_path / "new")
+
+
 def test_scaling_option():
     import argparse
 

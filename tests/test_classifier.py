@@ -176,6 +176,9 @@ def test_set_global_rejects_bad_payloads(cfg, manifest):
         trainer.set_global(dict(good, extra=np.zeros(1, np.float32)))
     with pytest.raises(PayloadError, match="dtype"):
         trainer.set_global(dict(good, **{"head.bias": np.zeros(4, np.int64)}))
+    beyond = dict(good, **{"head.bias": np.full(4, 1e39)})  # float64: finite there, inf as the float32 loaded
+    with pytest.raises(PayloadError, match=r"received global head\.bias holds 4 NaN or Inf .*beyond float32"):
+        trainer.set_global(beyond)
     # a rejected payload loads nothing, not even the entries before the faulty one
     shifted = {k: v + 1.0 for k, v in good.items()}
     shifted["norm.bias"] = np.full_like(good["norm.bias"], np.inf)

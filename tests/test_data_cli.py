@@ -22,7 +22,7 @@ def test_synth_then_partition_then_show(tmp_path, capsys):
     assert main(["data", "synth", "--out", str(syn), "--classes", "4", "--per-class", "6", "--size", "16", "--quiet"]) == 0
     out = tmp_path / "m.json"
     rc = main([
-        "data", "partition", "--dataset", "synthetic", "--root", str(syn), "--clients", "3",
+        "data", "partition", "--dataset", "synthetic", "--root", str(syn), "--sites", "3",
         "--scheme", "label-skew", "--classes-per-site", "2", "--seed", "4", "--out", str(out), "--quiet",
     ])
     assert rc == 0
@@ -34,12 +34,30 @@ def test_synth_then_partition_then_show(tmp_path, capsys):
     assert "total" in capsys.readouterr().out
 
 
+def test_partition_replaces_only_a_manifest(tmp_path, capsys):
+    """--out may be a new file or an earlier manifest (replaced); any other file is refused and kept."""
+    syn = tmp_path / "syn"
+    assert main(["data", "synth", "--out", str(syn), "--classes", "2", "--per-class", "4", "--size", "16",
+                 "--quiet"]) == 0
+    partition = ["data", "partition", "--dataset", "synthetic", "--root", str(syn), "--quiet", "--out"]
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}')
+    assert main([*partition, str(notes), "--clients", "2"]) == 2
+    assert "is not a fedrsclip manifest" in capsys.readouterr().err and notes.read_text() == '{"mine": true}'
+    assert main([*partition, str(tmp_path), "--clients", "2"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    manifest = tmp_path / "m.json"
+    assert main([*partition, str(manifest), "--clients", "2"]) == 0
+    assert main([*partition, str(manifest), "--clients", "1"]) == 0  # re-partitioned: the manifest is replaced
+    assert len(load_manifest(manifest)["sites"]) == 1
+
+
 def test_errors_exit_2_with_a_message(tmp_path, capsys):
     rc = main(["data", "partition", "--dataset", "nwpu", "--root", str(tmp_path / "nope"),
-               "--clients", "2", "--out", str(tmp_path / "m.json")])
+               "--sites", "2", "--out", str(tmp_path / "m.json")])
     assert rc == 2
     assert "error: dataset root not found" in capsys.readouterr().err
-    rc = main(["data", "partition", "--dataset", "nwpu", "--root", str(tmp_path), "--clients", "2",
+    rc = main(["data", "partition", "--dataset", "nwpu", "--root", str(tmp_path), "--sites", "2",
                "--beta", "0.3", "--out", str(tmp_path / "m.json")])
     assert rc == 2 and "--beta applies only to --scheme dirichlet" in capsys.readouterr().err
 
@@ -62,7 +80,7 @@ def test_python_dash_m(tmp_path):
                            "--size", "16", "--quiet"], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "m.json"
-    done = subprocess.run([*cmd, "partition", "--dataset", "synthetic", "--root", str(syn), "--clients", "2",
+    done = subprocess.run([*cmd, "partition", "--dataset", "synthetic", "--root", str(syn), "--sites", "2",
                            "--out", str(out), "--quiet"], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "RuntimeWarning" not in done.stderr
@@ -99,13 +117,13 @@ def test_partition_counts_skipped_files_by_reason_and_takes_image_settings(tmp_p
             Image.new("RGB", (20 + i * 20, 20), (i * 50, 0, 0)).save(root / cls / f"{i}.png")
     (root / "forest" / "broken.png").write_text("no")
     out = tmp_path / "m.json"
-    rc = main(["data", "partition", "--dataset", "imagefolder", "--root", str(root), "--clients", "2", "--quiet",
+    rc = main(["data", "partition", "--dataset", "imagefolder", "--root", str(root), "--sites", "2", "--quiet",
                "--out", str(out), "--set", "data.max_pixels=700"])
     assert rc == 0
     printed = capsys.readouterr().out
     # 40x20 and 60x20 exceed 700 pixels in each class; one file is not an image at all
     assert "skipped files: 5 (too large 4, unreadable 1)" in printed
-    assert main(["data", "partition", "--dataset", "imagefolder", "--root", str(root), "--clients", "2",
+    assert main(["data", "partition", "--dataset", "imagefolder", "--root", str(root), "--sites", "2",
                  "--out", str(out), "--set", "train.lr=1"]) == 2
     assert "--set takes data.* settings" in capsys.readouterr().err
 

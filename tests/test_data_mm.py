@@ -209,6 +209,11 @@ def test_generator_is_seeded_fast_and_never_overwrites_foreign_folders(tmp_path,
     with pytest.raises(DataError, match="nothing was written"):
         make_synthetic_mm(foreign, scenes=2, size=48, progress=False)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    mine = other / "S1" / "SYNTH_S1_00001" / "my_calibration.tif"  # a user's file inside its own dataset: kept
+    mine.write_bytes(b"keep me")
+    with pytest.raises(DataError, match="my_calibration.tif was not written by fedrsclip data synth-mm"):
+        make_synthetic_mm(other, scenes=2, size=48, progress=False)
+    assert mine.read_bytes() == b"keep me" and len(list((other / "S2").iterdir())) == 4
     with pytest.raises(DataError, match="multiple of 6"):
         make_synthetic_mm(tmp_path / "odd", scenes=2, size=50, progress=False)
 
@@ -220,7 +225,7 @@ def test_synth_mm_partition_show_and_preview_commands(tmp_path, capsys):
     out = tmp_path / "mm"
     assert main(["data", "synth-mm", "--out", str(out), "--scenes", "12", "--size", "24", "--quiet"]) == 0
     manifest = tmp_path / "m.json"
-    assert main(["data", "partition", "--dataset", "bigearthnet-mm", "--root", str(out), "--clients", "2",
+    assert main(["data", "partition", "--dataset", "bigearthnet-mm", "--root", str(out), "--sites", "2",
                  "--modalities", "s2,s1", "--out", str(manifest), "--quiet"]) == 0
     assert "site-2 (s1)" in capsys.readouterr().out
     loaded = load_manifest(manifest)
@@ -231,10 +236,10 @@ def test_synth_mm_partition_show_and_preview_commands(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "modality s1, composite VV,VH,VV-VH" in text and "modality s2, composite B04,B03,B02" in text
     # --modalities belongs to the paired dataset, and the paired dataset needs it
-    assert main(["data", "partition", "--dataset", "bigearthnet-mm", "--root", str(out), "--clients", "2",
+    assert main(["data", "partition", "--dataset", "bigearthnet-mm", "--root", str(out), "--sites", "2",
                  "--out", str(tmp_path / "x.json"), "--quiet"]) == 2
     assert "needs --modalities" in capsys.readouterr().err
-    assert main(["data", "partition", "--dataset", "bigearthnet-s2", "--root", str(out), "--clients", "2",
+    assert main(["data", "partition", "--dataset", "bigearthnet-s2", "--root", str(out), "--sites", "2",
                  "--modalities", "s2", "--out", str(tmp_path / "y.json"), "--quiet"]) == 2
     assert "applies only to --dataset bigearthnet-mm" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()

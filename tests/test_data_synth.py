@@ -55,6 +55,17 @@ def test_regenerating_replaces_an_earlier_synthetic_dataset(tmp_path):
     assert len(list(out.rglob("*.png"))) == 4
 
 
+def test_regenerating_keeps_a_file_it_did_not_write(tmp_path):
+    """Only its own images are replaced: a user's file in one of its class folders stops it, and is kept."""
+    out = make_synthetic(tmp_path / "syn", classes=2, per_class=2, size=16, progress=False)
+    classes = sorted(p.name for p in out.iterdir() if p.is_dir())
+    mine = out / classes[0] / "my_labelled_scene.png"
+    mine.write_bytes(b"precious")
+    with pytest.raises(DataError, match=f"{mine} was not written by fedrsclip data synth.*nothing was written"):
+        make_synthetic(out, classes=2, per_class=3, size=16, progress=False)
+    assert mine.read_bytes() == b"precious" and len(list(out.rglob("*_0001.png"))) == 2
+
+
 def test_refuses_a_foreign_non_empty_folder_and_bad_arguments(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -52,6 +52,34 @@ def test_bad_settings_refused_before_any_run(tmp_path, capsys):
         run_experiment(tmp_path / "y", ["fedrsclip"], [2], ["skewed"], [0])
 
 
+@pytest.mark.parametrize("options, option", [(["--seeds", "-1"], "--seeds"), (["--seeds", "1,x"], "--seeds"),
+                                             (["--rounds", "0"], "--rounds"), (["--threads", "0"], "--threads"),
+                                             (["--data-seed", "-2"], "--data-seed")])
+def test_grid_values_refused_before_anything_is_written(tmp_path, capsys, options, option):
+    """The grid's own values, not only --set, are refused naming the option; the folder is not even made."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["experiment", "--out", str(tmp_path / "x"), "--algorithms", "fedrsclip", "--sites", "2", *options])
+    assert exit_.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kwargs, words", [({"seeds": [-1]}, "--seeds: -1"), ({"rounds": 0}, "--rounds: 0"),
+                                           ({"seeds": []}, "--seeds: 'no value'"),
+                                           ({"seeds": [2**32]}, "train.seed must be")])
+def test_grid_values_refused_by_the_python_api(tmp_path, kwargs, words):
+    grid = {"seeds": [0], **kwargs}
+    with pytest.raises(ValueError, match=words):
+        run_experiment(tmp_path / "x", ["fedrsclip"], [2], ["uniform"], grid.pop("seeds"), **grid)
+    assert not (tmp_path / "x").exists()
+
+
+def test_job_counts_are_refused_naming_the_option(tmp_path, capsys):
+    for option, value in (("--sites", "0"), ("--rounds", "0"), ("--min-clients", "0"), ("--train-timeout", "-1")):
+        with pytest.raises(SystemExit):
+            main(["job", "--algorithm", "fedrsclip", "--out", str(tmp_path / "job"), option, value])
+        assert f"argument {option}" in capsys.readouterr().err and not (tmp_path / "job").exists()
+
+
 def test_manifest_pattern_gives_each_cell_its_manifest_and_pools_the_centralized_one(tmp_path, synth_manifest):
     from fedrsclip.data.manifest import load_manifest, write_manifest
 

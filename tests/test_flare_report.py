@@ -79,10 +79,23 @@ def test_table_without_caveat_for_real_runs_and_without_optional_parts():
 
 
 def test_caveats():
-    assert caveat(RESULTS) == CAVEAT
-    assert caveat({"data": "SYNTHETIC", "backbone": "ViT-B-16 with openai weights"}).startswith("synthetic data")
-    assert caveat({"data": "manifest x", "backbone": "x with RANDOM weights"}).startswith("RANDOM-weight CLIP")
-    assert caveat({"data": "manifest x", "backbone": "ViT-B-16"}) is None
+    assert caveat(RESULTS) == CAVEAT  # a results file from before the recorded `weights` and `data_source`
+    synthetic = {"data_source": "synthetic", "weights": "tag:openai", "backbone": "ViT-B-16 with openai weights"}
+    assert caveat(synthetic).startswith("synthetic data")
+    assert caveat({"data_source": "manifest", "weights": "random"}).startswith("RANDOM-weight CLIP")
+    assert caveat({"data_source": "manifest", "weights": "tag:openai"}) is None
+
+
+def test_labels_come_from_what_is_known_never_from_a_file_name():
+    """A real checkpoint under a path with "random" in it, a manifest named "synthetic...", got a caveat; a file of
+    random values named vit-b-32-weights.safetensors got none (its zero-shot accuracy at chance warns instead)."""
+    real = {"weights": "file:0123456789abcdef", "data_source": "manifest",
+            "backbone": "ViT-B-16 with weights from RANDOM_split_vit.pt (OpenAI CLIP)",
+            "data": "manifest SYNTHETIC_ucm10.json"}
+    assert caveat(real) is None
+    old_form_but_a_file = {"backbone": "ViT-B-16 with weights from x with RANDOM weights (seed 1).pt (OpenAI CLIP)",
+                           "data": "manifest SYNTHETIC scenes (.json"}
+    assert caveat(old_form_but_a_file) is None
 
 
 def test_site_order_is_natural():

@@ -48,7 +48,7 @@ def test_data_source_settings_are_checked():
         load_config(None, ["data.source=bogus"])
     with pytest.raises(ConfigError, match="set data.source: manifest"):
         load_config(None, ["data.source=synthetic", "data.manifest=m.json"])
-    with pytest.raises(ConfigError, match="data.synthetic_sites must be positive"):
+    with pytest.raises(ConfigError, match="data.synthetic_sites must be >= 1; got 0"):
         load_config(None, ["data.synthetic_sites=0"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +94,55 @@ def test_metrics_streamed_to_tensorboard(run):
     assert all(any(p.glob("events.out.tfevents.*")) for p in tb.iterdir())
 
 
+def test_metrics_are_readable_where_the_readme_says(run):
+    """README: `tensorboard --logdir <ws>/server/simulate_job/tb_events` shows each site's accuracy and loss."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for i in range(1, SITES + 1):
+        events = EventAccumulator(str(run["ws"] / "server" / "simulate_job" / "tb_events" / f"site-{i}")).Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"accuracy", "train_loss", "final_accuracy"} <= tags, tags
+        assert [e.step for e in events.Scalars("train_loss")] == list(range(1, ROUNDS + 1))
+
+
+def test_each_phase_of_a_sites_task_is_recorded_and_adds_up(run):
+    """Per-site seconds left out process start and feature extraction (5.8 s recorded for a 703 s round)."""
+    results = load_results(find_results(run["ws"]))
+    for record in results["rounds"]:
+        for site, entry in record["sites"].items():
+            timings = entry["timings"]
+            expected = {"start", "load", "extract", "evaluate", "train"} if record["round"] == 1 else \
+                {"evaluate", "train"}  # one process per site (-t N): it started once
+            assert set(timings) == expected, (record["round"], site, timings)
+            assert all(v >= 0 for v in timings.values())
+            assert entry["seconds"] == pytest.approx(sum(timings.values()))
+    first = results["rounds"][0]["sites"]["site-1"]["timings"]
+    assert first["start"] > 0.5 and first["load"] > 0  # Python, torch and FLARE start; the CLIP is built
+
+
+def test_a_raw_simulator_run_shows_progress(run):
+    """The server logs one line per round (slowest site by phase, accuracy, time left); each site says when it is
+    ready and how fast it extracted its image features."""
+    log = run["log"]
+    for rnd in range(1, ROUNDS + 1):
+        assert re.search(rf"round {rnd}/{ROUNDS} done in [\d.]+s: {SITES}/{SITES} sites; slowest site-\d+ ", log)
+    assert re.search(rf"round 1/{ROUNDS} done .*about \S+ left for {ROUNDS - 1} rounds", log)
+    for i in range(1, SITES + 1):
+        assert re.search(rf"site-{i}: ready after [\d.]+s \(start [\d.]+, load [\d.]+, extract [\d.]+\)", log)
+    assert re.search(r"train features: \d+ images in [\d.]+ s \([\d.]+ images/s", log)
+
+
 def test_report_of_the_run(run, capsys):
     assert main(["report", str(run["ws"])]) == 0
     out = capsys.readouterr().out
     assert "synthetic data, RANDOM-weight CLIP — not meaningful accuracy" in out
     assert "site-1" in out and "weighted" in out
+    # the sites' predictions stay in their workspaces; a simulation has them at hand for the zero-shot reference
+    assert re.search(r"zero-shot CLIP \(\"a satellite photo of \{class\}.\", no training\): [\d.]+% on \d+ test "
+                     "images of all sites", out)
+    app = run["ws"] / "server" / "simulate_job" / "app_server"
+    for name in ("accuracy_per_round.png", "per_site_accuracy.png", "confusion_matrix.png"):
+        assert f"figure: {app / name}" in out and (app / name).stat().st_size > 10_000
     table = format_table(load_results(find_results(run["ws"])))
     assert len([line for line in table.splitlines() if line.split()[:1] and line.split()[0].isdigit()]) == ROUNDS
 
@@ -124,7 +169,8 @@ def test_job_zip_is_valid_byoc_job():
 def test_run_demo_prints_progress_and_the_labelled_table(tmp_path, capsys):
     assert run_demo(str(tmp_path / "ws"), sites=2, rounds=1, overrides=["data.synthetic_per_class=10"]) == 0
     out = capsys.readouterr().out
-    assert "[demo] round 1/1 done" in out
+    assert "[demo] round 1/1 done in" in out and "; slowest site-" in out  # the server's line, relayed
+    assert "[demo] site-1: ready after" in out and "[demo] site-2: ready after" in out  # round 1 is not silent
     assert "synthetic data, RANDOM-weight CLIP — not meaningful accuracy" in out
     assert "round  site-1  site-2  mean  weighted" in out
     assert (tmp_path / "ws.log").is_file()

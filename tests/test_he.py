@@ -98,6 +98,51 @@ def test_another_key_is_detected_by_the_server_and_by_the_site(contexts):
         decrypt_average(other, total.result(), "the global model")
 
 
+def test_a_rogue_key_under_a_forged_key_id_is_refused_by_the_sites(contexts, tiny_backbone, synth_manifest,
+                                                                    feature_cache, tmp_path):
+    """Issue 11 item 5. A site encrypts under its own key and writes the federation's key id into the header: the
+    server cannot tell (it holds no secret key) and adds it; the aggregate decrypts to values around 1e7. Each
+    site then refuses the global prompt as implausible, names the setting, and keeps its state; an honest
+    aggregate of the same round is accepted."""
+    from fedrsclip.protocol import PayloadError
+    from fedrsclip.site import PromptSite
+    from helpers import tiny_config
+
+    client_ctx, server_ctx = contexts
+    rogue_ctx = load_context(make_contexts()[0], "rogue", need_secret=True)
+    cfg = tiny_config("train.lr=0.05", cache_dir=feature_cache)
+    site = PromptSite(cfg, "site-1", synth_manifest, tiny_backbone, state_dir=tmp_path, progress=False)
+    honest = site.run_round(None, 0)
+    before = site.state_path.read_bytes()
+
+    forged = encrypt_update(rogue_ctx, honest.payload, 120.0)
+    forged.key_id = key_id(client_ctx)  # the federation's id in the header
+    total = EncryptedSum(server_ctx)
+    for name, update in (("site-1", encrypt_update(client_ctx, honest.payload, honest.weight)), ("site-2", forged)):
+        total.add(EncryptedUpdate.from_data(update.to_data(), name), name)  # the server accepts both
+    mixed = decrypt_average(client_ctx, EncryptedUpdate.from_data(total.result().to_data(), "global"), "global")
+    assert np.isfinite(mixed["shared_ctx"]).all() and np.abs(mixed["shared_ctx"]).max() > 1e5
+    with pytest.raises(PayloadError, match=r"site-1: the received global shared_ctx is implausible.*"
+                                           r"train\.max_global_change.*same client context"):
+        site.run_round(mixed, 1)
+    assert site.state_path.read_bytes() == before
+
+    fair = EncryptedSum(server_ctx)
+    for name in ("site-1", "site-2"):
+        fair.add(encrypt_update(client_ctx, honest.payload, honest.weight), name)
+    good = decrypt_average(client_ctx, fair.result(), "global")
+    assert site.run_round(good, 1).record.received["samples"] == len(site.test_set)
+
+
+def test_a_header_weight_that_is_no_sum_of_sample_counts_is_refused(contexts):
+    client_ctx, server_ctx = contexts
+    result = _aggregate(client_ctx, server_ctx, _prompts(3), [10.0, 20.0, 30.0])
+    for weight, contributions in ((60.5, 3), (2.0, 3), (60.0, 0)):
+        result.weight, result.contributions = weight, contributions
+        with pytest.raises(HEError, match="not a sum of that many training sample counts"):
+            decrypt_average(client_ctx, result, "the global model")
+
+
 def test_context_files_are_checked(contexts, tmp_path):
     client, server = make_contexts()
     with pytest.raises(HEError, match="holds no secret key"):
@@ -127,7 +172,10 @@ def test_simulator_and_kit_contexts(tmp_path):
         (prod / name / "startup").mkdir(parents=True)
         (prod / name / "startup" / kind).write_text("{}")
     (prod / "server" / "startup" / CLIENT_CONTEXT_FILE).write_bytes(before)  # a leftover secret key on the server
-    install_kit_contexts(prod)
+    with pytest.raises(HEError, match="a server must never have: move it away .*--force"):
+        install_kit_contexts(prod)  # it may be the only copy of a key: never deleted without --force
+    assert (prod / "server" / "startup" / CLIENT_CONTEXT_FILE).read_bytes() == before
+    install_kit_contexts(prod, force=True)
     assert not (prod / "server" / "startup" / CLIENT_CONTEXT_FILE).exists()
     load_context((prod / "server" / "startup" / SERVER_CONTEXT_FILE).read_bytes(), "server", need_secret=False)
     keys = {key_id(load_context((prod / s / "startup" / CLIENT_CONTEXT_FILE).read_bytes(), s, need_secret=True))
@@ -135,14 +183,29 @@ def test_simulator_and_kit_contexts(tmp_path):
     assert len(keys) == 1  # one key for all sites
     assert not (prod / "admin@nvidia.com" / "startup" / CLIENT_CONTEXT_FILE).exists()
     key = (prod / "site-1" / "startup" / CLIENT_CONTEXT_FILE).read_bytes()
-    with pytest.raises(HEError, match="already holds the federation's secret key .*--replace"):
+    with pytest.raises(HEError, match="already holds the federation's secret key .*every model saved under the old "
+                                      "one undecryptable.*--force"):
         install_kit_contexts(prod)  # a second run keeps the key: models saved under it stay decryptable
     assert (prod / "site-1" / "startup" / CLIENT_CONTEXT_FILE).read_bytes() == key
-    install_kit_contexts(prod, replace=True)
+    install_kit_contexts(prod, force=True)
     assert (prod / "site-1" / "startup" / CLIENT_CONTEXT_FILE).read_bytes() != key
+    assert (prod / "site-1" / "startup" / CLIENT_CONTEXT_FILE).stat().st_mode & 0o077 == 0  # the secret key
     (prod / "site-1" / "startup" / "signature.json").write_text("{}")
     with pytest.raises(HEError, match="signed"):
-        install_kit_contexts(prod, replace=True)
+        install_kit_contexts(prod, force=True)
+
+
+def test_half_a_simulator_pair_is_refused_and_force_says_what_is_lost(tmp_path, caplog):
+    startup, _ = prepare_simulator_contexts(tmp_path / "ws")
+    key = (startup / CLIENT_CONTEXT_FILE).read_bytes()
+    (startup / SERVER_CONTEXT_FILE).unlink()
+    with pytest.raises(HEError, match="holds client_context.tenseal but not server_context.tenseal.*--force"):
+        prepare_simulator_contexts(tmp_path / "ws")  # was: a new key, silently
+    assert (startup / CLIENT_CONTEXT_FILE).read_bytes() == key
+    with caplog.at_level("WARNING"):
+        assert prepare_simulator_contexts(tmp_path / "ws", force=True) == (startup, True)
+    assert "every model saved under the old one undecryptable" in caplog.text
+    assert (startup / CLIENT_CONTEXT_FILE).read_bytes() != key
 
 
 def test_header_is_data_not_code(contexts):
@@ -158,8 +221,15 @@ def test_he_context_command(tmp_path, capsys):
 
     assert main(["he-context", "--simulator", str(tmp_path / "ws")]) == 0
     assert "wrote client and server contexts" in capsys.readouterr().out
+    key = (tmp_path / "ws" / "startup" / CLIENT_CONTEXT_FILE).read_bytes()
     assert main(["he-context", "--simulator", str(tmp_path / "ws")]) == 0
     assert "kept the existing" in capsys.readouterr().out
+    assert (tmp_path / "ws" / "startup" / CLIENT_CONTEXT_FILE).read_bytes() == key
+    with pytest.raises(SystemExit):  # one flag for "replace the key": --force, as everywhere else
+        main(["he-context", "--simulator", str(tmp_path / "ws"), "--replace"])
+    assert main(["he-context", "--simulator", str(tmp_path / "ws"), "--force"]) == 0
+    assert "wrote client and server contexts" in capsys.readouterr().out
+    assert (tmp_path / "ws" / "startup" / CLIENT_CONTEXT_FILE).read_bytes() != key
     assert main(["he-context", "--kits", str(tmp_path / "nothing")]) == 2  # a clear error, not a traceback
     assert "is not a folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

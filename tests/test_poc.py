@@ -225,11 +225,31 @@ def test_submit_with_the_python_api(poc):
 
 
 @pytest.mark.slow
-def test_submit_with_nvflare_job_submit(poc):
+def test_submit_with_nvflare_job_submit(poc, tmp_path):
     started = time.time()
     proc = run([POC / "submit.sh", "cli"], poc["env"], 1000)
     path, _ = check_results(proc, poc["ws"])
     print(f"cli: {time.time() - started:.0f}s, {path}")
+    download = path.parents[2]  # results/<job id>: what `nvflare job download` wrote
+    # README (TensorBoard): the downloaded result holds the server's events, one folder per site
+    events = download / "workspace" / "tb_events"
+    assert sorted(p.name for p in events.iterdir()) == [f"site-{i}" for i in range(1, SITES + 1)]
+    # README (POC): `fedrsclip report` on the download prints the table and writes the figures next to the file
+    report = run([sys.executable, "-m", "fedrsclip.cli", "report", download], poc["env"], 300)
+    assert report.returncode == 0, output(report)
+    assert (path.parent / "accuracy_per_round.png").is_file() and (path.parent / "per_site_accuracy.png").is_file()
+
+
+@pytest.mark.slow
+def test_preflight_check_passes_for_each_kit_while_the_server_runs(poc):
+    """provisioning/README.md: what each participant runs to check its kit, and what success looks like."""
+    kits = poc["ws"] / "example_project" / "prod_00"
+    nvflare = str(Path(sys.executable).with_name("nvflare"))
+    env = {**poc["env"], "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # activated
+    for kit in ("site-1", "admin@nvidia.com"):
+        proc = run([nvflare, "preflight-check", "-p", kits / kit], env, 300)
+        assert proc.returncode == 0 and "overall: pass" in proc.stdout, output(proc)
+        assert "Check server available" in proc.stdout and "PASSED" in proc.stdout
 
 
 @pytest.mark.slow

@@ -82,6 +82,26 @@ def test_federation_with_dp_records_epsilon_per_round(synth_manifest, feature_ca
     assert 0 < epsilons[0] < epsilons[1] < math.inf
 
 
+def test_releases_are_counted_at_the_site_and_survive_a_restart(synth_manifest, feature_cache, tmp_path):
+    """Issue 11 item 4: the accountant counts the site's own releases, kept in its saved state, whatever round
+    number arrives. 5 releases at noise multiplier 1, delta 1e-5 are epsilon 12.30 (the round number the server
+    sent, 0, gave 4.73; a negative one gave 0)."""
+    from fedrsclip.site import PromptSite
+
+    cfg = tiny_config("privacy.dp_clip_norm=0.05", "privacy.dp_noise_multiplier=1.0", cache_dir=feature_cache)
+    make = lambda: PromptSite(cfg, "site-1", synth_manifest, state_dir=tmp_path, progress=False)  # noqa: E731
+    site, reported = make(), []
+    for round_idx in (0, 0, -1):  # a repeated and a forged round number
+        reported.append(site.run_round(None, round_idx).record.metrics)
+    site = make()  # a restarted site: a fresh process reads its count from its state file
+    for round_idx in (0, 1):
+        reported.append(site.run_round(None, round_idx).record.metrics)
+    assert reported[-1]["dp_epsilon"] == pytest.approx(12.30, abs=0.01)
+    assert [m["dp_rounds"] for m in reported] == [1, 2, 3, 4, 5]
+    assert [m["dp_epsilon"] for m in reported] == [pytest.approx(dp_epsilon(1.0, n, 1e-5)) for n in range(1, 6)]
+    assert make().dp_releases == 5
+
+
 def test_statistics_of_the_raw_update_never_leave_a_site(synth_manifest, feature_cache, tmp_path, caplog):
     """The update's norm before clipping and whether it was clipped describe the raw update: they go to the site's
     log only. What leaves (the round record) carries the accounting alone, and its allow-list refuses them."""

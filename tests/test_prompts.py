@@ -7,7 +7,7 @@ import yaml
 from fedrsclip.config import ConfigError, ModelConfig, PromptConfig
 from fedrsclip.features import FeatureSet
 from fedrsclip.prompts import PromptLearner, class_texts, load_class_descriptions
-from fedrsclip.trainer import zero_shot_accuracy
+from fedrsclip.zeroshot import zero_shot_accuracy
 
 CLASSES = ["dense residential", "airplane", "golf course", "storage tanks", "baseball diamond"]
 

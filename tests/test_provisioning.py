@@ -171,3 +171,27 @@ def test_the_readmes_job_command_runs_as_written(tmp_path, monkeypatch):
         assert settings["min_clients"] == 3 and settings["he"] == ("--he" in args)
         weights = {"model.arch=ViT-B-16", "model.pretrained=openai", "model.random_init=false"}
         assert weights <= set(settings["overrides"])
+
+
+def test_the_kit_checks_the_readme_prescribes(kits):
+    """provisioning/README.md step 2: the signature check passes for the server and the sites and fails, without a
+    message, for admin kits (not signed); the server's preflight check passes before it starts."""
+    import sys
+
+    verify = [sys.executable, "-m", "nvflare.tool.verify_startup_kits", "-f", "startup", "-c", "startup/rootCA.pem"]
+    for participant in participants():
+        proc = subprocess.run(verify, cwd=kits / participant["name"], capture_output=True, text=True, timeout=120)
+        expected = 1 if participant["type"] == "admin" else 0
+        assert proc.returncode == expected, (participant["name"], proc.stdout, proc.stderr)
+        assert proc.stdout == ""
+    from test_poc import port_taken
+
+    port = of_type("server")[0]["fed_learn_port"]
+    if port_taken(port):  # the preflight check binds it: another POC on this machine would fail it
+        pytest.skip(port_taken(port))
+    server = kits / of_type("server")[0]["name"]
+    nvflare = str(Path(sys.executable).with_name("nvflare"))
+    proc = subprocess.run([nvflare, "preflight-check", "-p", str(server)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HOME": str(kits.parent / "home")})
+    assert proc.returncode == 0 and "overall: pass" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.stdout.count("PASSED") == 5

@@ -74,3 +74,24 @@ def test_sigkill_at_random_points_leaves_complete_files(tmp_path):
         for name, version in found.items():  # the last finished version, or the one being written when killed
             assert version in (last, last + 1), (kill, name, version, last)
     assert interrupted >= 10, f"only {interrupted} of 26 kills landed inside a write: the test proved little"
+
+
+def test_atomic_files_get_the_mode_a_plain_open_would(tmp_path):
+    """A new file gets 0o666 less the umask (manifests, previews and results were owner-only: mkstemp's 0o600), a
+    replaced file keeps its mode, and a file that must stay private says so (`mode`)."""
+    from fedrsclip.atomic import atomic_write_text
+
+    mode = lambda path: os.stat(path).st_mode & 0o777  # noqa: E731
+    umask = os.umask(0o022)
+    try:
+        new = atomic_write_text(tmp_path / "manifest.json", "{}")
+        assert mode(new) == 0o644
+        os.chmod(new, 0o640)
+        atomic_write_text(new, "{ }")
+        assert mode(new) == 0o640 and new.read_text() == "{ }"
+        os.umask(0o002)
+        assert mode(atomic_write_text(tmp_path / "shared.json", "{}")) == 0o664
+        assert mode(atomic_write_text(tmp_path / "secret", "key", mode=0o600)) == 0o600
+        assert mode(atomic_write_text(new, "{}", mode=0o600)) == 0o600
+    finally:
+        os.umask(umask)

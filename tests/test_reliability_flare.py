@@ -28,6 +28,7 @@ from fedrsclip.flare.model_file import load_npz
 from fedrsclip.flare.settings import SITE_CONFIG_ENV
 from fedrsclip.results_file import find_results, load_results
 from fedrsclip.tools.demo import simulator_command
+from fedrsclip.tools.reporting.run_table import format_table
 from helpers import ENV, make_job, simulate
 from test_poc import MARKER, our_processes
 
@@ -173,8 +174,12 @@ def test_simulator_killed_mid_run_resumes_from_the_last_global_model(tmp_path):
         for entry in record["sites"].values():
             assert "state_restarted" not in entry  # each site went on with its private prompt
     assert load_npz(ws2 / "server" / "simulate_job" / "app_server" / "FL_global_model.npz")[1]["round"] == 4
+    assert results["num_rounds"] == 4  # a resumed run counts on from the earlier run's rounds ("11/10 rounds")
+    assert f"4/4 rounds (rounds {done + 1}-4 in this run, resumed after round {done})" in format_table(results)
     for site in ("site-1", "site-2"):
-        assert "local state of the earlier job copied from" in (ws2 / site / "log.txt").read_text()
+        log = (ws2 / site / "log.txt").read_text()
+        assert "local state of the earlier job copied from" in log
+        assert f"{site} round {done + 1}/4: received" in log
     assert states == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in states}  # the earlier run untouched
 
 

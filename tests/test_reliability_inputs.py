@@ -38,14 +38,17 @@ def saved_once(make_site, *overrides):
     return site, site.state_path.read_bytes()
 
 
+NO_BOUND = "train.max_global_change=1e300"  # lets `huge` past the site's plausibility check, to test what follows
+
+
 def huge(site) -> dict:
-    """A finite shared prompt (so it is accepted) whose text features overflow."""
+    """A finite shared prompt (accepted with NO_BOUND) whose text features overflow."""
     return {SHARED: np.full_like(site.trainer.payload()[SHARED], 3e38)}
 
 
 def test_nan_loss_fails_the_round_and_keeps_the_state(make_site):
     _, before = saved_once(make_site, "algorithm=fedavg-pl")  # cosine scores: the loss itself goes non-finite
-    site = make_site("algorithm=fedavg-pl")
+    site = make_site("algorithm=fedavg-pl", NO_BOUND)
     with pytest.raises(FloatingPointError, match="loss became .* in round 1 .*lower train.lr"):
         site.run_round(huge(site), 1)
     assert site.state_path.read_bytes() == before
@@ -53,9 +56,31 @@ def test_nan_loss_fails_the_round_and_keeps_the_state(make_site):
 
 def test_diverging_ot_fails_the_round_and_keeps_the_state(make_site):
     site, before = saved_once(make_site)
+    site = make_site(NO_BOUND)
     with pytest.raises(OTDivergedError, match="ot.log_domain: true"):
         site.run_round(huge(site), 1)
     assert site.state_path.read_bytes() == before
+
+
+def test_a_global_prompt_beyond_float32_range_is_refused_as_the_payload(make_site):
+    """Issue 11 item 6: 1e39 is finite in float64 but inf once cast to the float32 the site trains in; it was
+    loaded and failed later as an OT error. Now the payload is refused where it enters, and named."""
+    site, before = saved_once(make_site)
+    beyond = {SHARED: np.full(site.trainer.payload()[SHARED].shape, 1e39)}
+    with pytest.raises(PayloadError, match=r"the received global shared_ctx holds 256 NaN or Inf .*beyond float32"):
+        site.run_round(beyond, 1)
+    assert site.state_path.read_bytes() == before
+
+
+def test_values_beyond_float32_range_are_refused_at_the_server_and_before_sending(make_site):
+    from fedrsclip.privacy import PrivacyError, check_outgoing
+
+    beyond = {SHARED: np.full((4, 64), 1e39)}
+    with pytest.raises(ContributionError, match="holds 256 NaN or Inf values .*beyond float32"):
+        check_update(beyond, 10, {SHARED: (4, 64)})
+    site = make_site()
+    with pytest.raises(PrivacyError, match="refusing to send 'shared_ctx'.*beyond float32"):
+        check_outgoing(beyond, site.algorithm, site.trainer.shapes, site.name)
 
 
 def test_saved_state_of_another_class_list_is_refused(make_site, synth_manifest):
@@ -74,6 +99,27 @@ def test_corrupt_saved_state_is_refused_not_replaced(make_site):
     with pytest.raises(PayloadError, match="cannot be read"):
         make_site()
     assert site.state_path.read_bytes() == before[: len(before) // 2]
+
+
+def test_sites_with_different_class_descriptions_are_not_averaged_together(make_site, synth_manifest, tmp_path):
+    """The class-list fingerprint covers the class texts the prompts use (prompt.class_descriptions), not only the
+    names: the server's gate keeps the majority's and rejects the other."""
+    from fedrsclip.protocol import Gate
+
+    def descriptions(name: str, text) -> str:
+        path = tmp_path / name
+        path.write_text(json.dumps({c: text(c) for c in synth_manifest["classes"]}))
+        return f"prompt.class_descriptions={path}"
+
+    plain = make_site().classes_fingerprint
+    assert plain == class_fingerprint(synth_manifest["classes"])  # names only: as before
+    assert make_site(descriptions("same.json", lambda c: c.replace("_", " "))).classes_fingerprint == plain
+    aerial = make_site(descriptions("a.json", lambda c: f"an aerial view of {c}")).classes_fingerprint
+    ground = make_site(descriptions("b.json", lambda c: f"a ground photo of {c}")).classes_fingerprint
+    assert len({plain, aerial, ground}) == 3
+    refused = Gate().refuse_minority({"site-1": ("s", aerial, 10.0), "site-2": ("s", aerial, 10.0),
+                                      "site-3": ("s", ground, 10.0)})
+    assert list(refused) == ["site-3"] and "another class list" in refused["site-3"]
 
 
 def test_site_without_training_images(make_site, synth_manifest):

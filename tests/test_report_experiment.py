@@ -90,3 +90,22 @@ def test_report_of_an_empty_experiment_folder(tmp_path, capsys):
     (tmp_path / "cells").mkdir()
     assert report_command(tmp_path) == 1
     assert "no finished cell" in capsys.readouterr().err
+
+
+def test_report_never_replaces_a_report_md_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "report.md").write_text("my notes on this grid")
+    assert report_command(tmp_path) == 1
+    assert "report.md exists and is not a fedrsclip report" in capsys.readouterr().err
+    assert (tmp_path / "report.md").read_text() == "my notes on this grid"
+
+
+def test_a_corrupt_predictions_file_is_named(tmp_path):
+    from fedrsclip.predictions import predictions_path
+    from fedrsclip.tools.experiments.runner import gather_site_predictions
+
+    path = predictions_path(tmp_path, "site-1")
+    path.write_text('{"confusion": [[1, 2')  # cut off mid-write by hand
+    results = {"final": {"sites": {"site-1": {"final_state": str(tmp_path / "site-1-final.pt")}}}}
+    with pytest.raises(ValueError, match=f"site-1's predictions file {path} cannot be read"):
+        gather_site_predictions(tmp_path, results)

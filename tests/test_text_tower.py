@@ -205,6 +205,28 @@ def test_corrupt_or_foreign_tower_file_is_rewritten(tmp_path, caplog):
     assert "another model configuration" in caplog.text
 
 
+def test_a_flipped_byte_in_the_tower_weights_is_detected_and_the_file_rebuilt(tmp_path, caplog):
+    """safetensors keeps no checksum: a changed weight loaded silently and shifted every text feature. The file
+    carries the SHA-256 of its tensors; a mismatch loads the whole CLIP and rewrites the cache."""
+    cfg = tiny_config().model
+    open_backbone(cfg, tmp_path).release_image_tower()
+    (tower,) = _towers(tmp_path)
+    good = tower.read_bytes()
+    weight = open_text_tower(tower)[0].token_embedding.weight.detach()
+    at = good.find(weight[7].numpy().tobytes())
+    assert at > 0
+    flipped = bytearray(good)
+    flipped[at] ^= 0x01  # the lowest mantissa bit of one token's first value: finite, and silent without a check
+    tower.write_bytes(bytes(flipped))
+    with pytest.raises(TextTowerError, match=f"{tower} is corrupt"):
+        open_text_tower(tower)
+    with caplog.at_level(logging.WARNING):
+        backbone = open_backbone(cfg, tmp_path)
+    assert backbone.has_image_tower and "is corrupt" in caplog.text
+    backbone.release_image_tower()
+    assert tower.read_bytes() == good
+
+
 def test_text_tower_of_another_layout_is_not_written(tmp_path, caplog):
     """A text tower with layer scale (not CLIP's layout): no file, the text side stays in memory, a warning."""
     import open_clip
@@ -275,7 +297,7 @@ def test_tower_file_that_lies_about_its_weights_stops_the_extraction(synth_manif
 
 def test_warm_start_tokenizes_from_the_memo(synth_manifest, tmp_path, caplog):
     from fedrsclip.backbone import token_memo_path
-    from fedrsclip.trainer import zero_shot_accuracy
+    from fedrsclip.zeroshot import zero_shot_accuracy
 
     cfg = tiny_config(cache_dir=tmp_path)
     cold_site = _site(cfg, synth_manifest)

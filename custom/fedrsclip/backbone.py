@@ -93,6 +93,14 @@ class Backbone:
             self.preprocess_key = preprocess_signature(self.preprocess)
 
     @property
+    def weights(self) -> str:
+        """What the weights are, as known from how they were loaded (never from a file's name): "random"
+        (model.random_init), "tag:<open_clip tag>" or "file:<sha256 prefix of the checkpoint's content>"."""
+        kind = self.fingerprint.split("|")[1]
+        key, _, value = kind.partition("=")
+        return "random" if key == "random" else f"{key}:{value}"
+
+    @property
     def context_length(self) -> int:
         """Text positions of the encoder: 77 for stock CLIP, 248 for Long-CLIP/LRSCLIP or after KPS."""
         return int(self.model.positional_embedding.shape[0])

@@ -1,14 +1,44 @@
-"""`fedrsclip <command>`: data preparation, in-process runs, the FLARE demo and reports."""
+"""`fedrsclip <command>`: data preparation, in-process runs, the FLARE demo and reports.
+
+One vocabulary, FLARE's: sites and rounds (`--sites`, `--rounds`), one `--algorithm` where one is meant
+(`--algorithms` for a grid of several), every option described with its default (`fedrsclip COMMAND --help`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .algorithms import ALGORITHMS
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help with each option's default where it has one (not already said in its text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or "default" in text.lower() or action.default in (None, False, [], argparse.SUPPRESS) \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class RawHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The same, with the description and epilog kept as written (tables)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser: defaults shown in the help."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        if formatter_class is argparse.RawDescriptionHelpFormatter:
+            formatter_class = RawHelpFormatter
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -42,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     from .results_file import describe_data, load_results
     from .tools.reporting.run_table import format_table
 
-    overrides = list(args.set or [])
+    overrides = _overrides(args)
     if args.manifest:
         overrides.append(f"data.manifest={args.manifest}")
     if args.rounds is not None:
@@ -73,16 +103,32 @@ def _run(args: argparse.Namespace) -> int:
     results["config"] = cfg.to_dict()
     atomic_write_json(out, results)
     print(format_table(results))
-    if results.get("zero_shot"):
-        print(f"zero-shot ('{results['zero_shot']['prompt']}'): {results['zero_shot']['accuracy']:.2f}")
-    print(f"results file: {out}")
+    print(f"results file: {out} (figures: fedrsclip report {out})")
     return 0 if results["status"] == "finished" else 1
+
+
+def _overrides(args: argparse.Namespace, with_algorithm: bool = True) -> list[str]:
+    """--set values, with --algorithm (unless `with_algorithm` is false: the caller places it) and
+    --class-descriptions as the settings they stand for (one schema)."""
+    overrides = list(getattr(args, "set", None) or [])
+    for option, key in (("algorithm", "algorithm"), ("class_descriptions", "prompt.class_descriptions")):
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if any(o.split("=", 1)[0].strip() == key for o in overrides):
+            raise ValueError(f"--{option.replace('_', '-')} and --set {key}=... say the same thing: give one")
+        if option == "class_descriptions":
+            value = str(Path(value).expanduser().resolve())
+        if option != "algorithm" or with_algorithm:
+            overrides.append(f"{key}={value}")
+    return overrides
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .tools.demo import run_demo
 
-    return run_demo(args.workspace, sites=args.sites, threads=args.threads, he=args.he, rounds=args.rounds)
+    return run_demo(args.workspace, sites=args.sites, threads=args.threads, he=args.he, rounds=args.rounds,
+                    overrides=_overrides(args))
 
 
 def _job(args: argparse.Namespace) -> int:
@@ -92,7 +138,7 @@ def _job(args: argparse.Namespace) -> int:
 
     resume = find_resume(args.resume) if args.resume else None
     spec = JobSpec(name=Path(args.out).name if args.name is None else args.name, sites=args.sites, rounds=args.rounds,
-                   overrides=tuple(args.set or []),
+                   overrides=tuple(_overrides(args, with_algorithm=False)),
                    settings=Path(args.settings) if args.settings else None, he=args.he, min_clients=args.min_clients,
                    train_timeout=args.train_timeout or 0, wait_after_min=args.wait_after_min or 0, resume=resume,
                    torch_threads=args.torch_threads)
@@ -136,11 +182,12 @@ def _he_context(args: argparse.Namespace) -> int:
     params = CKKSParams(args.poly_modulus_degree, tuple(int(b) for b in args.coeff_mod_bit_sizes.split(",")),
                         args.scale_bits)
     if args.simulator:
-        folder, made = prepare_simulator_contexts(args.simulator, params, replace=args.replace)
+        folder, made = prepare_simulator_contexts(args.simulator, params, force=args.force)
         print(f"{'wrote' if made else 'kept the existing'} client and server contexts in {folder}"
-              + ("" if made else " (--replace makes a new key)"))
+              + ("" if made else " (--force makes a new key: every model saved under the old one becomes "
+                                 "undecryptable)"))
     else:
-        for folder in install_kit_contexts(args.kits, params, replace=args.replace):
+        for folder in install_kit_contexts(args.kits, params, force=args.force):
             print(f"wrote a context into {folder}")
     print(f"CKKS: N={params.poly_modulus_degree}, coefficient moduli {list(params.coeff_mod_bit_sizes)}, scale "
           f"2^{params.scale_bits}")
@@ -149,11 +196,14 @@ def _he_context(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """An experiment folder: write its report.md and figures, print the report (0; 1 when it has no finished cell).
-    Otherwise print the table of the run in `workspace`: 0 for a finished run, 2 for a failed or incomplete one, 1
-    when there is no readable results file."""
-    from .results_file import find_results, load_results
+    Otherwise print the table of the run in `workspace` (a simulator workspace, a downloaded job result, a results
+    file) and write its figures: 0 for a finished run, 2 for a failed or incomplete one, 1 when there is no
+    readable results file."""
+    from .predictions import gather_site_predictions
+    from .results_file import RESULTS_FILE, find_results, load_results
     from .tools.experiments.layout import is_experiment
     from .tools.reporting.run_table import format_table
+    from .zeroshot import chance_warning, pool
 
     if is_experiment(args.workspace):
         from .tools.reporting.report import write_report  # matplotlib: only for an experiment's figures
@@ -172,9 +222,50 @@ def _report(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    workspace = Path(args.workspace).expanduser()
+    # a simulation keeps every site's (site-local) predictions on this machine: the zero-shot reference and the
+    # final model's confusion matrix come from them
+    predictions = gather_site_predictions(workspace if workspace.is_dir() else path.parent, results)
+    if not results.get("zero_shot"):
+        pooled = pool([p.get("zero_shot") for p in predictions.values()])
+        if pooled:
+            results = {**results, "zero_shot": {**pooled, "warning": chance_warning(pooled, "the sites' test splits")}}
     print(format_table(results))
     print(f"results file: {path}")
+    if not args.no_figures:
+        for figure in _run_figures(results, predictions, Path(args.figures) if args.figures else path.parent,
+                                   "" if path.name == RESULTS_FILE else f"{path.stem}-"):
+            print(f"figure: {figure}")
     return 0 if results.get("status") == "finished" else 2
+
+
+def _run_figures(results: dict, predictions: dict, folder: Path, prefix: str) -> list[Path]:
+    import numpy as np
+
+    from .tools.reporting.figures import confusion_figure, run_figures  # matplotlib
+    from .tools.reporting.run_table import caveat
+
+    made = run_figures(results, folder, prefix)
+    sites = [p for p in predictions.values() if p.get("confusion")]
+    if sites and len({tuple(p["classes"]) for p in sites}) == 1:
+        counts = sum(np.asarray(p["confusion"]) for p in sites)
+        made.append(confusion_figure(counts, sites[0]["classes"], f"Confusion matrix of the final model: "
+                                     f"{results.get('algorithm')}, summed over {len(sites)} sites' test splits "
+                                     f"({int(counts.sum())} images)", folder / f"{prefix}confusion_matrix.png",
+                                     caveat(results)))
+    return made
+
+
+def _zeroshot(args: argparse.Namespace) -> int:
+    """LRSCLIP's zero-shot protocol on a manifest (fedrsclip.tools.zeroshot)."""
+    from .config import load_config
+    from .tools.zeroshot import format_results, run_zeroshot
+
+    cfg = load_config(args.config, _overrides(args))
+    results = run_zeroshot(cfg, args.manifest, args.out, template=args.template, split=args.split)
+    print(format_results(results))
+    print(f"results file: {args.out}; confusion matrix: {results['figure']}")
+    return 0
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -185,106 +276,162 @@ def _experiment(args: argparse.Namespace) -> int:
     data = DataSource(manifest=args.manifest, dataset=args.dataset, root=args.root, data_seed=args.data_seed)
     return run_experiment(args.out, [a.strip() for a in args.algorithms.split(",") if a.strip()],
                           parse_sites(args.sites), [p.strip() for p in args.partition.split(",") if p.strip()],
-                          [int(s) for s in args.seeds.split(",") if s.strip()], rounds=args.rounds,
+                          args.seeds, rounds=args.rounds,
                           overrides=args.set or [], data=data, settings=args.settings, max_threads=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.cli import add_data_commands
+    from .data.cli import add_data_commands, checked, non_negative_int, positive_int
+    from .he import DEFAULT_PARAMS
     from .tools.bench.cli import add_bench_command
     from .tools.experiments.grid import DEFAULT_SITES, MAX_THREADS
+    from .zeroshot import DEFAULT_TEMPLATE
 
-    parser = argparse.ArgumentParser(prog="fedrsclip", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # counts and seeds are refused by argparse, naming the option, before anything is written
+    seed_list = checked(lambda text: [int(x) for x in text.split(",") if x.strip()],
+                        lambda seeds: bool(seeds) and all(0 <= x < 2**32 for x in seeds),
+                        "comma-separated seeds, each an integer from 0 to 2^32 - 1")
+
+    algorithms = list(ALGORITHMS)
+    parser = Parser(prog="fedrsclip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fedrsclip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, FLARE's INFO lines included")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     add_data_commands(sub)
 
-    p = sub.add_parser("algorithms", help="list the algorithms and what each sends")
+    p = sub.add_parser("algorithms", help="list the algorithms and what each sends",
+                       description="List the algorithms (--algorithm), what each site sends per round, and what each "
+                                   "is.")
     p.set_defaults(func=_algorithms)
 
     p = sub.add_parser("run", help="run every site in this process (no FLARE), with the FLARE job's semantics, for "
-                                   "quick experiments")
+                                   "quick experiments",
+                       description="Every site of a manifest in this process, with the FLARE job's round, gate, "
+                                   "mean and results file; prints the per-round, per-site table.")
+    p.add_argument("--algorithm", choices=algorithms, help="the algorithm (default: the configuration's, fedrsclip)")
     p.add_argument("--config", help="YAML configuration (settings in README: Configuration)")
     p.add_argument("--manifest", help="partition manifest (fedrsclip data partition ...)")
-    p.add_argument("--rounds", type=int, help="rounds (default: train.rounds)")
+    p.add_argument("--rounds", type=positive_int, help="rounds (default: train.rounds, 10)")
+    p.add_argument("--class-descriptions", metavar="FILE", help="YAML/JSON class name -> description: the class "
+                   "text of the prompts and of the zero-shot reference (prompt.class_descriptions)")
     p.add_argument("--centralized", action="store_true", help="every site's data pooled at one site (the "
                                                               "centralized reference)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01")
-    p.add_argument("--state-dir", help="keep each site's prompts here between runs")
-    p.add_argument("--out", default="results.json", help="results file (JSON, the format of a FLARE run's; "
-                                                         "default: %(default)s)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.lr=0.01 "
+                                                                        "(repeatable)")
+    p.add_argument("--state-dir", help="keep each site's prompts here between runs (default: not kept)")
+    p.add_argument("--out", default="results.json", help="results file (JSON, the format of a FLARE run's)")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("demo", help="the main FLARE job in the simulator, offline (synthetic data, random CLIP)")
-    p.add_argument("--workspace", default="workspaces/demo")
-    p.add_argument("--sites", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None, help="simulator threads (default: one per site)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default: the job's, 10)")
+    p = sub.add_parser("demo", help="the main FLARE job in the simulator, offline (synthetic data, random CLIP)",
+                       description="Make the job (offline demo settings) and run it in FLARE's simulator, with a "
+                                   "progress line per round; then print the per-round, per-site table.")
+    p.add_argument("--workspace", default="workspaces/demo", help="the simulator workspace (new, or an earlier "
+                                                                  "simulator run's: the simulator empties it)")
+    p.add_argument("--sites", type=positive_int, default=10, help="number of sites (simulated clients)")
+    p.add_argument("--rounds", type=positive_int, default=None, help="rounds (default: the job's, 10)")
+    p.add_argument("--algorithm", choices=algorithms, help="the algorithm (default: the job's, fedrsclip)")
+    p.add_argument("--threads", type=positive_int, default=None, help="simulator threads (default: one per site)")
     p.add_argument("--he", action="store_true", help="CKKS-encrypted shared-prompt updates (contexts made in the "
                                                      "workspace's startup/ when missing)")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("job", help="make a FLARE job for an algorithm (built with FLARE's job API)")
-    p.add_argument("--algorithm", required=True, choices=list(ALGORITHMS))
+    p = sub.add_parser("job", help="make a FLARE job for an algorithm (built with FLARE's job API)",
+                       description="Write a FLARE job folder for any algorithm, checked before anything is written, "
+                                   "and print the command that runs it in the simulator.")
+    p.add_argument("--algorithm", required=True, choices=algorithms, help="the algorithm the sites train")
     p.add_argument("--out", required=True, help="job folder to write: new, empty, or one this command made (it is "
                                                 "then replaced; nothing else is ever deleted)")
     p.add_argument("--name", help="the job's name (default: the --out folder's name)")
-    p.add_argument("--sites", type=int, default=10, help="the sites the job is made for: min_clients, and the "
-                                                         "synthetic demo's partition (default: %(default)s)")
-    p.add_argument("--rounds", type=int, help="rounds (default: the settings' train.rounds)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every site")
+    p.add_argument("--sites", type=positive_int, default=10, help="the sites the job is made for: min_clients, and the "
+                                                         "synthetic demo's partition")
+    p.add_argument("--rounds", type=positive_int, help="rounds (default: the settings' train.rounds)")
+    p.add_argument("--class-descriptions", metavar="FILE", help="YAML/JSON class name -> description; the job "
+                   "carries a copy to every site (prompt.class_descriptions)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every site "
+                                                                        "(repeatable)")
     p.add_argument("--settings", default=None, help="the job's fedrsclip YAML (default: the package's offline demo "
                                                     "settings)")
-    p.add_argument("--torch-threads", type=int, default=1, help="torch threads per site process (0: all cores; "
-                                                                "default: %(default)s, for many simulated sites)")
+    p.add_argument("--torch-threads", type=non_negative_int, default=1, help="torch threads per site process (0: all cores; "
+                                                                "1 suits many simulated sites)")
     p.add_argument("--he", action="store_true", help="the CKKS variant: sites encrypt their updates, the server adds "
                                                      "ciphertexts (needs HE contexts: see he-context)")
-    p.add_argument("--min-clients", type=int, help="fewest sites a round needs (default: all --sites)")
-    p.add_argument("--train-timeout", type=int, help="seconds a round waits for min-clients updates (0: forever)")
-    p.add_argument("--wait-after-min", type=int, help="seconds a round waits for the others after min-clients")
+    p.add_argument("--min-clients", type=positive_int, help="fewest sites a round needs (default: all --sites)")
+    p.add_argument("--train-timeout", type=non_negative_int, help="seconds a round waits for min-clients updates (default 0: "
+                                                     "forever)")
+    p.add_argument("--wait-after-min", type=non_negative_int, help="seconds a round waits for the others after min-clients "
+                                                      "(default 0)")
     p.add_argument("--resume", metavar="RUN", help="continue an aborted run from its last global model: its server "
                                                    "app folder, simulator workspace or FL_global_model.npz")
     p.set_defaults(func=_job)
 
-    from .he import DEFAULT_PARAMS
-
-    p = sub.add_parser("he-context", help="make CKKS (TenSEAL) contexts for the simulator or for POC kits")
+    p = sub.add_parser("he-context", help="make CKKS (TenSEAL) contexts for the simulator or for POC kits",
+                       description="Make CKKS contexts: both into a simulator workspace's startup/, or into the "
+                                   "unsigned kits of a POC (the server's without the secret key).")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--simulator", metavar="WORKSPACE", help="into WORKSPACE/startup/ (both contexts; the "
                                                                 "simulator copies them to every participant)")
     where.add_argument("--kits", metavar="PROD_DIR", help="into the unsigned kits of a POC prod_NN folder (the "
                                                           "server's kit gets the keyless context)")
-    p.add_argument("--replace", action="store_true", help="make a new key even where there is one (every model saved "
-                                                          "under the old key becomes undecryptable)")
-    p.add_argument("--poly-modulus-degree", type=int, default=DEFAULT_PARAMS.poly_modulus_degree)
-    p.add_argument("--coeff-mod-bit-sizes", default=",".join(map(str, DEFAULT_PARAMS.coeff_mod_bit_sizes)))
-    p.add_argument("--scale-bits", type=int, default=DEFAULT_PARAMS.scale_bits)
+    p.add_argument("--force", action="store_true", help="make a new key even where there is one (every model saved "
+                                                        "under the old key becomes undecryptable)")
+    p.add_argument("--poly-modulus-degree", type=int, default=DEFAULT_PARAMS.poly_modulus_degree,
+                   help="CKKS ring dimension N (N/2 values per ciphertext)")
+    p.add_argument("--coeff-mod-bit-sizes", default=",".join(map(str, DEFAULT_PARAMS.coeff_mod_bit_sizes)),
+                   help="bit sizes of the coefficient moduli, comma-separated")
+    p.add_argument("--scale-bits", type=int, default=DEFAULT_PARAMS.scale_bits, help="log2 of the CKKS scale")
     p.set_defaults(func=_he_context)
 
-    p = sub.add_parser("report", help="a FLARE workspace: print its per-round, per-site table; an experiment "
-                                      "folder: write report.md and PNG figures into it")
-    p.add_argument("workspace")
+    p = sub.add_parser("report", help="a run: print its per-round, per-site table and write its PNG figures; an "
+                                      "experiment folder: write report.md and PNG figures into it",
+                       description="Report a run (a simulator workspace, a downloaded job result or a results file "
+                                   "of fedrsclip run) or an experiment folder.")
+    p.add_argument("workspace", metavar="RUN", help="a simulator workspace (-w), a downloaded job result, a "
+                                                    "fedrsclip_results.json or fedrsclip run's --out, or an "
+                                                    "experiment folder")
+    p.add_argument("--figures", metavar="DIR", help="where a run's figures go (default: next to its results file)")
+    p.add_argument("--no-figures", action="store_true", help="print the table only")
     p.set_defaults(func=_report)
 
+    p = sub.add_parser("zeroshot", help="zero-shot CLIP on a manifest (LRSCLIP's protocol): accuracy, per class, "
+                                        "and a confusion-matrix PNG",
+                       description="LRSCLIP's zero-shot protocol (its Table IV): one template, every image of the "
+                                   "dataset (train and test), top-1 accuracy; on any backbone (--set model.*).")
+    p.add_argument("--manifest", required=True, help="partition manifest (fedrsclip data partition ...); every "
+                                                     "site's images are used")
+    p.add_argument("--out", required=True, help="results file (JSON) to write; the confusion matrix goes next to it "
+                                                "as <name>-confusion.png")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE.replace("{}", "{class}"),
+                   help="the prompt, with {class} where the class text goes")
+    p.add_argument("--split", default="all", choices=["all", "test"], help="all: train and test (the protocol's); "
+                                                                           "test: the test splits only")
+    p.add_argument("--class-descriptions", metavar="FILE", help="YAML/JSON class name -> description used as the "
+                                                                "class text (prompt.class_descriptions)")
+    p.add_argument("--config", help="YAML configuration (model.* and data.* settings are used)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setting, e.g. model.pretrained=FILE "
+                                                                        "(repeatable)")
+    p.set_defaults(func=_zeroshot)
+
     p = sub.add_parser("experiment", help="run a grid of algorithms x sites x partitions x seeds, each cell a FLARE "
-                                          "simulator job (resumable); then: fedrsclip report DIR")
+                                          "simulator job (resumable); then: fedrsclip report DIR",
+                       description="Run a grid of FLARE simulator jobs; a rerun skips the finished cells.")
     p.add_argument("--out", required=True, help="experiment folder (a rerun skips its finished cells)")
     p.add_argument("--algorithms", default="fedrsclip,fedavg-pl,fedprox,fedotp",
-                   help="comma-separated (fedrsclip algorithms lists them; ablations and local are algorithms too)")
-    p.add_argument("--sites", default=DEFAULT_SITES, help=f"comma-separated site counts and/or 'centralized' "
-                                                          f"(default {DEFAULT_SITES})")
+                   help="comma-separated: the grid's rows (fedrsclip algorithms lists them; ablations and local are "
+                        "algorithms too)")
+    p.add_argument("--sites", default=DEFAULT_SITES, help="comma-separated site counts and/or 'centralized'")
     p.add_argument("--partition", default="uniform", help="comma-separated schemes: uniform, label-skew, dirichlet")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds (train.seed)")
-    p.add_argument("--rounds", type=int, help="FL rounds per cell (default: the job's)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every cell")
+    p.add_argument("--seeds", default=[0], type=seed_list, help="comma-separated training seeds (train.seed)")
+    p.add_argument("--rounds", type=positive_int, help="FL rounds per cell (default: the job's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fedrsclip setting for every cell "
+                                                                        "(repeatable)")
     p.add_argument("--manifest", help="real data: manifest path pattern with {sites} (and {partition}), e.g. "
                                       "ucm{sites}.json; the centralized cell pools a manifest's sites")
     p.add_argument("--dataset", help="real data partitioned here for every site count: the layout (ucmerced, "
                                      "nwpu, optimal31, imagefolder); with --root")
     p.add_argument("--root", help="the dataset folder (with --dataset)")
-    p.add_argument("--data-seed", type=int, default=0, help="split and partition seed for --dataset (default 0)")
-    p.add_argument("--threads", type=int, default=MAX_THREADS,
-                   help=f"at most this many simulator threads per cell (default {MAX_THREADS}; one per site up to it)")
+    p.add_argument("--data-seed", type=non_negative_int, default=0, help="split and partition seed for --dataset")
+    p.add_argument("--threads", type=positive_int, default=MAX_THREADS,
+                   help="at most this many simulator threads per cell (one per site up to it)")
     p.add_argument("--settings", default=None, help="the jobs' fedrsclip YAML (default: the package's offline demo "
                                                     "settings)")
     p.set_defaults(func=_experiment)
@@ -296,12 +443,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
-    if not hasattr(args, "func"):
-        from .data.cli import run_data_command
-
-        return run_data_command(args)
     try:
+        if not hasattr(args, "func"):
+            from .data.cli import run_data_command
+
+            return run_data_command(args)
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `fedrsclip report RUN | head`: the reader left; stop quietly, as head's writers do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, RuntimeError, OSError) as exc:  # our errors carry what to fix
         logging.getLogger("fedrsclip").debug("details", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)

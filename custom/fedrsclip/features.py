@@ -32,6 +32,7 @@ from .data.images import DEFAULT_SETTINGS, load_rgb
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # 2: content digests and image settings in the key
+PROGRESS_SECONDS = 30.0  # without a progress bar, a log line this often while a long extraction runs
 
 Label = Any  # an int (single-label) or a sequence of ints (multi-label)
 
@@ -142,7 +143,8 @@ def extract_features(
     """Run the frozen image encoder over `items` [(path, label)]: each image as `load_rgb(path, image)` gives it.
 
     Batches of `batch_size`; images are decoded and preprocessed by `num_workers` DataLoader worker processes
-    (None: `decoding_workers`; 0: in this process). The log gets the images/s whether or not the progress bar shows.
+    (None: `decoding_workers`; 0: in this process). The log gets the images/s whether or not the progress bar shows;
+    without the bar (FLARE sites), a line every `PROGRESS_SECONDS` with the count, the images/s and the time left.
     Labels are ints, or sequences of ints for multi-label items (then `num_classes` is needed and the labels
     become a [N, K] multi-hot tensor). Unreadable files are skipped with a warning naming them; images that
     render near-black or saturated are counted in one warning. Raises DataError when no image is readable.
@@ -153,7 +155,8 @@ def extract_features(
     loader = torch.utils.data.DataLoader(_ImageFiles(items, image, backbone.preprocess), batch_size=batch_size,
                                          num_workers=workers, collate_fn=list)
     globals_, tokens_, kept, skipped, odd = [], [], [], [], []
-    start = time.perf_counter()
+    start = last_note = time.perf_counter()
+    done = 0
     with tqdm(total=len(items), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for rows in loader:
             for index, _, error, warning in rows:
@@ -169,6 +172,12 @@ def extract_features(
                 tokens_.append(toks.half().cpu())
                 kept.extend(index for index, _ in good)
             bar.update(len(rows))
+            done += len(rows)  # a disabled bar counts nothing
+            now = time.perf_counter()
+            if not progress and now - last_note >= PROGRESS_SECONDS and done < len(items):  # no bar (FLARE sites)
+                last_note, rate = now, done / (now - start)
+                log.info("%s: %d/%d images (%.1f images/s, about %.0f s left)", desc, done, len(items), rate,
+                         (len(items) - done) / max(rate, 1e-9))
     seconds = time.perf_counter() - start
     log.info("%s: %d images in %.1f s (%.1f images/s; batches of %d, %d decoding workers, %d torch threads)", desc,
              len(items), seconds, len(items) / max(seconds, 1e-9), batch_size, workers, torch.get_num_threads())

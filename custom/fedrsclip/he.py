@@ -30,6 +30,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .protocol import as_float32
+
 CLIENT_CONTEXT_FILE = "client_context.tenseal"  # FLARE's names (nvflare.lighter ProvFileName), made by HEBuilder
 SERVER_CONTEXT_FILE = "server_context.tenseal"
 HEADER_KEY = "__ckks__"
@@ -108,8 +110,8 @@ def write_contexts(params: CKKSParams, client_dirs: list[Path], server_dirs: lis
 
     client, server = make_contexts(params)
     for folder in client_dirs:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(folder) / CLIENT_CONTEXT_FILE, lambda h: h.write(client))
+        Path(folder).mkdir(parents=True, exist_ok=True)  # the secret key: owner-only
+        atomic_write(Path(folder) / CLIENT_CONTEXT_FILE, lambda h: h.write(client), mode=0o600)
     for folder in server_dirs:
         Path(folder).mkdir(parents=True, exist_ok=True)
         atomic_write(Path(folder) / SERVER_CONTEXT_FILE, lambda h: h.write(server))
@@ -241,13 +243,22 @@ class EncryptedSum:
 
 
 def decrypt_average(ctx, update: EncryptedUpdate, source: str) -> dict[str, np.ndarray]:
-    """x = Dec(sum) / total weight, reshaped: the sample-weighted mean of the sites' updates."""
+    """x = Dec(sum) / total weight, reshaped: the sample-weighted mean of the sites' updates, as float32.
+
+    Refused (HEError): another key id; a header whose total weight is not a sum of `contributions` sample counts
+    (a whole number >= contributions); values that are not finite as float32. A sum that mixes in a ciphertext
+    made under another key (with this key's id written into its header) decrypts to finite noise around 1e7: only
+    the site's plausibility check on the result (`PromptTrainer.set_global`) can tell it."""
     ts = _ts()
     own = key_id(ctx)
     if update.key_id != own:
         raise HEError(f"{source} was encrypted under key {update.key_id}, this site's {CLIENT_CONTEXT_FILE} has "
                       f"key {own}: every site must have the same client context (from one provisioning or one "
                       "fedrsclip he-context run)")
+    if not (update.contributions >= 1 and update.weight >= update.contributions
+            and float(update.weight).is_integer()):
+        raise HEError(f"{source}: its header gives a total weight of {update.weight:g} over {update.contributions} "
+                      "contributions, which is not a sum of that many training sample counts; not decrypted")
     out = {}
     for key, blob in update.vectors.items():
         try:
@@ -258,8 +269,9 @@ def decrypt_average(ctx, update: EncryptedUpdate, source: str) -> dict[str, np.n
         if values.size != int(np.prod(shape)):
             raise HEError(f"{source}: {key!r} decrypts to {values.size} values, its shape {shape} needs "
                           f"{int(np.prod(shape))}")
-        mean = values / update.weight
-        if not np.isfinite(mean).all():
-            raise HEError(f"{source}: {key!r} decrypts to non-finite values")
-        out[key] = mean.reshape(shape).astype(np.float32)
+        mean, bad = as_float32(values / update.weight)  # checked as it is used: float32
+        if bad:
+            raise HEError(f"{source}: {key!r} decrypts to {bad} NaN or Inf values (beyond float32's range counts "
+                          "as Inf)")
+        out[key] = mean.reshape(shape)
     return out

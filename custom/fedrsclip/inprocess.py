@@ -21,8 +21,9 @@ from .config import Config
 from .data.manifest import centralized
 from .factory import load_shared, make_site
 from .protocol import (SHARED, ContributionError, FinalRecord, Gate, Payload, Update, check_update, payload_nbytes,
-                       site_order, summarize, weighted_mean)
+                       site_order, weighted_mean)
 from .results_file import ResultsBook
+from .zeroshot import chance_warning, pool as pool_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,8 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
     names = sorted(manifest["sites"], key=site_order)
     shared = load_shared(cfg)
     sites = [make_site(cfg, name, manifest, shared, state_dir, progress=progress) for name in names]
-    description = {"algorithm": cfg.algorithm, "backbone": sites[0].description,
-                   "data": data_description or f"manifest of {manifest.get('dataset', '?')} "
-                                                f"({len(names)} site{'s' * (len(names) != 1)})"}
+    description = sites[0].run_description(data_description or f"manifest of {manifest.get('dataset', '?')} "
+                                                                f"({len(names)} site{'s' * (len(names) != 1)})")
     book = ResultsBook("in-process", sites=names, num_rounds=cfg.train.rounds, dataset=manifest.get("dataset"))
     book.describe(description)
     gate = Gate()
@@ -66,7 +66,8 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
         for site in sites:
             others = [v for k, v in last_shared.items() if k != site.name]
             peers = np.stack(others) if cfg.dpac.negatives == "peers" and others else None
-            update = site.run_round(received, rnd, peers=peers, description=description if rnd == 0 else None)
+            update = site.run_round(received, rnd, peers=peers, description=description if rnd == 0 else None,
+                                    setup=site.setup_timings if rnd == 0 else None)
             updates[site.name] = update
             book.add_update(site.name, update.record)
         if rnd > 0:  # the model received this round is the global model after round rnd
@@ -78,8 +79,7 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
         record = book.round_done(rnd + 1)
         if algorithm.federated:  # the global model alone (for prompts: the shared prompt, no private part)
             record["global"] = _global_accuracy(sites, received)
-        log.info("round %d: mean accuracy of the received model %s over %d sites", rnd + 1,
-                 summarize({s: u.record.received for s, u in updates.items()})["mean_accuracy"], len(sites))
+        log.info("%s", book.progress_line(rnd + 1))
     for site in sites:
         evaluation = site.evaluate(received)
         book.add_final(site.name, FinalRecord(received=evaluation, bytes_down=payload_nbytes(received or {})))
@@ -88,10 +88,10 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
     if final is not None:
         book.best = {"round": final[0], "weighted_accuracy": final[1], "selected_by": FINAL}
     results = book.snapshot()
-    zero_shot = [(z, z["samples"]) for z in (site.zero_shot() for site in sites if site.test_set is not None) if z]
-    if zero_shot:
-        results["zero_shot"] = {"accuracy": _weighted(zero_shot), "samples": sum(w for _, w in zero_shot),
-                                "prompt": zero_shot[0][0]["prompt"]}
+    zero_shot = pool_zero_shot([site.zero_shot() for site in sites if site.test_set is not None])
+    if zero_shot:  # over every site's test split (the per-class parts stay in the sites' predictions)
+        results["zero_shot"] = {**{k: zero_shot[k] for k in ("accuracy", "samples", "prompt", "chance")},
+                                "warning": chance_warning(zero_shot, "the sites' test splits")}
     return results
 
 

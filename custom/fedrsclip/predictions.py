@@ -7,6 +7,7 @@ workspace is on one machine, so the experiment runner gathers these files into t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,4 +50,22 @@ def site_predictions(site: Site, samples_per_class: int = SAMPLES_PER_CLASS) -> 
     zero_shot = site.zero_shot()
     if zero_shot is not None:
         out["zero_shot"] = zero_shot
+    return out
+
+
+def gather_site_predictions(workspace: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """Each site's predictions file, where a simulation keeps them all on one machine: next to the final state the
+    site reported, or in `workspace`/<site>/<job>/fedrsclip/. {site: predictions}; sites without one left out."""
+    out = {}
+    for site, final in (results.get("final") or {}).get("sites", {}).items():
+        candidates = [predictions_path(Path(final["final_state"]).parent, site)] if final.get("final_state") else []
+        candidates += list((workspace / site).glob(f"*/fedrsclip/{predictions_path('.', site).name}"))
+        for path in candidates:
+            if path.is_file():
+                try:
+                    out[site] = json.loads(path.read_text())
+                except (OSError, UnicodeDecodeError, ValueError) as exc:
+                    raise ValueError(f"{site}'s predictions file {path} cannot be read ({exc}); delete it and rerun "
+                                     "that run") from exc
+                break
     return out

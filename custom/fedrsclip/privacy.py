@@ -13,8 +13,10 @@ the shared prompt the round started from: the received global model, or in round
 clipped to L2 norm dp_clip_norm and Gaussian noise of std dp_noise_multiplier x dp_clip_norm is added to it, at the
 site, before the allow-list check and before anything leaves (later: before encryption). Every round is one
 Gaussian mechanism on the site's whole data set (sample rate 1: full participation, one release per round);
-opacus's RDP accountant turns (noise multiplier, rounds so far) into the (epsilon, delta) the site reports in its
-round metrics (dp_epsilon, dp_delta). This is record-level DP for a site's data against whoever sees its updates
+opacus's RDP accountant turns (noise multiplier, releases so far) into the (epsilon, delta) the site reports in its
+round metrics (dp_epsilon, dp_delta; dp_rounds is the number of releases). The site counts its releases itself, in
+its saved state (`Site.dp_releases`), so a restarted or resumed site keeps counting and no round number a server
+sends can lower the count. This is record-level DP for a site's data against whoever sees its updates
 (the server, or anyone who sees the aggregate), assuming a site takes part at most once per round. The update's
 norm before clipping, and whether it was clipped, describe the raw update: they go to the site's log, never out.
 The metrics that do leave (training loss, accuracy on the site's test split, sample counts) are computed without
@@ -32,7 +34,8 @@ import numpy as np
 
 from .algorithms import ALL_WEIGHTS, SHARED, Algorithm
 from .config import Config
-from .protocol import ContributionError, Payload, RoundRecord, RoundResult, payload_nbytes, site_seed
+from .protocol import (ContributionError, Payload, RoundRecord, RoundResult, as_float32, payload_nbytes,
+                       site_seed)
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,9 @@ def allowed_keys(algorithm: Algorithm, expected_shapes: Mapping[str, tuple] | No
 def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
                    expected_shapes: Mapping[str, tuple] | None = None, site: str = "site",
                    record: RoundRecord | None = None) -> dict[str, np.ndarray]:
-    """Refuse any update that is not exactly the algorithm's allow-list: the payload's entries finite, correctly
-    shaped floats; the record's fields and metric names those of `protocol.RoundRecord`, its bytes_up the
-    payload's. Returns the payload as float32 arrays (what is then sent)."""
+    """Refuse any update that is not exactly the algorithm's allow-list: the payload's entries correctly shaped
+    floats, finite as the float32 that is sent; the record's fields and metric names those of
+    `protocol.RoundRecord`, its bytes_up the payload's. Returns the payload as float32 arrays (what is then sent)."""
     allowed = allowed_keys(algorithm, expected_shapes)
     extra = sorted(set(payload) - allowed)
     if extra:
@@ -76,9 +79,14 @@ def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
         if expected_shapes is not None and key in expected_shapes and array.shape != tuple(expected_shapes[key]):
             raise PrivacyError(f"{site}: refusing to send {key!r} of shape {array.shape}; the model's is "
                                f"{tuple(expected_shapes[key])}")
-        if not np.isfinite(array).all():
-            raise PrivacyError(f"{site}: refusing to send {key!r}: it holds NaN or Inf values")
-        out[key] = array.astype(np.float32) if np.issubdtype(array.dtype, np.floating) else array
+        if np.issubdtype(array.dtype, np.floating):
+            array, bad = as_float32(array)  # checked as it is sent: beyond float32's range would arrive as inf
+        else:
+            bad = 0
+        if bad:
+            raise PrivacyError(f"{site}: refusing to send {key!r}: it holds NaN or Inf values (beyond float32's "
+                               "range counts as Inf)")
+        out[key] = array
     if record is not None:
         try:
             record.check()
@@ -137,10 +145,14 @@ def dp_warning(cfg: Config) -> str | None:
 
 
 def protect_outgoing(result: RoundResult, cfg: Config, site: str, round_idx: int,
-                     reference: np.ndarray | None) -> RoundResult:
-    """DP of the shared-prompt update when configured (`reference`: the shared prompt the round started from).
-    The returned metrics gain the accounting (dp_epsilon, dp_delta, dp_rounds, dp_noise_std); the raw update's
-    norm and whether it was clipped are logged here, at the site, and nowhere else."""
+                     reference: np.ndarray | None, releases: int) -> RoundResult:
+    """DP of the shared-prompt update when configured (`reference`: the shared prompt the round started from;
+    `releases`: this site's releases of it so far, this one included, as the site counts them in its saved state:
+    never the round number a server sends, which a resumed, repeated or forged round would make too small).
+    The returned metrics gain the accounting (dp_epsilon, dp_delta, dp_rounds: the releases, dp_noise_std); the
+    raw update's norm and whether it was clipped are logged here, at the site, and nowhere else."""
+    if isinstance(releases, bool) or not isinstance(releases, int) or releases < 1:
+        raise PrivacyError(f"{site}: {releases!r} is not a count of releases (this round's included)")
     pc = cfg.privacy
     if pc.dp_clip_norm is None or not result.payload:
         return result
@@ -153,6 +165,6 @@ def protect_outgoing(result: RoundResult, cfg: Config, site: str, round_idx: int
     log.info("%s: DP round %d: update norm %.4g before clipping to %g (%s); kept at this site, never sent", site,
              round_idx + 1, info["dp_update_norm"], pc.dp_clip_norm, "clipped" if info["dp_clipped"] else "not clipped")
     metrics = {**result.metrics, "dp_noise_std": info["dp_noise_std"],
-               "dp_epsilon": dp_epsilon(pc.dp_noise_multiplier, round_idx + 1, pc.dp_delta),
-               "dp_delta": pc.dp_delta, "dp_rounds": round_idx + 1}
+               "dp_epsilon": dp_epsilon(pc.dp_noise_multiplier, releases, pc.dp_delta),
+               "dp_delta": pc.dp_delta, "dp_rounds": releases}
     return RoundResult(payload=payload, num_samples=result.num_samples, metrics=metrics)

@@ -37,8 +37,13 @@ TRAINING_METRICS = frozenset({
     "train_loss", "train_ce", "train_dpac", "train_prox", "train_accuracy", "train_seconds", "steps",
     "dp_epsilon", "dp_delta", "dp_rounds", "dp_noise_std",  # derived from the settings, never from the update
 })
-TIMINGS = frozenset({"setup", "evaluate", "train"})  # seconds per phase of a site's task (setup: site built)
-DESCRIPTION_KEYS = frozenset({"algorithm", "backbone", "data"})
+# Seconds per phase of a site's task, disjoint (their sum is the task's `seconds`): start (the site's process
+# started until its first task arrived), load (weights, state), extract (image features, from the images or the
+# cache), evaluate (the received model), train. The first three only in the first task of a process.
+TIMINGS = frozenset({"start", "load", "extract", "evaluate", "train"})
+# The run's descriptions: text for people (algorithm, backbone, data) and what is known for labels (weights:
+# "random", "tag:<open_clip tag>" or "file:<sha256 prefix>"; data_source: "synthetic" or "manifest").
+DESCRIPTION_KEYS = frozenset({"algorithm", "backbone", "data", "weights", "data_source"})
 
 
 class PayloadError(ValueError):
@@ -60,15 +65,26 @@ def site_order(name: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
 
 
-def class_fingerprint(classnames: Sequence[str]) -> str:
+def class_fingerprint(classnames: Sequence[str], texts: Sequence[str] | None = None) -> str:
     """A short, stable name of a class list ("K:sha256 prefix"), sent with each update: the server must never
-    average prompts trained on different class lists (the prompts' shapes would not show it)."""
-    return f"{len(classnames)}:{hashlib.sha256(json.dumps(list(classnames)).encode()).hexdigest()[:12]}"
+    average prompts trained on different class lists (the prompts' shapes would not show it). `texts`: the class
+    texts the prompts use when they are not the names (prompt.class_descriptions), so that sites with different
+    description files are not averaged together either; None keeps the names-only fingerprint."""
+    key = list(classnames) if texts is None else [list(classnames), list(texts)]
+    return f"{len(classnames)}:{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:12]}"
 
 
 def payload_nbytes(payload: Mapping[str, Any]) -> int:
     """Bytes of the payload's values (float32: 4 per value)."""
     return int(sum(np.asarray(v).nbytes for v in payload.values()))
+
+
+def as_float32(value: Any) -> tuple[np.ndarray, int]:
+    """`value` as the float32 array it travels and trains as, and how many of its entries are not finite there:
+    NaN, +-inf, and values beyond float32's range (|x| > 3.4e38), which are finite in float64 but inf once cast."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.asarray(value).astype(np.float32)
+    return out, int(out.size - np.count_nonzero(np.isfinite(out)))
 
 
 def jsonable(value: Any) -> Any:
@@ -285,9 +301,10 @@ def check_update(data: Any, weight: Any, reference: Mapping[str, tuple[int, ...]
             raise ContributionError(f"{key} is a {type(value).__name__}, not an array")
         if not np.issubdtype(value.dtype, np.floating):
             raise ContributionError(f"{key} has dtype {value.dtype}, expected floats")
-        bad = int(value.size - np.isfinite(value).sum())
+        _, bad = as_float32(value)  # what the sites load: beyond float32's range is inf there
         if bad:
-            raise ContributionError(f"{key} holds {bad} NaN or Inf values (of {value.size})")
+            raise ContributionError(f"{key} holds {bad} NaN or Inf values (of {value.size}; beyond float32's "
+                                    "range counts as Inf)")
         shapes[key] = tuple(value.shape)
     if weight is not None and (not _number(weight) or not math.isfinite(weight) or weight <= 0):
         raise ContributionError(f"its weight is {weight!r}, expected a positive number of training samples")

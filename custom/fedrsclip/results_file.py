@@ -72,6 +72,13 @@ def describe_data(data: Any, manifest_path: str | Path | None) -> str:
     return f"manifest {Path(manifest_path).name}" if manifest_path else "manifest"
 
 
+def _duration(seconds: float) -> str:
+    """"45s", "12 min", "2.5 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def _evaluation(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: values.get(k) for k in EVALUATION_KEYS}
 
@@ -159,14 +166,42 @@ class ResultsBook:
         record["finished"] = time.time()
         return record
 
+    def progress_line(self, rnd: int) -> str:
+        """One line after round `rnd`: its wall time, the sites that answered, the slowest site's phases, the
+        latest accuracy (the model received in this round: after round rnd - 1) and the time left, estimated from
+        the rounds after the first (the first also starts the sites) or from the first alone."""
+        record = self.rounds.get(rnd, {})
+        done = {r: v["finished"] - v["started"] for r, v in self.rounds.items() if "finished" in v and "started" in v}
+        text = f"round {rnd}/{self.num_rounds or '?'} done" + (f" in {done[rnd]:.1f}s" if rnd in done else "")
+        answered = [s for s, v in record.get("sites", {}).items() if not v.get("missing")]
+        text += f": {len(answered)}/{len(self.sites)} sites"
+        timed = [(v.get("seconds") or 0.0, s, v.get("timings") or {}) for s, v in record.get("sites", {}).items()
+                 if not v.get("missing")]
+        if timed:
+            seconds, site, timings = max(timed, key=lambda t: t[0])
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if isinstance(v, (int, float)))
+            text += f"; slowest {site} {seconds:.1f}s" + (f" ({phases})" if phases else "")
+        previous = summarize(self.initial) if rnd == 1 else summarize(
+            {s: v for s, v in self.rounds.get(rnd - 1, {}).get("sites", {}).items() if not v.get("missing")})
+        if previous["mean_accuracy"] is not None:
+            text += (f"; mean accuracy {previous['mean_accuracy']:.1f}% "
+                     + ("of the initial model" if rnd == 1 else f"after round {rnd - 1}"))
+        left = (self.num_rounds or 0) - rnd
+        later = [d for r, d in done.items() if r > min(done)] if done else []
+        per_round = (sum(later) / len(later)) if later else done.get(rnd)
+        if left > 0 and per_round is not None:
+            text += f"; about {_duration(left * per_round)} left for {left} round{'s' * (left != 1)}"
+        return text
+
     def open_rounds(self) -> list[int]:
         return [r for r, v in self.rounds.items() if "finished" not in v]
 
     def finish(self) -> str:
-        """The run's status at its end: finished when every round was done, else incomplete (unless failed)."""
+        """The run's status at its end: finished when its last round was done (a resumed run starts after the
+        earlier run's rounds), else incomplete (unless failed)."""
         if self.status == "running":
-            done = [r for r in self.rounds.values() if "finished" in r]
-            self.status = "finished" if len(done) >= (self.num_rounds or 0) else "incomplete"
+            done = [r for r, v in self.rounds.items() if "finished" in v]
+            self.status = "finished" if max(done, default=0) >= (self.num_rounds or 0) else "incomplete"
         self.head["ended"] = time.time()
         return self.status
 

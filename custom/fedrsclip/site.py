@@ -11,6 +11,8 @@ was. `PromptSite` is FedRSCLIP's site; the full-model baseline's is `fedrsclip.b
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -28,16 +30,82 @@ from .data.errors import DataError
 from .data.manifest import load_manifest, site_split
 from .features import FeatureSet, cached_features
 from .privacy import check_outgoing, dp_warning, protect_outgoing
+from .prompts import class_texts
 from .protocol import Payload, PayloadError, RoundRecord, Trainer, Update, class_fingerprint, payload_nbytes
-from .trainer import PromptTrainer, zero_shot_accuracy
+from .trainer import PromptTrainer
+from .zeroshot import zero_shot_accuracy
 
 log = logging.getLogger(__name__)
 
 STATE_SUFFIX = "-state.pt"  # <state dir>/<site>-state.pt
+STATE_FORMAT = 2  # 2: with "checksum" and "dp_releases"; files without "format" (1) are read, unchecked
+STATE_MODE = 0o600  # the private prompt: readable by the site's own account only
 
 
 def state_file(state_dir: str | Path, name: str) -> Path:
     return Path(state_dir) / f"{name}{STATE_SUFFIX}"
+
+
+def state_checksum(state: Mapping[str, Any]) -> str:
+    """SHA-256 of a saved state's content (every entry but "checksum"): tensors by dtype, shape and bytes, other
+    values as JSON. torch.save keeps no checksum of its own, so a flipped byte in a prompt would load silently."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{flat.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy())
+        elif isinstance(value, Mapping):
+            digest.update(b"{")
+            for key in sorted(value, key=str):
+                feed(str(key))
+                feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            digest.update(json.dumps(value).encode())
+        else:
+            raise TypeError(f"a site state holds a {type(value).__name__}, which has no checksum")
+
+    feed({k: v for k, v in state.items() if k != "checksum"})
+    return digest.hexdigest()
+
+
+def state_problem(state: Any, key: str) -> str | None:
+    """What is wrong with the structure or content of a loaded state file (None: nothing): it must be a mapping
+    with `key` (a mapping of finite tensors), a class list, a round, a release count, and a matching checksum."""
+    if not isinstance(state, Mapping):
+        return f"is not a fedrsclip site state (it holds a {type(state).__name__})"
+    local = state.get(key)
+    if not isinstance(local, Mapping) or not all(isinstance(v, torch.Tensor) for v in local.values()):
+        return (f"has no {key!r} entry of tensors (its entries: {sorted(map(str, state))[:6]}): it is not this kind "
+                "of site's state")
+    fmt = state.get("format", 1)
+    if fmt not in (1, STATE_FORMAT):
+        return f"has format {fmt!r}; this version reads {STATE_FORMAT}"
+    classes, rnd, releases = state.get("classes"), state.get("round"), state.get("dp_releases", 0)
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        return "has a class list that is not a list of names"
+    if rnd is not None and (not isinstance(rnd, int) or isinstance(rnd, bool)):
+        return f"has round {rnd!r}, not a number"
+    if not isinstance(releases, int) or isinstance(releases, bool) or releases < 0:
+        return f"has dp_releases {releases!r}, not a count"
+    if fmt == STATE_FORMAT:
+        try:
+            same = state.get("checksum") == state_checksum(state)
+        except TypeError as exc:
+            return f"is corrupt ({exc})"
+        if not same:
+            return "is corrupt: its content does not match the checksum saved with it"
+    for name, tensor in local.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return f"holds NaN or Inf values in {name}"
+    return None
 
 
 def adopt_state(resume_from: str | None, name: str, state_dir: str | Path, workspace_root: str | Path) -> Path | None:
@@ -57,7 +125,7 @@ def adopt_state(resume_from: str | None, name: str, state_dir: str | Path, works
                     name, source)
         return None
     data = source.read_bytes()
-    atomic_write(target, lambda handle: handle.write(data))
+    atomic_write(target, lambda handle: handle.write(data), mode=STATE_MODE)
     log.info("%s: local state of the earlier job copied from %s to %s", name, source, target)
     return source
 
@@ -86,6 +154,10 @@ class Site:
         self.manifest = manifest
         self.classnames: list[str] = list(manifest["classes"])
         self.state_path = state_file(state_dir, name) if state_dir else None
+        # seconds spent building the site, by phase (protocol.TIMINGS): "load" (weights, state), "extract" (image
+        # features: encoded or read from the cache); set by subclasses, reported with the first round
+        self.setup_timings: dict[str, float] = {}
+        self.dp_releases = 0  # DP releases of this site's shared prompt so far: counted here, kept in its state
         warning = dp_warning(cfg)
         if warning:
             log.warning("%s: %s", name, warning)
@@ -100,6 +172,19 @@ class Site:
         """The model this site trains, for the results file (e.g. the backbone and its weights)."""
         raise NotImplementedError
 
+    @property
+    def weights(self) -> str | None:
+        """What the model's starting weights are, as known (`Backbone.weights` for CLIP sites), or None."""
+        return None
+
+    def run_description(self, data: str) -> dict[str, str]:
+        """The run's descriptions this site sends once (`protocol.DESCRIPTION_KEYS`); `data`: its description."""
+        out = {"algorithm": self.cfg.algorithm, "backbone": self.description, "data": data,
+               "data_source": self.cfg.data.source}
+        if self.weights is not None:
+            out["weights"] = self.weights
+        return out
+
     def split_items(self, split: str) -> list[tuple[Path, int]]:
         """This site's (path, label) items of a split; every file must exist."""
         items = site_split(self.manifest, self.name, split, root=self.cfg.data.root)
@@ -109,34 +194,53 @@ class Site:
                             f"{missing[0]}; set data.root to the folder that holds the class folders")
         return items
 
+    @property
+    def classes_fingerprint(self) -> str:
+        """What the server compares across sites (`protocol.class_fingerprint`): this site's class list."""
+        return class_fingerprint(self.classnames)
+
     # ---- local state (never sent) ----------------------------------------------------------------------------------
-    def state_blob(self, round_idx: int | None = None) -> dict[str, Any]:
-        """The site-local state as saved on disk."""
-        return {"round": round_idx, "classes": list(self.classnames), self.STATE_KEY: self.trainer.local_state()}
+    def state_blob(self, round_idx: int | None = None, **extra: Any) -> dict[str, Any]:
+        """The site-local state as saved on disk (with `extra` entries), and its checksum (`state_checksum`)."""
+        blob = {"format": STATE_FORMAT, "round": round_idx, "classes": list(self.classnames),
+                "dp_releases": self.dp_releases, self.STATE_KEY: self.trainer.local_state(), **extra}
+        return {**blob, "checksum": state_checksum(blob)}
 
     def check_state(self, state: Mapping[str, Any]) -> None:
         """Refuse a saved state that belongs to another configuration (subclasses add checks)."""
 
     def load_state(self) -> bool:
+        """Continue from the saved state, if there is one. PayloadError names the file and what is wrong with it
+        (unreadable, another structure, a checksum that does not match, NaN, another configuration); the file is
+        never changed then."""
         if self.state_path is None or not self.state_path.is_file():
             return False
+        where = f"{self.name}: the saved state {self.state_path}"
         try:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated or foreign file: refuse, never overwrite it with a fresh start
-            raise PayloadError(f"{self.name}: the saved state {self.state_path} cannot be read ({exc})") from exc
+            raise PayloadError(f"{where} cannot be read ({exc})") from exc
+        problem = state_problem(state, self.STATE_KEY)
+        if problem:
+            raise PayloadError(f"{where} {problem}")
         saved = state.get("classes")
         if saved is not None and list(saved) != self.classnames:
-            raise PayloadError(f"{self.name}: the saved state {self.state_path} was trained on {len(saved)} classes "
+            raise PayloadError(f"{where} was trained on {len(saved)} classes "
                                f"({', '.join(saved[:3])}, ...), this site's manifest has {len(self.classnames)} "
                                f"({', '.join(self.classnames[:3])}, ...); use the manifest it was trained with")
         self.check_state(state)
-        self.trainer.load_local_state(state[self.STATE_KEY])
-        log.info("%s: resumed local state from %s (round %s)", self.name, self.state_path, state.get("round"))
+        try:
+            self.trainer.load_local_state(state[self.STATE_KEY])
+        except PayloadError as exc:
+            raise PayloadError(f"{where} {exc}") from None
+        self.dp_releases = int(state.get("dp_releases", 0))
+        log.info("%s: resumed local state from %s (round %s%s)", self.name, self.state_path, state.get("round"),
+                 "" if "checksum" in state else "; saved by an earlier version, without a checksum")
         return True
 
     def save_state(self, round_idx: int) -> None:
         if self.state_path is not None:
-            atomic_torch_save(self.state_path, self.state_blob(round_idx))
+            atomic_torch_save(self.state_path, self.state_blob(round_idx), mode=STATE_MODE)
 
     # ---- the round ---------------------------------------------------------------------------------------------------
     def dp_reference(self) -> np.ndarray | None:
@@ -160,29 +264,31 @@ class Site:
         return self.evaluate(received)
 
     def run_round(self, received: Payload | None, round_idx: int, peers: np.ndarray | None = None,
-                  should_abort: Callable[[], bool] = lambda: False, *, setup_seconds: float | None = None,
+                  should_abort: Callable[[], bool] = lambda: False, *, setup: Mapping[str, float] | None = None,
                   state_continued: bool = True, description: Mapping[str, str] | None = None) -> Update:
         """One round (0-based `round_idx`): evaluate the received model, train, protect and check what leaves.
 
         `peers`: other sites' shared prompts [J, n_ctx, W] (dpac.negatives: peers, in-process only).
-        `setup_seconds`, `state_continued`, `description`: what the runner knows about this task (building the
-        site in this process, whether its state continued from earlier rounds, the run's descriptions).
+        `setup`, `state_continued`, `description`: what the runner knows about this task (the seconds of each
+        phase before this round in this process, `protocol.TIMINGS`: start, load, extract; whether its state
+        continued from earlier rounds; the run's descriptions).
         Raises PayloadError (a received model that does not fit), PrivacyError (nothing may be sent)."""
         start = time.perf_counter()
         evaluation = self.evaluate(received)
         evaluated = time.perf_counter()
         result = self.train(round_idx, peers, should_abort)
-        result = protect_outgoing(result, self.cfg, self.name, round_idx, self.dp_reference())
+        releases = self.dp_releases + 1  # this round's release, if DP is on: counted here, never from round_idx
+        result = protect_outgoing(result, self.cfg, self.name, round_idx, self.dp_reference(), releases)
         trained = time.perf_counter()
-        timings = {"evaluate": evaluated - start, "train": trained - evaluated}
-        if setup_seconds is not None:
-            timings["setup"] = setup_seconds
+        timings = {**(setup or {}), "evaluate": evaluated - start, "train": trained - evaluated}
         record = RoundRecord(round=round_idx + 1, samples_train=int(result.num_samples),
-                             classes=class_fingerprint(self.classnames), received=evaluation, metrics=result.metrics,
+                             classes=self.classes_fingerprint, received=evaluation, metrics=result.metrics,
                              timings=timings, seconds=sum(timings.values()),
                              bytes_up=payload_nbytes(result.payload), bytes_down=payload_nbytes(received or {}),
                              state_continued=state_continued, description=description)
         payload = check_outgoing(result.payload, self.algorithm, self.trainer.shapes, self.name, record)
+        if "dp_rounds" in result.metrics:
+            self.dp_releases = releases  # saved with the state below, before anything leaves
         self.save_state(round_idx)
         return Update(payload, record)
 
@@ -205,14 +311,17 @@ class PromptSite(Site):
     def __init__(self, cfg: Config, name: str, manifest: Mapping[str, Any] | None = None,
                  backbone: Backbone | None = None, state_dir: str | Path | None = None, progress: bool = True):
         super().__init__(cfg, name, manifest, state_dir)
+        begin = time.perf_counter()
         self.backbone = backbone or open_backbone(cfg.model, cfg.data.cache_dir)  # warm: the text side only
         cache_dir = Path(cfg.data.cache_dir) / name
+        loaded = time.perf_counter()
         splits = {}
         for split in ("train", "test"):
             items = self.split_items(split)
             splits[split] = cached_features(self.backbone, items, cache_dir, split, progress=progress,
                                             image=settings_from_config(cfg.data, self.manifest.get("modality"))) \
                 if items else None
+        extracted = time.perf_counter()
         if backbone is None:  # this site's own CLIP: the image tower is no longer needed
             self.backbone.release_image_tower()
         if splits["train"] is None:
@@ -221,6 +330,7 @@ class PromptSite(Site):
         self.test_set: FeatureSet | None = splits["test"]
         self.trainer = PromptTrainer(cfg, self.backbone, self.classnames, site=name)
         self.load_state()
+        self.setup_timings = {"load": loaded - begin + time.perf_counter() - extracted, "extract": extracted - loaded}
 
     @classmethod
     def load_shared(cls, cfg: Config) -> Backbone:
@@ -229,6 +339,16 @@ class PromptSite(Site):
     @property
     def description(self) -> str:
         return self.backbone.description
+
+    @property
+    def weights(self) -> str:
+        return self.backbone.weights
+    def classes_fingerprint(self) -> str:
+        """The class list and, when they are not the names, the class texts the prompts use (prompt.
+        class_descriptions): sites with different description files must not be averaged together."""
+        descriptions = self.trainer.model.learner.descriptions
+        texts = class_texts(self.classnames, descriptions) if descriptions else None
+        return class_fingerprint(self.classnames, None if texts == class_texts(self.classnames) else texts)
 
     def dp_reference(self) -> np.ndarray | None:
         return self.trainer.round_start_shared
@@ -243,5 +363,7 @@ class PromptSite(Site):
         return list(self.test_set.paths), self.test_set.labels.numpy(), pred.numpy()
 
     def zero_shot(self) -> dict | None:
-        return zero_shot_accuracy(self.backbone, self.classnames, self.test_set)
+        # the class texts of the learned prompts: prompt.class_descriptions when set, else the class names
+        return zero_shot_accuracy(self.backbone, self.classnames, self.test_set,
+                                  descriptions=self.trainer.model.learner.descriptions)
 

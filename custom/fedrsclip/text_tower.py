@@ -17,6 +17,7 @@ preprocessing signature.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -229,12 +230,25 @@ def check_same_text(tower: TextTower, clip: nn.Module, spec: TextTowerSpec, atol
         raise TextTowerError(f"the rebuilt text tower differs from the model's own by {diff:.3g} (> {atol})")
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (name, dtype, shape, bytes): safetensors keeps no checksum of its own, so a flipped
+    byte in a weight would load silently."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        flat = tensors[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensors[name].shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_text_tower(path: str | Path, tower: TextTower, spec: TextTowerSpec, meta: dict[str, Any]) -> Path:
-    """Write the tower's tensors (fp32, CPU) and `spec` + `meta` (JSON-able) as one safetensors file, atomically."""
+    """Write the tower's tensors (fp32, CPU), their checksum and `spec` + `meta` (JSON-able) as one safetensors file,
+    atomically."""
     from safetensors.torch import save
 
     tensors = {name: value.detach().cpu().contiguous() for name, value in tower.state_dict().items()}
-    header = {META_KEY: json.dumps({"format": TOWER_FORMAT, "spec": asdict(spec), **meta})}
+    header = {META_KEY: json.dumps({"format": TOWER_FORMAT, "spec": asdict(spec), "sha256": tensors_digest(tensors),
+                                    **meta})}
     data = save(tensors, metadata=header)
     return atomic_write(path, lambda handle: handle.write(data))
 
@@ -266,9 +280,13 @@ def open_text_tower(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         spec = TextTowerSpec(**meta["spec"])
         tower = empty_text_tower(spec)
-        tower.load_state_dict(load_file(str(path), device="cpu"), strict=True, assign=True)
+        tensors = load_file(str(path), device="cpu")
+        tower.load_state_dict(tensors, strict=True, assign=True)
     except Exception as exc:  # a truncated file, missing or extra tensors, wrong shapes
         raise TextTowerError(f"text tower file {path} does not load ({type(exc).__name__}: {exc})") from exc
+    if "sha256" in meta and tensors_digest(tensors) != meta["sha256"]:  # files of earlier versions have none
+        raise TextTowerError(f"text tower file {path} is corrupt: its weights do not match the checksum it was "
+                             "written with")
     tower.requires_grad_(False)
     return tower.to(device).eval(), meta
 

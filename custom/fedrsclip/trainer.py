@@ -23,8 +23,8 @@ from .config import Config
 from .features import FeatureSet
 from .losses import dpac_loss, dpac_loss_classes, peer_negatives, proximal_term
 from .ot import ot_scores
-from .prompts import PromptLearner, check_texts_fit, class_texts
-from .protocol import Payload, PayloadError, RoundResult, site_seed
+from .prompts import PromptLearner
+from .protocol import Payload, PayloadError, RoundResult, as_float32, site_seed
 from .sgd import SGD
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,9 @@ class PromptTrainer:
         return {SHARED: self.model.learner.shared_ctx.detach().cpu().numpy().astype(np.float32)}
 
     def set_global(self, payload: Payload) -> None:
-        """Load the aggregated shared prompt; refuses anything that does not fit."""
+        """Load the aggregated shared prompt; refuses (loading nothing) anything that does not fit or is implausible:
+        a wrong shape or dtype, values that are not finite as float32, or a change from the previous global shared
+        prompt beyond `global_change_bound` (PayloadError naming the received payload)."""
         if SHARED not in payload:
             raise PayloadError(f"{self.site}: the global model has no {SHARED!r} (keys: {sorted(payload)})")
         param = self.model.learner.shared_ctx
@@ -85,10 +87,38 @@ class PromptTrainer:
                                f"{tuple(param.shape)} (check model.arch and prompt.n_ctx match the job's)")
         if not np.issubdtype(value.dtype, np.floating):
             raise PayloadError(f"{self.site}: received {SHARED} of dtype {value.dtype}, expected floats")
-        if not np.isfinite(value).all():
-            raise PayloadError(f"{self.site}: received {SHARED} with NaN or Inf values; not loaded")
+        value, bad = as_float32(value)  # checked as it will be used: 1e39 is finite in float64, inf in float32
+        if bad:
+            raise PayloadError(f"{self.site}: the received global {SHARED} holds {bad} NaN or Inf values (of "
+                               f"{value.size}; beyond float32's range counts as Inf); not loaded")
+        reference = self.round_start_shared if self.round_start_shared is not None else \
+            param.detach().cpu().numpy()
+        change = float(np.sqrt(np.mean((value.astype(np.float64) - reference) ** 2)))
+        bound = self.global_change_bound()
+        if not change <= bound:
+            raise PayloadError(
+                f"{self.site}: the received global {SHARED} is implausible: it differs from the previous global "
+                f"shared prompt by {change:.3g} (root mean square per value; largest value {np.abs(value).max():.3g}), "
+                f"more than the {bound:.3g} this site accepts (train.max_global_change"
+                f"{', plus the DP noise allowance' if self.cfg.privacy.dp_clip_norm is not None else ''}); not "
+                "loaded. Under CKKS this is what an aggregate containing an update encrypted under another key "
+                "decrypts to: check that every site has the same client context; raise train.max_global_change "
+                "only if such a change is expected")
         with torch.no_grad():
-            param.copy_(torch.from_numpy(value.astype(np.float32)))
+            param.copy_(torch.from_numpy(value))
+
+    def global_change_bound(self) -> float:
+        """The largest root-mean-square change per value from one global shared prompt to the next that this site
+        accepts: train.max_global_change, plus with DP the most the clipped, noised updates can move the mean (a
+        site's update: at most C in L2 norm plus Gaussian noise of std sigma*C on each of its n values, whose root
+        mean square exceeds sigma*C*(1 + 5/sqrt(2n)) with probability below 1e-6; the mean over sites has less)."""
+        bound = self.cfg.train.max_global_change
+        pc = self.cfg.privacy
+        if pc.dp_clip_norm is not None:
+            values = int(np.prod(self.model.learner.shared_ctx.shape))
+            noise = pc.dp_noise_multiplier * pc.dp_clip_norm * (1 + 5 / np.sqrt(2 * values))
+            bound += pc.dp_clip_norm / np.sqrt(values) + noise
+        return float(bound)
 
     # ---- site-local state (never sent) --------------------------------------------------------------------
     def local_state(self) -> dict[str, torch.Tensor]:
@@ -98,17 +128,29 @@ class PromptTrainer:
             state["private_ctx"] = learner.private_ctx.detach().cpu().clone()
         return state
 
-    def load_local_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_local_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load what `local_state` saved: exactly this model's prompts, of its shapes, finite as float32; PayloadError
+        says what does not fit (nothing is loaded then)."""
         learner = self.model.learner
+        params = {name: getattr(learner, name) for name in ("shared_ctx", "private_ctx")
+                  if getattr(learner, name) is not None}
+        if set(state) != set(params):
+            raise PayloadError(f"holds the prompts {sorted(state)}, this model has {sorted(params)} (algorithm "
+                               f"{self.algorithm.name}); it was saved by another algorithm")
+        values = {}
+        for name, param in params.items():
+            value = state[name]
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise PayloadError(f"holds {name} as {type(value).__name__}, not a float tensor")
+            if tuple(value.shape) != tuple(param.shape):
+                raise PayloadError(f"holds {name} of shape {tuple(value.shape)}, the model needs {tuple(param.shape)}; "
+                                   "the configuration changed since it was saved")
+            values[name] = value.to(param.dtype)  # checked as it is used
+            if not torch.isfinite(values[name]).all():
+                raise PayloadError(f"holds {name} with NaN or Inf values (beyond float32's range counts as Inf)")
         with torch.no_grad():
-            for name in ("shared_ctx", "private_ctx"):
-                param = getattr(learner, name)
-                if param is None or name not in state:
-                    continue
-                if tuple(state[name].shape) != tuple(param.shape):
-                    raise PayloadError(f"{self.site}: saved {name} has shape {tuple(state[name].shape)}, the "
-                                       f"model needs {tuple(param.shape)}; the configuration changed since it was saved")
-                param.copy_(state[name])
+            for name, value in values.items():
+                params[name].copy_(value)
 
     # ---- training -----------------------------------------------------------------------------------------------
     def _loss(self, text: torch.Tensor, global_feats, tokens, labels, peers, anchor) -> tuple[torch.Tensor, dict]:
@@ -198,24 +240,3 @@ class PromptTrainer:
         logits, pred = self.predict(features, shared_only)
         return {"accuracy": float((pred == features.labels).float().mean()) * 100.0,
                 "loss": float(F.cross_entropy(logits, features.labels)), "samples": len(features)}
-
-
-@torch.no_grad()
-def zero_shot_accuracy(backbone: Backbone, classnames: list[str], features: FeatureSet,
-                       template: str = "a satellite photo of {}.",
-                       descriptions: Mapping[str, str] | None = None) -> dict:
-    """Zero-shot CLIP with one hand-written prompt per class: top-1 accuracy (%) over `features`.
-
-    The LRSCLIP protocol (seed 003, Table IV: "a satellite photo of {class}"). `template` gets each class's text:
-    its description from `descriptions` (`fedrsclip.prompts.load_class_descriptions`), else its name with '_' as
-    spaces, the same text the learned prompts use. A text over the encoder's context stops with the class and
-    the limit (ConfigError) instead of being cut.
-    """
-    texts = [template.format(t) for t in class_texts(classnames, descriptions)]
-    check_texts_fit(backbone.tokenizer, texts, classnames, backbone.context_length)
-    text = F.normalize(backbone.encode_text(texts), dim=-1).cpu()
-    image = F.normalize(features.global_feats.float(), dim=-1)
-    pred = (image @ text.T).argmax(-1)
-    return {"accuracy": float((pred == features.labels).float().mean()) * 100.0, "samples": len(features),
-            "prompt": template}
-

@@ -30,7 +30,7 @@ from ..backbone import resolve_device
 from ..config import Config, ConfigError
 from ..data.errors import DataError, ImageReadError
 from ..data.images import load_rgb
-from ..protocol import Payload, PayloadError, RoundResult, site_seed
+from ..protocol import Payload, PayloadError, RoundResult, as_float32, site_seed
 
 log = logging.getLogger(__name__)
 
@@ -312,13 +312,15 @@ class ClassifierTrainer:
                                    "match the job's)")
             if not np.issubdtype(value.dtype, np.floating):
                 raise PayloadError(f"{self.site}: received {key} of dtype {value.dtype}, expected floats")
-            if not np.isfinite(value).all():
-                raise PayloadError(f"{self.site}: received {key} with NaN or Inf values; nothing was loaded")
+            value, bad = as_float32(value)  # checked as it is loaded: 1e39 is finite in float64, inf in float32
+            if bad:
+                raise PayloadError(f"{self.site}: the received global {key} holds {bad} NaN or Inf values (beyond "
+                                   "float32's range counts as Inf); nothing was loaded")
             values[key] = value
         state = self.model.state_dict()
         with torch.no_grad():
             for key, value in values.items():
-                state[key].copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+                state[key].copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
     # ---- site-local state (never sent) ---------------------------------------------------------------------------
     def local_state(self) -> dict[str, torch.Tensor]:
@@ -329,13 +331,15 @@ class ClassifierTrainer:
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own]
         if missing or extra:
-            raise PayloadError(f"{self.site}: saved state does not fit {self.cfg.classifier.arch} "
+            raise PayloadError(f"does not fit {self.cfg.classifier.arch} "
                                f"({len(missing)} missing, {len(extra)} unexpected entries, e.g. "
                                f"{(missing or extra)[0]!r}); the configuration changed since it was saved")
         for key, tensor in own.items():
             if tuple(state[key].shape) != tuple(tensor.shape):
-                raise PayloadError(f"{self.site}: saved {key} has shape {tuple(state[key].shape)}, the model needs "
+                raise PayloadError(f"holds {key} of shape {tuple(state[key].shape)}, the model needs "
                                    f"{tuple(tensor.shape)}; the configuration changed since it was saved")
+            if tensor.is_floating_point() and not torch.isfinite(state[key].to(tensor.dtype)).all():
+                raise PayloadError(f"holds {key} with NaN or Inf values (beyond float32's range counts as Inf)")
         self.model.load_state_dict(dict(state))
 
     # ---- training -------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ whole model is its local state."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,7 +36,9 @@ class ClassifierSite(Site):
         if backbone is not None:
             raise TypeError("ClassifierSite takes no shared backbone: each site builds its own timm model")
         super().__init__(cfg, name, manifest, state_dir)
+        begin = time.perf_counter()
         self.trainer = ClassifierTrainer(cfg, self.classnames, site=name)
+        loaded = time.perf_counter()
         splits: dict[str, ImageDataset | None] = {}
         for split in ("train", "test"):
             items = self.split_items(split)
@@ -46,10 +49,12 @@ class ClassifierSite(Site):
         self.train_set: ImageDataset = splits["train"]
         self.test_set: ImageDataset | None = splits["test"] if splits["test"] is not None and len(splits["test"]) \
             else None
+        decoded = time.perf_counter()  # the images decoded: this model's counterpart of feature extraction
         self.load_state()
+        self.setup_timings = {"load": loaded - begin + time.perf_counter() - decoded, "extract": decoded - loaded}
 
-    def state_blob(self, round_idx: int | None = None) -> dict[str, Any]:
-        return {**super().state_blob(round_idx), "arch": self.cfg.classifier.arch}
+    def state_blob(self, round_idx: int | None = None, **extra: Any) -> dict[str, Any]:
+        return super().state_blob(round_idx, arch=self.cfg.classifier.arch, **extra)
 
     def check_state(self, state: Mapping[str, Any]) -> None:
         arch = state.get("arch")
@@ -61,6 +66,11 @@ class ClassifierSite(Site):
     def description(self) -> str:
         classifier = self.cfg.classifier
         return f"timm {classifier.arch} (pretrained={classifier.pretrained})"
+
+    @property
+    def weights(self) -> str:
+        # a full model trained from its start: its weights are never frozen random ones
+        return "tag:timm-pretrained" if self.cfg.classifier.pretrained else "from-scratch"
 
     def predict_test(self) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
         logits, labels = self.trainer.predict(self.test_set)  # only readable images come back

@@ -27,7 +27,7 @@ from .synth import MAX_CLASSES, make_synthetic
 from .synth_mm import make_synthetic_mm
 
 
-def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
+def checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Callable[[str], Any]:
     """An argparse `type` that converts, checks, and names what it expected when either fails."""
 
     def parse(text: str) -> Any:
@@ -42,10 +42,10 @@ def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected:
     return parse
 
 
-_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
-_fraction = _checked(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
+positive_int = checked(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = checked(int, lambda v: v >= 0, "an integer >= 0")
+_fraction = checked(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
+_positive_float = checked(float, lambda v: v > 0, "a positive number")
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,12 +71,14 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     p.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
     p.add_argument("--root", required=True, help="dataset folder (for ucmerced: UCMerced_LandUse)")
-    p.add_argument("--clients", required=True, type=_positive_int, help="number of sites (1 = centralised)")
+    p.add_argument("--sites", type=positive_int, help="number of sites (1 = centralised); required")
+    # the spelling before FLARE's vocabulary was adopted: accepted for one release, with a warning
+    p.add_argument("--clients", type=positive_int, dest="clients", help=argparse.SUPPRESS)
     p.add_argument("--scheme", default="uniform", choices=SCHEMES, help="partition scheme (default: uniform, the paper's)")
-    p.add_argument("--seed", default=0, type=_non_negative_int, help="random seed for split and partition (default: 0)")
+    p.add_argument("--seed", default=0, type=non_negative_int, help="random seed for split and partition (default: 0)")
     p.add_argument("--train-fraction", type=_fraction, default=None,
                    help=f"fraction of each class used for training (defaults: {fractions})")
-    p.add_argument("--classes-per-site", type=_positive_int, default=None,
+    p.add_argument("--classes-per-site", type=positive_int, default=None,
                    help="label-skew only: classes each site holds (default: half the classes, rounded up)")
     p.add_argument("--beta", type=_positive_float, default=None,
                    help="dirichlet only: concentration, smaller = more skew (default: 0.5)")
@@ -85,7 +87,12 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--modalities", default=None, metavar="SPEC",
                    help="bigearthnet-mm only: each site's modalities, e.g. s2,s1 (alternating) or s2,s1,s2+s1 "
                    "(a site with both holds them paired by scene); repeated over the sites")
-    p.add_argument("--out", required=True, help="manifest file to write")
+    p.add_argument("--per-class", type=positive_int, default=None, metavar="N",
+                   help="a quick look: at most N images of each class, drawn with --seed before anything is decoded")
+    p.add_argument("--fraction", type=checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"), default=None,
+                   help="a quick look: this fraction of each class's images (at least one), drawn with --seed")
+    p.add_argument("--out", required=True, help="manifest file to write (new, or an earlier fedrsclip manifest, "
+                                                "which is replaced; any other file is refused)")
     p.add_argument("--no-verify", action="store_true", help="do not open every image to check it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
@@ -97,10 +104,10 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         description="Write a deterministic ImageFolder of synthetic remote-sensing-like scenes.",
     )
     s.add_argument("--out", required=True, help="output folder (new, empty, or an earlier synthetic dataset)")
-    s.add_argument("--classes", type=_positive_int, default=10, help=f"number of classes, 2..{MAX_CLASSES} (default: 10)")
-    s.add_argument("--per-class", type=_positive_int, default=40, help="images per class (default: 40)")
-    s.add_argument("--size", type=_positive_int, default=64, help="image side in pixels (default: 64)")
-    s.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    s.add_argument("--classes", type=positive_int, default=10, help=f"number of classes, 2..{MAX_CLASSES} (default: 10)")
+    s.add_argument("--per-class", type=positive_int, default=40, help="images per class (default: 40)")
+    s.add_argument("--size", type=positive_int, default=64, help="image side in pixels (default: 64)")
+    s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
     mm = sub.add_parser(
@@ -110,10 +117,10 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "S1-like GeoTIFF patches of the same scenes); partition it with --dataset bigearthnet-mm.",
     )
     mm.add_argument("--out", required=True, help="output folder (new, empty, or an earlier synth-mm dataset)")
-    mm.add_argument("--scenes", type=_positive_int, default=120, help="number of scenes (default: 120)")
-    mm.add_argument("--size", type=_positive_int, default=60,
+    mm.add_argument("--scenes", type=positive_int, default=120, help="number of scenes (default: 120)")
+    mm.add_argument("--size", type=positive_int, default=60,
                     help="patch side in pixels at 10 m, a multiple of 6 (default: 60; BigEarthNet's is 120)")
-    mm.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default: 0)")
+    mm.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     mm.add_argument("--quiet", action="store_true", help="no progress bar")
 
     show = sub.add_parser("show", help="print the per-site table of a manifest")
@@ -161,7 +168,30 @@ def _data_config(overrides: Sequence[str], config: str | None = None):
         raise DataError(str(exc)) from exc
 
 
+def _check_manifest_out(out: Path) -> None:
+    """--out may name a new file or a fedrsclip manifest (one this command wrote: replacing it is the ordinary
+    re-partitioning, and the old one is remade by its own command). Anything else is refused, with no --force: a
+    file that is not a manifest at that path is a mistaken --out, and only the user may delete it."""
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; give the manifest's file name, e.g. {out / 'manifest.json'}")
+    if out.exists():
+        try:
+            load_manifest(out)
+        except DataError:
+            raise DataError(f"--out {out} exists and is not a fedrsclip manifest: choose another file (nothing was "
+                            "written, and that file is left as it is)") from None
+
+
 def _partition(args: argparse.Namespace) -> int:
+    if args.clients is not None:
+        if args.sites is not None and args.sites != args.clients:
+            raise DataError(f"--sites {args.sites} and --clients {args.clients} disagree; give --sites only")
+        warnings.warn("--clients is now --sites (FLARE's word); --clients will be removed in the next release",
+                      DeprecationWarning, stacklevel=2)
+        args.sites = args.clients
+    if args.sites is None:
+        raise DataError("give the number of sites: --sites N")
+    _check_manifest_out(Path(args.out))  # before listing the dataset, which can take minutes
     if args.classes_per_site is not None and args.scheme != "label-skew":
         raise DataError("--classes-per-site applies only to --scheme label-skew")
     if args.beta is not None and args.scheme != "dirichlet":
@@ -181,14 +211,22 @@ def _partition(args: argparse.Namespace) -> int:
     listing = list_dataset(
         args.dataset, args.root, class_names_file=args.class_names,
         verify=not args.no_verify, progress=not args.quiet, image=image,
+        per_class=args.per_class, fraction=args.fraction, subset_seed=args.seed,
     )
     if paired:
-        manifest = build_mm_manifest(listing, args.clients, args.modalities, args.scheme, args.seed,
+        manifest = build_mm_manifest(listing, args.sites, args.modalities, args.scheme, args.seed,
                                      args.train_fraction, **options)
     else:
-        manifest = build_manifest(listing, args.clients, args.scheme, args.seed, args.train_fraction, **options)
+        manifest = build_manifest(listing, args.sites, args.scheme, args.seed, args.train_fraction, **options)
+    if args.per_class is not None or args.fraction is not None:  # a subset: say so wherever the manifest goes
+        manifest["subset"] = {"per_class": args.per_class, "fraction": args.fraction, "seed": args.seed}
     path = write_manifest(manifest, args.out)
     print(site_counts_table(manifest))
+    if manifest.get("subset"):
+        print("a subset for a quick look: " + ", ".join(
+            text for text in (f"at most {args.per_class} images per class" if args.per_class else "",
+                              f"{args.fraction:g} of each class" if args.fraction else "") if text)
+              + f" (seed {args.seed}); leave out --per-class/--fraction for the whole dataset")
     if manifest["skipped"]:
         print(f"{len(manifest['skipped'])} files were skipped; see 'skipped' in the manifest")
     print(f"wrote {path}")
@@ -199,14 +237,14 @@ def _synth(args: argparse.Namespace) -> int:
     out = make_synthetic(args.out, classes=args.classes, per_class=args.per_class,
                          size=args.size, seed=args.seed, progress=not args.quiet)
     print(f"wrote {args.classes} classes x {args.per_class} images of {args.size}x{args.size} to {out}")
-    print(f"next: fedrsclip data partition --dataset synthetic --root {out} --clients N --out manifest.json")
+    print(f"next: fedrsclip data partition --dataset synthetic --root {out} --sites 3 --out manifest.json")
     return 0
 
 
 def _synth_mm(args: argparse.Namespace) -> int:
     out = make_synthetic_mm(args.out, scenes=args.scenes, size=args.size, seed=args.seed, progress=not args.quiet)
     print(f"wrote {args.scenes} synthetic S2/S1 scene pairs of {args.size}x{args.size} px to {out}")
-    print(f"next: fedrsclip data partition --dataset bigearthnet-mm --root {out} --clients N --modalities s2,s1 "
+    print(f"next: fedrsclip data partition --dataset bigearthnet-mm --root {out} --sites 2 --modalities s2,s1 "
           "--out manifest.json")
     return 0
 

@@ -252,7 +252,7 @@ def site_split(
         raise DataError(
             f"site '{site}' is not in the manifest (dataset {manifest.get('dataset')}, "
             f"{len(sites)} sites: {', '.join(sites)}); check the site name or regenerate the "
-            "manifest with the right --clients"
+            "manifest with the right --sites"
         )
     base = root if root is not None else manifest["root"]
     out = []

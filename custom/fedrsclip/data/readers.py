@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -278,6 +279,19 @@ def _warn_skipped(base: Path, skipped: list[tuple[str, str]]) -> None:
         )
 
 
+def subsample(folder: str, images: list[str], per_class: int | None, fraction: float | None,
+              seed: int) -> list[str]:
+    """A seeded subset of one class folder's images (in their listed order): at most `per_class`, at most
+    `fraction` of them (rounded, at least one); the same folder, list and seed give the same subset."""
+    keep = len(images)
+    if fraction is not None:
+        keep = min(keep, max(1, round(fraction * len(images))))
+    if per_class is not None:
+        keep = min(keep, per_class)
+    chosen = set(random.Random(f"{seed}:{folder}").sample(range(len(images)), keep))
+    return [rel for i, rel in enumerate(images) if i in chosen]
+
+
 def list_dataset(
     dataset: str,
     root: str | Path,
@@ -286,6 +300,9 @@ def list_dataset(
     progress: bool = True,
     image: ImageSettings | None = None,
     check_names: bool = True,
+    per_class: int | None = None,
+    fraction: float | None = None,
+    subset_seed: int = 0,
 ) -> DatasetListing:
     """Find the class folders (or BigEarthNet patches) and images of a dataset.
 
@@ -296,12 +313,17 @@ def list_dataset(
     silently; other files, sub-folders and symlinks leading out of the root are listed in `skipped`.
     class_names_file: JSON/YAML {folder: readable name} overrides. With check_names, two folders with the same
     class name or a name too long for the text encoder are a DataError naming them.
+    per_class / fraction: a quick look at a large dataset: keep at most `per_class` images of each class folder
+    and/or that fraction of them (at least one), drawn with `subset_seed`, before anything is decoded, so the
+    cost of verification, extraction and training shrinks with it (class-folder datasets only).
     """
     if dataset not in _LAYOUTS:
         raise DataError(
             f"unknown dataset '{dataset}'; valid datasets are: {', '.join(DATASETS)}"
         )
     layout = _LAYOUTS[dataset]
+    if (per_class is not None or fraction is not None) and (layout.paired or layout.patches):
+        raise DataError(f"--per-class and --fraction apply to class-folder datasets; {dataset} is made of patches")
     image = image or image_settings(dataset_modality=layout.modality)
     root = Path(root).expanduser().resolve()
     base = _resolve_base(dataset, root)
@@ -314,6 +336,9 @@ def list_dataset(
     outside = [f for f in folders if _outside(base / f, root)]
     folders = [f for f in folders if f not in outside]
     scanned = {f: _scan_class(base, f, root) for f in folders}
+    if per_class is not None or fraction is not None:
+        scanned = {f: (subsample(f, images, per_class, fraction, subset_seed), *rest)
+                   for f, (images, *rest) in scanned.items()}
     if not any(scanned[f][0] for f in folders):
         raise _layout_error(dataset, base)
     for folder in folders:

@@ -8,6 +8,7 @@ download. The same seed gives byte-identical PNG files.
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -301,10 +302,17 @@ def _prepare_out(out: Path) -> None:
             "choose a new --out folder (nothing was written)"
         )
     # Regenerating over an earlier synthetic dataset: remove only its class
-    # folders, so stale images from a larger run cannot leak into listings.
-    for name in SCENES:
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
+    # folders, so stale images from a larger run cannot leak into listings;
+    # a file this command did not write in one of them stops it instead.
+    folders = [out / name for name in SCENES if (out / name).exists()]
+    for folder in folders:
+        foreign = [e for e in (folder.iterdir() if folder.is_dir() else [folder])
+                   if not (e.is_file() and re.fullmatch(rf"{re.escape(folder.name)}_\d{{4}}\.png", e.name))]
+        if foreign:
+            raise DataError(f"{foreign[0]} was not written by fedrsclip data synth: move it out of {out}, or "
+                            "choose a new --out folder (nothing was written)")
+    for folder in folders:
+        shutil.rmtree(folder)
 
 
 def make_synthetic(

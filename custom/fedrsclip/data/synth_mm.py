@@ -19,6 +19,7 @@ and flat), not measurements; the task is learnable but the data are not real. Sc
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -153,9 +154,30 @@ def _prepare_out(out: Path) -> None:
     if not (readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(_README_MARKER)):
         raise DataError(f"{out} exists and is not an empty folder or an earlier synthetic multi-modal dataset; "
                         "choose a new --out folder (nothing was written)")
-    for name in ("S1", "S2"):  # an earlier dataset of ours: only its own patch folders are replaced
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
+    folders = [out / name for name in ("S1", "S2") if (out / name).exists()]
+    for folder in folders:  # an earlier dataset of ours: only its own patch folders are replaced
+        foreign = _not_ours(folder)
+        if foreign:
+            raise DataError(f"{foreign} was not written by fedrsclip data synth-mm: move it out of {out}, or "
+                            "choose a new --out folder (nothing was written)")
+    for folder in folders:
+        shutil.rmtree(folder)
+
+
+def _not_ours(folder: Path) -> Path | None:
+    """The first entry of an S1/ or S2/ folder that synth-mm does not write (SYNTH_<S1|S2>_NNNNN/ patch folders
+    holding that patch's bands and labels), or None."""
+    if not folder.is_dir():
+        return folder
+    for patch in folder.iterdir():
+        if not (patch.is_dir() and re.fullmatch(rf"SYNTH_{folder.name}_\d{{5}}", patch.name)):
+            return patch
+        for entry in patch.iterdir():
+            own = entry.name == f"{patch.name}{LABEL_SUFFIX}" or re.fullmatch(
+                rf"{patch.name}_\w+\.tif", entry.name)
+            if not (entry.is_file() and own):
+                return entry
+    return None
 
 
 def make_synthetic_mm(out: str | Path, scenes: int = 120, size: int = 60, seed: int = 0,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
@@ -53,6 +54,7 @@ class FedRSCLIPExecutor(Executor):
         validate_task_name: str = TASK_VALIDATE,
         analytic_sender_id: str = "",
         torch_threads: int = 0,
+        start_round: int = 0,
     ):
         """
         Args:
@@ -62,6 +64,8 @@ class FedRSCLIPExecutor(Executor):
             analytic_sender_id: a TBWriter component to stream accuracy and loss to the server ("" for none).
             torch_threads: CPU threads for torch in this site's process (0: torch's default, all cores). Several
                 sites simulated on one machine run much faster with 1 than with every process using every core.
+            start_round: the rounds an earlier run did before this (resumed) job: its logs count on from there
+                (the workflow's task headers count this job's rounds only).
         """
         super().__init__()
         self.config = config
@@ -70,10 +74,11 @@ class FedRSCLIPExecutor(Executor):
         self.validate_task_name = validate_task_name
         self.analytic_sender_id = analytic_sender_id
         self.torch_threads = int(torch_threads)
+        self.start_round = int(start_round)
         self._site = None  # built at the first task; kept while the process lives (-t N), rebuilt from disk otherwise
         self._settings = None
         self._resumed = False
-        self._setup_seconds: float | None = None  # building the site in this process: reported with its first round
+        self._setup: dict[str, float] | None = None  # phases before the site's first round in this process
         self._described = None  # the site object whose first upload carried the run's descriptions
 
     # ---- FLARE plumbing ----------------------------------------------------------------------------------------
@@ -94,13 +99,14 @@ class FedRSCLIPExecutor(Executor):
     def _get_site(self, fl_ctx: FLContext):
         if self._site is not None:
             return self._site
+        start = time.perf_counter()
+        setup = _process_start()
         import torch
 
         # torch and open_clip are imported when a task arrives, not where the job is built or loaded
         from ..factory import make_site
         from ..site import adopt_state, state_file
 
-        start = time.perf_counter()
         if self.torch_threads > 0:
             torch.set_num_threads(self.torch_threads)
 
@@ -111,7 +117,10 @@ class FedRSCLIPExecutor(Executor):
         adopted = adopt_state(settings.cfg.train.resume_from, name, state_dir, paths["root"])  # a resumed job
         resumed = state_file(state_dir, name).is_file()
         site = make_site(settings.cfg, name, settings.manifest, state_dir=state_dir, progress=False)
-        self._setup_seconds = time.perf_counter() - start
+        # load: everything but the features (imports, settings, weights, state), so the phases add up
+        extract = site.setup_timings.get("extract", 0.0)
+        self._setup = {**setup, "load": time.perf_counter() - start - extract, "extract": extract}
+        self.log_info(fl_ctx, f"{name}: ready after {_phases(self._setup)}")
         self.log_info(fl_ctx, f"{name}: {settings.cfg.algorithm}, {site.description}; data: "
                               f"{settings.data_description} ({settings.manifest_path}); {len(site.train_set)} train / "
                               f"{len(site.test_set) if site.test_set is not None else 0} test images; local state "
@@ -224,10 +233,9 @@ class FedRSCLIPExecutor(Executor):
         first = self._described is not site
         update = site.run_round(
             payload, round_idx, should_abort=lambda: abort_signal.triggered,
-            setup_seconds=self._setup_seconds if first else None,
+            setup=self._setup if first else None,
             state_continued=bool(self._resumed) or round_idx == 0,
-            description={"algorithm": site.cfg.algorithm, "backbone": site.description,
-                         "data": self._settings.data_description} if first else None)
+            description=site.run_description(self._settings.data_description) if first else None)
         self._described = site
         self._resumed = True  # later rounds in this process continue from memory (and the state file)
         record = update.record
@@ -239,31 +247,40 @@ class FedRSCLIPExecutor(Executor):
             self.log_warning(fl_ctx, f"{site.name}: round {round_idx + 1} but no local state from earlier rounds: "
                                      "the private prompt restarted from its initial value")
         received = record.received
-        self.log_info(fl_ctx, f"{site.name} round {round_idx + 1}/{num_rounds}: received global model accuracy "
+        total = f"/{self.start_round + num_rounds}" if isinstance(num_rounds, int) else ""
+        self.log_info(fl_ctx, f"{site.name} round {round_idx + 1}{total}: received global model accuracy "
                               f"{_pct(received.get('accuracy'))} on {received.get('samples')} own test images; "
                               f"trained on {record.samples_train} images, loss "
-                              f"{record.metrics.get('train_loss') or float('nan'):.4f}, {record.seconds:.1f}s")
+                              f"{record.metrics.get('train_loss') or float('nan'):.4f}; {_phases(record.timings)}")
         self._stream(fl_ctx, {"accuracy": (received.get("accuracy"), round_idx),
                               "train_loss": (record.metrics.get("train_loss"), round_idx + 1)})
         return DXO(DataKind.WEIGHTS, data=dict(update.payload), meta=meta).to_shareable()
 
     def _validate(self, site, payload, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         from ..predictions import predictions_path, site_predictions
+        from ..zeroshot import chance_warning
+        from ..site import STATE_MODE
 
         start = time.perf_counter()
+        # a validate task in a fresh process built the site first: that counts in its seconds
+        setup = sum(self._setup.values()) if self._described is not site and self._setup else 0.0
         if payload is None and site.algorithm.federated:
             raise PayloadError(f"{site.name}: the model sent for validation is empty")
         metrics = site.evaluate(payload)  # `local` sends nothing: its model is the site's own, already loaded
         final_path = site.state_path.with_name(f"{site.name}-final.pt")
-        atomic_torch_save(final_path, {**site.state_blob(), "global_model":
-                                       shareable.get_header(AppConstants.MODEL_OWNER)})
+        atomic_torch_save(final_path, site.state_blob(global_model=shareable.get_header(AppConstants.MODEL_OWNER)),
+                          mode=STATE_MODE)  # the private prompt: owner-only, as the state file
         # Confusion counts and sample images name this site's files: kept in its own workspace, never sent.
-        predictions = atomic_write_json(predictions_path(final_path.parent, site.name), site_predictions(site))
-        record = FinalRecord(received=metrics, seconds=time.perf_counter() - start,
+        predictions_data = site_predictions(site)
+        predictions = atomic_write_json(predictions_path(final_path.parent, site.name), predictions_data)
+        record = FinalRecord(received=metrics, seconds=time.perf_counter() - start + setup,
                              bytes_down=payload_nbytes(payload or {}), final_state=str(final_path))
         self.log_info(fl_ctx, f"{site.name}: final global model accuracy {_pct(record.received.get('accuracy'))} on "
                               f"{metrics['samples']} own test images; final shared + private prompts kept in "
                               f"{final_path}; predictions (site-local) in {predictions}")
+        warning = chance_warning((predictions_data or {}).get("zero_shot") or {}, f"{site.name}'s test split")
+        if warning:
+            self.log_warning(fl_ctx, f"{site.name}: {warning}")
         self._stream(fl_ctx, {"final_accuracy": (record.received.get("accuracy"), None)})
         return DXO(DataKind.METRICS, data=dict(record.received), meta={META_KEY: record.to_wire()}).to_shareable()
 
@@ -280,6 +297,25 @@ class FedRSCLIPExecutor(Executor):
             if value is not None and np.isfinite(value):
                 writer.add_scalar(tag, float(value), global_step=step)
 
+
+
+def _process_start() -> dict[str, float]:
+    """{"start": seconds since this process started} for the first site built in the process (a simulator site
+    process, a POC or deployed client), else {}: the Python, torch and FLARE start-up before the first task."""
+    global _STARTED
+    if _STARTED:
+        return {}
+    _STARTED = True
+    return {"start": max(0.0, time.time() - psutil.Process().create_time())}
+
+
+_STARTED = False  # the process start was reported (with the first site built here)
+
+
+def _phases(timings: dict) -> str:
+    """"12.3s (start 2.0, load 3.1, extract 6.0, evaluate 0.2, train 1.0)": the phases of protocol.TIMINGS."""
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if isinstance(v, (int, float)))
+    return f"{sum(v for v in timings.values() if isinstance(v, (int, float))):.1f}s ({parts})"
 
 
 def _pct(value: Any) -> str:

@@ -40,7 +40,7 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from ..atomic import atomic_write_json, to_json
-from ..config import Config, load_config
+from ..config import Config, load_config, read_yaml_mapping
 from .aggregator import ValidatingAggregator
 from .constants import GLOBAL_MODEL_FILE, RESUME_MODEL, STATE_SUBDIR, TASK_TRAIN, TASK_VALIDATE
 from .executor import FedRSCLIPExecutor
@@ -54,6 +54,7 @@ from .upload_audit import UploadAudit
 
 PACKAGE_FILES = Path(__file__).with_name("job_files")  # fedrsclip.yaml (the offline demo), README.md, custom/README.md
 SETTINGS_FILE = "fedrsclip.yaml"  # in the app's config folder; the executor reads it
+DESCRIPTIONS_FILE = "class_descriptions"  # + .yaml or .json: the job's copy of prompt.class_descriptions
 MARKER = ".fedrsclip-job.json"  # in a folder write_job made: the files it wrote and their hashes
 ANALYTICS_EVENT = "analytix_log_stats"
 TASK_REQUEST_INTERVAL = 0.5  # seconds a site waits before asking again for a task (FLARE's default 2 s)
@@ -177,8 +178,10 @@ def build_job(spec: JobSpec) -> FedJob:
                                   **({"validation_timeout": spec.train_timeout} if spec.train_timeout else {})),
                   id="final_evaluation")
 
-    job.to_clients(FedRSCLIPExecutor(config=SETTINGS_FILE, overrides=spec.job_overrides,
-                                     analytic_sender_id="analytic_sender", torch_threads=spec.torch_threads),
+    descriptions = class_descriptions_file(cfg)
+    overrides = [*spec.job_overrides, *([f"prompt.class_descriptions={descriptions[1]}"] if descriptions else [])]
+    job.to_clients(FedRSCLIPExecutor(config=SETTINGS_FILE, overrides=overrides, analytic_sender_id="analytic_sender",
+                                     torch_threads=spec.torch_threads, **({"start_round": start} if start else {})),
                    tasks=[TASK_TRAIN, TASK_VALIDATE])
     job.to_clients(TBWriter(event_type=ANALYTICS_EVENT), id="analytic_sender")
     job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTICS_EVENT], fed_event_prefix="fed."),
@@ -229,13 +232,36 @@ def check_replaceable(out: Path) -> None:
                        "move them away or choose another --out")
 
 
+def class_descriptions_file(cfg: Config) -> tuple[Path, str] | None:
+    """(the file here, its name in the job's app/config/) for prompt.class_descriptions, or None.
+
+    The descriptions shape the shared prompt, so every site must read the same texts: the job carries a copy, and
+    a site resolves the setting's relative path against the job's config folder (`fedrsclip.flare.settings`).
+    JobError when the file is not here or is not a mapping of class name to text."""
+    if not cfg.prompt.class_descriptions:
+        return None
+    source = Path(cfg.prompt.class_descriptions).expanduser()
+    if not source.is_file():
+        raise JobError(f"prompt.class_descriptions: {source} does not exist here; the job carries a copy of the "
+                       "file to every site, so make the job where the file is")
+    loaded = read_yaml_mapping(source, JobError, "class descriptions file (prompt.class_descriptions)")
+    if not loaded or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in loaded.items()):
+        raise JobError(f"class descriptions file {source}: each entry must map a class name to a non-empty text")
+    return source, DESCRIPTIONS_FILE + (source.suffix.lower() if source.suffix.lower() == ".json" else ".yaml")
+
+
 def stage_files(spec: JobSpec, folder: Path) -> tuple[Path, ...]:
-    """Copies, under `folder`, of the files the job's app/config/ gets: its settings as fedrsclip.yaml and, for a
-    resumed job, the earlier run's global model (the persistor's resume_from)."""
+    """Copies, under `folder`, of the files the job's app/config/ gets: its settings as fedrsclip.yaml, the class
+    descriptions when the settings name a file, and for a resumed job the earlier run's global model (the
+    persistor's resume_from)."""
     config = folder / "config"
     config.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec.settings_file, config / SETTINGS_FILE)
     files = [config / SETTINGS_FILE]
+    descriptions = class_descriptions_file(spec.config())
+    if descriptions is not None:
+        shutil.copyfile(descriptions[0], config / descriptions[1])
+        files.append(config / descriptions[1])
     if spec.resume is not None:
         shutil.copyfile(spec.resume.model, config / Path(RESUME_MODEL).name)
         files.append(config / Path(RESUME_MODEL).name)

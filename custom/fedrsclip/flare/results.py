@@ -102,7 +102,9 @@ class ResultsCollector(Widget):
 
     def _round_started(self, fl_ctx: FLContext) -> None:
         rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
-        self.book.num_rounds = fl_ctx.get_prop(AppConstants.NUM_ROUNDS, self.book.num_rounds)
+        this_job = fl_ctx.get_prop(AppConstants.NUM_ROUNDS)
+        if isinstance(this_job, int):  # a resumed job runs its rounds after the earlier run's (start_round)
+            self.book.num_rounds = int(fl_ctx.get_prop(AppConstants.START_ROUND) or 0) + this_job
         self.book.round_started(rnd)
         clients = [c.name for c in fl_ctx.get_engine().get_clients()]
         for name in clients:
@@ -169,6 +171,7 @@ class ResultsCollector(Widget):
         rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
         record = self.book.round_done(rnd)
         self._write()
+        self.log_info(fl_ctx, self.book.progress_line(rnd))
         if self.book.sites and not record["sites"]:
             # Every site failed: more rounds would only repeat the failure (the global model cannot change).
             self.book.status = "failed"

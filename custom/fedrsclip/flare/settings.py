@@ -12,7 +12,8 @@ Layers, later ones win:
      is: which of fp32, bf16 or fp16 a GPU runs well is a property of that GPU; it changes neither the model's shape
      nor what is sent, only rounding, as a CPU site and a GPU site differ anyway; on a CPU it has no effect.)
 
-Relative `data.cache_dir` and the synthetic dataset's folder live under the site's workspace.
+Relative `data.cache_dir` and the synthetic dataset's folder live under the site's workspace; a relative
+`prompt.class_descriptions` is a file of the job's config folder (where `fedrsclip job` puts its copy).
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ def resolve_site_settings(
         except ConfigError as exc:
             raise SiteConfigError(f"{exc} (after applying the site configuration {site_path})") from exc
 
+    descriptions = cfg.prompt.class_descriptions
+    if descriptions and job_config is not None and not Path(descriptions).expanduser().is_absolute():
+        # the job's copy (fedrsclip job ships the file): relative to the job's config folder, on every site alike
+        cfg = dataclasses.replace(cfg, prompt=dataclasses.replace(
+            cfg.prompt, class_descriptions=str(Path(job_config).parent / descriptions)))
     workspace_root = Path(workspace_root)
     data = cfg.data
     if not Path(data.cache_dir).expanduser().is_absolute():

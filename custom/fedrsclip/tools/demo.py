@@ -21,7 +21,10 @@ from ..flare.job import JobSpec, write_job
 from ..results_file import SIMULATOR_RESULTS, load_results
 from .reporting.run_table import format_table
 
-_ROUND_DONE = re.compile(r"Round (\d+) finished")
+# What the demo relays from the simulator's output: the server's line after each round (fedrsclip.flare.results:
+# wall time, slowest site by phase, accuracy, time left), each site's line when it is ready (process start, weights,
+# image features) and the features' progress while a site extracts them; failures.
+_RELAYED = re.compile(r" - ((?:round \d+/\d+ done|site-\d+: ready after|\S+ features: \d+(?:/\d+)? images ).*)")
 _SITE_FAILED = re.compile(r"ERROR - task \S+ .*failed at (\S+) \((\S+)\): (.*)")
 _FATAL = re.compile(r"ERROR - .*(FATAL_SYSTEM_ERROR.*)")
 
@@ -53,21 +56,11 @@ def check_workspace(ws: Path) -> None:
                          "the simulator would delete it. Choose a new or empty folder (or an earlier run's workspace)")
 
 
-def _progress(line: str, workspace: Path, start: float, num_rounds: int | None, shown: set) -> None:
-    match = _ROUND_DONE.search(line)
+def _progress(line: str, shown: set) -> None:
+    """Print what the user should see of one line of the simulator's output (`_RELAYED`, failures once each)."""
+    match = _RELAYED.search(line)
     if match:
-        rnd = int(match.group(1)) + 1
-        text = f"[demo] round {rnd}/{num_rounds or '?'} done ({time.time() - start:.0f}s)"
-        try:
-            results = load_results(workspace / SIMULATOR_RESULTS)
-            previous = next((r for r in results["rounds"] if r.get("round") == rnd - 1), None)
-            if previous and previous.get("mean_accuracy") is not None:
-                text += f"; mean accuracy after round {rnd - 1}: {previous['mean_accuracy']:.1f}%"
-            elif rnd == 1 and (results.get("initial") or {}).get("mean_accuracy") is not None:
-                text += f"; mean accuracy of the initial model: {results['initial']['mean_accuracy']:.1f}%"
-        except (OSError, ValueError):
-            pass
-        print(text, flush=True)
+        print(f"[demo] {match.group(1)[:400]}", flush=True)
         return
     for pattern in (_SITE_FAILED, _FATAL):
         match = pattern.search(line)
@@ -123,6 +116,8 @@ def run_demo(
         cmd = simulator_command(run_job, ws, sites, threads)
         print(f"[demo] nvflare simulator: {sites} sites, {num_rounds} rounds, {threads} threads; workspace {ws}; "
               f"full log {log_path}", flush=True)
+        print(f"[demo] round 1 starts the {sites} site processes: each loads its CLIP and extracts its image "
+              "features first (the longest part of the run); a line per site when it is ready", flush=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.setdefault("HF_HUB_OFFLINE", "1")  # the demo never downloads
         start = time.time()
@@ -133,7 +128,7 @@ def run_demo(
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
-                _progress(line, ws, start, num_rounds, shown)
+                _progress(line, shown)
             rc = proc.wait()
         print(f"[demo] simulator exited with code {rc} after {time.time() - start:.0f}s", flush=True)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ and in the simulator the file is read from the workspace's startup folder.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from nvflare.apis.fl_context import FLContext
@@ -14,6 +15,8 @@ from nvflare.fuel.sec.security_content_service import LoadResult, SecurityConten
 
 from ...he import (CLIENT_CONTEXT_FILE, DEFAULT_PARAMS, SERVER_CONTEXT_FILE, CKKSParams, HEError, load_context,
                   write_contexts)
+
+log = logging.getLogger(__name__)
 
 HOW_TO_MAKE = ("make the contexts with `fedrsclip he-context --simulator WORKSPACE` (simulator), `poc/prepare.sh N "
                "--he` (POC) or provisioning with HEBuilder (provisioning/project.yml)")
@@ -40,25 +43,49 @@ def load_workspace_context(file_name: str, fl_ctx: FLContext):
     return load_context(data, str(path), need_secret=file_name == CLIENT_CONTEXT_FILE)
 
 
+KEY_LOSS = ("a new key makes every model saved under the old one undecryptable: the global and best models "
+            "(FL_global_model.npz, best_FL_global_model.npz) of every CKKS run made with it hold ciphertext that "
+            "only the old key opens, so they can no longer be resumed or read")
+
+
+def _replacing(folders: list[Path], force: bool, where: str) -> None:
+    """Refuse (HEError) to replace the secret key in `folders` unless `force`; with it, say what is lost."""
+    keyed = [d / CLIENT_CONTEXT_FILE for d in folders if (d / CLIENT_CONTEXT_FILE).is_file()]
+    if not keyed:
+        return
+    if not force:
+        raise HEError(f"{keyed[0]} already holds the federation's secret key ({len(keyed)} of {len(folders)} "
+                      f"{where} have one): {KEY_LOSS}; keep it, or pass --force to make a new key anyway")
+    log.warning("replacing the federation's secret key in %d %s (e.g. %s): %s", len(keyed), where, keyed[0], KEY_LOSS)
+
+
 def prepare_simulator_contexts(workspace: str | Path, params: CKKSParams = DEFAULT_PARAMS,
-                               replace: bool = False) -> tuple[Path, bool]:
+                               force: bool = False) -> tuple[Path, bool]:
     """Both contexts in `<workspace>/startup/`, which the simulator copies to the server and every site (the
-    simulator has no provisioning). An existing pair is kept unless `replace`, so a rerun or a resumed run keeps
-    its key. Returns (startup folder, whether new contexts were made)."""
+    simulator has no provisioning). An existing pair is kept unless `force`, so a rerun or a resumed run keeps its
+    key; half a pair is refused unless `force` (the other half cannot be made from it alone). Returns (startup
+    folder, whether new contexts were made)."""
     startup = Path(workspace) / "startup"
-    have = (startup / CLIENT_CONTEXT_FILE).is_file() and (startup / SERVER_CONTEXT_FILE).is_file()
-    if have and not replace:
+    client, server = (startup / CLIENT_CONTEXT_FILE).is_file(), (startup / SERVER_CONTEXT_FILE).is_file()
+    if client and server and not force:
         return startup, False
+    if client != server and not force:
+        have, lacks = (CLIENT_CONTEXT_FILE, SERVER_CONTEXT_FILE) if client else (SERVER_CONTEXT_FILE,
+                                                                                CLIENT_CONTEXT_FILE)
+        raise HEError(f"{startup} holds {have} but not {lacks}: restore {lacks} from where you keep it, or pass "
+                      f"--force to make a new pair ({KEY_LOSS})")
+    _replacing([startup], force, "simulator workspace")
     write_contexts(params, [startup], [startup])
     return startup, True
 
 
 def install_kit_contexts(prod_dir: str | Path, params: CKKSParams = DEFAULT_PARAMS,
-                         replace: bool = False) -> list[Path]:
+                         force: bool = False) -> list[Path]:
     """One fresh key for unsigned kits (POC): the server kit gets the keyless context, every client kit the one with
     the secret key, admin kits none. A kit is a folder with startup/fed_server.json or startup/fed_client.json.
-    Kits that already hold a key keep it unless `replace`: a new key makes every model saved under the old one
-    undecryptable."""
+    Refused (HEError) unless `force`: kits that already hold a key (a new key makes every model saved under the old
+    one undecryptable), and a server kit holding a secret-key context (it is then removed: a server must never
+    have one)."""
     prod = Path(prod_dir)
     if not prod.is_dir():
         raise HEError(f"{prod} is not a folder: give the prod_NN folder of a POC workspace")
@@ -71,12 +98,13 @@ def install_kit_contexts(prod_dir: str | Path, params: CKKSParams = DEFAULT_PARA
     if signed:
         raise HEError(f"{signed[0].parent} is a signed (provisioned) kit: replacing its context would break the "
                       "signature; set the CKKS parameters in provisioning/project.yml (HEBuilder) and re-provision")
-    keyed = [d for d in clients if (d / CLIENT_CONTEXT_FILE).is_file()]
-    if keyed and not replace:
-        raise HEError(f"{keyed[0] / CLIENT_CONTEXT_FILE} already holds the federation's secret key ({len(keyed)} of "
-                      f"{len(clients)} site kits have one): a new key makes every model saved under it undecryptable; "
-                      "pass --replace to make a new key anyway")
+    leaked = [d / CLIENT_CONTEXT_FILE for d in servers if (d / CLIENT_CONTEXT_FILE).is_file()]
+    if leaked and not force:
+        raise HEError(f"the server kit holds {leaked[0]}, a secret-key context that a server must never have: move "
+                      "it away (it may be the only copy of a key), or pass --force to have it deleted")
+    _replacing(clients, force, "site kits")
     write_contexts(params, clients, servers)
-    for folder in servers:  # the server must not keep a secret-key context from an earlier preparation
-        (folder / CLIENT_CONTEXT_FILE).unlink(missing_ok=True)
+    for path in leaked:  # --force: the server must not keep a secret-key context from an earlier preparation
+        path.unlink()
+        log.warning("deleted %s: a server must never hold the secret key", path)
     return servers + clients

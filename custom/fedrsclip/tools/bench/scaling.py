@@ -15,6 +15,7 @@ Writes `scaling.json` and `scaling.png` to the output folder.
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
@@ -118,6 +119,7 @@ def run_scaling(out_dir: str | Path, device: str = "auto", settings: dict | None
 
     s = {**SCALING, **(settings or {})}
     out_dir = Path(out_dir)
+    check_scaling_out(out_dir)  # before the study, which takes minutes
     out_dir.mkdir(parents=True, exist_ok=True)
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedrsclip-scaling-") as tmp:
@@ -146,6 +148,20 @@ def run_scaling(out_dir: str | Path, device: str = "auto", settings: dict | None
     atomic_write_json(out_dir / "scaling.json", results)
     plot_scaling(results, out_dir / "scaling.png")
     return results
+
+
+def check_scaling_out(out_dir: Path) -> None:
+    """`out_dir` may be new or hold an earlier study (its scaling.json and scaling.png are then replaced); a
+    scaling.json or scaling.png that is not a study's is refused (ValueError): never overwritten by name."""
+    data, figure = out_dir / "scaling.json", out_dir / "scaling.png"
+    try:
+        ours = isinstance(earlier := json.loads(data.read_text()), dict) and {"classes", "images", "wall_s"} <= set(
+            earlier)
+    except (OSError, ValueError):
+        ours = False
+    if (data.exists() or figure.exists()) and not ours:
+        raise ValueError(f"--out-dir {out_dir} holds a {data.name if data.exists() else figure.name} that is not an "
+                         "earlier scaling study's: choose another --out-dir (nothing was written)")
 
 
 def _torch_threads() -> int:

@@ -98,7 +98,7 @@ class DataSource:
     def check(self, sites: Sequence[int | None], partitions: Sequence[str]) -> None:
         if self.manifest and "{sites}" not in self.manifest and len([n for n in sites if n is not None]) > 1:
             raise ValueError(f"--manifest {self.manifest}: the grid has several site counts, so the pattern needs "
-                             "'{sites}' (e.g. ucm{sites}.json, made with fedrsclip data partition --clients N)")
+                             "'{sites}' (e.g. ucm{sites}.json, made with fedrsclip data partition --sites N)")
         if self.manifest and "{partition}" not in self.manifest and len(partitions) > 1:
             raise ValueError(f"--manifest {self.manifest}: the grid has several partition schemes, so the pattern "
                              "needs '{partition}'")

@@ -9,7 +9,6 @@ folder: nothing else in it is ever deleted.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -24,24 +23,11 @@ from tqdm.auto import tqdm
 from ...atomic import atomic_write_json
 from ...data.partition import SCHEMES
 from ...flare.job import JobSpec, write_job
-from ...predictions import predictions_path
+from ...predictions import gather_site_predictions
 from ...results_file import SIMULATOR_RESULTS, load_results
 from ..demo import simulator_command
 from .grid import MAX_THREADS, Cell, DataSource, build_grid, check_overrides
 from .layout import CELL_FORMAT, CENTRALIZED, EXPERIMENT_FILE, cell_path, is_finished
-
-
-def gather_site_predictions(workspace: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """Each site's predictions file from its own workspace (next to its final state)."""
-    out = {}
-    for site, final in (results.get("final") or {}).get("sites", {}).items():
-        candidates = [predictions_path(Path(final["final_state"]).parent, site)] if final.get("final_state") else []
-        candidates += list((workspace / site).glob(f"*/fedrsclip/{predictions_path('.', site).name}"))
-        for path in candidates:
-            if path.is_file():
-                out[site] = json.loads(path.read_text())
-                break
-    return out
 
 
 def _summary(results: dict[str, Any]) -> str:
@@ -104,14 +90,22 @@ def run_experiment(out: str | Path, algorithms: Sequence[str], sites: Sequence[i
                          "a new folder, nothing in this one is touched")
     settings = Path(settings).expanduser().resolve() if settings else None
     data = data or DataSource()
+    for option, values, low in (("--seeds", seeds, 0), ("--rounds", [] if rounds is None else [rounds], 1),
+                                ("--threads", [max_threads], 1), ("--data-seed", [data.data_seed], 0)):
+        wrong = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < low]
+        if wrong or (option == "--seeds" and not values):
+            raise ValueError(f"{option}: {wrong[0] if wrong else 'no value'!r} is not an integer >= {low}; nothing "
+                             "was written")
     bad = [p for p in partitions if p not in SCHEMES]
     if bad:
         raise ValueError(f"--partition {bad[0]!r} is not a partition scheme; choose from {', '.join(SCHEMES)}")
     check_overrides(overrides)
     data.check(sites, partitions)
     cells = build_grid(algorithms, sites, partitions, seeds)
-    for algorithm in algorithms:  # refuse bad settings before running anything
-        JobSpec(sites=1, overrides=(*overrides, f"algorithm={algorithm}"), settings=settings).config()
+    for algorithm in algorithms:  # refuse bad settings before running anything (a seed too large: train.seed)
+        for seed in seeds:
+            JobSpec(sites=1, rounds=rounds, overrides=(*overrides, f"algorithm={algorithm}", f"train.seed={seed}"),
+                    settings=settings).config()
     atomic_write_json(out / EXPERIMENT_FILE, {
         "algorithms": list(algorithms), "sites": [CENTRALIZED if n is None else n for n in sites],
         "partitions": list(partitions), "seeds": list(seeds), "rounds": rounds, "overrides": list(overrides),

@@ -13,6 +13,7 @@ from .cells import Record, column_key, load_experiment, select
 from .tables import ABLATIONS, COMPARISON, ordered, table
 
 REPORT_FILE = "report.md"
+TITLE = "# FedRSCLIP experiment report"  # the first line: a report.md without it is not ours to replace
 
 
 def _distinct(records: list[Record], key: str) -> list[str]:
@@ -24,7 +25,7 @@ def _header(grid: dict, done: list[Record], records: list[Record]) -> list[str]:
     notes = sorted({n for n in (caveat(r["results"]) for r in done) if n})
     seeds = sorted({r["cell"]["seed"] for r in done})
     rounds = sorted({len(r["results"].get("rounds", [])) for r in done})
-    lines = ["# FedRSCLIP experiment report", ""]
+    lines = [TITLE, ""]
     if notes:
         lines += [f"> **Not a result about FedRSCLIP: {'; '.join(notes)}.** These numbers show that the federation "
                   "and the methods run; they are not comparable with the paper's tables.", ""]
@@ -46,6 +47,10 @@ def _header(grid: dict, done: list[Record], records: list[Record]) -> list[str]:
 def write_report(folder: str | Path) -> Path:
     """Write `<folder>/report.md` and its PNG figures; returns the report's path."""
     folder = Path(folder)
+    path = folder / REPORT_FILE
+    if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith(TITLE):
+        raise ValueError(f"{path} exists and is not a fedrsclip report: move it away (nothing was written; the "
+                         "report and its figures go into the experiment folder)")
     grid, records = load_experiment(folder)
     done = select(records)
     algorithms = list(dict.fromkeys([*(grid.get("algorithms") or []), *(r["cell"]["algorithm"] for r in done)]))
@@ -76,7 +81,6 @@ def write_report(folder: str | Path) -> Path:
         status = (r.get("results") or {}).get("status", "?")
         lines.append(f"| {r['cell']['name']} | {status} | {r.get('seconds', 0):.0f} | "
                      f"{Path(r['path']).relative_to(folder)} |")
-    path = folder / REPORT_FILE
     text = "\n".join(lines) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode()))
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from ...protocol import site_order
@@ -19,10 +20,29 @@ def _cell(record: Mapping[str, Any] | None) -> str:
     return f"{acc:.1f}" if acc is not None else "?"
 
 
+_OLD_RANDOM = re.compile(r"^\S+ with RANDOM weights \(seed \d+\)")  # what load_backbone wrote before `weights`
+_OLD_SYNTHETIC = re.compile(r"^SYNTHETIC scenes \(")  # what describe_data writes for data.source: synthetic
+
+
+def is_random(results: Mapping[str, Any]) -> bool:
+    """The run's CLIP had random weights: as recorded (`weights`, from how they were loaded), or for a results
+    file from before that field, the exact description `load_backbone` writes for model.random_init."""
+    if "weights" in results:
+        return results["weights"] == "random"
+    return bool(_OLD_RANDOM.match(str(results.get("backbone", ""))))
+
+
+def is_synthetic(results: Mapping[str, Any]) -> bool:
+    """The run's data was generated (data.source: synthetic), as recorded, or as `describe_data` words it."""
+    if "data_source" in results:
+        return results["data_source"] == "synthetic"
+    return bool(_OLD_SYNTHETIC.match(str(results.get("data", ""))))
+
+
 def caveat(results: Mapping[str, Any]) -> str | None:
-    """The warning a run on synthetic data and/or a random-weight CLIP needs, or None."""
-    synthetic = "SYNTHETIC" in str(results.get("data", "")).upper()
-    random = "RANDOM" in str(results.get("backbone", "")).upper()
+    """The warning a run on synthetic data and/or a random-weight CLIP needs, or None. From what the run
+    recorded about its weights and data, never from a file's name."""
+    synthetic, random = is_synthetic(results), is_random(results)
     if synthetic and random:
         return CAVEAT
     if synthetic:
@@ -30,6 +50,38 @@ def caveat(results: Mapping[str, Any]) -> str | None:
     if random:
         return "RANDOM-weight CLIP — not meaningful accuracy"
     return None
+
+
+SETUP_PHASES = ("start", "load", "extract", "setup")  # before a process's first round ("setup": older files)
+
+
+def timing_lines(rounds: list[Mapping[str, Any]]) -> list[str]:
+    """Seconds at the slowest site of each round, by phase (`protocol.TIMINGS`): each round where a site process
+    started (start, load, extract) on its own line, the other rounds as a range."""
+    slowest = []
+    for record in rounds:
+        timed = [v for v in record.get("sites", {}).values() if not v.get("missing") and number(v.get("seconds"))]
+        if timed:
+            site = max(timed, key=lambda v: v["seconds"])
+            slowest.append((record.get("round"), site["seconds"], site.get("timings") or {}))
+    if not slowest:
+        return []
+    out = ["seconds at the slowest site of each round, by phase (start: process start to first task; load: "
+           "weights and state; extract: image features):"]
+    plain = []
+    for rnd, seconds, timings in slowest:
+        if any(k in timings for k in SETUP_PHASES):
+            parts = " + ".join(f"{k} {v:.1f}" for k, v in timings.items() if number(v) is not None)
+            out.append(f"  in round {rnd}: {seconds:.1f} = {parts}")
+        else:
+            plain.append((rnd, seconds))
+    if plain:
+        low, high = min(s for _, s in plain), max(s for _, s in plain)
+        other = " other" if len(plain) < len(slowest) else ""
+        rounds_text = f"in round {plain[0][0]}" if len(plain) == 1 else f"the{other} {len(plain)} rounds"
+        out.append(f"  {rounds_text}: {low:.1f}" + (f" to {high:.1f}" if high - low >= 0.05 else "")
+                   + " (evaluate + train)")
+    return out
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -57,8 +109,14 @@ def format_table(results: Mapping[str, Any]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
     where = "in-process" if results.get("runner") == "in-process" else "on FLARE"
+    numbers = [r["round"] for r in rounds if isinstance(r.get("round"), int)]
+    # rounds trained in this run (a resumed run's first row is the resumed model's evaluation, trained before)
+    trained = [r["round"] for r in rounds if isinstance(r.get("round"), int) and
+               any("samples_train" in v or v.get("missing") for v in r.get("sites", {}).values())] or numbers
+    last, first = (max(numbers), min(trained)) if numbers else (0, 1)
+    resumed = f" (rounds {first}-{last} in this run, resumed after round {first - 1})" if first > 1 else ""
     title = f"FedRSCLIP {where}: {results.get('algorithm', '?')}, {len(sites)} sites, " \
-            f"{len(rounds)}/{results.get('num_rounds') or len(rounds)} rounds, status {results.get('status', '?')}"
+            f"{last}/{results.get('num_rounds') or last} rounds{resumed}, status {results.get('status', '?')}"
     out = []
     note = caveat(results)
     if note:
@@ -68,7 +126,8 @@ def format_table(results: Mapping[str, Any]) -> str:
         if results.get(key):
             out.append(f"{key}: {results[key]}")
     out += ["accuracy (%) of the global model after each round on each site's own test split (dual-prompt "
-            "algorithms: with the site's private prompt)", line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]
+            "algorithms: with the site's private prompt)", line(header), line(["-" * w for w in widths]),
+            *(line(r) for r in body)]
     cells = {c for _, row, _, _ in rows for c in row}
     if "miss" in cells or "?" in cells:
         out.append("miss: no result from the site in that round; ?: not measured (the site's next task failed)")
@@ -76,6 +135,15 @@ def format_table(results: Mapping[str, Any]) -> str:
     if isinstance(best, Mapping) and number(best.get("weighted_accuracy")) is not None:
         out.append(f"best: after round {best.get('round')}, weighted accuracy {best['weighted_accuracy']:.1f}% "
                    f"({best.get('selected_by', '')})")
+    zero_shot = results.get("zero_shot")
+    if isinstance(zero_shot, Mapping) and number(zero_shot.get("accuracy")) is not None:
+        prompt = str(zero_shot.get("prompt") or "").replace("{}", "{class}")
+        out.append(f"zero-shot CLIP (\"{prompt}\", no training): {zero_shot['accuracy']:.1f}% on "
+                   f"{zero_shot.get('samples')} test images of all sites"
+                   + (f" (chance {zero_shot['chance']:.1f}%)" if number(zero_shot.get("chance")) else ""))
+        if zero_shot.get("warning"):
+            out.append(f"warning: {zero_shot['warning']}")
+    out += timing_lines(rounds)
     bytes_up = [v.get("bytes_up") for r in rounds for v in r.get("sites", {}).values()
                 if isinstance(v.get("bytes_up"), int)]
     plain = [v.get("bytes_up_plain") for r in rounds for v in r.get("sites", {}).values()
