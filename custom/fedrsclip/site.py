@@ -343,6 +343,8 @@ class PromptSite(Site):
     @property
     def weights(self) -> str:
         return self.backbone.weights
+
+    @property
     def classes_fingerprint(self) -> str:
         """The class list and, when they are not the names, the class texts the prompts use (prompt.
         class_descriptions): sites with different description files must not be averaged together."""
