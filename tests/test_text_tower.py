@@ -392,3 +392,48 @@ def test_in_process_runs_remember_the_checkpoint_digest(tiny_backbone, tmp_path)
     entries[key][5] = "f" * 64  # a remembered digest is used as is: the file is not read again
     memo.write_text(json.dumps(entries))
     assert "file=" + "f" * 16 in load_shared(cfg).fingerprint
+
+
+_RACER = """
+import hashlib, os, sys, time
+from pathlib import Path
+import torch
+from fedrsclip.backbone import open_backbone
+from fedrsclip.config import load_config
+from fedrsclip.text_tower import clip_tokenizer
+
+cache, me, sites, overrides = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+backbone = open_backbone(load_config(overrides=overrides).model, cache)  # cold: the whole CLIP
+assert backbone.has_image_tower
+(cache / f"ready-{me}").touch()
+while len(list(cache.glob("ready-*"))) < sites:  # all release their image tower (and publish) at once
+    time.sleep(0.01)
+backbone.release_image_tower()
+mapped = {int(line.split()[4]) for line in Path("/proc/self/maps").read_text().splitlines()
+          if line.endswith(str(backbone.tower_file))}
+with torch.no_grad():
+    feats = backbone.model.encode_text(clip_tokenizer(77)(["a satellite photo of a river."]))
+print(sorted(mapped), hashlib.sha256(feats.numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's mappings (Linux)")
+def test_sites_publishing_at_once_end_with_one_file_that_all_map(tmp_path):
+    """Three sites on one cache folder start cold and write the text tower at the same moment (the simulator's
+    sites with an absolute data.cache_dir): one file is published and never replaced, and every site maps that very
+    file (one inode: its pages are shared), no temporary file is left, and all give the same text features."""
+    from fedrsclip.backbone import token_memo_path
+    from helpers import TINY
+
+    sites = 3
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), f"site-{i}", str(sites), *TINY],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(sites)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err[-2000:] for _, err in outs]
+    (tower,) = _towers(tmp_path)
+    assert {p.name for p in (tmp_path / TOWER_FOLDER).iterdir()} <= {tower.name, token_memo_path(tower).name}
+    answers = [out.split() for out, _ in outs]
+    assert {inode for inode, _ in answers} == {f"[{tower.stat().st_ino}]"}  # all map the one file at the path
+    assert len({digest for _, digest in answers}) == 1

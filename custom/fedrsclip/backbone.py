@@ -179,6 +179,7 @@ class Backbone:
         try:
             spec = spec_of(clip, self.quick_gelu)
             _check_tokenizer(self.tokenizer, self.tokenizer_settings)
+            existed = self.tower_file.is_file()  # and is not usable, if `shared` is None: then it is replaced
             shared = self._tower_written_meanwhile(clip, spec)
             if shared is None:
                 rebuilt = empty_text_tower(spec)
@@ -189,7 +190,10 @@ class Backbone:
                 meta = {"recipe": self.recipe, "fingerprint": self.fingerprint, "description": self.description,
                         "quick_gelu": self.quick_gelu, "preprocess": self.preprocess_key,
                         "tokenizer": self.tokenizer_settings}
-                save_text_tower(self.tower_file, text, spec, meta)
+                if not save_text_tower(self.tower_file, text, spec, meta, replace=existed):
+                    shared = self._tower_written_meanwhile(clip, spec)  # another site published first: use theirs
+                    if shared is None:  # unless it does not give this CLIP's text features
+                        save_text_tower(self.tower_file, text, spec, meta)
         except (TextTowerError, OSError) as exc:
             log.warning("%s: no text tower file (%s); the next start of this site loads the whole CLIP again",
                         self.description, exc)
@@ -213,8 +217,8 @@ class Backbone:
         opened, when it is this recipe's and gives this CLIP's text features; else None (the file is (re)written).
 
         Not replacing it keeps one file, so every process that opens it shares its pages (a rename would give the
-        later processes another inode than the earlier ones map). Concurrent writers stay safe either way: each
-        writes its own temporary file and renames it into place (`fedrsclip.atomic`)."""
+        later processes another inode than the earlier ones map). Sites that find no file publish theirs with
+        `text_tower.publish_once`: of several publishing at once one wins, and the others use its file."""
         assert self.tower_file is not None
         if not self.tower_file.is_file():
             return None
