@@ -437,3 +437,15 @@ def test_sites_publishing_at_once_end_with_one_file_that_all_map(tmp_path):
     answers = [out.split() for out, _ in outs]
     assert {inode for inode, _ in answers} == {f"[{tower.stat().st_ino}]"}  # all map the one file at the path
     assert len({digest for _, digest in answers}) == 1
+
+
+def test_publish_once_never_replaces_a_file(tmp_path):
+    """The first publisher's file stays (same bytes, same inode); a later one is told so and leaves nothing behind."""
+    from fedrsclip.text_tower import publish_once
+
+    path = tmp_path / "tower.safetensors"
+    assert publish_once(path, b"first") is True
+    inode = path.stat().st_ino
+    assert publish_once(path, b"second") is False
+    assert path.read_bytes() == b"first" and path.stat().st_ino == inode
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no staged copy left
