@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedrsclip.flare.recipe import FedRSCLIPRecipe  # first: FLARE's recipe module takes --export from sys.argv
 
-from fedrsclip.flare.job import JobSpec
+from fedrsclip.flare.job import JobError, JobSpec
 from fedrsclip.results_file import find_results, load_results
 from fedrsclip.tools.reporting.run_table import format_table
 
@@ -61,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.startup_kit:
             parser.error("--env prod needs --startup-kit (the admin's kit of the provisioned deployment)")
         env = ProdEnv(startup_kit_location=args.startup_kit)
-    run = recipe.execute(env)
+    try:
+        run = recipe.execute(env)
+    except JobError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     result = run.get_result(clean_up=False)  # keep the workspace: its results, logs and the sites' prompts
-    print(f"job {run.job_id}: {run.get_status()}; result in {result}")
+    print(f"job {run.job_id or spec.name}: {run.get_status()}; result in {result}")
     if result:
         try:
             results = load_results(find_results(result))

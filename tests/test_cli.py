@@ -142,8 +142,15 @@ def test_a_jobs_class_descriptions_travel_with_it_and_resolve_at_every_site(tmp_
     from fedrsclip.flare.job import job_settings
     from fedrsclip.flare.settings import resolve_site_settings
 
+    from fedrsclip.data.synth import SCENES
+
     descriptions = tmp_path / "texts.yaml"
-    descriptions.write_text("class_0: a field\nclass_1: a forest\n")
+    descriptions.write_text("airplane: an airport apron with airplanes\n")
+    assert main(["job", "--algorithm", "fedrsclip", "--sites", "2", "--out", str(tmp_path / "job0"),
+                 "--class-descriptions", str(descriptions)]) == 2  # the demo's 10 classes need a text each
+    assert "of the job's 10 classes" in capsys.readouterr().err
+    assert not (tmp_path / "job0").exists()
+    descriptions.write_text("".join(f"{c}: an aerial image of {c}\n" for c in list(SCENES)[:10]))
     out = tmp_path / "job"
     assert main(["job", "--algorithm", "fedrsclip", "--sites", "2", "--out", str(out), "--class-descriptions",
                  str(descriptions)]) == 0

@@ -117,6 +117,31 @@ def test_out_equal_to_or_inside_the_run_to_resume_is_refused(tmp_path, capsys):
                  str(run)]) == 0
 
 
+def test_a_resumed_job_must_match_the_runs_encryption_and_sites(tmp_path, capsys):
+    """Resuming a CKKS run without --he (or a plaintext run with it), or with another number of sites, once wrote a
+    job whose every site then failed: refused when the job is made, naming the flag."""
+    from fedrsclip.he import HEADER_KEY
+    from fedrsclip.results_file import RESULTS_FILE
+
+    plain, ckks = tmp_path / "plain", tmp_path / "ckks"
+    for run, weights in ((plain, {SHARED: np.ones((4, 64), np.float32)}),
+                         (ckks, {HEADER_KEY: np.frombuffer(b"{}", np.uint8), SHARED: np.ones(64, np.uint8)})):
+        app = run / "server" / "simulate_job" / "app_server"
+        save_npz(app / "FL_global_model.npz", weights, {"round": 1, "job_id": "simulate_job"})
+        (app / RESULTS_FILE).write_text(json.dumps({"rounds": [{"round": 1, "sites": {"site-1": {}, "site-2": {}},
+                                                                "missing": {"site-3": {}}}]}))
+    cases = [(ckks, [], "resume it with a job made with --he"), (plain, ["--he"], "made without --he"),
+             (plain, ["--sites", "10"], "had 3 sites (site-1, site-2, site-3) and this job is made for 10")]
+    for run, extra, message in cases:
+        out = tmp_path / f"job-{run.name}-{len(extra)}"
+        assert main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--out", str(out), "--resume", str(run),
+                     *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+    assert main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--sites", "3", "--out", str(tmp_path / "ok"),
+                 "--resume", str(plain)]) == 0
+
+
 def test_bad_settings_write_nothing(tmp_path, capsys):
     out = tmp_path / "job"
     assert main(["job", "--algorithm", "fedrsclip", "--out", str(out), "--set", "train.bogus=1"]) == 2
@@ -154,9 +179,12 @@ def test_every_printed_run_command_runs_as_printed_and_keeps_the_job(tmp_path, c
 
 
 def test_the_printed_commands_of_a_ckks_job_and_a_resumed_job_are_safe(tmp_path, capsys):
+    from fedrsclip.he import HEADER_KEY
+
     run = tmp_path / "run"
     model = run / "server" / "simulate_job" / "app_server" / "FL_global_model.npz"
-    save_npz(model, {SHARED: np.ones((4, 64), np.float32)}, {"round": 1, "job_id": "simulate_job"})
+    ciphertext = {HEADER_KEY: np.frombuffer(b"{}", np.uint8), SHARED: np.ones(64, np.uint8)}  # as a CKKS run saves it
+    save_npz(model, ciphertext, {"round": 1, "job_id": "simulate_job"})
     out = tmp_path / "run-resumed"
     assert main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--out", str(out), "--resume", str(run),
                  "--he"]) == 0

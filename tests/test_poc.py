@@ -241,15 +241,17 @@ def test_submit_with_nvflare_job_submit(poc, tmp_path):
 
 
 @pytest.mark.slow
-def test_preflight_check_passes_for_each_kit_while_the_server_runs(poc):
+def test_preflight_check_passes_for_the_admin_kit_while_the_server_runs(poc):
     """provisioning/README.md: what each participant runs to check its kit, and what success looks like."""
-    kits = poc["ws"] / "example_project" / "prod_00"
+    proc = preflight_check(poc, "admin@nvidia.com")
+    assert proc.returncode == 0 and "overall: pass" in proc.stdout, output(proc)
+    assert "Check server available" in proc.stdout and "PASSED" in proc.stdout
+
+
+def preflight_check(poc, kit: str) -> subprocess.CompletedProcess:
     nvflare = str(Path(sys.executable).with_name("nvflare"))
     env = {**poc["env"], "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # activated
-    for kit in ("site-1", "admin@nvidia.com"):
-        proc = run([nvflare, "preflight-check", "-p", kits / kit], env, 300)
-        assert proc.returncode == 0 and "overall: pass" in proc.stdout, output(proc)
-        assert "Check server available" in proc.stdout and "PASSED" in proc.stdout
+    return run([nvflare, "preflight-check", "-p", poc["ws"] / "example_project" / "prod_00" / kit], env, 300)
 
 
 @pytest.mark.slow
@@ -287,3 +289,14 @@ def test_org_admin_may_not_submit_but_a_lead_may(poc):
     job_id = json.loads(accepted.stdout)["data"]["job_id"]
     aborted = run([*nvflare, "job", "abort", job_id, "--force", "--startup-kit", lead], env, 120)
     assert aborted.returncode == 0, output(aborted)
+
+
+
+# Last in this file on purpose: a site kit's dry run registers under the site's name, and the running client of
+# that kit is locked out ("already registered with another token") until the server drops the stale registration,
+# minutes later; a job submitted meanwhile waits for it (provisioning/README.md: check a site kit before starting it).
+@pytest.mark.slow
+def test_preflight_check_passes_for_a_site_kit(poc):
+    proc = preflight_check(poc, "site-1")
+    assert proc.returncode == 0 and "overall: pass" in proc.stdout, output(proc)
+    assert "Check server available" in proc.stdout and "PASSED" in proc.stdout

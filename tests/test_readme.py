@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +65,10 @@ def test_every_readme_command_parses(command, capsys):
         build_parser().parse_args(words)
     except SystemExit as stop:
         assert stop.code == 0 and "--help" in words, f"{command}\n{capsys.readouterr().err}"
+
+
+def test_the_environments_tensorboard_starts():
+    """README, TensorBoard: `tensorboard` of .venv runs (2.20.0 imported pkg_resources, which setuptools dropped)."""
+    proc = subprocess.run([str(Path(sys.executable).with_name("tensorboard")), "--version"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -36,3 +36,24 @@ def test_the_recipe_runs_on_simenv(tmp_path):
     assert "round  site-1  site-2  mean  weighted" in proc.stdout
     assert "deprecated" not in out
     assert load_results(find_results(tmp_path / "fedrsclip"))["status"] == "finished"
+
+
+def test_simenv_never_empties_a_folder_it_did_not_make(tmp_path):
+    """SimEnv empties <workspace_root>/<name>: a folder holding a user's file is refused, the file kept."""
+    import pytest
+    from nvflare.recipe import SimEnv
+
+    from fedrsclip.flare.job import JobError
+    from fedrsclip.flare.recipe import FedRSCLIPRecipe
+
+    victim = tmp_path / "root" / "fedrsclip"
+    victim.mkdir(parents=True)
+    (victim / "keep.txt").write_text("mine")
+    recipe = FedRSCLIPRecipe(JobSpec(sites=2, rounds=1))
+    with pytest.raises(JobError, match="keep.txt"):
+        recipe.execute(SimEnv(num_clients=2, workspace_root=str(tmp_path / "root")))
+    assert (victim / "keep.txt").read_text() == "mine"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--sites", "2", "--rounds", "1", "--workspace-root",
+                           str(tmp_path / "root")], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 2 and "keep.txt" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (victim / "keep.txt").read_text() == "mine"

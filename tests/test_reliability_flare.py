@@ -26,8 +26,8 @@ from fedrsclip.data import build_manifest, list_dataset, make_synthetic, write_m
 from fedrsclip.flare.job import JobSpec, find_resume, write_job
 from fedrsclip.flare.model_file import load_npz
 from fedrsclip.flare.settings import SITE_CONFIG_ENV
+from fedrsclip.flare.simulator import simulator_command
 from fedrsclip.results_file import find_results, load_results
-from fedrsclip.tools.demo import simulator_command
 from fedrsclip.tools.reporting.run_table import format_table
 from helpers import ENV, make_job, simulate
 from test_poc import MARKER, our_processes

@@ -40,6 +40,22 @@ def test_table_layout_rows_columns_mean_std_and_transmitted():
     assert len(lines) == 5  # no fedprox row (unfinished), no zero-shot row (no site predictions)
 
 
+def test_zero_shot_row_pools_sites_and_warns_at_chance():
+    """The experiment table's zero-shot row: test-sample weighted over a column's sites; at chance (random weights,
+    a wrong class list) a warning under the table, as `fedrsclip report RUN` gives for one run."""
+    def cell(column, per_site):
+        record = _record("fedrsclip", column, 0, 50.0, 8192)
+        record["site_predictions"] = {f"site-{i + 1}": {"zero_shot": {"accuracy": acc, "samples": n, "chance": 5.0}}
+                                      for i, (acc, n) in enumerate(per_site)}
+        return record
+
+    records = [cell("2", [(5.0, 100), (4.0, 100)]), cell("10", [(80.0, 30), (90.0, 10)])]
+    text = table(records, "uniform", ["fedrsclip"], zero_shot_row=True)
+    assert '| zero-shot CLIP ("a satellite photo of {class}.") | 4.5 | 82.5 | 0 (no training) |' in text
+    warnings = [line for line in text.splitlines() if line.startswith("**Warning:**")]
+    assert len(warnings) == 1 and "the test splits of the 2-site cells" in warnings[0] and "chance (5.0%" in warnings[0]
+
+
 def test_number_formats():
     assert mean_std([]) == "-" and mean_std([93.38]) == "93.4" and mean_std([1.0, 3.0]) == "2.0 ± 1.4"
     assert format_count(256) == "256" and format_count(5_700_000) == "5,700,000 (5.7 M)"

@@ -134,7 +134,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _job(args: argparse.Namespace) -> int:
     """A runnable FLARE job for any algorithm (fedrsclip.flare.job): checked, then written into --out."""
     from .flare.job import JobSpec, describe, find_resume, write_job
-    from .tools.demo import check_workspace, simulator_command
+    from .flare.simulator import check_workspace, simulator_command
 
     resume = find_resume(args.resume) if args.resume else None
     spec = JobSpec(name=Path(args.out).name if args.name is None else args.name, sites=args.sites, rounds=args.rounds,
@@ -142,7 +142,7 @@ def _job(args: argparse.Namespace) -> int:
                    settings=Path(args.settings) if args.settings else None, he=args.he, min_clients=args.min_clients,
                    train_timeout=args.train_timeout or 0, wait_after_min=args.wait_after_min or 0, resume=resume,
                    torch_threads=args.torch_threads)
-    if spec.config().algorithm != args.algorithm:  # the settings' own algorithm needs no override
+    if args.algorithm and spec.config().algorithm != args.algorithm:  # the settings' own one needs no override
         spec = dataclasses.replace(spec, overrides=(f"algorithm={args.algorithm}", *spec.overrides))
     _warn_privacy(spec.config())
     out = write_job(spec, args.out)
@@ -338,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("job", help="make a FLARE job for an algorithm (built with FLARE's job API)",
                        description="Write a FLARE job folder for any algorithm, checked before anything is written, "
                                    "and print the command that runs it in the simulator.")
-    p.add_argument("--algorithm", required=True, choices=algorithms, help="the algorithm the sites train")
+    p.add_argument("--algorithm", choices=algorithms, help="the algorithm the sites train (default: the settings', "
+                                                           "fedrsclip)")
     p.add_argument("--out", required=True, help="job folder to write: new, empty, or one this command made (it is "
                                                 "then replaced; nothing else is ever deleted)")
     p.add_argument("--name", help="the job's name (default: the --out folder's name)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -286,33 +286,39 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _prepare_out(out: Path) -> None:
+def prepare_out(out: Path, marker: str, command: str, folders: Sequence[str],
+                foreign: Callable[[Path], Path | None]) -> None:
+    """Make `out` ready for a synthetic dataset of `command` (e.g. "data synth"): a new or empty folder, or an earlier
+    dataset of the same command (its README.txt starts with `marker`), of which only the `folders` it wrote are
+    removed, so stale files from a larger run cannot leak into listings. `foreign(folder)` names the first entry of
+    such a folder the command did not write, or None. Raises DataError, writing and deleting nothing, otherwise."""
     if not out.exists():
         out.mkdir(parents=True)
         return
     if not out.is_dir():
         raise DataError(f"synthetic dataset output {out} is a file; choose a folder path")
-    entries = [e for e in out.iterdir() if not e.name.startswith(".")]
-    if not entries:
+    if not [e for e in out.iterdir() if not e.name.startswith(".")]:
         return
     readme = out / "README.txt"
-    if not (readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(_README_MARKER)):
-        raise DataError(
-            f"{out} exists and is not an empty folder or an earlier synthetic dataset; "
-            "choose a new --out folder (nothing was written)"
-        )
-    # Regenerating over an earlier synthetic dataset: remove only its class
-    # folders, so stale images from a larger run cannot leak into listings;
-    # a file this command did not write in one of them stops it instead.
-    folders = [out / name for name in SCENES if (out / name).exists()]
-    for folder in folders:
-        foreign = [e for e in (folder.iterdir() if folder.is_dir() else [folder])
-                   if not (e.is_file() and re.fullmatch(rf"{re.escape(folder.name)}_\d{{4}}\.png", e.name))]
-        if foreign:
-            raise DataError(f"{foreign[0]} was not written by fedrsclip data synth: move it out of {out}, or "
-                            "choose a new --out folder (nothing was written)")
-    for folder in folders:
+    if not (readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(marker)):
+        raise DataError(f"{out} exists and is not an empty folder or an earlier dataset of fedrsclip {command}; "
+                        "choose a new --out folder (nothing was written)")
+    present = [out / name for name in folders if (out / name).exists()]
+    for folder in present:
+        entry = foreign(folder)
+        if entry is not None:
+            raise DataError(f"{entry} was not written by fedrsclip {command}: move it out of {out}, or choose a "
+                            "new --out folder (nothing was written)")
+    for folder in present:
         shutil.rmtree(folder)
+
+
+def _not_ours(folder: Path) -> Path | None:
+    """The first entry of a class folder that `data synth` does not write (<class>_NNNN.png), or None."""
+    for entry in folder.iterdir() if folder.is_dir() else [folder]:
+        if not (entry.is_file() and re.fullmatch(rf"{re.escape(folder.name)}_\d{{4}}\.png", entry.name)):
+            return entry
+    return None
 
 
 def make_synthetic(
@@ -338,7 +344,7 @@ def make_synthetic(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed!r}")
     out = Path(out).expanduser().resolve()
-    _prepare_out(out)
+    prepare_out(out, _README_MARKER, "data synth", SCENES, _not_ours)
     names = list(SCENES)[:classes]
     jobs = [(ci, name, i) for ci, name in enumerate(names) for i in range(per_class)]
     for name in names:

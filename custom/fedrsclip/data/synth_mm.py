@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from tqdm import tqdm
 
 from .bigearthnet import LABEL_SUFFIX, PARTNER_KEY
 from .errors import DataError
+from .synth import prepare_out
 
 _README_MARKER = "fedrsclip synthetic multi-modal dataset"
 S2_BANDS_10M = ("B02", "B03", "B04", "B08")
@@ -141,29 +141,6 @@ def _write_patch(folder: Path, bands: dict[str, np.ndarray], origin: tuple[float
     (folder / f"{folder.name}{LABEL_SUFFIX}").write_text(json.dumps(meta), encoding="utf-8")
 
 
-def _prepare_out(out: Path) -> None:
-    if not out.exists():
-        out.mkdir(parents=True)
-        return
-    if not out.is_dir():
-        raise DataError(f"synthetic dataset output {out} is a file; choose a folder path")
-    entries = [e for e in out.iterdir() if not e.name.startswith(".")]
-    if not entries:
-        return
-    readme = out / "README.txt"
-    if not (readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(_README_MARKER)):
-        raise DataError(f"{out} exists and is not an empty folder or an earlier synthetic multi-modal dataset; "
-                        "choose a new --out folder (nothing was written)")
-    folders = [out / name for name in ("S1", "S2") if (out / name).exists()]
-    for folder in folders:  # an earlier dataset of ours: only its own patch folders are replaced
-        foreign = _not_ours(folder)
-        if foreign:
-            raise DataError(f"{foreign} was not written by fedrsclip data synth-mm: move it out of {out}, or "
-                            "choose a new --out folder (nothing was written)")
-    for folder in folders:
-        shutil.rmtree(folder)
-
-
 def _not_ours(folder: Path) -> Path | None:
     """The first entry of an S1/ or S2/ folder that synth-mm does not write (SYNTH_<S1|S2>_NNNNN/ patch folders
     holding that patch's bands and labels), or None."""
@@ -194,7 +171,7 @@ def make_synthetic_mm(out: str | Path, scenes: int = 120, size: int = 60, seed: 
     if size % 6:
         raise DataError(f"synthetic multi-modal size must be a multiple of 6 (10, 20 and 60 m bands); got {size}")
     out = Path(out).expanduser().resolve()
-    _prepare_out(out)
+    prepare_out(out, _README_MARKER, "data synth-mm", ("S1", "S2"), _not_ours)
     counts: dict[str, int] = {}
     for i in tqdm(range(scenes), desc="writing synthetic S2/S1 scenes", unit="scene", disable=not progress):
         rng = np.random.default_rng([seed, i])

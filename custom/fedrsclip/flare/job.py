@@ -41,6 +41,12 @@ from nvflare.job_config.defs import FilterType
 
 from ..atomic import atomic_write_json, to_json
 from ..config import Config, load_config, read_yaml_mapping
+from ..data.errors import DataError
+from ..data.manifest import load_manifest
+from ..data.synth import SCENES
+from ..he import HEADER_KEY as HE_HEADER_KEY
+from ..protocol import site_order
+from ..results_file import RESULTS_FILE, load_results
 from .aggregator import ValidatingAggregator
 from .constants import GLOBAL_MODEL_FILE, RESUME_MODEL, STATE_SUBDIR, TASK_TRAIN, TASK_VALIDATE
 from .executor import FedRSCLIPExecutor
@@ -73,6 +79,8 @@ class Resume:
     site_state: str  # train.resume_from: the folder holding each site's state ("{site}" becomes its name)
     job_id: str | None = None
     source: Path | None = None  # what the user named (a workspace, a server app folder or the file)
+    encrypted: bool = False  # the model is CKKS ciphertext: only a --he job can continue it
+    sites: tuple[str, ...] = ()  # the sites of that run, as its results file next to the model names them
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,13 @@ class JobSpec:
             raise JobError(f"min_clients {self.min_clients!r} must be between 1 and the job's {self.sites} sites")
         if isinstance(self.overrides, str):
             raise JobError("overrides must be a list of 'section.key=value' strings")
+        if self.resume is not None:  # the continued run must be the same federation, as encrypted as before
+            if self.resume.encrypted != self.he:
+                raise JobError(f"{self.resume.model} is {'CKKS-encrypted' if self.resume.encrypted else 'plaintext'}"
+                               f": resume it with a job made {'with' if self.resume.encrypted else 'without'} --he")
+            if self.resume.sites and len(self.resume.sites) != self.sites:
+                raise JobError(f"the run to resume had {len(self.resume.sites)} sites ({', '.join(self.resume.sites)})"
+                               f" and this job is made for {self.sites}: give --sites {len(self.resume.sites)}")
         object.__setattr__(self, "overrides", tuple(self.overrides))
 
     @property
@@ -247,7 +262,28 @@ def class_descriptions_file(cfg: Config) -> tuple[Path, str] | None:
     loaded = read_yaml_mapping(source, JobError, "class descriptions file (prompt.class_descriptions)")
     if not loaded or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in loaded.items()):
         raise JobError(f"class descriptions file {source}: each entry must map a class name to a non-empty text")
+    classes = _known_classes(cfg)
+    if classes is not None:  # every class needs its text: checked now rather than at every site after start-up
+        missing = [c for c in classes if c.replace("_", " ") not in {k.replace("_", " ") for k in loaded}]
+        if missing:
+            raise JobError(f"class descriptions file {source} has no description for {len(missing)} of the job's "
+                           f"{len(classes)} classes: {', '.join(repr(m) for m in missing[:10])}; every class needs "
+                           "one, keyed by its name")
     return source, DESCRIPTIONS_FILE + (source.suffix.lower() if source.suffix.lower() == ".json" else ".yaml")
+
+
+def _known_classes(cfg: Config) -> list[str] | None:
+    """The job's class names where they are known when it is made: the synthetic scenes, or the classes of a
+    manifest readable here; None otherwise (a manifest only the sites have)."""
+    if cfg.data.source == "synthetic":
+        return list(SCENES)[: cfg.data.synthetic_classes]
+    manifest = Path(cfg.data.manifest).expanduser() if cfg.data.source == "manifest" and cfg.data.manifest else None
+    if manifest is None or not manifest.is_file():
+        return None
+    try:
+        return list(load_manifest(manifest)["classes"])
+    except DataError:
+        return None  # the sites report an unreadable manifest with their own path to it
 
 
 def stage_files(spec: JobSpec, folder: Path) -> tuple[Path, ...]:
@@ -345,7 +381,19 @@ def find_resume(previous: str | Path) -> Resume:
     # under that job's id (POC and real deployments keep run folders).
     sim = not job_id or job_id == "simulate_job"
     state = str(model.parents[3] / "{site}" / "simulate_job" / STATE_SUBDIR) if sim else f"{job_id}/{STATE_SUBDIR}"
-    return Resume(model=model, rounds_done=done, site_state=state, job_id=job_id, source=Path(previous))
+    return Resume(model=model, rounds_done=done, site_state=state, job_id=job_id, source=Path(previous),
+                  encrypted=HE_HEADER_KEY in weights, sites=_run_sites(model.parent / RESULTS_FILE))
+
+
+def _run_sites(results_path: Path) -> tuple[str, ...]:
+    """The sites a run's results file records (in any round, as having sent or as missing); () when unreadable."""
+    try:
+        rounds = load_results(results_path).get("rounds") or []
+    except (OSError, ValueError):
+        return ()
+    names = {name for record in rounds if isinstance(record, dict)
+             for name in [*(record.get("sites") or {}), *(record.get("missing") or [])] if isinstance(name, str)}
+    return tuple(sorted(names, key=site_order))
 
 
 def describe(spec: JobSpec) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from nvflare.recipe.spec import ExecEnv, Recipe
 
 from .he.context import prepare_simulator_contexts
 from .job import JobError, JobSpec, build_job, stage_files
+from .simulator import check_workspace
 
 
 class FedRSCLIPRecipe(Recipe):
@@ -40,8 +41,13 @@ class FedRSCLIPRecipe(Recipe):
             if env.num_clients != self.spec.sites:
                 raise JobError(f"the job is made for {self.spec.sites} sites and SimEnv runs {env.num_clients}: give "
                                "both the same number (the data is partitioned over the job's sites)")
+            workspace = Path(env.workspace_root) / self.name
+            try:  # SimEnv empties it: never over a folder holding what it did not make
+                check_workspace(workspace)
+            except ValueError as exc:
+                raise JobError(f"SimEnv(workspace_root={env.workspace_root!r}): {exc}") from None
             if self.spec.he:  # the simulator has no provisioning: both contexts go into its workspace's startup/
-                prepare_simulator_contexts(Path(env.workspace_root) / self.name)
+                prepare_simulator_contexts(workspace)
         if isinstance(env, PocEnv) and env.num_clients != self.spec.sites:
             raise JobError(f"the job is made for {self.spec.sites} sites and PocEnv starts {env.num_clients}")
         super().process_env(env)

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from ..flare.he.context import prepare_simulator_contexts
 from ..flare.job import JobSpec, write_job
+from ..flare.simulator import check_workspace, simulator_command
 from ..results_file import SIMULATOR_RESULTS, load_results
 from .reporting.run_table import format_table
 
@@ -27,33 +28,6 @@ from .reporting.run_table import format_table
 _RELAYED = re.compile(r" - ((?:round \d+/\d+ done|site-\d+: ready after|\S+ features: \d+(?:/\d+)? images ).*)")
 _SITE_FAILED = re.compile(r"ERROR - task \S+ .*failed at (\S+) \((\S+)\): (.*)")
 _FATAL = re.compile(r"ERROR - .*(FATAL_SYSTEM_ERROR.*)")
-
-
-def simulator_command(job: str | Path, workspace: str | Path, sites: int, threads: int,
-                      portable: bool = False) -> list[str]:
-    """FLARE's simulator in this Python environment, run as FLARE's SimEnv runs it (its module: the `nvflare
-    simulator` command prints a deprecation notice in favour of SimEnv); `portable`: `nvflare simulator` as a user
-    types it. The simulator empties `workspace` (but startup/ and local/): it must never be the job folder or hold
-    it."""
-    base = ["nvflare", "simulator"] if portable else \
-        [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator"]
-    return [*base, str(job), "-w", str(workspace), "-n", str(sites), "-t", str(threads)]
-
-
-SIMULATOR_ENTRIES = re.compile(r"^(server|startup|local|site-\d+)$")  # what the simulator keeps in its workspace
-
-
-def check_workspace(ws: Path) -> None:
-    """The simulator empties its workspace (all but startup/ and local/): refuse one that holds anything else than
-    an earlier simulator run's folders, so no user file is deleted (ValueError says what is in the way)."""
-    if not ws.exists():
-        return
-    if not ws.is_dir():
-        raise ValueError(f"the workspace {ws} is a file; choose a new folder")
-    other = sorted(p.name for p in ws.iterdir() if not SIMULATOR_ENTRIES.match(p.name))
-    if other:
-        raise ValueError(f"the workspace {ws} holds {', '.join(other[:5])}, which is not a simulator workspace's: "
-                         "the simulator would delete it. Choose a new or empty folder (or an earlier run's workspace)")
 
 
 def _progress(line: str, shown: set) -> None:

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from ...atomic import atomic_write_json
 from ...data.partition import SCHEMES
 from ...flare.job import JobSpec, write_job
+from ...flare.simulator import simulator_command
 from ...predictions import gather_site_predictions
 from ...results_file import SIMULATOR_RESULTS, load_results
-from ..demo import simulator_command
 from .grid import MAX_THREADS, Cell, DataSource, build_grid, check_overrides
 from .layout import CELL_FORMAT, CENTRALIZED, EXPERIMENT_FILE, cell_path, is_finished
 

@@ -81,11 +81,7 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
     fig.suptitle("Accuracy of the global model per round\n(each site on its own test split, test-sample weighted; "
                  "mean over seeds, band: min-max)", fontsize=10, y=0.95 if note else 0.98)
     rows = (len(labels) + 4) // 5
-    fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 0.94 if note else 1))
-    stamp(fig, note)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save(fig, path, note, rect=(0, 0.05 + 0.05 * rows, 1, 0.94 if note else 1))
 
 
 def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], column: str, partition: str,
@@ -111,7 +107,12 @@ def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], colu
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     note = _note(cells)
-    fig.tight_layout(rect=(0, 0, 1, 0.94 if note else 1))
+    return save(fig, path, note, rect=(0, 0, 1, 0.94 if note else 1))
+
+
+def save(fig: plt.Figure, path: Path, note: str | None, rect: tuple[float, float, float, float]) -> Path:
+    """Lay `fig` out within `rect` (room left at the top for `note`), stamp the note, write it to `path`, close it."""
+    fig.tight_layout(rect=rect)
     stamp(fig, note)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -147,11 +148,7 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str, pat
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    fig.tight_layout(rect=(0, 0, 1, 0.97 if note else 1))
-    stamp(fig, note)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save(fig, path, note, rect=(0, 0, 1, 0.97 if note else 1))
 
 
 def confusion_matrix(record: Record, path: Path) -> Path | None:
@@ -236,11 +233,7 @@ def prediction_grid(record: Record, path: Path, max_sites: int = 10, max_classes
     note = caveat(record.get("results") or {})
     fig.suptitle(f"Predictions of {_label(cell['algorithm'])}, {cell['column']} sites, seed {cell['seed']}\n"
                  "rows: true class; caption: predicted; red frame: mistake", fontsize=8, y=0.97 if note else 0.98)
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.75 if note else 0.45) / fig.get_figheight()))
-    stamp(fig, note)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save(fig, path, note, rect=(0, 0, 1, 1 - (0.75 if note else 0.45) / fig.get_figheight()))
 
 
 def showcase(records: Sequence[Record], algorithms: Sequence[str], partition: str) -> Record | None:
@@ -290,11 +283,7 @@ def run_accuracy_per_round(results: dict, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"Accuracy of the global model per round\n{_run_title(results)}", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.95 if note else 1))
-    stamp(fig, note)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save(fig, path, note, rect=(0, 0, 1, 0.95 if note else 1))
 
 
 def run_per_site_accuracy(results: dict, path: Path) -> Path | None:
@@ -322,11 +311,7 @@ def run_per_site_accuracy(results: dict, path: Path) -> Path | None:
     ax.set_title(f"Per-site accuracy (n: the site's test images)\n{_run_title(results)}", fontsize=9)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout(rect=(0, 0, 1, 0.95 if note else 1))
-    stamp(fig, note)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return save(fig, path, note, rect=(0, 0, 1, 0.95 if note else 1))
 
 
 def run_figures(results: dict, folder: Path, prefix: str = "") -> list[Path]:

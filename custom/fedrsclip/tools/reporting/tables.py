@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 from typing import Iterable, Sequence
 
+from ...zeroshot import chance_warning, pool
 from .cells import Record, columns, final_accuracy, number, select
 
 # Row order and labels of the paper's tables; anything else follows under its own name.
@@ -49,15 +50,16 @@ def format_count(values: int | None) -> str:
     return f"{values:,}" if short == str(values) else f"{values:,} ({short})"
 
 
-def zero_shot(records: Iterable[Record]) -> float | None:
-    """Zero-shot CLIP accuracy on the test splits of one column's cells (test-sample weighted over sites): the
-    same backbone and data for every algorithm and seed of a column, so any prompt cell of it gives it."""
+def zero_shot(records: Iterable[Record]) -> dict | None:
+    """Zero-shot CLIP on the test splits of one column's cells, pooled over sites (`zeroshot.pool`: accuracy
+    test-sample weighted, chance): the same backbone and data for every algorithm and seed of a column, so any
+    prompt cell of it gives it. None when no cell has one."""
     for record in records:
         sites = [p.get("zero_shot") for p in (record.get("site_predictions") or {}).values()]
-        sites = [z for z in sites if isinstance(z, dict) and number(z.get("accuracy")) is not None and z.get("samples")]
-        if sites:
-            total = sum(z["samples"] for z in sites)
-            return sum(z["accuracy"] * z["samples"] for z in sites) / total
+        pooled = pool([z for z in sites if isinstance(z, dict) and number(z.get("accuracy")) is not None
+                       and z.get("samples")])
+        if pooled:
+            return pooled
     return None
 
 
@@ -79,13 +81,20 @@ def table(records: Sequence[Record], partition: str, algorithms: Sequence[str], 
         row.append(format_count(transmitted_values([r for r in mine if r["cell"]["column"] != "centralized"]
                                                    or mine)))
         lines.append("| " + " | ".join(row) + " |")
+    warnings = []
     if zero_shot_row:
         values = [zero_shot(select(cells, column=col)) for col in cols]
         if any(v is not None for v in values):
             lines.append("| " + " | ".join([f'{ZERO_SHOT} ("a satellite photo of {{class}}.")',
-                                            *("-" if v is None else f"{v:.1f}" for v in values),
+                                            *("-" if v is None else f"{v['accuracy']:.1f}" for v in values),
                                             "0 (no training)"]) + " |")
-    return "\n".join(lines)
+        for col, value in zip(cols, values):  # at chance: random weights, a wrong class list or unreadable names
+            warning = chance_warning(value, "the test splits of the "
+                                     + ("centralized cell" if col == "centralized" else f"{col}-site cells")) \
+                if value else None
+            if warning:
+                warnings.append(f"**Warning:** {warning}.")
+    return "\n".join(lines + ([""] + warnings if warnings else []))
 
 
 def ordered(algorithms: Iterable[str], order: Sequence[str]) -> list[str]:
