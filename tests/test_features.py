@@ -200,3 +200,21 @@ def test_seeded_cache_is_what_extraction_would_cache(tiny_backbone, synth_manife
     torch.testing.assert_close(served.global_feats.float(), direct.global_feats.float(), rtol=0, atol=2e-3)
     with pytest.raises(KeyError, match="no pooled features for 1 of"):
         seed_cache(tiny_backbone, [*subset, _items(synth_manifest, 12)[11]], tmp_path / "x", "train", pool)
+
+
+def test_digest_memos_on_one_folder_keep_each_others_digests(tmp_path):
+    """Sites that share a cache folder each open its memo, hash their own files and save: every digest stays (a
+    save used to write only its own view, dropping what another site had saved meanwhile)."""
+    from fedrsclip.data.digests import MEMO_NAME, DigestMemo
+
+    files = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    for i, path in enumerate(files):
+        path.write_bytes(bytes([i]) * 100)
+    first, second = DigestMemo(tmp_path / "cache"), DigestMemo(tmp_path / "cache")
+    first.file_digest(files[0])
+    second.file_digest(files[1])
+    first.save()
+    second.save()
+    again = DigestMemo(tmp_path / "cache")
+    assert [again.file_digest(p) for p in files] == [first.file_digest(files[0]), second.file_digest(files[1])]
+    assert again.hashed == 0 and (tmp_path / "cache" / MEMO_NAME).is_file()
