@@ -7,7 +7,8 @@ STAMP   := .venv/.installed
 WS      ?= workspaces/demo
 SITES   ?= 10
 
-.PHONY: setup test test-slow demo demo-he demo-mm poc provision bench bench-quick format lint clean
+.PHONY: setup test test-slow demo demo-he demo-mm poc provision bench bench-quick bench-paper-10 bench-paper-40 \
+	bench-gpu format lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11, or \
@@ -48,6 +49,19 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.cli bench --quick
+
+# The paper's UC Merced federation (Table I) with ViT-B/16 (random weights from a local file) in the simulator:
+# wall time per round, memory, FLARE's share (README: Performance). Needs the UC Merced images (--images).
+bench-paper-10: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.cli bench --paper-scale 10
+
+bench-paper-40: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.cli bench --paper-scale 40
+
+# On a machine with an NVIDIA GPU: the bench on CUDA and the 10-site job with -gpu 0, the text encoder in bf16
+# (workspaces/bench-gpu/bench-gpu.json). Stops with a message where there is no GPU.
+bench-gpu: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m fedrsclip.tools.bench.gpu --out workspaces/bench-gpu
 
 # A local POC deployment: a real server and $(POC_SITES) sites on localhost, the job submitted and its results fetched.
 POC_SITES ?= 2

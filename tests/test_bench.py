@@ -48,6 +48,14 @@ EXPECTED_KEYS: dict[str, tuple] = {
     "upload_bytes_full_model": (int,),
     "peak_rss_mb": NUMBER,
     "site_round_s": NUMBER,
+    "task_start_s_demo": NUMBER,
+    "task_start_s_vitb16": NUMBER,
+    "site_peak_rss_mb_extract_vitb16": NUMBER,
+    "site_peak_rss_mb_train_vitb16": NUMBER,
+    "sim_demo_t1_s": (*NUMBER, type(None)),
+    "sim_demo_tn_s": (*NUMBER, type(None)),
+    "sim_demo_ratio": (*NUMBER, type(None)),
+    "sim_demo_note": (str,),
     "targets": (dict,),
     "wall_s": NUMBER,
 }
@@ -180,6 +188,10 @@ def test_quick_bench_cli(tmp_path):
     assert results["quick"] is True
     assert results["step_speedup_k45"] is None and results["step_k45_note"]
     assert results["flare_overhead_fraction"] is None and "quick" in results["flare_overhead_note"]
+    assert results["sim_demo_ratio"] is None and "quick" in results["sim_demo_note"]
+    assert 0 < results["task_start_s_demo"] < 120 and 0 < results["task_start_s_vitb16"] < 300
+    assert 100 < results["site_peak_rss_mb_train_vitb16"] < results["site_peak_rss_mb_extract_vitb16"] < 64_000
+    assert "task start ViT-B/16" in proc.stdout and "-t 1 / -t N" in proc.stdout
     assert results["step_speedup_vs_reference"] > 1
     assert results["loss_max_abs_diff"] <= 1e-4 and results["loss_equal"] is True
     assert 0 < results["feature_throughput_ratio"] < 10

@@ -178,3 +178,43 @@ def test_no_workers_on_the_cpu_some_on_cuda():
 
     assert decoding_workers(torch.device("cpu")) == 0
     assert decoding_workers(torch.device("cuda")) == max(0, min(8, len(os.sched_getaffinity(0)) - 1))
+
+
+def test_seeded_cache_is_what_extraction_would_cache(tiny_backbone, synth_manifest, tmp_path, caplog):
+    """features.seed_cache (sites of one machine reusing the same images): the cache it writes is the one
+    cached_features finds for those items, with each file's own features and the items' labels."""
+    import pytest
+
+    from fedrsclip.features import seed_cache
+
+    items = _items(synth_manifest, 10)
+    pool = extract_features(tiny_backbone, list(reversed(items)) + items[:2], progress=False)  # another order
+    subset = items[2:7]
+    path = seed_cache(tiny_backbone, subset, tmp_path / "site-2", "train", pool)
+    with caplog.at_level(logging.INFO):
+        served = cached_features(tiny_backbone, subset, tmp_path / "site-2", "train", progress=False)
+    assert "from cache" in caplog.text and path.is_file()
+    direct = extract_features(tiny_backbone, subset, progress=False)
+    assert served.paths == direct.paths and torch.equal(served.labels, direct.labels)
+    torch.testing.assert_close(served.tokens.float(), direct.tokens.float(), rtol=0, atol=2e-3)  # fp16 rows
+    torch.testing.assert_close(served.global_feats.float(), direct.global_feats.float(), rtol=0, atol=2e-3)
+    with pytest.raises(KeyError, match="no pooled features for 1 of"):
+        seed_cache(tiny_backbone, [*subset, _items(synth_manifest, 12)[11]], tmp_path / "x", "train", pool)
+
+
+def test_digest_memos_on_one_folder_keep_each_others_digests(tmp_path):
+    """Sites that share a cache folder each open its memo, hash their own files and save: every digest stays (a
+    save used to write only its own view, dropping what another site had saved meanwhile)."""
+    from fedrsclip.data.digests import MEMO_NAME, DigestMemo
+
+    files = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    for i, path in enumerate(files):
+        path.write_bytes(bytes([i]) * 100)
+    first, second = DigestMemo(tmp_path / "cache"), DigestMemo(tmp_path / "cache")
+    first.file_digest(files[0])
+    second.file_digest(files[1])
+    first.save()
+    second.save()
+    again = DigestMemo(tmp_path / "cache")
+    assert [again.file_digest(p) for p in files] == [first.file_digest(files[0]), second.file_digest(files[1])]
+    assert again.hashed == 0 and (tmp_path / "cache" / MEMO_NAME).is_file()

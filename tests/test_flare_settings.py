@@ -142,3 +142,14 @@ def test_the_job_spec_sets_sites_rounds_and_overrides(tmp_path):
                                  "overrides": ["data.synthetic_sites=3", "train.lr=0.01"]}
     assert json.loads((job / "meta.json").read_text())["min_clients"] == 3
     assert (job / "app" / "config" / "fedrsclip.yaml").read_text() == JOB_YAML.read_text()
+
+
+def test_site_file_may_choose_its_text_precision(tmp_path):
+    """model.text_precision is the site's hardware choice (the text encoder's autocast on its GPU), as model.device."""
+    local = _site(tmp_path, "model:\n  device: cpu\n  text_precision: bf16\n")
+    s = resolve_site_settings("site-1", JOB_YAML, [*SMALL], tmp_path / "ws", local)
+    assert s.cfg.model.text_precision == "bf16" and s.cfg.model.device == "cpu"
+    assert s.cfg.model.arch == "fedrsclip-tiny"  # the job's model is unchanged
+    local = _site(tmp_path, "model:\n  text_precision: fp8\n")
+    with pytest.raises(SiteConfigError, match="text_precision"):
+        resolve_site_settings("site-1", JOB_YAML, [*SMALL], tmp_path / "ws", local)

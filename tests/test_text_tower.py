@@ -338,3 +338,114 @@ def test_recipe_covers_every_model_setting(tmp_path):
     (tmp_path / "open_clip_config.json").write_text("{}")  # fedrsclip.checkpoints reads it: part of the recipe
     assert tower_recipe(ModelConfig(arch="ViT-B-16", pretrained=str(path), quick_gelu=False), memo) != first
     assert tower_recipe(ModelConfig(arch="ViT-B-16", pretrained=str(tmp_path / "none.pt")), memo) is None
+
+
+def test_sites_sharing_a_cache_share_one_tower_file(tmp_path, caplog):
+    """Two sites that start cold on one cache folder (simulator sites with an absolute data.cache_dir): the second
+    to finish uses the file the first wrote instead of replacing it, so both map the same file (shared pages)."""
+    cfg = tiny_config().model
+    first, second = open_backbone(cfg, tmp_path), open_backbone(cfg, tmp_path)  # both cold: no file yet
+    assert first.has_image_tower and second.has_image_tower
+    first.release_image_tower()
+    (tower,) = _towers(tmp_path)
+    inode = tower.stat().st_ino
+    with caplog.at_level(logging.INFO):
+        second.release_image_tower()
+    assert "written by another process" in caplog.text
+    assert _towers(tmp_path) == [tower] and tower.stat().st_ino == inode  # not replaced
+    maps = Path(f"/proc/{os.getpid()}/maps")
+    if maps.is_file():  # Linux: the second site's weights are a mapping of that very file
+        assert str(tower) in maps.read_text()
+    tokens = clip_tokenizer(77)(["a satellite photo of a river."])
+    with torch.no_grad():
+        torch.testing.assert_close(second.model.encode_text(tokens), first.model.encode_text(tokens), rtol=0, atol=0)
+
+
+def test_a_tower_file_of_other_weights_is_replaced_not_shared(tmp_path):
+    """A file in the tower's place whose recipe matches but whose weights give other text features is rewritten
+    with this CLIP's text side, never used."""
+    cold = open_backbone(tiny_config().model, tmp_path)
+    stranger = load_backbone(tiny_config("model.init_seed=1").model)
+    spec = spec_of(stranger.model, stranger.quick_gelu)
+    save_text_tower(cold.tower_file, text_tower_of(stranger.model), spec, {"recipe": cold.recipe})
+    inode = cold.tower_file.stat().st_ino
+    cold.release_image_tower()
+    assert cold.tower_file.stat().st_ino != inode
+    check_same_text(open_text_tower(cold.tower_file)[0], load_backbone(tiny_config().model).model, spec)
+
+
+def test_in_process_runs_remember_the_checkpoint_digest(tiny_backbone, tmp_path):
+    """The in-process runner's shared CLIP reads a checkpoint file's digest from the cache's memo: an unchanged
+    600 MB ViT-B/16 file is hashed once, not at every run."""
+    from fedrsclip.data.digests import MEMO_NAME
+    from fedrsclip.factory import load_shared
+
+    path = tmp_path / "clip.pt"
+    torch.save(tiny_backbone.model.state_dict(), path)
+    cfg = tiny_config(f"model.pretrained={path}", "model.random_init=false", "model.quick_gelu=false",
+                      cache_dir=tmp_path / "cache")
+    first = load_shared(cfg)
+    memo = tmp_path / "cache" / MEMO_NAME
+    entries = json.loads(memo.read_text())
+    (key,) = [k for k in entries if k == str(path.resolve())]
+    assert first.fingerprint.split("file=")[1].startswith(entries[key][5][:16])
+    entries[key][5] = "f" * 64  # a remembered digest is used as is: the file is not read again
+    memo.write_text(json.dumps(entries))
+    assert "file=" + "f" * 16 in load_shared(cfg).fingerprint
+
+
+_RACER = """
+import hashlib, os, sys, time
+from pathlib import Path
+import torch
+from fedrsclip.backbone import open_backbone
+from fedrsclip.config import load_config
+from fedrsclip.text_tower import clip_tokenizer
+
+cache, me, sites, overrides = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+backbone = open_backbone(load_config(overrides=overrides).model, cache)  # cold: the whole CLIP
+assert backbone.has_image_tower
+(cache / f"ready-{me}").touch()
+while len(list(cache.glob("ready-*"))) < sites:  # all release their image tower (and publish) at once
+    time.sleep(0.01)
+backbone.release_image_tower()
+mapped = {int(line.split()[4]) for line in Path("/proc/self/maps").read_text().splitlines()
+          if line.endswith(str(backbone.tower_file))}
+with torch.no_grad():
+    feats = backbone.model.encode_text(clip_tokenizer(77)(["a satellite photo of a river."]))
+print(sorted(mapped), hashlib.sha256(feats.numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's mappings (Linux)")
+def test_sites_publishing_at_once_end_with_one_file_that_all_map(tmp_path):
+    """Three sites on one cache folder start cold and write the text tower at the same moment (the simulator's
+    sites with an absolute data.cache_dir): one file is published and never replaced, and every site maps that very
+    file (one inode: its pages are shared), no temporary file is left, and all give the same text features."""
+    from fedrsclip.backbone import token_memo_path
+    from helpers import TINY
+
+    sites = 3
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), f"site-{i}", str(sites), *TINY],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for i in range(sites)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err[-2000:] for _, err in outs]
+    (tower,) = _towers(tmp_path)
+    assert {p.name for p in (tmp_path / TOWER_FOLDER).iterdir()} <= {tower.name, token_memo_path(tower).name}
+    answers = [out.split() for out, _ in outs]
+    assert {inode for inode, _ in answers} == {f"[{tower.stat().st_ino}]"}  # all map the one file at the path
+    assert len({digest for _, digest in answers}) == 1
+
+
+def test_publish_once_never_replaces_a_file(tmp_path):
+    """The first publisher's file stays (same bytes, same inode); a later one is told so and leaves nothing behind."""
+    from fedrsclip.text_tower import publish_once
+
+    path = tmp_path / "tower.safetensors"
+    assert publish_once(path, b"first") is True
+    inode = path.stat().st_ino
+    assert publish_once(path, b"second") is False
+    assert path.read_bytes() == b"first" and path.stat().st_ino == inode
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no staged copy left

@@ -29,8 +29,8 @@ import torch
 from .checkpoints import CheckpointError, kps_length, read_checkpoint, stretch_state_dict
 from .config import ModelConfig
 from .data.digests import DigestMemo, hash_file
-from .text_tower import (TOWER_FORMAT, MemoTokenizer, TextTowerError, check_same_text, clip_tokenizer,
-                         empty_text_tower, open_text_tower, save_text_tower, spec_of, text_tower_of)
+from .text_tower import (TOWER_FORMAT, MemoTokenizer, TextTowerError, TextTowerSpec, check_same_text,
+                         clip_tokenizer, empty_text_tower, open_text_tower, save_text_tower, spec_of, text_tower_of)
 
 log = logging.getLogger(__name__)
 
@@ -179,21 +179,31 @@ class Backbone:
         try:
             spec = spec_of(clip, self.quick_gelu)
             _check_tokenizer(self.tokenizer, self.tokenizer_settings)
-            rebuilt = empty_text_tower(spec)
-            rebuilt.load_state_dict(text.state_dict(), strict=True, assign=True)
-            rebuilt.requires_grad_(False)  # frozen as the CLIP is: attention takes another kernel for trainable weights
-            rebuilt.attn_mask = rebuilt.attn_mask.to(self.device)
-            check_same_text(rebuilt, clip, spec)
-            meta = {"recipe": self.recipe, "fingerprint": self.fingerprint, "description": self.description,
-                    "quick_gelu": self.quick_gelu, "preprocess": self.preprocess_key,
-                    "tokenizer": self.tokenizer_settings}
-            save_text_tower(self.tower_file, text, spec, meta)
+            existed = self.tower_file.is_file()  # and is not usable, if `shared` is None: then it is replaced
+            shared = self._tower_written_meanwhile(clip, spec)
+            if shared is None:
+                rebuilt = empty_text_tower(spec)
+                rebuilt.load_state_dict(text.state_dict(), strict=True, assign=True)
+                rebuilt.requires_grad_(False)  # frozen as the CLIP is: attention takes another kernel otherwise
+                rebuilt.attn_mask = rebuilt.attn_mask.to(self.device)
+                check_same_text(rebuilt, clip, spec)
+                meta = {"recipe": self.recipe, "fingerprint": self.fingerprint, "description": self.description,
+                        "quick_gelu": self.quick_gelu, "preprocess": self.preprocess_key,
+                        "tokenizer": self.tokenizer_settings}
+                if not save_text_tower(self.tower_file, text, spec, meta, replace=existed):
+                    shared = self._tower_written_meanwhile(clip, spec)  # another site published first: use theirs
+                    if shared is None:  # unless it does not give this CLIP's text features
+                        save_text_tower(self.tower_file, text, spec, meta)
         except (TextTowerError, OSError) as exc:
             log.warning("%s: no text tower file (%s); the next start of this site loads the whole CLIP again",
                         self.description, exc)
             return text
-        log.info("%s: text tower written to %s for the next start", self.description, self.tower_file)
         self.tokenizer = MemoTokenizer(self.tokenizer_settings, token_memo_path(self.tower_file), self.tokenizer)
+        if shared is not None:
+            log.info("%s: text tower %s was written by another process sharing this cache: using it",
+                     self.description, self.tower_file)
+            return shared if self.device.type == "cpu" else text
+        log.info("%s: text tower written to %s for the next start", self.description, self.tower_file)
         if self.device.type != "cpu":
             return text
         try:  # the same weights, now memory-mapped: shared with every process that opens the file
@@ -201,6 +211,26 @@ class Backbone:
         except TextTowerError as exc:
             log.warning("%s; the text side stays in memory", exc)
             return text
+
+    def _tower_written_meanwhile(self, clip: Any, spec: TextTowerSpec) -> Any:
+        """The text tower file another process (a site sharing this cache folder) wrote since this backbone was
+        opened, when it is this recipe's and gives this CLIP's text features; else None (the file is (re)written).
+
+        Not replacing it keeps one file, so every process that opens it shares its pages (a rename would give the
+        later processes another inode than the earlier ones map). Sites that find no file publish theirs with
+        `text_tower.publish_once`: of several publishing at once one wins, and the others use its file."""
+        assert self.tower_file is not None
+        if not self.tower_file.is_file():
+            return None
+        try:
+            tower, meta = open_text_tower(self.tower_file, self.device)
+            if meta.get("recipe") != self.recipe:
+                return None
+            check_same_text(tower, clip, spec)
+        except TextTowerError as exc:
+            log.warning("%s: rewriting it", exc)
+            return None
+        return tower
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,6 +470,16 @@ def load_backbone(cfg: ModelConfig, memo: DigestMemo | None = None) -> Backbone:
     log.info("Backbone: %s on %s (QuickGELU %s)", description, device, "on" if quick_gelu else "off")
     return Backbone(model, preprocess, tokenizer, device, fingerprint, description, quick_gelu,
                     text_precision=_text_precision(cfg, device), tokenizer_settings=tokenizer_settings)
+
+
+def load_remembered(cfg: ModelConfig, cache_dir: str | Path) -> Backbone:
+    """`load_backbone(cfg)` with a checkpoint file's digest remembered in `<cache_dir>/file-digests.json`, the memo
+    `open_backbone` and the feature caches keep: an unchanged file is hashed once, not at every run (a ViT-B/16
+    file is 600 MB). For the in-process runner's one CLIP shared by every site."""
+    memo = DigestMemo(cache_dir)
+    backbone = load_backbone(cfg, memo)
+    memo.save()
+    return backbone
 
 
 def _return_free_memory() -> None:

@@ -247,7 +247,34 @@ def cached_features(
     log.info("%s: extracting features of %d images with %s", name, len(items), backbone.description)
     fs = extract_features(backbone, items, batch_size, progress, desc=f"{name} features", image=image,
                           num_classes=num_classes, num_workers=num_workers)
+    _save_cache(path, key, fs)
+    return fs
+
+
+def _save_cache(path: Path, key: str, fs: FeatureSet) -> None:
     blob = {"key": key, "global": fs.global_feats, "tokens": fs.tokens, "labels": fs.labels,
             "paths": fs.paths, "skipped": [list(x) for x in fs.skipped]}
     atomic_torch_save(path, blob)
-    return fs
+
+
+def seed_cache(backbone: Backbone, items: Sequence[tuple[Path, Label]], cache_dir: str | Path, name: str,
+               pool: FeatureSet, image: ImageSettings | None = None) -> Path:
+    """Write the cache `cached_features(backbone, items, cache_dir, name, image=image)` would find, from `pool`:
+    features that `extract_features(backbone, ..., image=image)` already gave for these files (each file's row,
+    matched by path; labels from `items`). For simulations on one machine whose sites reuse the same images: each
+    image is encoded once instead of once per site. KeyError names a file `pool` lacks."""
+    memo = DigestMemo(cache_dir)
+    key = cache_key(backbone, items, image, memo)
+    memo.save()
+    row = {path: i for i, path in enumerate(pool.paths)}
+    missing = [str(p) for p, _ in items if str(p) not in row]
+    if missing:
+        raise KeyError(f"{name}: no pooled features for {len(missing)} of {len(items)} files, e.g. {missing[0]}")
+    index = torch.tensor([row[str(p)] for p, _ in items])
+    labels = [_label_value(label) for _, label in items]
+    num_classes = pool.labels.shape[1] if pool.labels.ndim == 2 else None
+    fs = FeatureSet(pool.global_feats[index], pool.tokens[index], _labels_tensor(labels, num_classes),
+                    [str(p) for p, _ in items])
+    path = Path(cache_dir) / f"{name}-{key[:16]}.pt"
+    _save_cache(path, key, fs)
+    return path

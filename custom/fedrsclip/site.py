@@ -29,7 +29,7 @@ import torch
 
 from .algorithms import ALGORITHMS, Algorithm, get_algorithm
 from .atomic import atomic_torch_save, atomic_write
-from .backbone import Backbone, load_backbone, open_backbone
+from .backbone import Backbone, load_remembered, open_backbone
 from .config import Config
 from .data.composite import image_settings, settings_from_config
 from .data.errors import DataError
@@ -444,7 +444,7 @@ class PromptSite(Site):
 
     @classmethod
     def load_shared(cls, cfg: Config) -> Backbone:
-        return load_backbone(cfg.model)
+        return load_remembered(cfg.model, cfg.data.cache_dir)  # a checkpoint file is hashed once, not per run
 
     @property
     def description(self) -> str:

@@ -21,6 +21,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import secrets
 import sys
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -241,16 +243,50 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_text_tower(path: str | Path, tower: TextTower, spec: TextTowerSpec, meta: dict[str, Any]) -> Path:
+def save_text_tower(path: str | Path, tower: TextTower, spec: TextTowerSpec, meta: dict[str, Any],
+                    replace: bool = True) -> bool:
     """Write the tower's tensors (fp32, CPU), their checksum and `spec` + `meta` (JSON-able) as one safetensors file,
-    atomically."""
+    atomically (a reader sees no file or the whole file).
+
+    replace=False: only where no file is at `path` yet (`publish_once`), so a file another process (a site sharing
+    the cache folder) put there first is never replaced. Returns whether `path` now holds this call's file.
+    """
     from safetensors.torch import save
 
     tensors = {name: value.detach().cpu().contiguous() for name, value in tower.state_dict().items()}
     header = {META_KEY: json.dumps({"format": TOWER_FORMAT, "spec": asdict(spec), "sha256": tensors_digest(tensors),
                                     **meta})}
     data = save(tensors, metadata=header)
-    return atomic_write(path, lambda handle: handle.write(data))
+    if not replace:
+        return publish_once(path, data)
+    atomic_write(path, lambda handle: handle.write(data))
+    return True
+
+
+def publish_once(path: str | Path, data: bytes) -> bool:
+    """Put `data` at `path` unless a file is there: True when this call put it there, False when one was there first.
+
+    The data is written complete under a name of its own (`fedrsclip.atomic.atomic_write`), then hard-linked to
+    `path`: link(2) fails where `path` exists, so of several processes publishing at once exactly one wins and the
+    file is never replaced (a rename would replace it, and processes that had mapped the first file would hold
+    another inode than later ones: pages not shared). Where the file system has no hard links, the file is renamed
+    into place instead (atomic still, but it may replace one written meanwhile), with a warning.
+    """
+    path = Path(path)
+    staged = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.staged")
+    atomic_write(staged, lambda handle: handle.write(data))
+    try:
+        os.link(staged, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:  # no hard links here (some network or FAT file systems)
+        log.warning("%s: no hard link (%s); renamed into place, which may replace a file written meanwhile",
+                    path, exc)
+        os.replace(staged, path)
+        return True
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def read_tower_meta(path: str | Path) -> dict[str, Any]:

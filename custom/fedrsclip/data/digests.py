@@ -50,16 +50,21 @@ class DigestMemo:
         self.path = Path(folder) / MEMO_NAME if folder is not None else None
         self.entries: dict[str, list] = {}
         self.hashed = 0  # files hashed by this memo (the rest were remembered)
-        self._changed = False
-        if self.path is not None and self.path.is_file():
-            try:
-                loaded = json.loads(self.path.read_text(encoding="utf-8"))
-                if not isinstance(loaded, dict):
-                    raise ValueError("not a mapping")
-                self.entries = {k: v for k, v in loaded.items()
-                                if isinstance(v, list) and len(v) == 6 and isinstance(v[5], str)}
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
+        self._added: set[str] = set()  # keys this memo hashed since it was read or saved
+        self.entries = self._read(warn=True)
+
+    def _read(self, warn: bool = False) -> dict[str, list]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(loaded, dict):
+                raise ValueError("not a mapping")
+            return {k: v for k, v in loaded.items() if isinstance(v, list) and len(v) == 6 and isinstance(v[5], str)}
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            if warn:
                 log.warning("digest memo %s is unreadable (%s): every file is hashed again", self.path, exc)
+            return {}
 
     def file_digest(self, path: str | Path) -> str:
         """The digest of one file: remembered while its identity is unchanged, else hashed."""
@@ -72,7 +77,7 @@ class DigestMemo:
         value = hash_file(real)
         self.hashed += 1
         self.entries[key] = [*ident, value]
-        self._changed = True
+        self._added.add(key)
         return value
 
     def digest(self, path: str | Path) -> str:
@@ -87,7 +92,10 @@ class DigestMemo:
         return combined.hexdigest()
 
     def save(self) -> None:
-        """Write the memo (atomically) when a digest was added."""
-        if self.path is not None and self._changed:
-            atomic_write_json(self.path, self.entries)
-            self._changed = False
+        """Write the memo (atomically) when a digest was added, merged with what the file holds now: sites that share
+        a cache folder (simulated sites with an absolute data.cache_dir) keep each other's digests."""
+        if self.path is not None and self._added:
+            merged = {**self._read(), **{key: self.entries[key] for key in self._added}}
+            atomic_write_json(self.path, merged)
+            self.entries = {**merged, **self.entries}
+            self._added = set()

@@ -5,9 +5,12 @@ Layers, later ones win:
   2. the job's YAML (app/config/fedrsclip.yaml) and the executor's `overrides` (job settings, the same for all);
   3. the site configuration: the file named by $FEDRSCLIP_SITE_CONFIG ("{site}" in it becomes the site name), else
      `<site workspace>/local/fedrsclip_site.yaml` when it exists. It says where this institution's data and
-     weights are, so it may only set `data.*` and `model.pretrained / random_init / cache_dir / device`; whatever
-     decides the shared model (algorithm, model.arch, prompt, train.*) comes from the job so every site trains the
-     same one. Relative paths in it are relative to the file's folder.
+     weights are and what its hardware runs, so it may only set `data.*` and `model.pretrained / random_init /
+     cache_dir / device / text_precision`; whatever decides the shared model (algorithm, model.arch, prompt,
+     train.*) comes from the job so every site trains the same one. Relative paths in it are relative to the file's
+     folder. (`model.text_precision`, the text encoder's autocast on a CUDA site, is the site's as `model.device`
+     is: which of fp32, bf16 or fp16 a GPU runs well is a property of that GPU; it changes neither the model's shape
+     nor what is sent, only rounding, as a CPU site and a GPU site differ anyway; on a CPU it has no effect.)
 
 Relative `data.cache_dir` and the synthetic dataset's folder live under the site's workspace; a relative
 `prompt.class_descriptions` is a file of the job's config folder (where `fedrsclip job` puts its copy).
@@ -30,7 +33,7 @@ from ..results_file import describe_data
 
 SITE_CONFIG_ENV = "FEDRSCLIP_SITE_CONFIG"
 SITE_CONFIG_FILE = "fedrsclip_site.yaml"
-SITE_MODEL_KEYS = ("pretrained", "random_init", "cache_dir", "device")
+SITE_MODEL_KEYS = ("pretrained", "random_init", "cache_dir", "device", "text_precision")
 _SITE_PATH_KEYS = {"data": ("manifest", "root", "cache_dir", "synthetic_dir"), "model": ("cache_dir",)}
 SYNTHETIC_SUBDIR = "fedrsclip-data"
 

@@ -27,12 +27,33 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
                    "weights (default: the job's own; 10 ViT-B-16 sites need ~20 GB of RAM)")
     p.add_argument("--scaling", action="store_true", help="instead: round time vs classes, images per site and sites "
                    "(about 10 minutes on 2 CPU cores; with --quick a smoke run); writes scaling.json and scaling.png")
-    p.add_argument("--out-dir", default="workspaces/scaling", help="where --scaling writes (default: %(default)s)")
+    p.add_argument("--out-dir", help="where --scaling (default: workspaces/scaling) or --paper-scale N (default: "
+                                     "workspaces/paper-scale-N) writes")
+    paper = p.add_argument_group("--paper-scale: the paper's UC Merced federation with ViT-B/16 in the simulator")
+    paper.add_argument("--paper-scale", type=int, metavar="SITES", help="instead: Table I's UC Merced partition over "
+                       "SITES sites (10 or 40), ViT-B/16 with random weights from a local file, in `nvflare "
+                       "simulator`; wall time per round, memory and FLARE's share (README: Performance)")
+    paper.add_argument("--sim-threads", type=int, metavar="T", help="simulator threads (default: 10; one process per "
+                       "site at 10 sites)")
+    paper.add_argument("--rounds", type=int, default=3, help="rounds (default: %(default)s)")
+    paper.add_argument("--gpu", metavar="LIST", help="the simulator's -gpu, e.g. 0 or 0,1")
+    paper.add_argument("--cold", action="store_true", help="start the sites with empty feature caches (round 1 then "
+                       "loads the whole CLIP and extracts at every site at once)")
+    paper.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="another job setting, e.g. model.text_precision=bf16 (repeatable)")
     p.set_defaults(func=bench_command)
     return p
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    if args.paper_scale is not None:
+        from .paper import paper_scale_command
+
+        if args.paper_scale < 1 or (args.sim_threads is not None and args.sim_threads < 1) or args.rounds < 1:
+            print("error: --paper-scale, --sim-threads and --rounds must be at least 1", file=sys.stderr)
+            return 2
+        return paper_scale_command(args.paper_scale, args.out_dir, args.sim_threads, args.rounds, args.images,
+                                   args.cold, args.gpu, args.overrides)
     if args.scaling:
         from .scaling import scaling_command
 
@@ -40,7 +61,7 @@ def bench_command(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(int(args.threads))
-        return scaling_command(args.out_dir, args.device, quick=args.quick)
+        return scaling_command(args.out_dir or "workspaces/scaling", args.device, quick=args.quick)
     from .run import run_bench  # torch, open_clip: only when the bench runs
 
     if args.json_out and Path(args.json_out).exists() and not _bench_output(Path(args.json_out)):

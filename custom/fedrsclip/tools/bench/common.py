@@ -40,18 +40,25 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "plaintext upload": ("upload_bytes_plain", "<=", 8.5 * 1024, "<= 8.5 KB (8,704 B)"),
     "CKKS upload": ("upload_bytes_ckks", "<=", 100 * 1024, "<= 100 KB (102,400 B)"),
     "peak RSS": ("peak_rss_mb", "<=", 2.5 * 1024, "<= 2.5 GB (2,560 MB)"),
+    "task start ViT-B/16": ("task_start_s_vitb16", "<=", 4.0, "<= 4 s (warm cache)"),
+    "site train RSS": ("site_peak_rss_mb_train_vitb16", "<=", 1100.0, "<= 1,100 MB (ViT-B/16, warm cache)"),
+    "-t 1 / -t N": ("sim_demo_ratio", "<=", 2.5, "<= 2.5 (demo job, 10 sites)"),
 }
 
 # Settings of the full run and of --quick (fewer repeats and images; K=45 and the FLARE job skipped).
 # Training steps: ref_repeats timed reference steps, each followed by proj_per_ref timed project steps; before them
 # a light warm-up of the reference (its text encoder; the image encoder is warm from the feature part), ref_warmup
 # full reference steps and proj_warmup project steps.
+# Site starts (`sitestart`): start_images train + start_images test images at the ViT-B/16 site, start_repeats warm
+# starts; the demo job at sim_sites sites with -t 1 and -t sim_sites (`simthreads`; with the FLARE part).
 FULL = dict(feature_images=64, feature_images_cuda=210, feature_repeats=3, ref_warmup=0, ref_repeats=4,
             proj_warmup=2, proj_per_ref=3, class_counts=(21, 45), rss_images=48, rss_epochs=2, flare=True,
-            flare_sites=10, flare_rounds=3, site_images=105, site_rounds=2)
+            flare_sites=10, flare_rounds=3, site_images=105, site_rounds=2, start_images=105, start_repeats=3,
+            sim_sites=10)
 QUICK = dict(feature_images=32, feature_images_cuda=64, feature_repeats=1, ref_warmup=0, ref_repeats=1,
              proj_warmup=1, proj_per_ref=3, class_counts=(21,), rss_images=12, rss_epochs=2, flare=False,
-             flare_sites=2, flare_rounds=2, site_images=32, site_rounds=1)
+             flare_sites=2, flare_rounds=2, site_images=32, site_rounds=1, start_images=8, start_repeats=1,
+             sim_sites=2)
 
 
 _CLOCK = {"start": time.perf_counter()}
@@ -125,7 +132,7 @@ def bench_images(count: int, workdir: Path, real: Path | None = DEFAULT_IMAGES) 
                     items.append((by_class[label][depth], label))
             depth += 1
         info = {"source": "ucmerced-sample (real images)", "path": str(real), "available": len(listing.records),
-                "classes": len(listing.classes)}
+                "classes": len(listing.classes), "class_names": list(listing.classes), "dataset": "ucmerced"}
         return items, info
     from ...data.synth import MAX_CLASSES, make_synthetic
 
@@ -138,7 +145,7 @@ def bench_images(count: int, workdir: Path, real: Path | None = DEFAULT_IMAGES) 
     items = [(p, names.index(p.parent.name)) for p in files]
     items = sorted(items, key=lambda it: (int(it[0].stem.rsplit("_", 1)[1]), it[1]))[:count]
     info = {"source": f"synthetic 224 px scenes (no real images at {real})", "path": str(root),
-            "available": len(files), "classes": classes}
+            "available": len(files), "classes": classes, "class_names": names, "dataset": "synthetic"}
     return items, info
 
 

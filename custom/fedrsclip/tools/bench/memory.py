@@ -46,7 +46,8 @@ def bench_peak_rss(items: Sequence[tuple[Path, int]], epochs: int, threads: int 
                        "threads": threads})
     progress(f"peak RSS: a fresh site process (ViT-B/16 on CPU, {len(items)} images, {epochs} epoch(s))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", f"from fedrsclip.tools.bench.memory import rss_child; rss_child({spec!r})"],
+    code = f"from fedrsclip.tools.bench.memory import rss_child; rss_child({spec!r})"
+    proc = subprocess.run([sys.executable, "-c", code],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"peak_rss_mb": None, "peak_rss_note": f"the site process failed (exit {proc.returncode}): "

@@ -14,7 +14,11 @@ downloaded):
 * the bytes a site uploads per round: plaintext (the 2,048 float32 values, and FLARE's serialized DXO), CKKS
   (TenSEAL vector, without the context), and the full-model baseline (timm ViT-Tiny, 21 classes);
 * the peak resident memory of one site process (ViT-B/16 on CPU: load, extract features, train a few steps);
-* the share of a 10-site FLARE simulator round not spent in local training.
+* a site's start as a FLARE task starts it, in fresh processes (`sitestart`): process start to the first training
+  step with a warm cache, for the demo model and ViT-B/16 (random weights from a local checkpoint file), and the
+  peak RSS of a ViT-B/16 site extracting (cold) and training (warm);
+* the share of a 10-site FLARE simulator round not spent in local training, and the demo job with `-t 1` against
+  `-t 10` (`simthreads`).
 
 Timing: warm-up iterations, then the median of repeats (time.perf_counter; CUDA synchronised). The two paths of a
 comparison are timed alternately so that a load change on the machine hits both; the machine's load average is
@@ -40,6 +44,8 @@ from .features import bench_features
 from .memory import bench_peak_rss
 from .overhead import bench_flare_overhead, realistic_overhead
 from .scaling import time_site_round
+from .simthreads import bench_sim_threads
+from .sitestart import bench_site_start
 from .step import bench_step
 from .upload import ckks_upload, full_model_upload, plaintext_upload
 
@@ -81,8 +87,8 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
         workdir = Path(tmp)
         if dev.type == "cuda":
             settings["feature_images"] = settings["feature_images_cuda"]
-        items, info = bench_images(max(settings["feature_images"], BATCH, settings["rss_images"]), workdir,
-                                   Path(images) if images else None)
+        items, info = bench_images(max(settings["feature_images"], BATCH, settings["rss_images"],
+                                       2 * settings["start_images"]), workdir, Path(images) if images else None)
         feature_items = items[: settings["feature_images"]]
         info["used_features"] = len(feature_items)
         info["used_step_batch"] = BATCH
@@ -92,6 +98,8 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
         # First, while this process holds no model (Linux counts the parent's memory at fork into the child's
         # ru_maxrss).
         results.update(bench_peak_rss(items[: settings["rss_images"]], settings["rss_epochs"], threads))
+        results.update(bench_site_start(workdir / "site-start", items, info["class_names"], settings["start_images"],
+                                        settings["start_repeats"], dataset=info["dataset"]))
 
         progress(f"loading {ARCH} with random weights")
         backbone = load_backbone(bench_config(device).model)
@@ -141,7 +149,8 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
         site_round = time_site_round(backbone, features, 21, n, rounds=settings["site_rounds"],
                                      warmup=not quick)  # --quick: a single round, no warm-up
         results["site_round"] = {**site_round, "how": "PromptTrainer.evaluate (test split) + train_round (batch 32, "
-                                 "1 local epoch), as a FLARE train task does; real image features repeated to the count"}
+                                 "1 local epoch), as a FLARE train task does; real image features repeated to the "
+                                 "count"}
         results["site_round_s"] = site_round["round_s"]
         del backbone, features
 
@@ -155,10 +164,12 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
                                                  arch=flare_arch)
             results.update(flare_figures)
             results.update(realistic_overhead(flare_figures, results["site_round_s"]))
+            results.update(bench_sim_threads(workdir / "sim-threads", settings["sim_sites"]))
         else:
-            results.update({"flare_overhead_fraction": None,
-                            "flare_overhead_note": "skipped in --quick (a 10-site simulator job takes minutes); "
-                                                   "run `fedrsclip bench` without --quick"})
+            skipped = ("skipped in --quick (a 10-site simulator job takes minutes); run `fedrsclip bench` without "
+                       "--quick")
+            results.update({"flare_overhead_fraction": None, "flare_overhead_note": skipped, "sim_demo_t1_s": None,
+                            "sim_demo_tn_s": None, "sim_demo_ratio": None, "sim_demo_note": skipped})
     results["wall_s"] = time.perf_counter() - begin
     results["load_average_end"] = load_average()
     results["targets"] = target_rows(results)

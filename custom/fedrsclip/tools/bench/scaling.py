@@ -206,14 +206,16 @@ def format_scaling(results: dict) -> str:
              "one site's round (evaluate + train, batch 32, 1 local epoch):"]
     for row in results["classes"] + results["images"]:
         lines.append(f"  K={row['classes']:>3}  {row['train_images']:>4} images  {row['steps']:>3} steps  "
-                     f"round {row['round_s']:7.2f} s  (train {row['train_s']:.2f} s, evaluate {row['evaluate_s']:.2f} s)")
+                     f"round {row['round_s']:7.2f} s  (train {row['train_s']:.2f} s, evaluate "
+                     f"{row['evaluate_s']:.2f} s)")
     if results["sites"]:
         lines += ["", "FLARE simulator, the job's demo model (rounds after the first):"]
         for row in results["sites"]:
             wall = row.get("flare_round_wall_s")
             lines.append(f"  {row['sites']:>3} sites ({row['threads']} threads)  " + (
                 f"round {wall:6.2f} s, slowest site {row['flare_site_seconds_max']:.2f} s, FLARE "
-                f"{row['flare_overhead_s_per_round']:.2f} s" if wall is not None else f"n/a: {row.get('flare_overhead_note')}"))
+                f"{row['flare_overhead_s_per_round']:.2f} s" if wall is not None
+                else f"n/a: {row.get('flare_overhead_note')}"))
     lines.append(f"\nwall time {results['wall_s']:.0f} s")
     return "\n".join(lines)
 

@@ -34,6 +34,13 @@ def format_table(r: dict) -> str:
             ("upload, full model (ViT-Tiny, 21 classes)", f"{r['upload_bytes_full_model']:,} B",
              f"{r['full_model_values']:,} values"),
             ("peak RSS of one site process (CPU)", f"{_fmt(r['peak_rss_mb'], '.0f')} MB", ""),
+            ("task start, warm cache: demo / ViT-B/16", f"{_fmt(r.get('task_start_s_demo'), '.2f')} / "
+             f"{_fmt(r.get('task_start_s_vitb16'), '.2f')} s", "process start to the first training step"),
+            ("ViT-B/16 site peak RSS: extract / train", f"{_fmt(r.get('site_peak_rss_mb_extract_vitb16'), ',.0f')} / "
+             f"{_fmt(r.get('site_peak_rss_mb_train_vitb16'), ',.0f')} MB", "cold start / warm start and one round"),
+            ("demo job in the simulator: -t 1 / -t N", f"{_fmt(r.get('sim_demo_t1_s'), '.0f')} / "
+             f"{_fmt(r.get('sim_demo_tn_s'), '.0f')} s", _fmt(r.get('sim_demo_ratio'), '.2f', 'x')
+             if r.get('sim_demo_ratio') is not None else r.get('sim_demo_note', '')),
             ("one ViT-B/16 site's round (evaluate + train)", f"{_fmt(r.get('site_round_s'), '.2f')} s",
              f"K=21, {r['site_round']['train_images']} train + {r['site_round']['test_images']} test images, "
              f"{r['site_round']['steps']} steps" if r.get("site_round") else ""),

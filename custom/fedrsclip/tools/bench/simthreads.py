@@ -1,0 +1,128 @@
+"""The offline demo job in the simulator with one thread and with one thread per site (issue 14).
+
+With fewer threads than sites, FLARE's simulator runs every task in a fresh worker process (`simulator_worker`):
+Python, nvflare, torch and the site are started again for each task, so the job's time grows with the cost of a
+start. Both runs are the same job (the demo's: `fedrsclip-tiny` with random weights, synthetic scenes), on a fresh
+workspace each, one after the other on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import statistics
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ...results_file import SIMULATOR_RESULTS, load_results
+from ..demo import run_demo
+from .common import progress
+from .overhead import _DemoLines
+
+
+def _tasks(results: dict) -> tuple[int, float]:
+    """Site tasks recorded in a results file and the sum of their seconds (setup + evaluate + train)."""
+    count, seconds = 0, 0.0
+    for rnd in results.get("rounds", []):
+        for site in (rnd.get("sites") or {}).values():
+            if isinstance(site.get("seconds"), (int, float)):
+                count += 1
+                seconds += float(site["seconds"])
+    return count, seconds
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - ")
+_PHASES = {"ClientTaskWorker started to run": "worker", "Initialize ClientRunner for client": "runner",
+           "Finished one task run for client": "done"}
+
+
+def task_phases(log_path: str | Path) -> dict[str, Any] | None:
+    """Where a task's time goes when each task has its own worker process (`-t 1`), from the simulator's log:
+    `between` = the previous task's end to the new worker's first line (FLARE's 1 s pause between tasks, the process
+    start, nvflare's imports); `setup` = to "Initialize ClientRunner" (FLARE's client, cell and app set up,
+    importing the executor's module: torch); `task` = to "Finished one task run" (the site built from disk, the
+    round, the reply). Medians over the tasks; None when the log has none."""
+    events: list[tuple[str, float]] = []
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            match = _STAMP.match(line)
+            if not match:
+                continue
+            kind = next((k for text, k in _PHASES.items() if text in line), None)
+            if kind:
+                when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                events.append((kind, when))
+    phases: dict[str, list[float]] = {"between": [], "setup": [], "task": []}
+    last: dict[str, float] = {}
+    for kind, when in events:
+        if kind == "worker":
+            if "done" in last:
+                phases["between"].append(when - last["done"])
+            last = {"done": last.get("done", when), "worker": when}
+        elif kind == "runner" and "worker" in last:
+            phases["setup"].append(when - last["worker"])
+            last["runner"] = when
+        elif kind == "done" and "runner" in last:
+            phases["task"].append(when - last["runner"])
+            last = {"done": when}
+    if not phases["task"]:
+        return None
+    return {**{f"{k}_s": statistics.median(v) if v else None for k, v in phases.items()},
+            "tasks": len(phases["task"])}
+
+
+def run_demo_timed(workdir: Path, sites: int, threads: int, rounds: int | None) -> dict[str, Any]:
+    """One demo job in the simulator: its wall time, exit code and what its results file says about the tasks."""
+    workspace = workdir / f"demo-t{threads}"
+    progress(f"simulator: the demo job, {sites} sites, -t {threads}; this takes minutes")
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(_DemoLines()):
+        rc = run_demo(str(workspace), sites=sites, threads=threads, rounds=rounds,
+                      log_file=str(workdir / f"demo-t{threads}.log"))
+    wall = time.perf_counter() - start
+    out: dict[str, Any] = {"threads": threads, "wall_s": wall, "exit_code": rc}
+    try:
+        results = load_results(workspace / SIMULATOR_RESULTS)
+    except (OSError, ValueError) as exc:
+        out["error"] = f"no results file: {exc}"
+        return out
+    tasks, seconds = _tasks(results)
+    out.update(status=results.get("status"), rounds=len(results.get("rounds", [])), train_tasks=tasks,
+               site_seconds=seconds, wall_s_per_train_task=wall / tasks if tasks else None)
+    if threads < sites:
+        out["task_phases"] = task_phases(workdir / f"demo-t{threads}.log")
+    return out
+
+
+def bench_sim_threads(workdir: Path, sites: int = 10, rounds: int | None = None) -> dict[str, Any]:
+    """sim_demo_t1_s and sim_demo_tn_s: the demo job with `-t 1` and with `-t sites` (rounds: None = the job's)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    many = run_demo_timed(workdir, sites, sites, rounds)
+    one = run_demo_timed(workdir, sites, 1, rounds)
+    ok = all(r["exit_code"] == 0 and r.get("status") == "finished" for r in (one, many))
+    out = {"sim_demo_t1_s": one["wall_s"] if ok else None, "sim_demo_tn_s": many["wall_s"] if ok else None,
+           "sim_demo_ratio": one["wall_s"] / many["wall_s"] if ok else None, "sim_demo_sites": sites,
+           "sim_demo_runs": {"t1": one, "tn": many},
+           "sim_demo_note": (f"the offline demo job (fedrsclip-tiny, random weights, synthetic scenes), {sites} sites, "
+                             f"{one.get('rounds', '?')} rounds, a fresh workspace each; -t 1: every task in a fresh "
+                             f"simulator worker process ({_per_task(one)})")}
+    if not ok:
+        out["sim_demo_note"] = "a simulator run failed: " + "; ".join(
+            f"-t {r['threads']}: exit {r['exit_code']}, {r.get('error') or r.get('status')}" for r in (one, many))
+    return out
+
+
+def _per_task(run: dict) -> str:
+    per = run.get("wall_s_per_train_task")
+    if per is None:
+        return "no task recorded"
+    text = (f"{per:.1f} s of job wall time per training task, of which the site's own seconds "
+            f"{run['site_seconds'] / max(run['train_tasks'], 1):.1f} s")
+    phases = run.get("task_phases")
+    if phases:
+        text += (f"; per task (medians): {phases['between_s'] or 0:.1f} s from the previous task's end to the new "
+                 f"worker, {phases['setup_s'] or 0:.1f} s of FLARE client set-up and module imports, "
+                 f"{phases['task_s']:.1f} s for the task itself")
+    return text
