@@ -78,6 +78,7 @@ format: $(STAMP)
 	$(PY) -m ruff format custom tests jobs/job.py poc/submit_api.py
 
 lint: $(STAMP)
+	$(PY) -m ruff format --check custom tests jobs/job.py poc/submit_api.py
 	$(PY) -m ruff check custom tests jobs/job.py poc/submit_api.py
 
 # Only what these targets made: the demo workspaces and the feature cache; workspaces/ keeps everything else.

@@ -17,9 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedrsclip.flare.recipe import FedRSCLIPRecipe  # first: FLARE's recipe module takes --export from sys.argv
-
 from fedrsclip.flare.job import JobError, JobSpec
+from fedrsclip.flare.recipe import FedRSCLIPRecipe  # first: FLARE's recipe module takes --export from sys.argv
 from fedrsclip.results_file import find_results, load_results
 from fedrsclip.tools.reporting.run_table import format_table
 
@@ -34,13 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", help="the job's fedrsclip YAML (default: the offline demo's)")
     parser.add_argument("--he", action="store_true", help="CKKS-encrypted updates")
     parser.add_argument("--threads", type=int, help="SimEnv threads (default: one per site)")
-    parser.add_argument("--workspace-root", default="/tmp/nvflare/simulation",
-                        help="SimEnv: the run's workspace is <root>/<name> (default: %(default)s)")
+    parser.add_argument(
+        "--workspace-root",
+        default="/tmp/nvflare/simulation",
+        help="SimEnv: the run's workspace is <root>/<name> (default: %(default)s)",
+    )
     parser.add_argument("--startup-kit", help="ProdEnv: the admin's startup kit folder")
     args = parser.parse_args(argv)
 
-    spec = JobSpec(name=args.name, sites=args.sites, rounds=args.rounds, overrides=tuple(args.set), he=args.he,
-                   settings=Path(args.settings) if args.settings else None)
+    spec = JobSpec(
+        name=args.name,
+        sites=args.sites,
+        rounds=args.rounds,
+        overrides=tuple(args.set),
+        he=args.he,
+        settings=Path(args.settings) if args.settings else None,
+    )
     recipe = FedRSCLIPRecipe(spec)
     if args.env == "sim":
         from nvflare.recipe import SimEnv
@@ -53,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         workspace = Path(env.poc_workspace)
         kept = [p.name for p in (workspace / "jobs", workspace / "results") if p.exists()]
         if kept:  # what poc/ made there (jobs, downloaded results) would be deleted with it
-            parser.error(f"PocEnv deletes the POC workspace {workspace} before it starts a fresh POC, and it holds "
-                         f"{', '.join(kept)} (made by poc/): move them away or set NVFLARE_POC_WORKSPACE elsewhere")
+            parser.error(
+                f"PocEnv deletes the POC workspace {workspace} before it starts a fresh POC, and it holds "
+                f"{', '.join(kept)} (made by poc/): move them away or set NVFLARE_POC_WORKSPACE elsewhere"
+            )
     else:
         from nvflare.recipe import ProdEnv
 

@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kit", required=True, help="the admin's startup kit folder (e.g. .../prod_00/admin@nvidia.com)")
+    parser.add_argument(
+        "--kit", required=True, help="the admin's startup kit folder (e.g. .../prod_00/admin@nvidia.com)"
+    )
     parser.add_argument("--job", required=True, help="the job folder to submit (holds meta.json)")
     parser.add_argument("--out", required=True, help="where the job's result is downloaded (a <job id> folder in it)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job (0: no limit)")

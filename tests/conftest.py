@@ -39,4 +39,6 @@ def feature_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("features")
 
 
-requires_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real UC Merced sample not found at {REAL_DATA}")
+requires_real_data = pytest.mark.skipif(
+    not REAL_DATA.is_dir(), reason=f"real UC Merced sample not found at {REAL_DATA}"
+)

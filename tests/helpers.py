@@ -30,12 +30,19 @@ def make_job(out: Path, sites: int = 2, rounds: int = 2, overrides=(), **spec) -
     return write_job(JobSpec(sites=sites, rounds=rounds, overrides=tuple(overrides), **spec), out)
 
 
-def simulate(job: Path, ws: Path, sites: int, threads: int | None = None, env: dict | None = None,
-             timeout: int = 600) -> subprocess.CompletedProcess:
+def simulate(
+    job: Path, ws: Path, sites: int, threads: int | None = None, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """`nvflare simulator job -w ws -n sites -t threads`; its output is also kept in <ws>.log."""
     from fedrsclip.flare.simulator import simulator_command
 
-    proc = subprocess.run(simulator_command(job, ws, sites, threads or sites), capture_output=True, text=True,
-                          env={**ENV, **(env or {})}, timeout=timeout, errors="replace")
+    proc = subprocess.run(
+        simulator_command(job, ws, sites, threads or sites),
+        capture_output=True,
+        text=True,
+        env={**ENV, **(env or {})},
+        timeout=timeout,
+        errors="replace",
+    )
     (ws.parent / f"{ws.name}.log").write_text(proc.stdout + proc.stderr)
     return proc

@@ -40,8 +40,11 @@ def test_payload_names_are_the_state_dict_names_and_hold_only_the_sites_modaliti
     model = torch.nn.Module()
     model.adapter = ModalityAdapters(["s2", "s1"], dim=32, rank=4)
     names = {n for n, _ in model.named_parameters()}
-    assert names == set(adapter_keys(["s2", "s1"])) == {
-        "adapter.s2.down.weight", "adapter.s2.up.weight", "adapter.s1.down.weight", "adapter.s1.up.weight"}
+    assert (
+        names
+        == set(adapter_keys(["s2", "s1"]))
+        == {"adapter.s2.down.weight", "adapter.s2.up.weight", "adapter.s1.down.weight", "adapter.s1.up.weight"}
+    )
     sent = model.adapter.payload(["s2"])
     assert sorted(sent) == sorted(adapter_keys(["s2"]))
     assert sent["adapter.s2.down.weight"].shape == (4, 32) and sent["adapter.s2.up.weight"].shape == (32, 4)
@@ -55,8 +58,9 @@ def test_sites_of_a_modality_start_from_the_same_adapter_and_modalities_differ()
     site_a = ModalityAdapters(["s2", "s1"], dim=32, rank=4, seed=3)
     site_b = ModalityAdapters(["s1", "s2"], dim=32, rank=4, seed=3)
     assert all(np.array_equal(site_a.payload(["s2"])[k], site_b.payload(["s2"])[k]) for k in adapter_keys(["s2"]))
-    assert not np.array_equal(site_a.payload(["s2"])["adapter.s2.down.weight"],
-                              site_a.payload(["s1"])["adapter.s1.down.weight"])
+    assert not np.array_equal(
+        site_a.payload(["s2"])["adapter.s2.down.weight"], site_a.payload(["s1"])["adapter.s1.down.weight"]
+    )
 
 
 def test_load_payload_checks_everything_before_loading_anything():

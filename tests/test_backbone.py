@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch
 
+from conftest import tiny_config
 from fedrsclip.backbone import BackboneError, load_backbone
 from fedrsclip.config import ModelConfig
-from conftest import tiny_config
 
 
 def test_random_weights_only_when_asked(tiny_backbone):
@@ -78,8 +78,10 @@ def test_openai_weights_use_quickgelu(monkeypatch):
 
 def test_offline_pretrained_fails_with_instructions():
     """With the hub unreachable, asking for OpenAI weights stops and says how to pass a local file."""
-    code = ("from fedrsclip.backbone import load_backbone; from fedrsclip.config import ModelConfig; "
-            "load_backbone(ModelConfig(arch='ViT-B-16', pretrained='openai'))")
+    code = (
+        "from fedrsclip.backbone import load_backbone; from fedrsclip.config import ModelConfig; "
+        "load_backbone(ModelConfig(arch='ViT-B-16', pretrained='openai'))"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0

@@ -72,8 +72,7 @@ def test_step_paths_agree_on_the_tiny_clip(tiny_backbone):
     images = torch.randn(8, 3, 64, 64, generator=gen)
     labels = torch.arange(8)
     for classes in (21, 45):
-        figures, payload = bench_step(tiny_backbone, images, labels, classes, _tiny_settings(),
-                                            arch="fedrsclip-tiny")
+        figures, payload = bench_step(tiny_backbone, images, labels, classes, _tiny_settings(), arch="fedrsclip-tiny")
         assert figures["loss_steps_compared"] == 2
         assert figures["reference_samples"] == 2 and figures["project_samples"] == 4
         assert figures["loss_max_abs_diff"] <= 1e-4
@@ -124,13 +123,30 @@ def _results(rounds: list[dict]) -> dict:
 
 def test_overhead_from_results_leaves_out_round_one():
     rounds = [
-        {"round": 1, "started": 0.0, "finished": 60.0,
-         "sites": {"site-1": {"seconds": 2.0, "train_seconds": 1.0}, "site-2": {"seconds": 3.0}}},
-        {"round": 2, "started": 60.0, "finished": 70.0,
-         "sites": {"site-1": {"seconds": 8.0, "train_seconds": 6.0}, "site-2": {"seconds": 7.0, "train_seconds": 5.0}}},
-        {"round": 3, "started": 70.0, "finished": 80.0,
-         "sites": {"site-1": {"seconds": 9.0, "train_seconds": 7.0},
-                   "site-2": {"missing": True, "error": "no result"}}},
+        {
+            "round": 1,
+            "started": 0.0,
+            "finished": 60.0,
+            "sites": {"site-1": {"seconds": 2.0, "train_seconds": 1.0}, "site-2": {"seconds": 3.0}},
+        },
+        {
+            "round": 2,
+            "started": 60.0,
+            "finished": 70.0,
+            "sites": {
+                "site-1": {"seconds": 8.0, "train_seconds": 6.0},
+                "site-2": {"seconds": 7.0, "train_seconds": 5.0},
+            },
+        },
+        {
+            "round": 3,
+            "started": 70.0,
+            "finished": 80.0,
+            "sites": {
+                "site-1": {"seconds": 9.0, "train_seconds": 7.0},
+                "site-2": {"missing": True, "error": "no result"},
+            },
+        },
     ]
     out = overhead_from_results(_results(rounds))
     assert out["flare_rounds_used"] == [2, 3]
@@ -150,8 +166,14 @@ def test_overhead_from_results_without_rounds():
 
 
 def test_targets_and_table():
-    results = {"step_speedup_vs_reference": 12.0, "feature_throughput_ratio": 0.8, "flare_overhead_fraction": None,
-               "upload_bytes_plain": 8192, "upload_bytes_ckks": 200_000, "peak_rss_mb": 1800.0}
+    results = {
+        "step_speedup_vs_reference": 12.0,
+        "feature_throughput_ratio": 0.8,
+        "flare_overhead_fraction": None,
+        "upload_bytes_plain": 8192,
+        "upload_bytes_ckks": 200_000,
+        "peak_rss_mb": 1800.0,
+    }
     rows = target_rows(results)
     assert rows["step speed-up"]["pass"] is True
     assert rows["feature throughput"]["pass"] is False
@@ -176,8 +198,13 @@ def test_quick_bench_cli(tmp_path):
     """`fedrsclip bench --quick`: the last stdout line is one JSON object with every figure."""
     out = tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "fedrsclip.cli", "bench", "--quick", "--json-out", str(out)],
-                          capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedrsclip.cli", "bench", "--quick", "--json-out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     results = json.loads(lines[-1])

@@ -52,10 +52,14 @@ def test_memory_watch_finds_the_site_processes(tmp_path):
     """MemoryWatch reads a real process tree: the root and a child named as FLARE's site workers are (`--client`)."""
     from fedrsclip.tools.bench.memwatch import MemoryWatch
 
-    child = ("import sys, time; block = bytearray(80 * 1024 * 1024); block[::4096] = b'x' * len(block[::4096]); "
-             "time.sleep(3)")
-    parent = (f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}, "
-              "'nvflare.private.fed.app.simulator.simulator_worker', '--client', 'site-7'])")
+    child = (
+        "import sys, time; block = bytearray(80 * 1024 * 1024); block[::4096] = b'x' * len(block[::4096]); "
+        "time.sleep(3)"
+    )
+    parent = (
+        f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}, "
+        "'nvflare.private.fed.app.simulator.simulator_worker', '--client', 'site-7'])"
+    )
     proc = subprocess.Popen([sys.executable, "-c", parent])
     watch = MemoryWatch(proc.pid, interval=0.2).start()
     proc.wait(timeout=60)
@@ -90,10 +94,30 @@ def test_bench_options_for_the_paper_scale():
 
     parser = argparse.ArgumentParser()
     add_bench_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--paper-scale", "40", "--sim-threads", "8", "--rounds", "2", "--gpu", "0",
-                              "--set", "model.text_precision=bf16", "--cold"])
+    args = parser.parse_args(
+        [
+            "bench",
+            "--paper-scale",
+            "40",
+            "--sim-threads",
+            "8",
+            "--rounds",
+            "2",
+            "--gpu",
+            "0",
+            "--set",
+            "model.text_precision=bf16",
+            "--cold",
+        ]
+    )
     assert (args.paper_scale, args.sim_threads, args.rounds, args.gpu, args.overrides, args.cold) == (
-        40, 8, 2, "0", ["model.text_precision=bf16"], True)
+        40,
+        8,
+        2,
+        "0",
+        ["model.text_precision=bf16"],
+        True,
+    )
     assert parser.parse_args(["bench"]).paper_scale is None
 
 
@@ -112,8 +136,9 @@ def test_paper_scale_run_on_the_tiny_clip(tmp_path):
     from fedrsclip.tools.bench.paper import format_paper, run_paper_scale
 
     start = time.perf_counter()
-    report = run_paper_scale(2, tmp_path / "out", threads=2, rounds=2, images=REAL_DATA, per_class=3,
-                             arch="fedrsclip-tiny")
+    report = run_paper_scale(
+        2, tmp_path / "out", threads=2, rounds=2, images=REAL_DATA, per_class=3, arch="fedrsclip-tiny"
+    )
     assert report["simulator_exit_code"] == 0 and report["status"] == "finished", report.get("log")
     assert [r["round"] for r in report["rounds_table"]] == [1, 2]
     assert all(r["sites_reported"] == 2 and r["sites_missing"] == 0 for r in report["rounds_table"])
@@ -147,13 +172,15 @@ def test_task_phases_from_a_simulator_log(tmp_path):
     """-t 1: the gaps between FLARE's lines for each task's worker process (times as the simulator logs them)."""
     from fedrsclip.tools.bench.simthreads import task_phases
 
-    lines = ["2026-01-01 10:00:00,000 - INFO - Round 0 started.",
-             "2026-01-01 10:00:01,000 - INFO - ClientTaskWorker started to run",
-             "2026-01-01 10:00:04,000 - INFO - Initialize ClientRunner for client: site-1",
-             "2026-01-01 10:00:05,500 - INFO - Finished one task run for client: site-1 interval: 0.5",
-             "2026-01-01 10:00:07,500 - INFO - ClientTaskWorker started to run",
-             "2026-01-01 10:00:10,000 - INFO - Initialize ClientRunner for client: site-2",
-             "2026-01-01 10:00:10,500 - INFO - Finished one task run for client: site-2 interval: 0.5"]
+    lines = [
+        "2026-01-01 10:00:00,000 - INFO - Round 0 started.",
+        "2026-01-01 10:00:01,000 - INFO - ClientTaskWorker started to run",
+        "2026-01-01 10:00:04,000 - INFO - Initialize ClientRunner for client: site-1",
+        "2026-01-01 10:00:05,500 - INFO - Finished one task run for client: site-1 interval: 0.5",
+        "2026-01-01 10:00:07,500 - INFO - ClientTaskWorker started to run",
+        "2026-01-01 10:00:10,000 - INFO - Initialize ClientRunner for client: site-2",
+        "2026-01-01 10:00:10,500 - INFO - Finished one task run for client: site-2 interval: 0.5",
+    ]
     log = tmp_path / "sim.log"
     log.write_text("\n".join(lines) + "\n")
     phases = task_phases(log)

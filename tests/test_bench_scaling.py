@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedrsclip.features import FeatureSet
+from fedrsclip.flare.upload_audit import account, serialized_size
+from fedrsclip.tools.bench import scaling
 from fedrsclip.tools.bench.cli import add_bench_command
 from fedrsclip.tools.bench.overhead import bench_flare_overhead, realistic_overhead
 from fedrsclip.tools.bench.upload import upload_from_audits
-from fedrsclip.tools.bench import scaling
-from fedrsclip.features import FeatureSet
-from fedrsclip.flare.upload_audit import account, serialized_size
 
 
 def _update(values: int, record: dict | None = None):
@@ -56,12 +56,23 @@ def test_upload_from_audits(tmp_path):
     from fedrsclip.atomic import atomic_write_json
 
     def entry(rnd: int, total: int) -> dict:
-        return {"task": "train", "round": rnd, "total": total, "values": 1024, "headers": 655, "data_encoding": 286,
-                "meta": total - 1024 - 655 - 286 - 302, "envelope": 302, "fields": {"header:__peer_ctx__": 372}}
+        return {
+            "task": "train",
+            "round": rnd,
+            "total": total,
+            "values": 1024,
+            "headers": 655,
+            "data_encoding": 286,
+            "meta": total - 1024 - 655 - 286 - 302,
+            "envelope": 302,
+            "fields": {"header:__peer_ctx__": 372},
+        }
 
     for site, totals in (("site-1", (2763, 2589, 2589)), ("site-2", (2765, 2591, 2589))):
-        atomic_write_json(tmp_path / site / "simulate_job" / "fedrsclip" / f"upload_audit-{site}.json",
-                          {"site": site, "entries": [entry(r, t) for r, t in enumerate(totals)]})
+        atomic_write_json(
+            tmp_path / site / "simulate_job" / "fedrsclip" / f"upload_audit-{site}.json",
+            {"site": site, "entries": [entry(r, t) for r, t in enumerate(totals)]},
+        )
     out = upload_from_audits(tmp_path)
     assert out["upload_results_audited"] == 6
     assert out["upload_bytes_plain_measured"] == 2589  # the median of the later rounds
@@ -80,8 +91,12 @@ def test_realistic_overhead():
 
 def _features(n: int = 5) -> FeatureSet:
     gen = torch.Generator().manual_seed(0)
-    return FeatureSet(torch.randn(n, 64, generator=gen).half(), torch.randn(n, 64, 64, generator=gen).half(),
-                      torch.arange(n), [f"img{i}.png" for i in range(n)])
+    return FeatureSet(
+        torch.randn(n, 64, generator=gen).half(),
+        torch.randn(n, 64, 64, generator=gen).half(),
+        torch.arange(n),
+        [f"img{i}.png" for i in range(n)],
+    )
 
 
 def test_tile_features():
@@ -99,8 +114,7 @@ def test_site_threads():
 
 
 def test_time_site_round_on_the_tiny_clip(tiny_backbone):
-    out = scaling.time_site_round(tiny_backbone, _features(8), 21, 40, test_images=16, rounds=1,
-                                  arch="fedrsclip-tiny")
+    out = scaling.time_site_round(tiny_backbone, _features(8), 21, 40, test_images=16, rounds=1, arch="fedrsclip-tiny")
     assert out["steps"] == 2 and out["train_images"] == 40 and out["test_images"] == 16
     assert out["round_s"] == pytest.approx(out["evaluate_s"] + out["train_s"], rel=1e-6)
     assert out["train_s"] > 0 and out["evaluate_s"] > 0
@@ -108,12 +122,24 @@ def test_time_site_round_on_the_tiny_clip(tiny_backbone):
 
 def test_plot_and_table(tmp_path):
     row = {"steps": 4, "round_s": 2.0, "train_s": 1.5, "evaluate_s": 0.5, "train_images": 105, "test_images": 105}
-    results = {"arch": "ViT-B-16 (random weights)", "device": "cpu", "wall_s": 1.0,
-               "classes": [{**row, "classes": k} for k in (21, 45)],
-               "images": [{**row, "classes": 21, "train_images": n} for n in (26, 105)],
-               "sites": [{"sites": n, "threads": n, "flare_round_wall_s": 1.0 + n / 10, "flare_site_seconds_max": 0.6,
-                          "flare_overhead_s_per_round": 0.4} for n in (2, 5)]
-               + [{"sites": 40, "threads": 8, "flare_round_wall_s": None, "flare_overhead_note": "failed"}]}
+    results = {
+        "arch": "ViT-B-16 (random weights)",
+        "device": "cpu",
+        "wall_s": 1.0,
+        "classes": [{**row, "classes": k} for k in (21, 45)],
+        "images": [{**row, "classes": 21, "train_images": n} for n in (26, 105)],
+        "sites": [
+            {
+                "sites": n,
+                "threads": n,
+                "flare_round_wall_s": 1.0 + n / 10,
+                "flare_site_seconds_max": 0.6,
+                "flare_overhead_s_per_round": 0.4,
+            }
+            for n in (2, 5)
+        ]
+        + [{"sites": 40, "threads": 8, "flare_round_wall_s": None, "flare_overhead_note": "failed"}],
+    }
     path = scaling.plot_scaling(results, tmp_path / "scaling.png")
     from PIL import Image
 

@@ -19,8 +19,14 @@ import torch
 from open_clip.transformer import QuickGELU
 
 from fedrsclip.backbone import BackboneError, load_backbone
-from fedrsclip.checkpoints import (KNOWN_FILES, LONG_CONTEXT, CheckpointError, kps_stretch, read_checkpoint,
-                                   splice_long_positions)
+from fedrsclip.checkpoints import (
+    KNOWN_FILES,
+    LONG_CONTEXT,
+    CheckpointError,
+    kps_stretch,
+    read_checkpoint,
+    splice_long_positions,
+)
 from fedrsclip.config import ModelConfig, PromptConfig
 from fedrsclip.prompts import PromptLearner
 
@@ -184,12 +190,15 @@ def test_long_clip_with_scalars_and_module_prefix_loads(original, tmp_path):
     assert backbone.context_length == 248 and backbone.quick_gelu
 
 
-@pytest.mark.parametrize("name, arch, family, quick", [
-    ("RemoteCLIP-ViT-B-32.pt", "ViT-B-32", "RemoteCLIP", True),
-    ("RS5M_ViT-B-32.pt", "ViT-B-32", "GeoRSCLIP", True),
-    ("SkyCLIP_ViT_B32_top50pct/epoch_20.pt", "ViT-B-32", "SkyCLIP", False),
-    ("LRSCLIP_ViT-B-16.pt", "ViT-B-16", "LRSCLIP", True),
-])
+@pytest.mark.parametrize(
+    "name, arch, family, quick",
+    [
+        ("RemoteCLIP-ViT-B-32.pt", "ViT-B-32", "RemoteCLIP", True),
+        ("RS5M_ViT-B-32.pt", "ViT-B-32", "GeoRSCLIP", True),
+        ("SkyCLIP_ViT_B32_top50pct/epoch_20.pt", "ViT-B-32", "SkyCLIP", False),
+        ("LRSCLIP_ViT-B-16.pt", "ViT-B-16", "LRSCLIP", True),
+    ],
+)
 def test_published_files_load_in_their_real_shapes(tmp_path, name, arch, family, quick):
     state = light_state(arch)
     if family == "LRSCLIP":
@@ -199,8 +208,15 @@ def test_published_files_load_in_their_real_shapes(tmp_path, name, arch, family,
     path = tmp_path / name
     path.parent.mkdir(exist_ok=True)
     if family == "SkyCLIP":  # open_clip's training checkpoint, saved from DistributedDataParallel
-        torch.save({"epoch": 20, "name": "skyclip", "state_dict": {f"module.{k}": v for k, v in state.items()},
-                    "optimizer": {"state": {}, "param_groups": [{"lr": 1e-9, "params": [0]}]}}, path)
+        torch.save(
+            {
+                "epoch": 20,
+                "name": "skyclip",
+                "state_dict": {f"module.{k}": v for k, v in state.items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 1e-9, "params": [0]}]},
+            },
+            path,
+        )
     else:
         torch.save(state, path)
     backbone = load_backbone(ModelConfig(arch=arch, pretrained=str(path), device="cpu"))
@@ -279,8 +295,9 @@ def tiny_cfg(**kw) -> ModelConfig:
 def test_context_length_248_applies_kps(tiny_backbone):
     long = load_backbone(tiny_cfg(context_length=248))
     assert long.context_length == 248 and long.tokenizer.context_length == 248
-    torch.testing.assert_close(long.model.positional_embedding, kps_stretch(tiny_backbone.model.positional_embedding),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        long.model.positional_embedding, kps_stretch(tiny_backbone.model.positional_embedding), rtol=0, atol=0
+    )
     assert_weights(long.model, tiny_backbone.model.state_dict())
     assert long.fingerprint == tiny_backbone.fingerprint + "|ctx=248"
 

@@ -31,8 +31,15 @@ from fedrsclip.data.readers import list_dataset  # noqa: E402
 from fedrsclip.data.synth import make_synthetic  # noqa: E402
 from fedrsclip.protocol import PayloadError, Update, payload_nbytes, weighted_mean  # noqa: E402
 
-BASE = ["algorithm=fedavg-full", "classifier.arch=vit_tiny_patch16_224", "classifier.image_size=32",
-        "model.device=cpu", "train.batch_size=8", "train.eval_batch_size=16", "classifier.lr=0.01"]
+BASE = [
+    "algorithm=fedavg-full",
+    "classifier.arch=vit_tiny_patch16_224",
+    "classifier.image_size=32",
+    "model.device=cpu",
+    "train.batch_size=8",
+    "train.eval_batch_size=16",
+    "classifier.lr=0.01",
+]
 
 # The paper's Table II "Transmitted Parameter" column (these are the timm models with ImageNet's 1000-class head).
 PAPER_PARAMS = {"vit_tiny_patch16_224": 5.7e6, "efficientnet_b1": 7.8e6}
@@ -62,8 +69,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
-    root = make_synthetic(tmp_path_factory.mktemp("data") / "synth", classes=4, per_class=12, size=32,
-                          progress=False)
+    root = make_synthetic(tmp_path_factory.mktemp("data") / "synth", classes=4, per_class=12, size=32, progress=False)
     listing = list_dataset("imagefolder", root, progress=False)
     return build_manifest(listing, num_clients=2, scheme="uniform", seed=0)
 
@@ -87,7 +93,7 @@ def assert_payload_equal(a, b):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-# ---- model and payload ------------------------------------------------------------------------------------------------
+# ---- model and payload -----------------------------------------------------------------------------------------------
 def test_payload_keys_shapes_dtype(cfg, manifest):
     site = ClassifierSite(cfg, "site-1", manifest, progress=False)
     trainer = site.trainer
@@ -124,7 +130,7 @@ def test_wrong_algorithm_and_arch_are_refused(manifest):
         build_classifier(make_cfg("classifier.arch=no_such_net"), 4)
 
 
-# ---- training ---------------------------------------------------------------------------------------------------------
+# ---- training --------------------------------------------------------------------------------------------------------
 def test_round_changes_weights_and_is_deterministic(cfg, manifest, tmp_path):
     site = ClassifierSite(cfg, "site-1", manifest, state_dir=tmp_path, progress=False)
     before = site.trainer.payload()
@@ -151,7 +157,7 @@ def test_weighted_mean_then_set_global_round_trips(cfg, manifest):
     ra, rb = a.run_round(None, 0), b.run_round(None, 0)
     merged = weighted_mean([(ra.payload, ra.weight), (rb.payload, 3 * rb.weight)])  # unequal weights
     key = "blocks.0.mlp.fc1.weight"
-    expected = (ra.payload[key].astype(np.float64) * 0.25 + rb.payload[key].astype(np.float64) * 0.75)
+    expected = ra.payload[key].astype(np.float64) * 0.25 + rb.payload[key].astype(np.float64) * 0.75
     np.testing.assert_allclose(merged[key], expected, rtol=1e-6, atol=1e-7)
     a.trainer.set_global(merged)
     b.trainer.set_global(merged)
@@ -204,7 +210,7 @@ def test_in_process_federation_two_sites_three_rounds(cfg, manifest, tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"site-1-state.pt", "site-2-state.pt"}
 
 
-# ---- data -------------------------------------------------------------------------------------------------------------
+# ---- data ------------------------------------------------------------------------------------------------------------
 def test_unreadable_images_are_skipped_with_a_warning(cfg, manifest, tmp_path):
     trainer = ClassifierSite(cfg, "site-1", manifest, progress=False).trainer
     root = manifest["root"]
@@ -239,7 +245,7 @@ def test_missing_images_stop_the_site(cfg, manifest, tmp_path):
         ClassifierSite(make_cfg(f"data.root={tmp_path}"), "site-1", manifest, progress=False)
 
 
-# ---- the paper's models -------------------------------------------------------------------------------------------------
+# ---- the paper's models ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "efficientnet_b1"])
 def test_paper_models_transmitted_parameters(arch, capsys):
     cfg = make_cfg(f"classifier.arch={arch}", "classifier.image_size=224")
@@ -258,13 +264,15 @@ def test_paper_models_transmitted_parameters(arch, capsys):
     # the same model with ImageNet's 1000-class head, as in the paper's table
     n1000 = n31 + (1000 - 31) * (model.num_features + 1)
     with capsys.disabled():
-        print(f"\n{arch}: {n31:,} values sent with 31 classes, {n1000:,} with 1000 classes "
-              f"(paper: {PAPER_PARAMS[arch] / 1e6:.1f}M)")
+        print(
+            f"\n{arch}: {n31:,} values sent with 31 classes, {n1000:,} with 1000 classes "
+            f"(paper: {PAPER_PARAMS[arch] / 1e6:.1f}M)"
+        )
     assert abs(n1000 - PAPER_PARAMS[arch]) / PAPER_PARAMS[arch] < 0.01
     assert abs(n31 - PAPER_PARAMS[arch]) / PAPER_PARAMS[arch] < 0.20  # only the head differs
 
 
-# ---- pretrained weights offline -----------------------------------------------------------------------------------------
+# ---- pretrained weights offline --------------------------------------------------------------------------------------
 def test_pretrained_offline_is_a_clear_error():
     start = time.perf_counter()
     with pytest.raises(ClassifierError, match=r"classifier\.pretrained=false") as info:

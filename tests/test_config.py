@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from fedrsclip.config import ConfigError, load_config, parse_overrides
 from conftest import tiny_config
+from fedrsclip.config import ConfigError, load_config, parse_overrides
 
 
 def test_defaults_are_the_paper_setting():
@@ -18,20 +18,28 @@ def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("algorithm: fedprox\ntrain:\n  lr: 0.01\n  rounds: 3\not:\n  eps: 0.05\n")
     cfg = load_config(path, ["train.rounds=7", "dpac.negatives=peers"])
-    assert (cfg.algorithm, cfg.train.lr, cfg.train.rounds, cfg.ot.eps, cfg.dpac.negatives) == \
-        ("fedprox", 0.01, 7, 0.05, "peers")
+    assert (cfg.algorithm, cfg.train.lr, cfg.train.rounds, cfg.ot.eps, cfg.dpac.negatives) == (
+        "fedprox",
+        0.01,
+        7,
+        0.05,
+        "peers",
+    )
 
 
-@pytest.mark.parametrize("override, words", [
-    (["train.lrr=1"], "unknown setting 'train.lrr'"),
-    (["algorithm=fedfoo"], "unknown algorithm 'fedfoo'"),
-    (["train.lr=fast"], "train.lr must be float"),
-    (["ot.mass=2"], "ot.mass"),
-    (["prompt.class_position=left"], "prompt.class_position"),
-    (["dpac.negatives=all"], "dpac.negatives"),
-    (["model.pretrained=null"], "model.random_init"),
-    (["train"], "section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        (["train.lrr=1"], "unknown setting 'train.lrr'"),
+        (["algorithm=fedfoo"], "unknown algorithm 'fedfoo'"),
+        (["train.lr=fast"], "train.lr must be float"),
+        (["ot.mass=2"], "ot.mass"),
+        (["prompt.class_position=left"], "prompt.class_position"),
+        (["dpac.negatives=all"], "dpac.negatives"),
+        (["model.pretrained=null"], "model.random_init"),
+        (["train"], "section.key=value"),
+    ],
+)
 def test_bad_settings_name_the_setting(override, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
         load_config(overrides=override)
@@ -60,6 +68,7 @@ def test_tiny_config_is_explicitly_random():
 
 
 # ---- issue 11, item 8: every numeric setting refused where it enters, correct values accepted -------------------
+
 
 def _numeric_settings():
     """(section, name, type, interval) of every int / float setting of the schema, the OT section included."""
@@ -104,18 +113,21 @@ def test_values_below_the_range_are_refused_for_every_setting(section, name, int
         load_config(overrides=[f"{section}.{name}={int(below) if float(below).is_integer() else below}"])
 
 
-@pytest.mark.parametrize("override, words", [
-    ("dpac.scale=.nan", "dpac.scale must be positive; got nan"),  # failed later as "lower train.lr"
-    ("dpac.weight=.nan", "dpac.weight must be >= 0; got nan"),  # silently turned DPAC off
-    ("dpac.weight=-1", "dpac.weight must be >= 0; got -1"),
-    ("train.momentum=1.5", "train.momentum must be between 0 and 1"),
-    ("privacy.dp_delta=1", "privacy.dp_delta must be between 0 and 1"),
-    ("train.seed=-3", "train.seed must be between 0 and"),
-    ("ot.mass=.inf", "ot.mass must be between 0 and 1"),
-    ("train.lr=1e-3x", "train.lr must be float; got '1e-3x'"),
-    ("train.lr=[1", "override 'train.lr=[1': the value is not valid YAML"),  # was a raw yaml traceback
-    ("train.lr={a: 1", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("dpac.scale=.nan", "dpac.scale must be positive; got nan"),  # failed later as "lower train.lr"
+        ("dpac.weight=.nan", "dpac.weight must be >= 0; got nan"),  # silently turned DPAC off
+        ("dpac.weight=-1", "dpac.weight must be >= 0; got -1"),
+        ("train.momentum=1.5", "train.momentum must be between 0 and 1"),
+        ("privacy.dp_delta=1", "privacy.dp_delta must be between 0 and 1"),
+        ("train.seed=-3", "train.seed must be between 0 and"),
+        ("ot.mass=.inf", "ot.mass must be between 0 and 1"),
+        ("train.lr=1e-3x", "train.lr must be float; got '1e-3x'"),
+        ("train.lr=[1", "override 'train.lr=[1': the value is not valid YAML"),  # was a raw yaml traceback
+        ("train.lr={a: 1", "not valid YAML"),
+    ],
+)
 def test_issue_examples_are_refused_naming_the_setting(override, words):
     with pytest.raises(ConfigError, match=re.escape(words)):
         load_config(overrides=[override])
@@ -143,8 +155,17 @@ def test_exponent_floats_are_accepted_in_overrides_and_files(tmp_path):
 
 
 def test_boundaries_that_are_allowed():
-    cfg = load_config(overrides=["dpac.weight=0", "train.momentum=0", "train.weight_decay=0", "ot.mass=1",
-                                 "privacy.dp_noise_multiplier=0", "data.num_workers=0", "prompt.init_std=0"])
+    cfg = load_config(
+        overrides=[
+            "dpac.weight=0",
+            "train.momentum=0",
+            "train.weight_decay=0",
+            "ot.mass=1",
+            "privacy.dp_noise_multiplier=0",
+            "data.num_workers=0",
+            "prompt.init_std=0",
+        ]
+    )
     assert cfg.dpac.weight == 0.0 and cfg.ot.mass == 1.0
 
 

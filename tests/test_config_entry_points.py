@@ -49,19 +49,40 @@ def test_run_refuses_before_reading_data_or_writing(tmp_path, capsys, override, 
 @pytest.mark.parametrize("override,words", BAD)
 def test_experiment_refuses_and_writes_nothing(tmp_path, capsys, override, words):
     out = tmp_path / "grid"
-    _refused(capsys, ["experiment", "--out", str(out), "--algorithms", "fedrsclip", "--sites", "2", "--set", override],
-             words)
+    _refused(
+        capsys, ["experiment", "--out", str(out), "--algorithms", "fedrsclip", "--sites", "2", "--set", override], words
+    )
     assert not out.exists()
 
 
 def test_exponent_values_pass_the_cli_and_reach_the_sites_as_numbers(tmp_path, capsys):
     out = tmp_path / "job"
-    assert main(["job", "--algorithm", "fedrsclip", "--out", str(out), "--sites", "2", "--set", "ot.eps=1e-2",
-                 "--set", "ot.tol=1e-4", "--set", "train.lr=1e-3", *[a for o in SMALL[:2] for a in ("--set", o)]]) == 0
+    assert (
+        main(
+            [
+                "job",
+                "--algorithm",
+                "fedrsclip",
+                "--out",
+                str(out),
+                "--sites",
+                "2",
+                "--set",
+                "ot.eps=1e-2",
+                "--set",
+                "ot.tol=1e-4",
+                "--set",
+                "train.lr=1e-3",
+                *[a for o in SMALL[:2] for a in ("--set", o)],
+            ]
+        )
+        == 0
+    )
     # the executor reads the job's overrides exactly as written
     overrides = job_settings(out)["overrides"]
-    cfg = resolve_site_settings("site-1", out / "app" / "config" / "fedrsclip.yaml", overrides, tmp_path / "ws",
-                                None).cfg
+    cfg = resolve_site_settings(
+        "site-1", out / "app" / "config" / "fedrsclip.yaml", overrides, tmp_path / "ws", None
+    ).cfg
     assert (cfg.ot.eps, cfg.ot.tol, cfg.train.lr) == (0.01, 1e-4, 1e-3)
 
 
@@ -72,11 +93,14 @@ def test_site_resolution_refuses_bad_job_settings(tmp_path, override, words):
         resolve_site_settings("site-1", JOB_YAML, [override], tmp_path, None)
 
 
-@pytest.mark.parametrize("text,words", [
-    ("data:\n  num_workers: -1\n", "data.num_workers must be >= 0; got -1"),
-    ("data:\n  synthetic_seed: -2\n", "data.synthetic_seed must be between 0 and"),
-    ("model:\n  device: cpu\ndata:\n  num_workers: .inf\n", "data.num_workers must be int; got inf"),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("data:\n  num_workers: -1\n", "data.num_workers must be >= 0; got -1"),
+        ("data:\n  synthetic_seed: -2\n", "data.synthetic_seed must be between 0 and"),
+        ("model:\n  device: cpu\ndata:\n  num_workers: .inf\n", "data.num_workers must be int; got inf"),
+    ],
+)
 def test_site_file_values_are_range_checked_naming_the_file(tmp_path, text, words):
     local = tmp_path / "local"
     local.mkdir()
@@ -89,9 +113,8 @@ def test_executor_stops_a_job_carrying_a_nan_setting(tmp_path):
     """The real FLARE simulator on a job that bypassed the CLI: the sites refuse it by name, nothing trains."""
     import json
 
-    from helpers import make_job, simulate
-
     from fedrsclip.results_file import find_results, load_results
+    from helpers import make_job, simulate
 
     job = make_job(tmp_path / "job", sites=1, rounds=2, overrides=["data.synthetic_per_class=10"])
     client = job / "app" / "config" / "config_fed_client.json"  # edited by hand: no check between it and the sites

@@ -76,21 +76,30 @@ def test_features_extract_through_the_same_path(tiny_backbone, tmp_path):
     manifest = build_manifest(listing, 1, "uniform", seed=0)
     items = site_split(manifest, "site-1", "train", multi_label=True)
     settings = image_settings(dataset_modality=manifest["modality"])
-    fs = cached_features(tiny_backbone, items, tmp_path, "train", progress=False, image=settings,
-                         num_classes=len(manifest["classes"]))
+    fs = cached_features(
+        tiny_backbone, items, tmp_path, "train", progress=False, image=settings, num_classes=len(manifest["classes"])
+    )
     assert len(fs) == len(items) and fs.labels.shape == (len(items), 19)
     assert fs.labels.sum(1).tolist() == [float(len(lab)) for _, lab in items]
     assert torch.isfinite(fs.global_feats.float()).all()
     # a different composite is a different cache entry (the key covers the image settings)
-    other = cached_features(tiny_backbone, items, tmp_path, "train", progress=False,
-                            image=image_settings("s2", "false-color"), num_classes=19)
+    other = cached_features(
+        tiny_backbone,
+        items,
+        tmp_path,
+        "train",
+        progress=False,
+        image=image_settings("s2", "false-color"),
+        num_classes=19,
+    )
     assert not torch.equal(other.global_feats, fs.global_feats)
 
 
 def test_single_label_path_refuses_a_multi_label_manifest(tmp_path):
     from conftest import tiny_config
     from fedrsclip.algorithms import get_algorithm
-    from fedrsclip.site import PromptSite as Site, label_kind
+    from fedrsclip.site import PromptSite as Site
+    from fedrsclip.site import label_kind
 
     manifest = build_manifest(list_dataset("bigearthnet-s1", SAMPLE, progress=False), 2, "uniform", seed=0)
     with pytest.raises(DataError, match="multi-label.*single-label"):

@@ -98,8 +98,10 @@ def test_overrides_errors_name_the_file(tmp_path):
     "folders,expected",
     [
         # RSSCN7: one-letter sort prefixes in alphabetical order
-        (["aGrass", "bField", "cIndustry", "dRiverLake", "eForest", "fResident", "gParking"],
-         ["grass", "field", "industry", "river lake", "forest", "resident", "parking"]),
+        (
+            ["aGrass", "bField", "cIndustry", "dRiverLake", "eForest", "fResident", "gParking"],
+            ["grass", "field", "industry", "river lake", "forest", "resident", "parking"],
+        ),
         # numbered folders
         (["01_airport", "02_bare_land", "10-storage-tanks"], ["airport", "bare land", "storage tanks"]),
         (["1airport", "2beach"], ["airport", "beach"]),
@@ -142,7 +144,10 @@ def test_two_folders_with_one_name_are_refused_naming_both(tmp_path):
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"parking_lot": "car park"}))
     assert list_dataset("imagefolder", root, class_names_file=names, progress=False).classes == [
-        "car park", "parking lot", "river"]
+        "car park",
+        "parking lot",
+        "river",
+    ]
 
 
 def test_name_too_long_for_the_text_encoder_is_refused_at_partition(tmp_path):

@@ -19,12 +19,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_synth_then_partition_then_show(tmp_path, capsys):
     syn = tmp_path / "syn"
-    assert main(["data", "synth", "--out", str(syn), "--classes", "4", "--per-class", "6", "--size", "16", "--quiet"]) == 0
+    assert (
+        main(["data", "synth", "--out", str(syn), "--classes", "4", "--per-class", "6", "--size", "16", "--quiet"]) == 0
+    )
     out = tmp_path / "m.json"
-    rc = main([
-        "data", "partition", "--dataset", "synthetic", "--root", str(syn), "--sites", "3",
-        "--scheme", "label-skew", "--classes-per-site", "2", "--seed", "4", "--out", str(out), "--quiet",
-    ])
+    rc = main(
+        [
+            "data",
+            "partition",
+            "--dataset",
+            "synthetic",
+            "--root",
+            str(syn),
+            "--sites",
+            "3",
+            "--scheme",
+            "label-skew",
+            "--classes-per-site",
+            "2",
+            "--seed",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "site-3" in printed and "skipped files: 0" in printed and str(out) in printed
@@ -37,8 +56,9 @@ def test_synth_then_partition_then_show(tmp_path, capsys):
 def test_partition_replaces_only_a_manifest(tmp_path, capsys):
     """--out may be a new file or an earlier manifest (replaced); any other file is refused and kept."""
     syn = tmp_path / "syn"
-    assert main(["data", "synth", "--out", str(syn), "--classes", "2", "--per-class", "4", "--size", "16",
-                 "--quiet"]) == 0
+    assert (
+        main(["data", "synth", "--out", str(syn), "--classes", "2", "--per-class", "4", "--size", "16", "--quiet"]) == 0
+    )
     partition = ["data", "partition", "--dataset", "synthetic", "--root", str(syn), "--quiet", "--out"]
     notes = tmp_path / "notes.json"
     notes.write_text('{"mine": true}')
@@ -53,12 +73,38 @@ def test_partition_replaces_only_a_manifest(tmp_path, capsys):
 
 
 def test_errors_exit_2_with_a_message(tmp_path, capsys):
-    rc = main(["data", "partition", "--dataset", "nwpu", "--root", str(tmp_path / "nope"),
-               "--sites", "2", "--out", str(tmp_path / "m.json")])
+    rc = main(
+        [
+            "data",
+            "partition",
+            "--dataset",
+            "nwpu",
+            "--root",
+            str(tmp_path / "nope"),
+            "--sites",
+            "2",
+            "--out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert rc == 2
     assert "error: dataset root not found" in capsys.readouterr().err
-    rc = main(["data", "partition", "--dataset", "nwpu", "--root", str(tmp_path), "--sites", "2",
-               "--beta", "0.3", "--out", str(tmp_path / "m.json")])
+    rc = main(
+        [
+            "data",
+            "partition",
+            "--dataset",
+            "nwpu",
+            "--root",
+            str(tmp_path),
+            "--sites",
+            "2",
+            "--beta",
+            "0.3",
+            "--out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert rc == 2 and "--beta applies only to --scheme dirichlet" in capsys.readouterr().err
 
 
@@ -66,8 +112,9 @@ def test_registers_into_another_parser(tmp_path):
     parser = argparse.ArgumentParser(prog="fedrsclip")
     sub = parser.add_subparsers(dest="command")
     add_data_commands(sub)
-    args = parser.parse_args(["data", "synth", "--out", str(tmp_path / "s"), "--classes", "2",
-                              "--per-class", "1", "--size", "16", "--quiet"])
+    args = parser.parse_args(
+        ["data", "synth", "--out", str(tmp_path / "s"), "--classes", "2", "--per-class", "1", "--size", "16", "--quiet"]
+    )
     assert args.func is run_data_command
     assert run_data_command(args) == 0
 
@@ -76,12 +123,22 @@ def test_python_dash_m(tmp_path):
     syn = tmp_path / "syn"
     env = {**os.environ, "PYTHONPATH": str(REPO / "custom") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "fedrsclip.data.cli", "data"]
-    done = subprocess.run([*cmd, "synth", "--out", str(syn), "--classes", "3", "--per-class", "4",
-                           "--size", "16", "--quiet"], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [*cmd, "synth", "--out", str(syn), "--classes", "3", "--per-class", "4", "--size", "16", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     out = tmp_path / "m.json"
-    done = subprocess.run([*cmd, "partition", "--dataset", "synthetic", "--root", str(syn), "--sites", "2",
-                           "--out", str(out), "--quiet"], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [*cmd, "partition", "--dataset", "synthetic", "--root", str(syn), "--sites", "2", "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "RuntimeWarning" not in done.stderr
     assert json.loads(out.read_text())["dataset"] == "synthetic"
@@ -117,14 +174,46 @@ def test_partition_counts_skipped_files_by_reason_and_takes_image_settings(tmp_p
             Image.new("RGB", (20 + i * 20, 20), (i * 50, 0, 0)).save(root / cls / f"{i}.png")
     (root / "forest" / "broken.png").write_text("no")
     out = tmp_path / "m.json"
-    rc = main(["data", "partition", "--dataset", "imagefolder", "--root", str(root), "--sites", "2", "--quiet",
-               "--out", str(out), "--set", "data.max_pixels=700"])
+    rc = main(
+        [
+            "data",
+            "partition",
+            "--dataset",
+            "imagefolder",
+            "--root",
+            str(root),
+            "--sites",
+            "2",
+            "--quiet",
+            "--out",
+            str(out),
+            "--set",
+            "data.max_pixels=700",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     # 40x20 and 60x20 exceed 700 pixels in each class; one file is not an image at all
     assert "skipped files: 5 (too large 4, unreadable 1)" in printed
-    assert main(["data", "partition", "--dataset", "imagefolder", "--root", str(root), "--sites", "2",
-                 "--out", str(out), "--set", "train.lr=1"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "partition",
+                "--dataset",
+                "imagefolder",
+                "--root",
+                str(root),
+                "--sites",
+                "2",
+                "--out",
+                str(out),
+                "--set",
+                "train.lr=1",
+            ]
+        )
+        == 2
+    )
     assert "--set takes data.* settings" in capsys.readouterr().err
 
 
@@ -148,6 +237,8 @@ def test_preview_writes_what_the_encoder_sees(tmp_path, capsys):
     s1 = sorted((BEN / "S1").iterdir())[0]
     assert main(["data", "preview", str(patch), str(s1), "--out", str(out), "--force"]) == 0
     assert Image.open(out).size == (120 + 4 + 120, 120)
-    assert main(["data", "preview", str(patch), "--out", str(tmp_path / "p.png"),
-                 "--set", "data.composite=VV,VH,B02"]) == 2
+    assert (
+        main(["data", "preview", str(patch), "--out", str(tmp_path / "p.png"), "--set", "data.composite=VV,VH,B02"])
+        == 2
+    )
     assert "modality s2 has no band VV" in capsys.readouterr().err

@@ -125,7 +125,7 @@ def test_site_split(listing, tmp_path):
     m = build_manifest(listing, 2, "uniform", seed=0)
     items = site_split(m, "site-1", "train")
     assert items and all(p.is_absolute() and p.is_file() for p, _ in items)
-    assert [(p.relative_to(listing.root).as_posix(), l) for p, l in items] == [
+    assert [(p.relative_to(listing.root).as_posix(), y) for p, y in items] == [
         tuple(r) for r in m["sites"]["site-1"]["train"]
     ]
     moved = site_split(m, "site-2", "test", root=tmp_path / "elsewhere")
@@ -189,9 +189,17 @@ def test_partition_skips_symlinks_that_leave_the_root(tmp_path):
 def test_multi_label_records_round_trip(tmp_path):
     from fedrsclip.data import validate_manifest
 
-    m = {"version": 1, "dataset": "x", "root": str(tmp_path), "classes": ["a", "b", "c"], "seed": 0,
-         "scheme": "uniform", "multi_label": True, "modality": "s2",
-         "sites": {"site-1": {"train": [["p1", [0, 2]], ["p2", [1]]], "test": []}}}
+    m = {
+        "version": 1,
+        "dataset": "x",
+        "root": str(tmp_path),
+        "classes": ["a", "b", "c"],
+        "seed": 0,
+        "scheme": "uniform",
+        "multi_label": True,
+        "modality": "s2",
+        "sites": {"site-1": {"train": [["p1", [0, 2]], ["p2", [1]]], "test": []}},
+    }
     path = write_manifest(m, tmp_path / "m.json")
     assert '["p1", [0, 2]]' in path.read_text()  # one record per line
     assert load_manifest(path)["sites"]["site-1"]["train"][0] == ["p1", [0, 2]]

@@ -225,21 +225,86 @@ def test_synth_mm_partition_show_and_preview_commands(tmp_path, capsys):
     out = tmp_path / "mm"
     assert main(["data", "synth-mm", "--out", str(out), "--scenes", "12", "--size", "24", "--quiet"]) == 0
     manifest = tmp_path / "m.json"
-    assert main(["data", "partition", "--dataset", "bigearthnet-mm", "--root", str(out), "--sites", "2",
-                 "--modalities", "s2,s1", "--out", str(manifest), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "partition",
+                "--dataset",
+                "bigearthnet-mm",
+                "--root",
+                str(out),
+                "--sites",
+                "2",
+                "--modalities",
+                "s2,s1",
+                "--out",
+                str(manifest),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "site-2 (s1)" in capsys.readouterr().out
     loaded = load_manifest(manifest)
     assert [site_modalities(loaded, s) for s in loaded["sites"]] == [("s2",), ("s1",)]
     preview = tmp_path / "p.png"
-    assert main(["data", "preview", str(out / "S1" / "SYNTH_S1_00000"), str(out / "S2" / "SYNTH_S2_00000"),
-                 "--manifest", str(manifest), "--out", str(preview)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "preview",
+                str(out / "S1" / "SYNTH_S1_00000"),
+                str(out / "S2" / "SYNTH_S2_00000"),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(preview),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "modality s1, composite VV,VH,VV-VH" in text and "modality s2, composite B04,B03,B02" in text
     # --modalities belongs to the paired dataset, and the paired dataset needs it
-    assert main(["data", "partition", "--dataset", "bigearthnet-mm", "--root", str(out), "--sites", "2",
-                 "--out", str(tmp_path / "x.json"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "partition",
+                "--dataset",
+                "bigearthnet-mm",
+                "--root",
+                str(out),
+                "--sites",
+                "2",
+                "--out",
+                str(tmp_path / "x.json"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "needs --modalities" in capsys.readouterr().err
-    assert main(["data", "partition", "--dataset", "bigearthnet-s2", "--root", str(out), "--sites", "2",
-                 "--modalities", "s2", "--out", str(tmp_path / "y.json"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "data",
+                "partition",
+                "--dataset",
+                "bigearthnet-s2",
+                "--root",
+                str(out),
+                "--sites",
+                "2",
+                "--modalities",
+                "s2",
+                "--out",
+                str(tmp_path / "y.json"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "applies only to --dataset bigearthnet-mm" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()

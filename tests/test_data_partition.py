@@ -101,7 +101,7 @@ def test_label_skew_invariants(splits, n, k):
     assert set(held) == set(range(21))  # every class is held by a site
     # A class's images are split evenly among its holders.
     for label, sites in held.items():
-        counts = [sum(1 for _, l in parts[s]["train"] if l == label) for s in sites]
+        counts = [sum(1 for _, y in parts[s]["train"] if y == label) for s in sites]
         assert max(counts) - min(counts) <= 1
     _check_cover(parts, train, test)
     assert parts == partition(train, test, n, "label-skew", seed=0, classes_per_site=k)
@@ -125,8 +125,8 @@ def test_dirichlet_invariants(splits, beta, n):
         assert len(p["train"]) >= 1, site
         # Test label distribution follows the train distribution: here both
         # splits have 50 images per class, so counts match within rounding.
-        tr = Counter(l for _, l in p["train"])
-        te = Counter(l for _, l in p["test"])
+        tr = Counter(y for _, y in p["train"])
+        te = Counter(y for _, y in p["test"])
         for label in set(tr) | set(te):
             assert abs(tr[label] - te[label]) <= 1, (site, label)
     assert parts == partition(train, test, n, "dirichlet", seed=0, dirichlet_beta=beta)
@@ -136,8 +136,8 @@ def test_dirichlet_test_shares_follow_train_shares(splits):
     train, test = splits["nwpu"]  # 140 train / 560 test per class
     parts = partition(train, test, 5, "dirichlet", seed=3, dirichlet_beta=0.3)
     for p in parts.values():
-        tr = Counter(l for _, l in p["train"])
-        te = Counter(l for _, l in p["test"])
+        tr = Counter(y for _, y in p["train"])
+        te = Counter(y for _, y in p["test"])
         for label in range(45):
             assert abs(te[label] - 4 * tr[label]) <= 2
     skewed = np.array([len(p["train"]) for p in parts.values()])

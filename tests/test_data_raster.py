@@ -114,8 +114,9 @@ def test_many_unnamed_bands_in_the_rgb_modality_ask_for_a_setting(tmp_path):
 def test_paletted_tiff_uses_its_colour_map(tmp_path):
     index = np.array([[0, 1], [1, 0]], np.uint8)
     path = tmp_path / "pal.tif"
-    with rasterio.open(path, "w", driver="GTiff", count=1, height=2, width=2, dtype="uint8",
-                       photometric="PALETTE") as ds:
+    with rasterio.open(
+        path, "w", driver="GTiff", count=1, height=2, width=2, dtype="uint8", photometric="PALETTE"
+    ) as ds:
         ds.write(index, 1)
         ds.write_colormap(1, {0: (10, 20, 30, 255), 1: (200, 100, 50, 255)})
     seen = np.asarray(load_rgb(path))
@@ -149,8 +150,15 @@ def _patch(folder: Path, sizes: dict[str, int], shift: float = 0.0) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for band, side in sizes.items():
-        meta = dict(driver="GTiff", count=1, height=side, width=side, dtype="uint16", crs="EPSG:32629",
-                    transform=from_origin(600000 + (shift if band == "B02" else 0), 5800000, 1200 / side, 1200 / side))
+        meta = dict(
+            driver="GTiff",
+            count=1,
+            height=side,
+            width=side,
+            dtype="uint16",
+            crs="EPSG:32629",
+            transform=from_origin(600000 + (shift if band == "B02" else 0), 5800000, 1200 / side, 1200 / side),
+        )
         with rasterio.open(folder / f"{folder.name}_{band}.tif", "w", **meta) as ds:
             ds.write(rng.integers(0, 3000, (1, side, side)).astype(np.uint16))
     return folder
@@ -178,14 +186,19 @@ def test_band_folder_errors_name_the_band_and_what_to_do(tmp_path):
 
 def _png_header_only_bomb(path: Path, side: int) -> Path:
     """A valid 16-bit grey PNG of side x side zeros: a few hundred KB that decode to side^2 * 2 bytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     comp = zlib.compressobj(9)
     row = b"\0" * (1 + 2 * side)
     body = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
-                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
+        + chunk(b"IDAT", body)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 

@@ -27,8 +27,18 @@ def _folder(base: Path, classes: dict[str, int], ext: str = ".png") -> Path:
 
 
 def test_datasets_names():
-    assert set(DATASETS) == {"ucmerced", "optimal31", "nwpu", "eurosat", "eurosat-ms", "bigearthnet-s2",
-                             "bigearthnet-s1", "bigearthnet-mm", "imagefolder", "synthetic"}
+    assert set(DATASETS) == {
+        "ucmerced",
+        "optimal31",
+        "nwpu",
+        "eurosat",
+        "eurosat-ms",
+        "bigearthnet-s2",
+        "bigearthnet-s1",
+        "bigearthnet-mm",
+        "imagefolder",
+        "synthetic",
+    }
 
 
 def test_ucmerced_with_and_without_images_subfolder(tmp_path):

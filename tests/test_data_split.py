@@ -45,7 +45,7 @@ def test_accepts_json_style_lists():
 def test_small_classes_keep_an_image_in_each_split():
     recs = [("a/1.png", 0), ("a/2.png", 0), ("b/1.png", 1), ("c/1.png", 2), ("c/2.png", 2), ("c/3.png", 2)]
     train, test = split_train_test(recs, 0.2, seed=0)
-    tr, te = Counter(l for _, l in train), Counter(l for _, l in test)
+    tr, te = Counter(y for _, y in train), Counter(y for _, y in test)
     assert tr[0] == 1 and te[0] == 1  # round(0.4) = 0 would leave no training image
     assert tr[1] == 1 and te[1] == 0  # a single image goes to train
     assert tr[2] == 1 and te[2] == 2

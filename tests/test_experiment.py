@@ -10,8 +10,15 @@ import pytest
 from PIL import Image
 
 from fedrsclip.cli import main
-from fedrsclip.tools.experiments.grid import (Cell, DataSource, build_grid, check_overrides, parse_ablate, parse_sites,
-                                              variant_overrides)
+from fedrsclip.tools.experiments.grid import (
+    Cell,
+    DataSource,
+    build_grid,
+    check_overrides,
+    parse_ablate,
+    parse_sites,
+    variant_overrides,
+)
 from fedrsclip.tools.experiments.layout import CENTRALIZED
 from fedrsclip.tools.experiments.runner import run_experiment
 
@@ -27,8 +34,9 @@ def test_grid_has_one_centralized_cell_per_algorithm_and_seed():
     cells = build_grid(["fedrsclip", "local"], [None, 2, 3], ["uniform", "label-skew"], [0, 1])
     assert len(cells) == 2 * 2 * (1 + 2 * 2)
     pooled = [c for c in cells if c.sites is None]
-    assert {(c.algorithm, c.seed, c.partition, c.num_sites) for c in pooled} == \
-        {(a, s, "pooled", 1) for a in ("fedrsclip", "local") for s in (0, 1)}
+    assert {(c.algorithm, c.seed, c.partition, c.num_sites) for c in pooled} == {
+        (a, s, "pooled", 1) for a in ("fedrsclip", "local") for s in (0, 1)
+    }
     assert len({c.name for c in cells}) == len(cells)
     assert Cell("fedrsclip", None, "pooled", 0).column == CENTRALIZED
 
@@ -47,16 +55,37 @@ def test_grid_refusals():
 
 
 def test_bad_settings_refused_before_any_run(tmp_path, capsys):
-    assert main(["experiment", "--out", str(tmp_path / "x"), "--algorithms", "fedrsclip", "--sites", "2",
-                 "--set", "train.lrr=1"]) == 2
+    assert (
+        main(
+            [
+                "experiment",
+                "--out",
+                str(tmp_path / "x"),
+                "--algorithms",
+                "fedrsclip",
+                "--sites",
+                "2",
+                "--set",
+                "train.lrr=1",
+            ]
+        )
+        == 2
+    )
     assert "train.lrr" in capsys.readouterr().err and not (tmp_path / "x" / "cells").exists()
     with pytest.raises(ValueError, match="--partition 'skewed'"):
         run_experiment(tmp_path / "y", ["fedrsclip"], [2], ["skewed"], [0])
 
 
-@pytest.mark.parametrize("options, option", [(["--seeds", "-1"], "--seeds"), (["--seeds", "1,x"], "--seeds"),
-                                             (["--rounds", "0"], "--rounds"), (["--threads", "0"], "--threads"),
-                                             (["--data-seed", "-2"], "--data-seed")])
+@pytest.mark.parametrize(
+    "options, option",
+    [
+        (["--seeds", "-1"], "--seeds"),
+        (["--seeds", "1,x"], "--seeds"),
+        (["--rounds", "0"], "--rounds"),
+        (["--threads", "0"], "--threads"),
+        (["--data-seed", "-2"], "--data-seed"),
+    ],
+)
 def test_grid_values_refused_before_anything_is_written(tmp_path, capsys, options, option):
     """The grid's own values, not only --set, are refused naming the option; the folder is not even made."""
     with pytest.raises(SystemExit) as exit_:
@@ -65,9 +94,15 @@ def test_grid_values_refused_before_anything_is_written(tmp_path, capsys, option
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("kwargs, words", [({"seeds": [-1]}, "--seeds: -1"), ({"rounds": 0}, "--rounds: 0"),
-                                           ({"seeds": []}, "--seeds: 'no value'"),
-                                           ({"seeds": [2**32]}, "train.seed must be")])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"seeds": [-1]}, "--seeds: -1"),
+        ({"rounds": 0}, "--rounds: 0"),
+        ({"seeds": []}, "--seeds: 'no value'"),
+        ({"seeds": [2**32]}, "train.seed must be"),
+    ],
+)
 def test_grid_values_refused_by_the_python_api(tmp_path, kwargs, words):
     grid = {"seeds": [0], **kwargs}
     with pytest.raises(ValueError, match=words):
@@ -90,12 +125,14 @@ def test_manifest_pattern_gives_each_cell_its_manifest_and_pools_the_centralized
     grid = [None, 3]
     fed = data.overrides(Cell("fedrsclip", 3, "uniform", 0), grid, tmp_path / "exp")
     assert fed == ["data.source=manifest", f"data.manifest={tmp_path / 'm3.json'}"]
-    pooled = load_manifest(data.overrides(Cell("fedrsclip", None, "pooled", 0), grid, tmp_path / "exp")[1]
-                           .split("=", 1)[1])
+    pooled = load_manifest(
+        data.overrides(Cell("fedrsclip", None, "pooled", 0), grid, tmp_path / "exp")[1].split("=", 1)[1]
+    )
     assert list(pooled["sites"]) == ["site-1"]
     for split in ("train", "test"):
-        assert sorted(map(tuple, pooled["sites"]["site-1"][split])) == \
-            sorted(tuple(x) for s in synth_manifest["sites"].values() for x in s[split])
+        assert sorted(map(tuple, pooled["sites"]["site-1"][split])) == sorted(
+            tuple(x) for s in synth_manifest["sites"].values() for x in s[split]
+        )
     with pytest.raises(FileNotFoundError, match="m2.json does not exist"):
         data.overrides(Cell("fedrsclip", 2, "uniform", 0), [2, 3], tmp_path / "exp")
 
@@ -103,12 +140,26 @@ def test_manifest_pattern_gives_each_cell_its_manifest_and_pools_the_centralized
 @pytest.mark.slow
 def test_experiment_then_report_then_resume(tmp_path, capsys):
     out = tmp_path / "exp"
-    args = ["experiment", "--out", str(out), "--algorithms", "fedrsclip,fedavg-pl", "--sites", "2,3",
-            "--seeds", "0", "--rounds", "2", "--set", "data.synthetic_per_class=20"]
+    args = [
+        "experiment",
+        "--out",
+        str(out),
+        "--algorithms",
+        "fedrsclip,fedavg-pl",
+        "--sites",
+        "2,3",
+        "--seeds",
+        "0",
+        "--rounds",
+        "2",
+        "--set",
+        "data.synthetic_per_class=20",
+    ]
     assert main(args) == 0
     cells = sorted((out / "cells").glob("*.json"))
-    assert [c.name for c in cells] == [f"{a}__{n}__uniform__seed0.json" for a in ("fedavg-pl", "fedrsclip")
-                                       for n in (2, 3)]
+    assert [c.name for c in cells] == [
+        f"{a}__{n}__uniform__seed0.json" for a in ("fedavg-pl", "fedrsclip") for n in (2, 3)
+    ]
     record = json.loads(cells[-1].read_text())  # fedrsclip, 3 sites
     assert record["results"]["status"] == "finished" and len(record["results"]["rounds"]) == 2
     assert set(record["site_predictions"]) == {"site-1", "site-2", "site-3"}
@@ -141,8 +192,12 @@ def test_experiment_then_report_then_resume(tmp_path, capsys):
 def test_ablation_variants_are_cells_of_their_own():
     variants = parse_ablate("mf, fw,mim")
     assert variants == ["full", "no-mf", "no-fw", "no-mim"]
-    assert [variant_overrides(v) for v in variants] == [[], ["multimodal.fusion=false"],
-                                                        ["multimodal.whitening=false"], ["multimodal.mim=false"]]
+    assert [variant_overrides(v) for v in variants] == [
+        [],
+        ["multimodal.fusion=false"],
+        ["multimodal.whitening=false"],
+        ["multimodal.mim=false"],
+    ]
     cells = build_grid(["fedrsclip"], [3, 6], ["uniform"], [0], variants)
     assert len(cells) == 2 * 4 and len({c.name for c in cells}) == len(cells)
     assert Cell("fedrsclip", 3, "uniform", 0, "no-mf").name == "fedrsclip__3__uniform__seed0__no-mf"
@@ -161,8 +216,12 @@ def test_ablation_refusals(tmp_path, capsys):
         check_overrides(["multimodal.modalities=s2"])
     with pytest.raises(ValueError, match="no centralized column"):
         DataSource(modalities="s2,s1").check([None, 2], ["uniform"])
-    assert main(["experiment", "--out", str(tmp_path / "x"), "--algorithms", "fedrsclip", "--sites", "2",
-                 "--ablate", "mf"]) == 2
+    assert (
+        main(
+            ["experiment", "--out", str(tmp_path / "x"), "--algorithms", "fedrsclip", "--sites", "2", "--ablate", "mf"]
+        )
+        == 2
+    )
     assert "give the federation's modalities too (--modalities" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -172,8 +231,26 @@ def test_multi_modal_ablation_grid_then_report(tmp_path):
     """`fedrsclip experiment --modalities ... --ablate mf`: the full framework's cell and the one without MF, each a
     real simulator run; the report's tables give micro F1 and mAP, with a row per variant."""
     out = tmp_path / "exp"
-    assert main(["experiment", "--out", str(out), "--algorithms", "fedrsclip", "--sites", "3", "--rounds", "2",
-                 "--modalities", "s2,s1,s2+s1", "--ablate", "mf"]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "--out",
+                str(out),
+                "--algorithms",
+                "fedrsclip",
+                "--sites",
+                "3",
+                "--rounds",
+                "2",
+                "--modalities",
+                "s2,s1,s2+s1",
+                "--ablate",
+                "mf",
+            ]
+        )
+        == 0
+    )
     cells = {c.stem: json.loads(c.read_text()) for c in (out / "cells").glob("*.json")}
     assert set(cells) == {"fedrsclip__3__uniform__seed0__full", "fedrsclip__3__uniform__seed0__no-mf"}
     full, no_mf = (cells[f"fedrsclip__3__uniform__seed0__{v}"]["results"] for v in ("full", "no-mf"))

@@ -113,13 +113,19 @@ def test_image_settings_are_part_of_the_key(tiny_backbone, synth_manifest, tmp_p
     from fedrsclip.features import cache_key
 
     items = _items(synth_manifest, 2)
-    keys = {cache_key(tiny_backbone, items, image_settings(**kw)) for kw in (
-        {}, {"scaling": "percentile"}, {"scaling": "percentile", "stretch": (1.0, 99.0)},
-        {"composite": "G,G,G"}, {"max_pixels": 10**6})}
+    keys = {
+        cache_key(tiny_backbone, items, image_settings(**kw))
+        for kw in (
+            {},
+            {"scaling": "percentile"},
+            {"scaling": "percentile", "stretch": (1.0, 99.0)},
+            {"composite": "G,G,G"},
+            {"max_pixels": 10**6},
+        )
+    }
     assert len(keys) == 5
     first = cached_features(tiny_backbone, items, tmp_path, "train", progress=False)
-    grey = cached_features(tiny_backbone, items, tmp_path, "train", progress=False,
-                           image=image_settings(composite="G"))
+    grey = cached_features(tiny_backbone, items, tmp_path, "train", progress=False, image=image_settings(composite="G"))
     assert not torch.equal(first.global_feats, grey.global_feats)
     assert len(list(tmp_path.glob("train-*.pt"))) == 1
 
@@ -140,8 +146,9 @@ def test_site_extracts_through_the_manifest_modality(tmp_path):
     for cls in ("Forest", "River"):
         (root / cls).mkdir(parents=True)
         for i in range(4):
-            with rasterio.open(root / cls / f"{cls}_{i}.tif", "w", driver="GTiff", count=13, height=16, width=16,
-                               dtype="uint16") as ds:
+            with rasterio.open(
+                root / cls / f"{cls}_{i}.tif", "w", driver="GTiff", count=13, height=16, width=16, dtype="uint16"
+            ) as ds:
                 ds.write(rng.integers(0, 3000, (13, 16, 16)).astype(np.uint16))
     manifest = build_manifest(list_dataset("eurosat-ms", root, progress=False), 1, "uniform", seed=0)
     assert manifest["modality"] == "s2"

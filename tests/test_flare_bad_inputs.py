@@ -115,17 +115,23 @@ def faulty_run(tmp_path_factory):
     executor = client["executors"][0]["executor"]
     executor["path"] = "fedrsclip_faults.FailMidRound"
     executor["args"].update(site="site-3", round=1)
-    client["task_data_filters"] = [{"tasks": ["train"], "filters": [
-        {"path": "fedrsclip_faults.WrongShapeGlobal", "args": {"site": "site-2", "round": 1}}]}]
+    client["task_data_filters"] = [
+        {
+            "tasks": ["train"],
+            "filters": [{"path": "fedrsclip_faults.WrongShapeGlobal", "args": {"site": "site-2", "round": 1}}],
+        }
+    ]
     client_path.write_text(json.dumps(client, indent=1))
 
     ws = tmp / "ws"
     (ws / "local").mkdir(parents=True)  # the simulator copies local/ into every site: each site's own settings
-    (ws / "local" / SITE_CONFIG_FILE).write_text(textwrap.dedent(f"""\
+    (ws / "local" / SITE_CONFIG_FILE).write_text(
+        textwrap.dedent(f"""\
         data:
           source: manifest
           manifest: {manifest}
-        """))
+        """)
+    )
     proc = simulate(job, ws, 4, 4)
     return {"ws": ws, "proc": proc, "results": load_results(find_results(ws)), "manifest": manifest}
 
@@ -172,8 +178,9 @@ def test_site_failing_mid_round_keeps_its_state(faulty_run):
     assert "injected failure in the middle of local training" in entry["error"]
     assert "site-3" not in _missing(results, 3)
     assert "state_restarted" not in results["rounds"][2]["sites"]["site-3"]
-    state = torch.load(faulty_run["ws"] / "site-3" / "simulate_job" / "fedrsclip" / "site-3-state.pt",
-                       weights_only=True)
+    state = torch.load(
+        faulty_run["ws"] / "site-3" / "simulate_job" / "fedrsclip" / "site-3-state.pt", weights_only=True
+    )
     assert state["round"] == 2 and torch.isfinite(state["prompts"]["private_ctx"]).all()
 
 

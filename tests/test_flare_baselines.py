@@ -13,15 +13,22 @@ from helpers import simulate
 SITES, ROUNDS = 2, 2
 
 
-@pytest.mark.parametrize("algorithm, extra", [
-    ("fedprox", []),
-    pytest.param("fedavg-full", ["classifier.image_size=32"], marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "algorithm, extra",
+    [
+        ("fedprox", []),
+        pytest.param("fedavg-full", ["classifier.image_size=32"], marks=pytest.mark.slow),
+    ],
+)
 def test_generated_job_runs(tmp_path, algorithm, extra):
     job = tmp_path / f"job-{algorithm}"
     sets = [x for s in ["data.synthetic_per_class=20", *extra] for x in ("--set", s)]
-    assert main(["job", "--algorithm", algorithm, "--sites", str(SITES), "--rounds", str(ROUNDS),
-                 "--out", str(job), *sets]) == 0
+    assert (
+        main(
+            ["job", "--algorithm", algorithm, "--sites", str(SITES), "--rounds", str(ROUNDS), "--out", str(job), *sets]
+        )
+        == 0
+    )
     proc = simulate(job, tmp_path / "ws", SITES)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     results = json.loads(find_results(tmp_path / "ws").read_text())

@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("tenseal")
-
-from fedrsclip.flare.he.context import prepare_simulator_contexts  # noqa: E402
-from fedrsclip.flare.model_file import load_npz  # noqa: E402
-from fedrsclip.he import CLIENT_CONTEXT_FILE, HEADER_KEY, EncryptedUpdate, decrypt_average, load_context  # noqa: E402
-from fedrsclip.results_file import find_results  # noqa: E402
-from helpers import make_job, simulate  # noqa: E402
+from fedrsclip.flare.he.context import prepare_simulator_contexts
+from fedrsclip.flare.model_file import load_npz
+from fedrsclip.he import CLIENT_CONTEXT_FILE, HEADER_KEY, EncryptedUpdate, decrypt_average, load_context
+from fedrsclip.results_file import find_results
+from helpers import make_job, simulate
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +26,15 @@ FAST = ["data.synthetic_per_class=40"]
 DP = ["privacy.dp_clip_norm=1.0", "privacy.dp_noise_multiplier=0.1", "privacy.dp_seed=7"]
 
 
-def _run(tmp: Path, name: str, he: bool, contexts: bool = True, sites: int = SITES, rounds: int = ROUNDS,
-         extra: tuple[str, ...] = ()) -> Path:
+def _run(
+    tmp: Path,
+    name: str,
+    he: bool,
+    contexts: bool = True,
+    sites: int = SITES,
+    rounds: int = ROUNDS,
+    extra: tuple[str, ...] = (),
+) -> Path:
     job = make_job(tmp / f"job-{name}", sites=sites, rounds=rounds, overrides=[*FAST, *extra], he=he)
     ws = tmp / f"ws-{name}"
     if he and contexts:

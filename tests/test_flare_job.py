@@ -54,13 +54,16 @@ def test_the_ckks_variant_adds_its_filters_and_aggregator(tmp_path):
     job = write_job(JobSpec(he=True, sites=3), tmp_path / "he")
     server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
     client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
-    assert next(c for c in server["components"] if c["id"] == "aggregator")["path"] == \
-        "fedrsclip.flare.he.aggregator.CKKSAggregator"
+    assert (
+        next(c for c in server["components"] if c["id"] == "aggregator")["path"]
+        == "fedrsclip.flare.he.aggregator.CKKSAggregator"
+    )
     (decrypt,) = client["task_data_filters"]  # FLARE keeps a chain's tasks as a set: their order varies
     assert sorted(decrypt["tasks"]) == ["train", "validate"]
     assert decrypt["filters"] == [{"path": "fedrsclip.flare.he.filters.CKKSDecryptor", "args": {}}]
-    assert client["task_result_filters"] == [{"tasks": ["train"], "filters": [
-        {"path": "fedrsclip.flare.he.filters.CKKSEncryptor", "args": {}}]}]
+    assert client["task_result_filters"] == [
+        {"tasks": ["train"], "filters": [{"path": "fedrsclip.flare.he.filters.CKKSEncryptor", "args": {}}]}
+    ]
 
 
 def test_old_class_paths_still_import():
@@ -108,13 +111,26 @@ def test_out_equal_to_or_inside_the_run_to_resume_is_refused(tmp_path, capsys):
     save_npz(model, {SHARED: np.ones((4, 64), np.float32)}, {"round": 1, "job_id": "simulate_job"})
     before = _tree(run)
     for out in (run, run / "resumed", run / "server"):
-        assert main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--out", str(out), "--resume",
-                     str(run)]) == 2
+        assert main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--out", str(out), "--resume", str(run)]) == 2
         err = capsys.readouterr().err
         assert "overlap: writing the job there would delete the run it resumes" in err or "not empty" in err, err
         assert _tree(run) == before
-    assert main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--out", str(tmp_path / "resumed"), "--resume",
-                 str(run)]) == 0
+    assert (
+        main(
+            [
+                "job",
+                "--algorithm",
+                "fedrsclip",
+                "--rounds",
+                "3",
+                "--out",
+                str(tmp_path / "resumed"),
+                "--resume",
+                str(run),
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_resumed_job_must_match_the_runs_encryption_and_sites(tmp_path, capsys):
@@ -124,22 +140,46 @@ def test_a_resumed_job_must_match_the_runs_encryption_and_sites(tmp_path, capsys
     from fedrsclip.results_file import RESULTS_FILE
 
     plain, ckks = tmp_path / "plain", tmp_path / "ckks"
-    for run, weights in ((plain, {SHARED: np.ones((4, 64), np.float32)}),
-                         (ckks, {HEADER_KEY: np.frombuffer(b"{}", np.uint8), SHARED: np.ones(64, np.uint8)})):
+    for run, weights in (
+        (plain, {SHARED: np.ones((4, 64), np.float32)}),
+        (ckks, {HEADER_KEY: np.frombuffer(b"{}", np.uint8), SHARED: np.ones(64, np.uint8)}),
+    ):
         app = run / "server" / "simulate_job" / "app_server"
         save_npz(app / "FL_global_model.npz", weights, {"round": 1, "job_id": "simulate_job"})
-        (app / RESULTS_FILE).write_text(json.dumps({"rounds": [{"round": 1, "sites": {"site-1": {}, "site-2": {}},
-                                                                "missing": {"site-3": {}}}]}))
-    cases = [(ckks, [], "resume it with a job made with --he"), (plain, ["--he"], "made without --he"),
-             (plain, ["--sites", "10"], "had 3 sites (site-1, site-2, site-3) and this job is made for 10")]
+        (app / RESULTS_FILE).write_text(
+            json.dumps({"rounds": [{"round": 1, "sites": {"site-1": {}, "site-2": {}}, "missing": {"site-3": {}}}]})
+        )
+    cases = [
+        (ckks, [], "resume it with a job made with --he"),
+        (plain, ["--he"], "made without --he"),
+        (plain, ["--sites", "10"], "had 3 sites (site-1, site-2, site-3) and this job is made for 10"),
+    ]
     for run, extra, message in cases:
         out = tmp_path / f"job-{run.name}-{len(extra)}"
-        assert main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--out", str(out), "--resume", str(run),
-                     *extra]) == 2
+        assert (
+            main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--out", str(out), "--resume", str(run), *extra])
+            == 2
+        )
         assert message in capsys.readouterr().err
         assert not out.exists()
-    assert main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--sites", "3", "--out", str(tmp_path / "ok"),
-                 "--resume", str(plain)]) == 0
+    assert (
+        main(
+            [
+                "job",
+                "--algorithm",
+                "fedrsclip",
+                "--rounds",
+                "3",
+                "--sites",
+                "3",
+                "--out",
+                str(tmp_path / "ok"),
+                "--resume",
+                str(plain),
+            ]
+        )
+        == 0
+    )
 
 
 def test_bad_settings_write_nothing(tmp_path, capsys):
@@ -153,7 +193,7 @@ def test_bad_settings_write_nothing(tmp_path, capsys):
 
 # ---- the printed command ---------------------------------------------------------------------------------------------
 def _printed(out: str, prefix: str) -> list[str]:
-    return [line[len(prefix):] for line in out.splitlines() if line.startswith(prefix)]
+    return [line[len(prefix) :] for line in out.splitlines() if line.startswith(prefix)]
 
 
 @pytest.mark.parametrize("where", ["workspaces", "jobs"])
@@ -161,8 +201,23 @@ def test_every_printed_run_command_runs_as_printed_and_keeps_the_job(tmp_path, c
     """`fedrsclip job --out workspaces/X` once printed a simulator command whose workspace was the job folder (the
     simulator empties its workspace). Every printed command runs here, as printed, and the job is intact after."""
     out = tmp_path / where / "demo2"
-    assert main(["job", "--algorithm", "fedrsclip", "--sites", "2", "--rounds", "1", "--out", str(out),
-                 *[f"--set={s}" for s in TINY_DATA]]) == 0
+    assert (
+        main(
+            [
+                "job",
+                "--algorithm",
+                "fedrsclip",
+                "--sites",
+                "2",
+                "--rounds",
+                "1",
+                "--out",
+                str(out),
+                *[f"--set={s}" for s in TINY_DATA],
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     (command,) = _printed(printed, "run it: ")
     before = _tree(out)
@@ -173,8 +228,23 @@ def test_every_printed_run_command_runs_as_printed_and_keeps_the_job(tmp_path, c
     workspace = Path(shlex.split(command)[shlex.split(command).index("-w") + 1])
     assert load_results(find_results(workspace))["status"] == "finished"
     # run again: the same command must still be safe (the workspace is now an earlier simulator run's)
-    assert main(["job", "--algorithm", "fedrsclip", "--sites", "2", "--rounds", "1", "--out", str(out),
-                 *[f"--set={s}" for s in TINY_DATA]]) == 0
+    assert (
+        main(
+            [
+                "job",
+                "--algorithm",
+                "fedrsclip",
+                "--sites",
+                "2",
+                "--rounds",
+                "1",
+                "--out",
+                str(out),
+                *[f"--set={s}" for s in TINY_DATA],
+            ]
+        )
+        == 0
+    )
     assert _printed(capsys.readouterr().out, "run it: ") == [command]
 
 
@@ -186,8 +256,9 @@ def test_the_printed_commands_of_a_ckks_job_and_a_resumed_job_are_safe(tmp_path,
     ciphertext = {HEADER_KEY: np.frombuffer(b"{}", np.uint8), SHARED: np.ones(64, np.uint8)}  # as a CKKS run saves it
     save_npz(model, ciphertext, {"round": 1, "job_id": "simulate_job"})
     out = tmp_path / "run-resumed"
-    assert main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--out", str(out), "--resume", str(run),
-                 "--he"]) == 0
+    assert (
+        main(["job", "--algorithm", "fedrsclip", "--rounds", "3", "--out", str(out), "--resume", str(run), "--he"]) == 0
+    )
     printed = capsys.readouterr().out
     (command,) = _printed(printed, "run it: ")
     (contexts,) = _printed(printed, "HE contexts for the simulator: ")
@@ -206,8 +277,10 @@ def test_a_job_run_with_another_number_of_sites_stops_naming_the_setting(tmp_pat
     ws = tmp_path / "ws"
     proc = simulate(job, ws, joined)
     log = proc.stdout + proc.stderr
-    message = f"it was made for 2 sites (its data is partitioned over 2: data.synthetic_sites, or the manifest's " \
-              f"sites), and {joined} joined"
+    message = (
+        f"it was made for 2 sites (its data is partitioned over 2: data.synthetic_sites, or the manifest's "
+        f"sites), and {joined} joined"
+    )
     assert message in log
     assert "nvflare simulator -n 2" in log and f"fedrsclip job --sites {joined}" in log
     results = load_results(find_results(ws))

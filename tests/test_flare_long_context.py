@@ -21,8 +21,9 @@ BIN = Path(sys.executable).parent
 
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=ENV, timeout=timeout,
-                          errors="replace")
+    proc = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, env=ENV, timeout=timeout, errors="replace"
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc
 
@@ -31,17 +32,34 @@ def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 def test_job_with_248_positions_and_long_descriptions_runs_in_the_simulator(tmp_path):
     classes = list(SCENES)[:10]
     # each description is longer than a stock CLIP's 77 tokens: only the stretched encoder takes it
-    descriptions = {c: f"an aerial image of {c}, " + ", ".join(["seen from high above with its typical shapes, "
-                                                                  "colours and textures around it"] * 5)
-                    for c in classes}
+    descriptions = {
+        c: f"an aerial image of {c}, "
+        + ", ".join(["seen from high above with its typical shapes, colours and textures around it"] * 5)
+        for c in classes
+    }
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
     assert all(77 < len(tokenizer.encode(d)) + 7 <= 248 for d in descriptions.values())  # + [SOS] 4 ctx . [EOT]
     path = tmp_path / "descriptions.yaml"
     path.write_text(yaml.safe_dump(descriptions))
     job, ws = tmp_path / "job", tmp_path / "ws"
-    run(BIN / "fedrsclip", "job", "--algorithm", "fedrsclip", "--sites", "2", "--rounds", "1", "--out", job,
-        "--set", "model.context_length=248", "--set", f"prompt.class_descriptions={path}",
-        "--set", "data.synthetic_per_class=40")
+    run(
+        BIN / "fedrsclip",
+        "job",
+        "--algorithm",
+        "fedrsclip",
+        "--sites",
+        "2",
+        "--rounds",
+        "1",
+        "--out",
+        job,
+        "--set",
+        "model.context_length=248",
+        "--set",
+        f"prompt.class_descriptions={path}",
+        "--set",
+        "data.synthetic_per_class=40",
+    )
     proc = run(BIN / "nvflare", "simulator", job, "-w", ws, "-n", "2", "-t", "2")
     results = json.loads((ws / "server" / "simulate_job" / "app_server" / "fedrsclip_results.json").read_text())
     assert results["status"] == "finished" and results["errors"] == []
@@ -54,5 +72,7 @@ def test_job_with_248_positions_and_long_descriptions_runs_in_the_simulator(tmp_
     log = proc.stdout + proc.stderr
     assert "Traceback" not in log
     # at each site, from the job's own copy of the file (fedrsclip job ships it in app/config/)
-    assert len(re.findall(r"class texts: the descriptions in \S+/config/class_descriptions\.yaml \(10 classes\)",
-                          log)) >= 2, log[-3000:]
+    assert (
+        len(re.findall(r"class texts: the descriptions in \S+/config/class_descriptions\.yaml \(10 classes\)", log))
+        >= 2
+    ), log[-3000:]

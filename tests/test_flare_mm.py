@@ -32,8 +32,20 @@ def _demo(tmp: Path, name: str, he: bool = False, rounds: int = ROUNDS) -> tuple
     ws = tmp / f"ws-{name}"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(["demo", "--modalities", MODALITIES, "--sites", str(SITES), "--rounds", str(rounds),
-                   "--workspace", str(ws), *(["--he"] if he else [])])
+        rc = main(
+            [
+                "demo",
+                "--modalities",
+                MODALITIES,
+                "--sites",
+                str(SITES),
+                "--rounds",
+                str(rounds),
+                "--workspace",
+                str(ws),
+                *(["--he"] if he else []),
+            ]
+        )
     log = ws.with_name(ws.name + ".log")
     assert rc == 0, out.getvalue()[-3000:] + (log.read_text()[-3000:] if log.is_file() else "")
     return ws, out.getvalue()
@@ -126,7 +138,7 @@ def test_each_site_sends_its_own_modalities_and_the_server_averages_each_group(p
     finals = {s: _final_state(plain, s) for s in ("site-1", "site-2", "site-3")}
     # Every site holds the global adapters of both modalities after the final evaluation (MF): the same values.
     for key in adapter_keys(["s2", "s1"]):
-        np.testing.assert_array_equal(finals["site-1"][f"adapter.{key[len('adapter.'):]}"], weights[key])
+        np.testing.assert_array_equal(finals["site-1"][f"adapter.{key[len('adapter.') :]}"], weights[key])
     # The sigmoid bias stays at each site (never sent): the sites' differ.
     assert not np.allclose(finals["site-1"]["calibration.bias"], finals["site-2"]["calibration.bias"])
     assert "calibration.bias" not in weights
@@ -143,7 +155,7 @@ def test_report_of_the_multi_modal_run(plain, capsys):
     zero_shot = [line for line in out.splitlines() if line.startswith("zero-shot CLIP")]
     assert len(zero_shot) == 1 and re.search(r": mAP [\d.]+% on \d+ test scenes of all sites$", zero_shot[0])
     table = format_table(_results(plain)).splitlines()
-    assert [line for line in out.splitlines() if not line.startswith("zero-shot CLIP")][:len(table)] == table
+    assert [line for line in out.splitlines() if not line.startswith("zero-shot CLIP")][: len(table)] == table
     assert f"results file: {find_results(plain)}" in out
     for name in ("accuracy_per_round", "per_site_accuracy"):  # drawn by micro F1 for label sets (before: none)
         assert f"figure: {find_results(plain).parent / name}.png" in out

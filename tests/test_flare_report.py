@@ -21,18 +21,37 @@ def _site(acc, samples=20, **extra):
 
 
 RESULTS = {
-    "format": 1, "status": "finished", "algorithm": "fedrsclip", "num_rounds": 2,
+    "format": 1,
+    "status": "finished",
+    "algorithm": "fedrsclip",
+    "num_rounds": 2,
     "backbone": "fedrsclip-tiny with RANDOM weights (seed 0): not a pretrained CLIP",
     "data": "SYNTHETIC scenes (10 classes)",
     "sites": ["site-1", "site-2", "site-10"],
-    "initial": {"sites": {"site-1": _site(10.0), "site-2": _site(12.5), "site-10": _site(15.0)},
-                "mean_accuracy": 12.5, "weighted_accuracy": 12.5},
+    "initial": {
+        "sites": {"site-1": _site(10.0), "site-2": _site(12.5), "site-10": _site(15.0)},
+        "mean_accuracy": 12.5,
+        "weighted_accuracy": 12.5,
+    },
     "rounds": [
-        {"round": 1, "sites": {"site-1": _site(30.0), "site-2": _site(None), "site-10": _site(40.0, samples=60)},
-         "missing": [], "mean_accuracy": 35.0, "weighted_accuracy": 37.5},
-        {"round": 2, "sites": {"site-1": _site(45.0), "site-2": {"missing": True, "kind": "payload", "error": "bad"},
-                               "site-10": _site(50.0)},
-         "missing": ["site-2"], "mean_accuracy": 47.5, "weighted_accuracy": 47.5},
+        {
+            "round": 1,
+            "sites": {"site-1": _site(30.0), "site-2": _site(None), "site-10": _site(40.0, samples=60)},
+            "missing": [],
+            "mean_accuracy": 35.0,
+            "weighted_accuracy": 37.5,
+        },
+        {
+            "round": 2,
+            "sites": {
+                "site-1": _site(45.0),
+                "site-2": {"missing": True, "kind": "payload", "error": "bad"},
+                "site-10": _site(50.0),
+            },
+            "missing": ["site-2"],
+            "mean_accuracy": 47.5,
+            "weighted_accuracy": 47.5,
+        },
     ],
     "best": {"round": 2, "weighted_accuracy": 47.5, "selected_by": "final evaluation (GlobalModelEval)"},
     "errors": [{"site": "site-2", "task": "train", "round": 2, "kind": "payload", "error": "bad shape"}],
@@ -70,9 +89,13 @@ def test_table_rows_columns_and_markers():
 
 
 def test_table_without_caveat_for_real_runs_and_without_optional_parts():
-    real = {"status": "running", "algorithm": "fedavg-pl", "backbone": "ViT-B-16 with openai weights",
-            "data": "manifest ucm.json", "rounds": [{"round": 1, "sites": {"a": _site(50.0)}, "mean_accuracy": 50.0,
-                                                     "weighted_accuracy": None}]}
+    real = {
+        "status": "running",
+        "algorithm": "fedavg-pl",
+        "backbone": "ViT-B-16 with openai weights",
+        "data": "manifest ucm.json",
+        "rounds": [{"round": 1, "sites": {"a": _site(50.0)}, "mean_accuracy": 50.0, "weighted_accuracy": None}],
+    }
     table = format_table(real)
     assert "***" not in table and "miss:" not in table and "best:" not in table
     assert "status running" in table and _rows(table) == {"1": ["50.0", "50.0", "-"]}
@@ -89,12 +112,17 @@ def test_caveats():
 def test_labels_come_from_what_is_known_never_from_a_file_name():
     """A real checkpoint under a path with "random" in it, a manifest named "synthetic...", got a caveat; a file of
     random values named vit-b-32-weights.safetensors got none (its zero-shot accuracy at chance warns instead)."""
-    real = {"weights": "file:0123456789abcdef", "data_source": "manifest",
-            "backbone": "ViT-B-16 with weights from RANDOM_split_vit.pt (OpenAI CLIP)",
-            "data": "manifest SYNTHETIC_ucm10.json"}
+    real = {
+        "weights": "file:0123456789abcdef",
+        "data_source": "manifest",
+        "backbone": "ViT-B-16 with weights from RANDOM_split_vit.pt (OpenAI CLIP)",
+        "data": "manifest SYNTHETIC_ucm10.json",
+    }
     assert caveat(real) is None
-    old_form_but_a_file = {"backbone": "ViT-B-16 with weights from x with RANDOM weights (seed 1).pt (OpenAI CLIP)",
-                           "data": "manifest SYNTHETIC scenes (.json"}
+    old_form_but_a_file = {
+        "backbone": "ViT-B-16 with weights from x with RANDOM weights (seed 1).pt (OpenAI CLIP)",
+        "data": "manifest SYNTHETIC scenes (.json",
+    }
     assert caveat(old_form_but_a_file) is None
 
 

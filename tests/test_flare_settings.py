@@ -77,8 +77,9 @@ def test_settings_layers_and_site_file(tmp_path):
     manifest = tmp_path / "data" / "m.json"
     manifest.parent.mkdir()
     manifest.write_text("{}")
-    local = _site(tmp_path, "data:\n  source: manifest\n  manifest: ../data/m.json\n  root: imgs\n"
-                            "model:\n  device: cpu\n")
+    local = _site(
+        tmp_path, "data:\n  source: manifest\n  manifest: ../data/m.json\n  root: imgs\nmodel:\n  device: cpu\n"
+    )
     s = resolve_site_settings("site-1", JOB_YAML, ["train.lr=0.01"], tmp_path / "ws", local)
     assert s.site_config == local / SITE_CONFIG_FILE
     assert s.cfg.train.lr == 0.01 and s.cfg.model.arch == "fedrsclip-tiny"  # job settings kept
@@ -138,8 +139,12 @@ def test_job_errors_are_configuration_errors(tmp_path):
 
 def test_the_job_spec_sets_sites_rounds_and_overrides(tmp_path):
     job = write_job(JobSpec(sites=3, rounds=2, overrides=("train.lr=0.01",)), tmp_path / "job")
-    assert job_settings(job) == {"min_clients": 3, "num_rounds": 2, "he": False,
-                                 "overrides": ["data.synthetic_sites=3", "train.lr=0.01"]}
+    assert job_settings(job) == {
+        "min_clients": 3,
+        "num_rounds": 2,
+        "he": False,
+        "overrides": ["data.synthetic_sites=3", "train.lr=0.01"],
+    }
     assert json.loads((job / "meta.json").read_text())["min_clients"] == 3
     assert (job / "app" / "config" / "fedrsclip.yaml").read_text() == JOB_YAML.read_text()
 

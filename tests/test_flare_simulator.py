@@ -111,8 +111,9 @@ def test_each_phase_of_a_sites_task_is_recorded_and_adds_up(run):
     for record in results["rounds"]:
         for site, entry in record["sites"].items():
             timings = entry["timings"]
-            expected = {"start", "load", "extract", "evaluate", "train"} if record["round"] == 1 else \
-                {"evaluate", "train"}  # one process per site (-t N): it started once
+            expected = (
+                {"start", "load", "extract", "evaluate", "train"} if record["round"] == 1 else {"evaluate", "train"}
+            )  # one process per site (-t N): it started once
             assert set(timings) == expected, (record["round"], site, timings)
             assert all(v >= 0 for v in timings.values())
             assert entry["seconds"] == pytest.approx(sum(timings.values()))
@@ -138,8 +139,11 @@ def test_report_of_the_run(run, capsys):
     assert "synthetic data, RANDOM-weight CLIP — not meaningful accuracy" in out
     assert "site-1" in out and "weighted" in out
     # the sites' predictions stay in their workspaces; a simulation has them at hand for the zero-shot reference
-    assert re.search(r"zero-shot CLIP \(\"a satellite photo of \{class\}.\", no training\): [\d.]+% on \d+ test "
-                     "images of all sites", out)
+    assert re.search(
+        r"zero-shot CLIP \(\"a satellite photo of \{class\}.\", no training\): [\d.]+% on \d+ test "
+        "images of all sites",
+        out,
+    )
     app = run["ws"] / "server" / "simulate_job" / "app_server"
     for name in ("accuracy_per_round.png", "per_site_accuracy.png", "confusion_matrix.png"):
         assert f"figure: {app / name}" in out and (app / name).stat().st_size > 10_000

@@ -7,13 +7,22 @@ import json
 
 import numpy as np
 import pytest
+import tenseal as ts  # a pinned requirement: the tests run, never skip
 
-ts = pytest.importorskip("tenseal")
-
-from fedrsclip.flare.he.context import install_kit_contexts, prepare_simulator_contexts  # noqa: E402
-from fedrsclip.he import (CLIENT_CONTEXT_FILE, HEADER_KEY, SERVER_CONTEXT_FILE, EncryptedSum,  # noqa: E402
-                          EncryptedUpdate, HEError, decrypt_average, encrypt_update, key_id, load_context,
-                          make_contexts)
+from fedrsclip.flare.he.context import install_kit_contexts, prepare_simulator_contexts
+from fedrsclip.he import (
+    CLIENT_CONTEXT_FILE,
+    HEADER_KEY,
+    SERVER_CONTEXT_FILE,
+    EncryptedSum,
+    EncryptedUpdate,
+    HEError,
+    decrypt_average,
+    encrypt_update,
+    key_id,
+    load_context,
+    make_contexts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +107,9 @@ def test_another_key_is_detected_by_the_server_and_by_the_site(contexts):
         decrypt_average(other, total.result(), "the global model")
 
 
-def test_a_rogue_key_under_a_forged_key_id_is_refused_by_the_sites(contexts, tiny_backbone, synth_manifest,
-                                                                    feature_cache, tmp_path):
+def test_a_rogue_key_under_a_forged_key_id_is_refused_by_the_sites(
+    contexts, tiny_backbone, synth_manifest, feature_cache, tmp_path
+):
     """Issue 11 item 5. A site encrypts under its own key and writes the federation's key id into the header: the
     server cannot tell (it holds no secret key) and adds it; the aggregate decrypts to values around 1e7. Each
     site then refuses the global prompt as implausible, names the setting, and keeps its state; an honest
@@ -122,8 +132,11 @@ def test_a_rogue_key_under_a_forged_key_id_is_refused_by_the_sites(contexts, tin
         total.add(EncryptedUpdate.from_data(update.to_data(), name), name)  # the server accepts both
     mixed = decrypt_average(client_ctx, EncryptedUpdate.from_data(total.result().to_data(), "global"), "global")
     assert np.isfinite(mixed["shared_ctx"]).all() and np.abs(mixed["shared_ctx"]).max() > 1e5
-    with pytest.raises(PayloadError, match=r"site-1: the received global shared_ctx is implausible.*"
-                                           r"train\.max_global_change.*same client context"):
+    with pytest.raises(
+        PayloadError,
+        match=r"site-1: the received global shared_ctx is implausible.*"
+        r"train\.max_global_change.*same client context",
+    ):
         site.run_round(mixed, 1)
     assert site.state_path.read_bytes() == before
 
@@ -167,8 +180,12 @@ def test_simulator_and_kit_contexts(tmp_path):
     assert (startup / CLIENT_CONTEXT_FILE).read_bytes() == before
 
     prod = tmp_path / "prod_00"
-    for name, kind in (("server", "fed_server.json"), ("site-1", "fed_client.json"), ("site-2", "fed_client.json"),
-                       ("admin@nvidia.com", "fed_admin.json")):
+    for name, kind in (
+        ("server", "fed_server.json"),
+        ("site-1", "fed_client.json"),
+        ("site-2", "fed_client.json"),
+        ("admin@nvidia.com", "fed_admin.json"),
+    ):
         (prod / name / "startup").mkdir(parents=True)
         (prod / name / "startup" / kind).write_text("{}")
     (prod / "server" / "startup" / CLIENT_CONTEXT_FILE).write_bytes(before)  # a leftover secret key on the server
@@ -178,13 +195,17 @@ def test_simulator_and_kit_contexts(tmp_path):
     install_kit_contexts(prod, force=True)
     assert not (prod / "server" / "startup" / CLIENT_CONTEXT_FILE).exists()
     load_context((prod / "server" / "startup" / SERVER_CONTEXT_FILE).read_bytes(), "server", need_secret=False)
-    keys = {key_id(load_context((prod / s / "startup" / CLIENT_CONTEXT_FILE).read_bytes(), s, need_secret=True))
-            for s in ("site-1", "site-2")}
+    keys = {
+        key_id(load_context((prod / s / "startup" / CLIENT_CONTEXT_FILE).read_bytes(), s, need_secret=True))
+        for s in ("site-1", "site-2")
+    }
     assert len(keys) == 1  # one key for all sites
     assert not (prod / "admin@nvidia.com" / "startup" / CLIENT_CONTEXT_FILE).exists()
     key = (prod / "site-1" / "startup" / CLIENT_CONTEXT_FILE).read_bytes()
-    with pytest.raises(HEError, match="already holds the federation's secret key .*every model saved under the old "
-                                      "one undecryptable.*--force"):
+    with pytest.raises(
+        HEError,
+        match="already holds the federation's secret key .*every model saved under the old one undecryptable.*--force",
+    ):
         install_kit_contexts(prod)  # a second run keeps the key: models saved under it stay decryptable
     assert (prod / "site-1" / "startup" / CLIENT_CONTEXT_FILE).read_bytes() == key
     install_kit_contexts(prod, force=True)
@@ -246,9 +267,11 @@ def test_each_modality_group_is_averaged_over_its_own_senders_under_ckks(context
     down, up = (16, 64), (64, 16)
 
     def site(modality):
-        return {"shared_ctx": rng.normal(0, 0.3, (4, 64)).astype(np.float32),
-                f"adapter.{modality}.down.weight": rng.normal(0, 0.3, down).astype(np.float32),
-                f"adapter.{modality}.up.weight": rng.normal(0, 0.3, up).astype(np.float32)}
+        return {
+            "shared_ctx": rng.normal(0, 0.3, (4, 64)).astype(np.float32),
+            f"adapter.{modality}.down.weight": rng.normal(0, 0.3, down).astype(np.float32),
+            f"adapter.{modality}.up.weight": rng.normal(0, 0.3, up).astype(np.float32),
+        }
 
     payloads, weights = [site("s2"), site("s1"), site("s2")], [30.0, 50.0, 20.0]
     result = _aggregate(client_ctx, server_ctx, payloads, weights)
@@ -265,8 +288,11 @@ def test_each_modality_group_is_averaged_over_its_own_senders_under_ckks(context
 
 def test_group_weights_that_do_not_match_the_groups_are_refused(contexts):
     client_ctx, server_ctx = contexts
-    payload = {"shared_ctx": np.zeros((4, 8), np.float32), "adapter.s2.down.weight": np.ones((2, 8), np.float32),
-               "adapter.s2.up.weight": np.ones((8, 2), np.float32)}
+    payload = {
+        "shared_ctx": np.zeros((4, 8), np.float32),
+        "adapter.s2.down.weight": np.ones((2, 8), np.float32),
+        "adapter.s2.up.weight": np.ones((8, 2), np.float32),
+    }
     update = encrypt_update(client_ctx, payload, 5.0)
     data = update.to_data()
     header = json.loads(data[HEADER_KEY].tobytes())

@@ -10,8 +10,9 @@ from helpers import tiny_config
 
 def test_three_site_fedrsclip_accuracy_rises(synth_manifest, feature_cache, tmp_path):
     """Synthetic scenes, RANDOM-weight tiny CLIP: accuracy must rise well above chance over rounds."""
-    cfg = tiny_config("algorithm=fedrsclip", "train.rounds=6", "train.lr=0.01", "train.local_epochs=2",
-                      cache_dir=feature_cache)
+    cfg = tiny_config(
+        "algorithm=fedrsclip", "train.rounds=6", "train.lr=0.01", "train.local_epochs=2", cache_dir=feature_cache
+    )
     results = run_inprocess(cfg, synth_manifest, state_dir=tmp_path, progress=False)
     assert results["format"] == RESULTS_FORMAT and results["runner"] == "in-process"
     assert results["status"] == "finished" and results["errors"] == []
@@ -24,8 +25,9 @@ def test_three_site_fedrsclip_accuracy_rises(synth_manifest, feature_cache, tmp_
     assert last["global"]["samples"] == sum(s["samples"] for s in last["sites"].values())
     assert all(s["bytes_up"] == 4 * 64 * 4 for s in last["sites"].values())
     assert 0 <= results["zero_shot"]["accuracy"] <= 100
-    weighted = np.average([s["accuracy"] for s in last["sites"].values()],
-                          weights=[s["samples"] for s in last["sites"].values()])
+    weighted = np.average(
+        [s["accuracy"] for s in last["sites"].values()], weights=[s["samples"] for s in last["sites"].values()]
+    )
     assert abs(weighted - last["weighted_accuracy"]) < 1e-9
     assert set(results["initial"]["sites"]) == set(results["final"]["sites"]) == set(last["sites"])
     assert results["best"]["round"] in range(1, 7)

@@ -15,9 +15,16 @@ from helpers import ENV
 
 PACKAGE = Path(fedrsclip.__file__).parent
 LAYERS = ["core", "flare", "tools", "cli"]
-SERVER_COMPONENTS = ["fedrsclip.flare.aggregator", "fedrsclip.flare.he.aggregator", "fedrsclip.flare.persistor",
-                     "fedrsclip.flare.locator", "fedrsclip.flare.results", "fedrsclip.flare.model_file",
-                     "fedrsclip.flare.constants", "fedrsclip.flare.he_aggregator"]
+SERVER_COMPONENTS = [
+    "fedrsclip.flare.aggregator",
+    "fedrsclip.flare.he.aggregator",
+    "fedrsclip.flare.persistor",
+    "fedrsclip.flare.locator",
+    "fedrsclip.flare.results",
+    "fedrsclip.flare.model_file",
+    "fedrsclip.flare.constants",
+    "fedrsclip.flare.he_aggregator",
+]
 
 
 def modules() -> dict[str, Path]:
@@ -45,8 +52,11 @@ def imports(module: str, path: Path, known: dict[str, Path]) -> list[tuple[str, 
         if isinstance(node, ast.Import):
             out += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] == "fedrsclip"]
         elif isinstance(node, ast.ImportFrom):
-            base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else [])) \
-                if node.level else (node.module or "")
+            base = (
+                ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                if node.level
+                else (node.module or "")
+            )
             for alias in node.names:
                 target = f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
                 if target.split(".")[0] == "fedrsclip":
@@ -61,8 +71,12 @@ def graph() -> dict[str, set[str]]:
 
 def test_no_layer_imports_a_later_one():
     known = modules()
-    upward = [f"{m} ({p.relative_to(PACKAGE.parent)}:{line}) imports {t}" for m, p in known.items()
-              for t, line in imports(m, p, known) if LAYERS.index(layer(t)) > LAYERS.index(layer(m))]
+    upward = [
+        f"{m} ({p.relative_to(PACKAGE.parent)}:{line}) imports {t}"
+        for m, p in known.items()
+        for t, line in imports(m, p, known)
+        if LAYERS.index(layer(t)) > LAYERS.index(layer(m))
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -105,14 +119,18 @@ def test_the_shared_tool_agrees():
         import pytest
 
         pytest.skip(f"{tool} is absent")
-    proc = subprocess.run([sys.executable, str(tool), str(PACKAGE.parent), "fedrsclip"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(tool), str(PACKAGE.parent), "fedrsclip"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
 
 
 def test_the_server_loads_neither_torch_nor_open_clip():
-    code = ("import json, sys\n" + "".join(f"import {m}\n" for m in SERVER_COMPONENTS) +
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'timm'))))")
+    code = (
+        "import json, sys\n"
+        + "".join(f"import {m}\n" for m in SERVER_COMPONENTS)
+        + "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'timm'))))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
@@ -127,4 +145,8 @@ def test_package_data_names_only_files_that_exist():
     assert all(list(PACKAGE.glob(pattern)) for pattern in patterns), patterns
     assert (PACKAGE / "flare" / "job_files" / "fedrsclip.yaml") in PACKAGE.glob("flare/job_files/*.yaml")
     assert {d.split(">")[0].split("<")[0].split("=")[0] for d in project["project"]["dependencies"]} >= {
-        "torch", "nvflare", "open_clip_torch", "numpy"}
+        "torch",
+        "nvflare",
+        "open_clip_torch",
+        "numpy",
+    }

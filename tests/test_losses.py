@@ -14,7 +14,10 @@ from fedrsclip.losses import dpac_loss, dpac_loss_classes, peer_negatives, proxi
 
 def eq9(private, shared, negatives, s):
     """Eq. 9 written out term by term, phi = psi = L2 normalisation."""
-    n = lambda x: x / x.norm()
+
+    def n(x):
+        return x / x.norm()
+
     total = 0.0
     for k in range(private.shape[0]):
         pos = float(n(private[k]) @ n(shared[k]))
@@ -27,13 +30,14 @@ def test_dpac_matches_eq9():
     gen = torch.Generator().manual_seed(0)
     private, shared = torch.randn(5, 16, generator=gen), torch.randn(5, 16, generator=gen)
     negatives = torch.randn(5, 3, 16, generator=gen)
-    assert math.isclose(float(dpac_loss(private, shared, negatives, 10.0)), eq9(private, shared, negatives, 10.0),
-                        rel_tol=1e-5)
+    assert math.isclose(
+        float(dpac_loss(private, shared, negatives, 10.0)), eq9(private, shared, negatives, 10.0), rel_tol=1e-5
+    )
 
 
 def other_classes(shared):
     """The K x (K-1) x E negatives written out (what the trainer built before): for class k, every other class."""
-    return torch.stack([torch.cat([shared[:k], shared[k + 1:]]) for k in range(shared.shape[0])])
+    return torch.stack([torch.cat([shared[:k], shared[k + 1 :]]) for k in range(shared.shape[0])])
 
 
 def test_dpac_pulls_private_towards_shared():
@@ -59,8 +63,7 @@ def test_class_dpac_equals_eq9_with_explicit_negatives(num_classes, block, monke
     value, reference = float(value.detach()), float(reference.detach())
     assert abs(value - reference) < 1e-6
     if num_classes > 1:
-        assert math.isclose(value, eq9(private.detach(), shared.detach(), negatives.detach(), 10.0),
-                            rel_tol=1e-5)
+        assert math.isclose(value, eq9(private.detach(), shared.detach(), negatives.detach(), 10.0), rel_tol=1e-5)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
@@ -86,8 +89,11 @@ def test_class_dpac_with_10000_classes_in_modest_memory():
     """)
     # glibc: every allocation over 64 KB gets its own mapping, returned when freed, so the resident set follows
     # the live tensors instead of the heap's high-water mark
-    env = {**os.environ, "PYTHONPATH": str(Path(losses.__file__).resolve().parents[1]),
-           "MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(losses.__file__).resolve().parents[1]),
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+    }
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     grown_mb = float(done.stdout.strip().splitlines()[-1])

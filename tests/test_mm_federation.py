@@ -78,8 +78,10 @@ def test_an_adapter_is_averaged_only_within_its_modality(listing, cache, tmp_pat
     sites holding that modality (MF), the shared prompt over all."""
     manifest = mm_manifest(listing, "s2,s1,s2")
     cfg = tiny_config("algorithm=fedrsclip", "train.rounds=1", *FAST, cache_dir=cache)
-    sites = [make_site(cfg, name, manifest, state_dir=tmp_path / "state", progress=False)
-             for name in ("site-1", "site-2", "site-3")]
+    sites = [
+        make_site(cfg, name, manifest, state_dir=tmp_path / "state", progress=False)
+        for name in ("site-1", "site-2", "site-3")
+    ]
     updates = [site.run_round(None, 0) for site in sites]
     s2, s1 = adapter_keys(["s2"]), adapter_keys(["s1"])
     assert set(updates[0].payload) == {SHARED, *s2} == set(updates[2].payload)
@@ -110,8 +112,15 @@ def test_dp_clips_and_noises_the_adapters_with_the_shared_prompt(listing, cache,
     (before: the adapters had no reference, so a DP site refused to send anything)."""
     manifest = mm_manifest(listing, "s2,s1,s2+s1")
     clip = 0.05
-    cfg = tiny_config("algorithm=fedrsclip", "train.rounds=1", *FAST, f"privacy.dp_clip_norm={clip}",
-                      "privacy.dp_noise_multiplier=0", "privacy.dp_seed=1", cache_dir=cache)
+    cfg = tiny_config(
+        "algorithm=fedrsclip",
+        "train.rounds=1",
+        *FAST,
+        f"privacy.dp_clip_norm={clip}",
+        "privacy.dp_noise_multiplier=0",
+        "privacy.dp_seed=1",
+        cache_dir=cache,
+    )
     site = make_site(cfg, "site-3", manifest, state_dir=tmp_path / "state", progress=False)
     start = dict(site.trainer.payload())
     update = site.run_round(None, 0)
@@ -130,10 +139,13 @@ def test_a_site_declares_its_modality_with_its_own_manifest(mm_root, listing, ca
     assert site.modalities == ("s1",) and site.federation == ("s2", "s1") and site.multi_label
     update = site.run_round(None, 0)
     assert set(update.payload) == {SHARED, *adapter_keys(["s1"])}
-    with pytest.raises(DataError, match="site-2: data.modality is s2 but this site's records in the multi-modal "
-                                        "manifest are s1 patches"):  # declared against what its records are
-        make_site(tiny_config("data.modality=s2", cache_dir=cache), "site-2", mm_manifest(listing, "s2,s1"),
-                  progress=False)
+    with pytest.raises(
+        DataError,
+        match="site-2: data.modality is s2 but this site's records in the multi-modal manifest are s1 patches",
+    ):  # declared against what its records are
+        make_site(
+            tiny_config("data.modality=s2", cache_dir=cache), "site-2", mm_manifest(listing, "s2,s1"), progress=False
+        )
 
 
 def test_mf_off_keeps_the_adapters_at_their_site(listing, cache, tmp_path):
@@ -177,20 +189,32 @@ def test_mim_acts_at_the_paired_site(listing, cache):
     assert sites["site-1"]["mim_steps"] == 0 and "train_mim" not in sites["site-1"]
 
 
-@pytest.mark.parametrize("switch, check", [
-    ("multimodal.fusion", lambda on, off: on["bytes_up"] > off["bytes_up"]),
-    ("multimodal.whitening", lambda on, off: on["train_loss"] != off["train_loss"]),
-    ("multimodal.mim", lambda on, off: "train_mim" in on and "train_mim" not in off),
-])
+@pytest.mark.parametrize(
+    "switch, check",
+    [
+        ("multimodal.fusion", lambda on, off: on["bytes_up"] > off["bytes_up"]),
+        ("multimodal.whitening", lambda on, off: on["train_loss"] != off["train_loss"]),
+        ("multimodal.mim", lambda on, off: "train_mim" in on and "train_mim" not in off),
+    ],
+)
 def test_each_ablation_switch_runs_through_fedrsclip_run(listing, cache, tmp_path, capsys, switch, check):
     """MF, FW and MIM each on and off through `fedrsclip run --set` (the paired site, site-3, shows each)."""
     manifest = write_manifest(mm_manifest(listing, "s2,s1,s2+s1"), tmp_path / "mm.json")
     entries = {}
     for value in ("true", "false"):
         out = tmp_path / f"{value}.json"
-        rc = main(["run", "--manifest", str(manifest), "--rounds", "1", "--out", str(out),
-                   *(x for o in [*TINY, *FAST, f"data.cache_dir={cache}", f"{switch}={value}"]
-                     for x in ("--set", o))])
+        rc = main(
+            [
+                "run",
+                "--manifest",
+                str(manifest),
+                "--rounds",
+                "1",
+                "--out",
+                str(out),
+                *(x for o in [*TINY, *FAST, f"data.cache_dir={cache}", f"{switch}={value}"] for x in ("--set", o)),
+            ]
+        )
         assert rc == 0, capsys.readouterr().err
         entries[value] = json.loads(out.read_text())["rounds"][0]["sites"]["site-3"]
     assert check(entries["true"], entries["false"]), entries
@@ -204,8 +228,11 @@ def test_a_multi_label_manifest_given_to_a_single_label_algorithm(listing, cache
     assert results["status"] == "failed" and len(results["errors"]) == 3
     error = results["errors"][0]
     assert error["kind"] == "data" and error["task"] == "setup"
-    assert "is multi-label (a list of labels per image), and algorithm fedavg-full trains single-label data" \
-        in error["error"] and "use one of: fedrsclip" in error["error"]
+    assert (
+        "is multi-label (a list of labels per image), and algorithm fedavg-full trains single-label data"
+        in error["error"]
+        and "use one of: fedrsclip" in error["error"]
+    )
     assert "site-1 [data]" in format_table(results)
 
 
@@ -214,8 +241,10 @@ def test_a_single_label_manifest_given_to_a_multi_label_run(synth_manifest, feat
     results = run_inprocess(cfg, synth_manifest, progress=False)
     assert results["status"] == "failed"
     assert {e["kind"] for e in results["errors"]} == {"data"}
-    assert "data.multi_label is true (a multi-label run) but the manifest of dataset imagefolder is single-label" \
+    assert (
+        "data.multi_label is true (a multi-label run) but the manifest of dataset imagefolder is single-label"
         in results["errors"][0]["error"]
+    )
 
 
 def test_a_site_whose_modality_has_no_composite(listing, cache):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_config
 from fedrsclip.adapters import ModalityAdapters, group_average
 from fedrsclip.algorithms import SHARED
 from fedrsclip.data import list_dataset
@@ -26,8 +27,6 @@ from fedrsclip.multimodal import evaluate_modality, prepare
 from fedrsclip.prompts import PromptLearner
 from fedrsclip.whitening import fit_whitening, whiten
 
-from conftest import tiny_config
-
 ROUNDS, STEPS, BATCH = 5, 10, 16
 
 
@@ -35,8 +34,9 @@ def _features(backbone, manifest, site, split, modality, paths=None) -> FeatureS
     items = site_split(manifest, site, split, multi_label=True)
     if paths is not None:  # the partner patches of the same scenes, same labels
         items = [(p, labels) for p, (_, labels) in zip(paths, items)]
-    return extract_features(backbone, items, progress=False, image=image_settings(modality),
-                            num_classes=len(manifest["classes"]))
+    return extract_features(
+        backbone, items, progress=False, image=image_settings(modality), num_classes=len(manifest["classes"])
+    )
 
 
 class _Site:
@@ -78,9 +78,14 @@ class _Site:
                 text = self.learner.text_features()
                 fs = self.train[self.modalities[0]]
                 self.calibration.init_from(self.logits(self.modalities[0], fs.global_feats, fs.tokens, text), fs.labels)
-        optimiser = torch.optim.SGD([{"params": [self.learner.shared_ctx], "lr": 0.05},
-                                     {"params": self.adapters.parameters(), "lr": 0.05},
-                                     {"params": [self.calibration.bias], "lr": BIAS_LR}], momentum=0.9)
+        optimiser = torch.optim.SGD(
+            [
+                {"params": [self.learner.shared_ctx], "lr": 0.05},
+                {"params": self.adapters.parameters(), "lr": 0.05},
+                {"params": [self.calibration.bias], "lr": BIAS_LR},
+            ],
+            momentum=0.9,
+        )
         gen = torch.Generator().manual_seed(seed)
         losses, mim_active = [], False
         for _ in range(STEPS):
@@ -94,8 +99,10 @@ class _Site:
             if self.pairs is not None:
                 a, b = self.modalities[:2]
                 pick = torch.randperm(len(self.pairs[0]), generator=gen)[:BATCH]
-                term = info_nce(self.adapters.adapt(a, self.train[a].global_feats[self.pairs[0][pick]]),
-                                self.adapters.adapt(b, self.train[b].global_feats[self.pairs[1][pick]]))
+                term = info_nce(
+                    self.adapters.adapt(a, self.train[a].global_feats[self.pairs[0][pick]]),
+                    self.adapters.adapt(b, self.train[b].global_feats[self.pairs[1][pick]]),
+                )
                 loss, mim_active = loss + 0.5 * term.loss, term.active
             optimiser.zero_grad()
             loss.backward()
@@ -115,8 +122,9 @@ class _Site:
 
 def test_multi_modal_multi_label_federation_learns(tmp_path, tiny_backbone):
     root = make_synthetic_mm(tmp_path / "mm", scenes=72, size=48, seed=0, progress=False)
-    manifest = build_mm_manifest(list_dataset("bigearthnet-mm", root, progress=False), 3, "s2,s1,s2+s1",
-                                 "uniform", seed=0)
+    manifest = build_mm_manifest(
+        list_dataset("bigearthnet-mm", root, progress=False), 3, "s2,s1,s2+s1", "uniform", seed=0
+    )
     cfg = tiny_config()
     sites = [_Site(name, manifest, tiny_backbone, cfg) for name in manifest["sites"]]
     assert inactive_reason({s.name: s.modalities for s in sites}) is None  # site-3 holds pairs
@@ -155,8 +163,14 @@ def test_multi_modal_multi_label_federation_learns(tmp_path, tiny_backbone):
         return site3.scale * F.normalize(pooled, dim=-1) @ F.normalize(text[0], dim=-1).T
 
     for m in ("s1", "s2"):
-        raw = _features(tiny_backbone, manifest, "site-3", "test", m, None if m == "s2" else
-                        [b for _, b in paired_split(manifest, "site-3", "test", "s1")])
+        raw = _features(
+            tiny_backbone,
+            manifest,
+            "site-3",
+            "test",
+            m,
+            None if m == "s2" else [b for _, b in paired_split(manifest, "site-3", "test", "s1")],
+        )
         row = evaluate_modality(raw, m, score, site3.adapters, site3.calibration, site3.fw[m])
         print("missing modality:", row)
         assert row["row"] == f"{m} only" and row["samples"] == len(raw) and 0 <= row["micro_f1"] <= 100

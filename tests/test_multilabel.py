@@ -75,8 +75,11 @@ def test_asymmetric_loss_reduces_to_bce_and_down_weights_easy_negatives(seed):
     # gamma 0 through the general path (a tiny clip) is BCE up to the clip, even for confident scores
     assert torch.allclose(multilabel_loss(logits, targets, clip=1e-12), bce, rtol=1e-6, atol=1e-5)
     confident = torch.tensor([[12.0, -12.0]])
-    assert torch.allclose(multilabel_loss(confident, torch.tensor([[0.0, 1.0]]), clip=1e-12),
-                          multilabel_loss(confident, torch.tensor([[0.0, 1.0]])), rtol=1e-6)
+    assert torch.allclose(
+        multilabel_loss(confident, torch.tensor([[0.0, 1.0]]), clip=1e-12),
+        multilabel_loss(confident, torch.tensor([[0.0, 1.0]])),
+        rtol=1e-6,
+    )
     easy_negative = torch.tensor([[-4.0, 3.0]])
     target = torch.tensor([[0.0, 1.0]])
     asl = multilabel_loss(easy_negative, target, gamma_neg=4.0, clip=0.05)
@@ -150,6 +153,7 @@ def test_metrics_match_brute_force(seed):
 
 def test_metrics_match_sklearn():
     from sklearn import metrics  # the reference (requirements.txt: test references)
+
     scores, targets = _random_case(3)
     present = [k for k in range(targets.shape[1]) if targets[:, k].any()]
     out = multilabel_metrics(scores, targets)

@@ -156,8 +156,15 @@ def test_brute_force_scipy_tiny():
         {"type": "ineq", "fun": lambda x: a - x.reshape(V, P).sum(1)},
     ]
     x0 = np.full(V * P, mass / (V * P))
-    res = minimize(objective, x0, jac=grad, method="SLSQP", constraints=cons,
-                   bounds=[(1e-12, None)] * (V * P), options={"ftol": 1e-15, "maxiter": 1000})
+    res = minimize(
+        objective,
+        x0,
+        jac=grad,
+        method="SLSQP",
+        constraints=cons,
+        bounds=[(1e-12, None)] * (V * P),
+        options={"ftol": 1e-15, "maxiter": 1000},
+    )
     assert res.success, res.message
     T, _ = solve_plan(torch.tensor(C), OTConfig(eps=eps, mass=mass, **TIGHT))
     np.testing.assert_allclose(T.numpy(), res.x.reshape(V, P), atol=1e-5)
@@ -217,7 +224,8 @@ def test_default_tol_bounds_the_violation_wide_costs_eps001(scale):
     _check_constraints(T, a, b, atol=1e-9, row_atol=cfg.tol * mass)
     # POT's log-domain solver is slow at small eps: one problem of the batch is compared with it
     ref = pot.partial.entropic_partial_wasserstein_logscale(
-        a, b, cost[0].numpy(), eps, m=mass, numItermax=50_000, stopThr=1e-11)
+        a, b, cost[0].numpy(), eps, m=mass, numItermax=50_000, stopThr=1e-11
+    )
     T_tight, _ = solve_plan(cost[0], dataclasses.replace(cfg, tol=1e-11))
     np.testing.assert_allclose(T_tight.numpy(), ref, rtol=1e-5, atol=1e-7 * ref.max())
     d, d_ref = float((T[0] * cost[0]).sum()), float((ref * cost[0].numpy()).sum())
@@ -344,10 +352,18 @@ def test_score_range_and_mass():
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("eps", 0.0), ("eps", -0.1), ("eps", float("nan")), ("eps", float("inf")),
-        ("mass", 0.0), ("mass", 1.01), ("mass", -0.5),
-        ("tol", 0.0), ("tol", -1e-3),
-        ("max_iter", 0), ("max_iter", 2.5), ("max_iter", True),
+        ("eps", 0.0),
+        ("eps", -0.1),
+        ("eps", float("nan")),
+        ("eps", float("inf")),
+        ("mass", 0.0),
+        ("mass", 1.01),
+        ("mass", -0.5),
+        ("tol", 0.0),
+        ("tol", -1e-3),
+        ("max_iter", 0),
+        ("max_iter", 2.5),
+        ("max_iter", True),
         ("log_domain", "yes"),
     ],
 )

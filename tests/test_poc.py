@@ -33,15 +33,31 @@ MARKER = "FEDRSCLIP_POC_TEST"
 
 def poc_env(ws: Path, home: Path, marker: str = "") -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("NVFLARE_STARTUP_KIT_DIR",)}
-    env.update({"NVFLARE_POC_WORKSPACE": str(ws), "HOME": str(home), "HF_HUB_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1", "POC_JOB_TIMEOUT": "900", "POC_START_TIMEOUT": "240", MARKER: marker})
+    env.update(
+        {
+            "NVFLARE_POC_WORKSPACE": str(ws),
+            "HOME": str(home),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "POC_JOB_TIMEOUT": "900",
+            "POC_START_TIMEOUT": "240",
+            MARKER: marker,
+        }
+    )
     home.mkdir(parents=True, exist_ok=True)  # `nvflare poc prepare` registers its kits in ~/.nvflare
     return env
 
 
 def run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(c) for c in cmd],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def output(proc: subprocess.CompletedProcess) -> str:
@@ -80,8 +96,10 @@ def test_prepare_makes_kits_and_the_job_variant(tmp_path):
     settings = job_settings(job)
     assert meta["min_clients"] == settings["min_clients"] == 3 and settings["num_rounds"] == 4
     assert settings["overrides"] == ["data.synthetic_sites=3", "train.lr=0.01"]
-    assert meta["name"] == "fedrsclip" and json.loads((ws / "jobs" / "fedrsclip-he" / "meta.json").read_text())[
-        "name"] == "fedrsclip-he"
+    assert (
+        meta["name"] == "fedrsclip"
+        and json.loads((ws / "jobs" / "fedrsclip-he" / "meta.json").read_text())["name"] == "fedrsclip-he"
+    )
     assert (job / "app" / "custom").is_dir()  # BYOC: FLARE then accepts the fedrsclip.flare.* components
     # the kits are registered in the (here: temporary) home, not in the user's
     assert str(ws) in (tmp_path / "home" / ".nvflare" / "config.conf").read_text()
@@ -136,7 +154,7 @@ def listening_sockets(pids) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6
             if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
                 address, port = fields[1].split(":")
                 raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
-                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
                 found.append((ipaddress.ip_address(raw), int(port, 16)))
     return found
 
@@ -191,7 +209,7 @@ def check_results(proc: subprocess.CompletedProcess, ws: Path) -> tuple[Path, di
     assert proc.returncode == 0, output(proc)
     line = proc.stdout.strip().splitlines()[-1]
     assert line.startswith("results: "), output(proc)
-    path = Path(line[len("results: "):])
+    path = Path(line[len("results: ") :])
     job_id = path.relative_to(ws / "results").parts[0]
     assert path == ws / "results" / job_id / "workspace" / "app_server" / "fedrsclip_results.json"
     results = json.loads(path.read_text())
@@ -289,7 +307,6 @@ def test_org_admin_may_not_submit_but_a_lead_may(poc):
     job_id = json.loads(accepted.stdout)["data"]["job_id"]
     aborted = run([*nvflare, "job", "abort", job_id, "--force", "--startup-kit", lead], env, 120)
     assert aborted.returncode == 0, output(aborted)
-
 
 
 # Last in this file on purpose: a site kit's dry run registers under the site's name, and the running client of

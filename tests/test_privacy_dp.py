@@ -9,7 +9,6 @@ import pytest
 
 from fedrsclip.config import ConfigError
 from fedrsclip.privacy import clip_and_noise, dp_epsilon, dp_rng
-
 from helpers import TINY, tiny_config
 
 
@@ -51,15 +50,18 @@ def test_accountant_epsilon_grows_with_rounds_and_shrinks_with_noise():
     assert dp_epsilon(0.0, 1, 1e-5) == math.inf
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["privacy.dp_noise_multiplier=1.0"], "dp_clip_norm is null"),
-    (["privacy.dp_clip_norm=-1"], "dp_clip_norm must be positive"),
-    (["privacy.dp_clip_norm=0"], "dp_clip_norm must be positive"),
-    (["privacy.dp_clip_norm=1", "privacy.dp_noise_multiplier=-0.5"], "dp_noise_multiplier must be >= 0"),
-    (["privacy.dp_delta=0"], "dp_delta must be between 0 and 1"),
-    (["privacy.dp_clip_norm=1", "algorithm=fedavg-full"], "prompt algorithms"),
-    (["privacy.dp_epsilon=1"], "unknown setting 'privacy.dp_epsilon'"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["privacy.dp_noise_multiplier=1.0"], "dp_clip_norm is null"),
+        (["privacy.dp_clip_norm=-1"], "dp_clip_norm must be positive"),
+        (["privacy.dp_clip_norm=0"], "dp_clip_norm must be positive"),
+        (["privacy.dp_clip_norm=1", "privacy.dp_noise_multiplier=-0.5"], "dp_noise_multiplier must be >= 0"),
+        (["privacy.dp_delta=0"], "dp_delta must be between 0 and 1"),
+        (["privacy.dp_clip_norm=1", "algorithm=fedavg-full"], "prompt algorithms"),
+        (["privacy.dp_epsilon=1"], "unknown setting 'privacy.dp_epsilon'"),
+    ],
+)
 def test_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
         tiny_config(*overrides)
@@ -68,8 +70,13 @@ def test_config_errors(overrides, match):
 def test_federation_with_dp_records_epsilon_per_round(synth_manifest, feature_cache, tmp_path):
     from fedrsclip.inprocess import run_inprocess
 
-    cfg = tiny_config("train.rounds=2", "privacy.dp_clip_norm=0.05", "privacy.dp_noise_multiplier=1.0",
-                      "privacy.dp_seed=0", cache_dir=feature_cache)
+    cfg = tiny_config(
+        "train.rounds=2",
+        "privacy.dp_clip_norm=0.05",
+        "privacy.dp_noise_multiplier=1.0",
+        "privacy.dp_seed=0",
+        cache_dir=feature_cache,
+    )
     history = run_inprocess(cfg, synth_manifest, state_dir=tmp_path, progress=False)
     epsilons = []
     for record in history["rounds"]:
@@ -110,8 +117,13 @@ def test_statistics_of_the_raw_update_never_leave_a_site(synth_manifest, feature
     from fedrsclip.protocol import RoundRecord
     from fedrsclip.site import PromptSite
 
-    cfg = tiny_config("train.rounds=1", "privacy.dp_clip_norm=0.05", "privacy.dp_noise_multiplier=1.0",
-                      "privacy.dp_seed=0", cache_dir=feature_cache)
+    cfg = tiny_config(
+        "train.rounds=1",
+        "privacy.dp_clip_norm=0.05",
+        "privacy.dp_noise_multiplier=1.0",
+        "privacy.dp_seed=0",
+        cache_dir=feature_cache,
+    )
     site = PromptSite(cfg, "site-1", synth_manifest, state_dir=tmp_path, progress=False)
     with caplog.at_level("INFO", logger="fedrsclip.privacy"):
         update = site.run_round(None, 0)
@@ -144,8 +156,21 @@ def test_clipping_alone_is_warned_about_and_epsilon_is_valid_json(synth_manifest
     assert dp_warning(tiny_config()) is None
     manifest = write_manifest(synth_manifest, tmp_path / "m.json")
     out = tmp_path / "results.json"
-    assert main(["run", "--manifest", str(manifest), "--rounds", "1", "--out", str(out),
-                 *[f"--set={s}" for s in (*TINY, f"data.cache_dir={feature_cache}", "privacy.dp_clip_norm=1.0")]]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--manifest",
+                str(manifest),
+                "--rounds",
+                "1",
+                "--out",
+                str(out),
+                *[f"--set={s}" for s in (*TINY, f"data.cache_dir={feature_cache}", "privacy.dp_clip_norm=1.0")],
+            ]
+        )
+        == 0
+    )
     assert "clipping alone gives no differential-privacy guarantee" in capsys.readouterr().err
     text = out.read_text()
     assert "Infinity" not in text and "NaN" not in text

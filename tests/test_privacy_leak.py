@@ -77,8 +77,7 @@ def test_local_sends_nothing_and_classifier_sends_exactly_its_weights():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("leak")
-    job = make_job(tmp / "job", sites=SITES, rounds=ROUNDS, overrides=["data.synthetic_per_class=20", *DP],
-                   audit=True)
+    job = make_job(tmp / "job", sites=SITES, rounds=ROUNDS, overrides=["data.synthetic_per_class=20", *DP], audit=True)
     ws = tmp / "ws"
     proc = simulate(job, ws, SITES)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -131,8 +130,11 @@ def test_no_private_prompt_reaches_the_server(run):
 def test_the_search_finds_the_shared_prompt_on_the_server(run):
     """Positive control: the same search finds the (sent, aggregated) shared prompt in the global model file."""
     blobs = _server_blobs(run)
-    model = [name for name in blobs if name.endswith("FL_global_model.npz::shared_ctx.npy")
-             and "best_" not in Path(name.split("::")[0]).name]
+    model = [
+        name
+        for name in blobs
+        if name.endswith("FL_global_model.npz::shared_ctx.npy") and "best_" not in Path(name.split("::")[0]).name
+    ]
     assert len(model) == 1
     for i in range(1, SITES + 1):
         shared = _final(run, f"site-{i}")["shared_ctx"]

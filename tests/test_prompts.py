@@ -32,8 +32,9 @@ def test_truncated_encoder_equals_full_length(tiny_backbone, position):
     learner = PromptLearner(tiny_backbone, CLASSES, PromptConfig(class_position=position))
     assert learner.length < 20
     with torch.no_grad():
-        torch.testing.assert_close(learner.text_features(), full_length_features(learner, tiny_backbone),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            learner.text_features(), full_length_features(learner, tiny_backbone), atol=1e-5, rtol=0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,7 @@ def test_vit_b16_shared_prompt_is_2048_values_and_truncation_exact(vit_b16):
     learner = PromptLearner(vit_b16, CLASSES, PromptConfig())
     assert learner.shared_ctx.numel() == 2048
     with torch.no_grad():
-        torch.testing.assert_close(learner.text_features(), full_length_features(learner, vit_b16),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(learner.text_features(), full_length_features(learner, vit_b16), atol=1e-5, rtol=0)
 
 
 def test_class_in_the_middle(tiny_backbone):
@@ -90,8 +90,10 @@ def test_gradient_reaches_context(tiny_backbone):
 
 # ---- long class descriptions (prompt.class_descriptions) and 248-position backbones ------------------------------
 
-SCENE = ("seen from above, {} lie in regular rows between straight paved roads, with small gardens, parked cars, "
-         "trees along the pavements and a few larger buildings at the corners of the blocks")
+SCENE = (
+    "seen from above, {} lie in regular rows between straight paved roads, with small gardens, parked cars, "
+    "trees along the pavements and a few larger buildings at the corners of the blocks"
+)
 
 
 def long_descriptions(repeat: int) -> dict[str, str]:
@@ -119,8 +121,7 @@ def test_truncation_exact_for_200_token_descriptions_at_248(tiny_long, tmp_path,
     assert learner.token_ids.shape[1] == 248
     assert 200 < learner.length <= 248
     with torch.no_grad():
-        torch.testing.assert_close(learner.text_features(), full_length_features(learner, tiny_long),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(learner.text_features(), full_length_features(learner, tiny_long), atol=1e-5, rtol=0)
 
 
 def test_description_takes_the_class_position(tiny_long, tmp_path):

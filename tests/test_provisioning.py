@@ -20,8 +20,13 @@ PROJECT = REPO / "provisioning" / "project.yml"
 def kits(tmp_path_factory) -> Path:
     ws = tmp_path_factory.mktemp("provision")
     env = {**os.environ, "HOME": str(ws / "home")}  # nothing may land in the user's ~/.nvflare
-    proc = subprocess.run([str(REPO / "provisioning" / "provision.sh"), str(ws / "ws")], capture_output=True,
-                          text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [str(REPO / "provisioning" / "provision.sh"), str(ws / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     prods = sorted((ws / "ws" / "fedrsclip").glob("prod_*"))
     assert len(prods) == 1, prods
@@ -44,9 +49,12 @@ def test_project_file_roles_and_builders():
     he = next(b for b in project["builders"] if b["path"].endswith("HEBuilder"))["args"]
     from fedrsclip.he import DEFAULT_PARAMS  # the kits' contexts have the parameters the project chose
 
-    assert he == {"poly_modulus_degree": DEFAULT_PARAMS.poly_modulus_degree,
-                  "coeff_mod_bit_sizes": list(DEFAULT_PARAMS.coeff_mod_bit_sizes),
-                  "scale_bits": DEFAULT_PARAMS.scale_bits, "scheme": "CKKS"}
+    assert he == {
+        "poly_modulus_degree": DEFAULT_PARAMS.poly_modulus_degree,
+        "coeff_mod_bit_sizes": list(DEFAULT_PARAMS.coeff_mod_bit_sizes),
+        "scale_bits": DEFAULT_PARAMS.scale_bits,
+        "scheme": "CKKS",
+    }
     assert len(of_type("server")) == 1
     clients = of_type("client")
     assert len({c["org"] for c in clients}) == len(clients) == 3  # one org per institution
@@ -67,15 +75,17 @@ def test_every_participant_has_its_certificate_and_key(kits):
         startup = kits / p["name"] / "startup"
         crt, key = startup / f"{cert_name[p['type']]}.crt", startup / f"{cert_name[p['type']]}.key"
         assert crt.is_file() and key.is_file() and (startup / "rootCA.pem").is_file(), p["name"]
-        assert (startup / "rootCA.pem").read_bytes() == (kits / participants()[0]["name"] / "startup" /
-                                                          "rootCA.pem").read_bytes()
+        assert (startup / "rootCA.pem").read_bytes() == (
+            kits / participants()[0]["name"] / "startup" / "rootCA.pem"
+        ).read_bytes()
         cert = x509.load_pem_x509_certificate(crt.read_bytes())
         common_name = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
         assert common_name == p["name"]
         org = cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)[0].value
         assert org == p["org"]
-        root.public_key().verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-                                 cert.signature_hash_algorithm)  # issued by this project's root CA
+        root.public_key().verify(
+            cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), cert.signature_hash_algorithm
+        )  # issued by this project's root CA
         private = load_pem_private_key(key.read_bytes(), password=None)
         assert private.public_key().public_numbers() == cert.public_key().public_numbers()  # the matching key
     for admin in of_type("admin"):  # the role is in the admin's certificate (what authorization.json checks)
@@ -93,12 +103,14 @@ def test_startup_files_including_he_contexts_are_signed(kits):
         context = "server_context.tenseal" if p["type"] == "server" else "client_context.tenseal"
         assert context in signed, "HEBuilder must run before SignatureBuilder"
         # what `startup/start.sh --verify` runs (nvflare.tool.verify_startup_kits)
-        assert verify_folder_signature(str(startup), str(startup / "rootCA.pem"), single_signer=True,
-                                       signature_file="signature.json"), p["name"]
+        assert verify_folder_signature(
+            str(startup), str(startup / "rootCA.pem"), single_signer=True, signature_file="signature.json"
+        ), p["name"]
 
 
 def test_he_contexts_secret_key_only_at_the_sites(kits):
-    ts = pytest.importorskip("tenseal")
+    import tenseal as ts
+
     server = of_type("server")[0]["name"]
     server_bytes = (kits / server / "startup" / "server_context.tenseal").read_bytes()
     assert not (kits / server / "startup" / "client_context.tenseal").exists()
@@ -147,8 +159,11 @@ def test_kits_point_at_the_server(kits):
         assert config["client"]["fqsn"] == c["name"]
     for a in of_type("admin"):
         admin = json.loads((kits / a["name"] / "startup" / "fed_admin.json").read_text())["admin"]
-        assert (admin["host"], admin["port"], admin["username"]) == (server["name"], server["fed_learn_port"],
-                                                                     a["name"])
+        assert (admin["host"], admin["port"], admin["username"]) == (
+            server["name"],
+            server["fed_learn_port"],
+            a["name"],
+        )
 
 
 def test_the_readmes_job_command_runs_as_written(tmp_path, monkeypatch):
@@ -191,7 +206,12 @@ def test_the_kit_checks_the_readme_prescribes(kits):
         pytest.skip(port_taken(port))
     server = kits / of_type("server")[0]["name"]
     nvflare = str(Path(sys.executable).with_name("nvflare"))
-    proc = subprocess.run([nvflare, "preflight-check", "-p", str(server)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HOME": str(kits.parent / "home")})
+    proc = subprocess.run(
+        [nvflare, "preflight-check", "-p", str(server)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HOME": str(kits.parent / "home")},
+    )
     assert proc.returncode == 0 and "overall: pass" in proc.stdout, proc.stdout + proc.stderr
     assert proc.stdout.count("PASSED") == 5

@@ -69,6 +69,7 @@ def test_every_readme_command_parses(command, capsys):
 
 def test_the_environments_tensorboard_starts():
     """README, TensorBoard: `tensorboard` of .venv runs (2.20.0 imported pkg_resources, which setuptools dropped)."""
-    proc = subprocess.run([str(Path(sys.executable).with_name("tensorboard")), "--version"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("tensorboard")), "--version"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,23 +14,57 @@ SCRIPT = REPO / "jobs" / "job.py"
 
 
 def _tree(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-            and p.name not in (MARKER, "README.md") or p.parent.name == "custom"}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in (MARKER, "README.md") or p.parent.name == "custom"
+    }
 
 
 def test_the_recipe_exports_the_job_fedrsclip_job_writes(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--sites", "3", "--rounds", "4", "--set", "train.lr=0.01",
-                           "--export", "--export-dir", str(tmp_path / "exported")], capture_output=True, text=True,
-                          env=ENV, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--sites",
+            "3",
+            "--rounds",
+            "4",
+            "--set",
+            "train.lr=0.01",
+            "--export",
+            "--export-dir",
+            str(tmp_path / "exported"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     made = write_job(JobSpec(sites=3, rounds=4, overrides=("train.lr=0.01",)), tmp_path / "fedrsclip")
     assert _tree(tmp_path / "exported" / "fedrsclip") == _tree(made)
 
 
 def test_the_recipe_runs_on_simenv(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--sites", "2", "--rounds", "1", "--set",
-                           "data.synthetic_per_class=10", "--workspace-root", str(tmp_path)], capture_output=True,
-                          text=True, env=ENV, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--sites",
+            "2",
+            "--rounds",
+            "1",
+            "--set",
+            "data.synthetic_per_class=10",
+            "--workspace-root",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "round  site-1  site-2  mean  weighted" in proc.stdout
@@ -53,7 +87,12 @@ def test_simenv_never_empties_a_folder_it_did_not_make(tmp_path):
     with pytest.raises(JobError, match="keep.txt"):
         recipe.execute(SimEnv(num_clients=2, workspace_root=str(tmp_path / "root")))
     assert (victim / "keep.txt").read_text() == "mine"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--sites", "2", "--rounds", "1", "--workspace-root",
-                           str(tmp_path / "root")], capture_output=True, text=True, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--sites", "2", "--rounds", "1", "--workspace-root", str(tmp_path / "root")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "keep.txt" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert (victim / "keep.txt").read_text() == "mine"

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedrsclip.flare.model_file import load_npz, save_npz
 from fedrsclip.atomic import atomic_torch_save, atomic_write_json
+from fedrsclip.flare.model_file import load_npz, save_npz
 
 VALUES = 200_000  # ~0.8 MB per file: a write takes long enough to be interrupted
 
@@ -28,10 +28,13 @@ def writer(folder: Path, done) -> None:
     version = done.value
     while True:
         version += 1
-        atomic_torch_save(folder / "site-1-state.pt", {"round": version, "prompts": {
-            "private_ctx": torch.full((VALUES,), float(version))}})
-        save_npz(folder / "FL_global_model.npz", {"shared_ctx": np.full(VALUES, version, np.float32)},
-                 {"round": version})
+        atomic_torch_save(
+            folder / "site-1-state.pt",
+            {"round": version, "prompts": {"private_ctx": torch.full((VALUES,), float(version))}},
+        )
+        save_npz(
+            folder / "FL_global_model.npz", {"shared_ctx": np.full(VALUES, version, np.float32)}, {"round": version}
+        )
         atomic_write_json(folder / "fedrsclip_results.json", {"round": version, "values": [version] * (VALUES // 8)})
         done.value = version
 

@@ -42,9 +42,13 @@ class Simulator:
     def __init__(self, job: Path, ws: Path, sites: int, threads: int):
         self.ws, self.marker = ws, uuid.uuid4().hex
         self.log = ws.parent / f"{ws.name}.log"
-        self.proc = subprocess.Popen(simulator_command(job, ws, sites, threads), stdout=self.log.open("w"),
-                                     stderr=subprocess.STDOUT, env={**ENV, MARKER: self.marker},
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            simulator_command(job, ws, sites, threads),
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            env={**ENV, MARKER: self.marker},
+            start_new_session=True,
+        )
 
     def site_worker(self, site: str) -> int | None:
         for pid, cmdline in our_processes(self.marker, self.ws).items():
@@ -90,8 +94,15 @@ def missing(results: dict, rnd: int) -> dict:
 def test_killed_sites_are_missing_then_the_job_stops_naming_them(tmp_path):
     """3 sites, min_clients 2: site-3 is killed in round 2 (the round completes with sites 1 and 2), site-2 in
     round 3 (one update is below min_clients: the job stops and names both)."""
-    job = make_job(tmp_path / "job", sites=3, rounds=4, overrides=[*FAST, "train.local_epochs=20"], min_clients=2,
-                   train_timeout=30, wait_after_min=2)
+    job = make_job(
+        tmp_path / "job",
+        sites=3,
+        rounds=4,
+        overrides=[*FAST, "train.local_epochs=20"],
+        min_clients=2,
+        train_timeout=30,
+        wait_after_min=2,
+    )
     sim = Simulator(job, tmp_path / "ws", 3, 3)
     try:
         sim.kill_site_in_round("site-3", 2)
@@ -107,16 +118,18 @@ def test_killed_sites_are_missing_then_the_job_stops_naming_them(tmp_path):
     assert {"site-1", "site-2"} <= set(next(r for r in results["rounds"] if r["round"] == 2)["sites"])
     assert set(missing(results, 3)) == {"site-2", "site-3"}
     assert [r["round"] for r in results["rounds"]] == [1, 2, 3]  # round 4 never started
-    message = "only 1 site(s) completed round 3 (site-1), min_clients is 2; missing: site-2 (no answer); " \
-              "site-3 (no answer)"
+    message = (
+        "only 1 site(s) completed round 3 (site-1), min_clients is 2; missing: site-2 (no answer); site-3 (no answer)"
+    )
     assert message in log
     assert any(message in e["error"] for e in results["errors"] if e["site"] == "server")
     weights, info = load_npz(tmp_path / "ws" / "server" / "simulate_job" / "app_server" / "FL_global_model.npz")
     assert info["round"] == 2 and all(np.isfinite(v).all() for v in weights.values())  # round 2's model kept
     # the killed sites' state on disk is complete: the last round each finished
     for site, done in (("site-3", 0), ("site-2", 1)):
-        state = torch.load(tmp_path / "ws" / site / "simulate_job" / "fedrsclip" / f"{site}-state.pt",
-                           weights_only=True)
+        state = torch.load(
+            tmp_path / "ws" / site / "simulate_job" / "fedrsclip" / f"{site}-state.pt", weights_only=True
+        )
         assert state["round"] == done and torch.isfinite(state["prompts"]["private_ctx"]).all()
 
 
@@ -139,8 +152,7 @@ def test_killed_site_restarts_resumes_its_prompt_and_rejoins(tmp_path):
     site_log = (tmp_path / "ws" / "site-3" / "log.txt").read_text()
     assert site_log.count("got task assignment: name=train") == 4  # round 2 twice
     assert site_log.count("resumed local state from") >= 3
-    state = torch.load(tmp_path / "ws" / "site-3" / "simulate_job" / "fedrsclip" / "site-3-state.pt",
-                       weights_only=True)
+    state = torch.load(tmp_path / "ws" / "site-3" / "simulate_job" / "fedrsclip" / "site-3-state.pt", weights_only=True)
     assert state["round"] == 2
 
 
@@ -168,7 +180,7 @@ def test_simulator_killed_mid_run_resumes_from_the_last_global_model(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     results = load_results(find_results(ws2))
     assert results["status"] == "finished"
-    assert [r["round"] for r in results["rounds"]][-(4 - done):] == list(range(done + 1, 5))
+    assert [r["round"] for r in results["rounds"]][-(4 - done) :] == list(range(done + 1, 5))
     for record in results["rounds"]:
         assert record["missing"] == []
         for entry in record["sites"].values():
@@ -216,21 +228,31 @@ def test_bad_updates_are_rejected_and_shown_as_missing(tmp_path):
     images = make_synthetic(tmp_path / "images", classes=5, per_class=20, size=64, progress=False)
     manifest = build_manifest(list_dataset("synthetic", images, verify=False, progress=False), 4, "uniform", 0)
     good = write_manifest(manifest, tmp_path / "good.json")
-    other = write_manifest({**manifest, "classes": [f"other {c}" for c in manifest["classes"]]}, tmp_path / "other.json")
+    other = write_manifest(
+        {**manifest, "classes": [f"other {c}" for c in manifest["classes"]]}, tmp_path / "other.json"
+    )
     for site in ("site-1", "site-2", "site-3", "site-4"):
-        (tmp_path / f"{site}.yaml").write_text(textwrap.dedent(f"""\
+        (tmp_path / f"{site}.yaml").write_text(
+            textwrap.dedent(f"""\
             data:
               source: manifest
               manifest: {other if site == "site-4" else good}
-            """))
+            """)
+        )
 
     job = make_job(tmp_path / "job", sites=4, rounds=2, min_clients=2, wait_after_min=60)  # all four answer within it
     (job / "app" / "custom" / "fedrsclip_bad_updates.py").write_text(BAD_UPDATES)
     client_path = job / "app" / "config" / "config_fed_client.json"
     client = json.loads(client_path.read_text())
-    client["task_result_filters"] = [{"tasks": ["train"], "filters": [
-        {"path": "fedrsclip_bad_updates.CorruptUpdate", "args": {"site": "site-2", "round": 0, "how": "nan"}},
-        {"path": "fedrsclip_bad_updates.CorruptUpdate", "args": {"site": "site-3", "round": 1, "how": "shape"}}]}]
+    client["task_result_filters"] = [
+        {
+            "tasks": ["train"],
+            "filters": [
+                {"path": "fedrsclip_bad_updates.CorruptUpdate", "args": {"site": "site-2", "round": 0, "how": "nan"}},
+                {"path": "fedrsclip_bad_updates.CorruptUpdate", "args": {"site": "site-3", "round": 1, "how": "shape"}},
+            ],
+        }
+    ]
     client_path.write_text(json.dumps(client, indent=1))
 
     proc = simulate(job, tmp_path / "ws", 4, env={SITE_CONFIG_ENV: str(tmp_path / "{site}.yaml")})

@@ -27,8 +27,10 @@ from helpers import tiny_config
 def make_site(tiny_backbone, synth_manifest, feature_cache, tmp_path):
     def make(*overrides, manifest=None, name="site-1"):
         cfg = tiny_config("train.lr=0.05", *overrides, cache_dir=feature_cache)
-        return PromptSite(cfg, name, manifest or synth_manifest, tiny_backbone, state_dir=tmp_path / "state",
-                    progress=False)
+        return PromptSite(
+            cfg, name, manifest or synth_manifest, tiny_backbone, state_dir=tmp_path / "state", progress=False
+        )
+
     return make
 
 
@@ -117,8 +119,9 @@ def test_sites_with_different_class_descriptions_are_not_averaged_together(make_
     aerial = make_site(descriptions("a.json", lambda c: f"an aerial view of {c}")).classes_fingerprint
     ground = make_site(descriptions("b.json", lambda c: f"a ground photo of {c}")).classes_fingerprint
     assert len({plain, aerial, ground}) == 3
-    refused = Gate().refuse_minority({"site-1": ("s", aerial, 10.0), "site-2": ("s", aerial, 10.0),
-                                      "site-3": ("s", ground, 10.0)})
+    refused = Gate().refuse_minority(
+        {"site-1": ("s", aerial, 10.0), "site-2": ("s", aerial, 10.0), "site-3": ("s", ground, 10.0)}
+    )
     assert list(refused) == ["site-3"] and "another class list" in refused["site-3"]
 
 
@@ -129,17 +132,20 @@ def test_site_without_training_images(make_site, synth_manifest):
         make_site(manifest=empty, name="site-2")
 
 
-@pytest.mark.parametrize("data, weight, words", [
-    ({SHARED: np.full((4, 64), np.nan, np.float32)}, 10, "holds 256 NaN or Inf"),
-    ({SHARED: np.full((4, 64), np.inf, np.float32)}, 10, "NaN or Inf"),
-    ({SHARED: np.zeros((4, 64), np.int64)}, 10, "dtype int64"),
-    ({SHARED: np.zeros((5, 64), np.float32)}, 10, r"shape \(5, 64\), the global model's is \(4, 64\)"),
-    ({"other": np.zeros((4, 64), np.float32)}, 10, "not the global model's"),
-    ({SHARED: [0.0] * 256}, 10, "list, not an array"),
-    ({}, 10, r"entries \[\] are not the global model's"),  # empty is valid only when every site sends nothing
-    ({SHARED: np.zeros((4, 64), np.float32)}, float("nan"), "weight"),
-    ({SHARED: np.zeros((4, 64), np.float32)}, 0, "weight"),
-])
+@pytest.mark.parametrize(
+    "data, weight, words",
+    [
+        ({SHARED: np.full((4, 64), np.nan, np.float32)}, 10, "holds 256 NaN or Inf"),
+        ({SHARED: np.full((4, 64), np.inf, np.float32)}, 10, "NaN or Inf"),
+        ({SHARED: np.zeros((4, 64), np.int64)}, 10, "dtype int64"),
+        ({SHARED: np.zeros((5, 64), np.float32)}, 10, r"shape \(5, 64\), the global model's is \(4, 64\)"),
+        ({"other": np.zeros((4, 64), np.float32)}, 10, "not the global model's"),
+        ({SHARED: [0.0] * 256}, 10, "list, not an array"),
+        ({}, 10, r"entries \[\] are not the global model's"),  # empty is valid only when every site sends nothing
+        ({SHARED: np.zeros((4, 64), np.float32)}, float("nan"), "weight"),
+        ({SHARED: np.zeros((4, 64), np.float32)}, 0, "weight"),
+    ],
+)
 def test_server_refuses_bad_updates(data, weight, words):
     with pytest.raises(ContributionError, match=words):
         check_update(data, weight, {SHARED: (4, 64)})
@@ -163,9 +169,11 @@ def test_fault_tolerance_options(tmp_path):
     assert json.loads((job / "meta.json").read_text())["min_clients"] == 3
     evaluation = next(w for w in server["workflows"] if w["path"].endswith("GlobalModelEval"))
     assert evaluation["args"]["validation_timeout"] == 60
-    for bad, words in [({"min_clients": 5, "sites": 4}, "between 1 and the job's 4 sites"),
-                       ({"min_clients": 0}, "between"),
-                       ({"train_timeout": -1}, "train_timeout must be an integer >= 0")]:
+    for bad, words in [
+        ({"min_clients": 5, "sites": 4}, "between 1 and the job's 4 sites"),
+        ({"min_clients": 0}, "between"),
+        ({"train_timeout": -1}, "train_timeout must be an integer >= 0"),
+    ]:
         with pytest.raises(JobError, match=words):
             JobSpec(**bad)
 

@@ -20,15 +20,23 @@ def report_command(folder) -> int:
 def _record(algorithm: str, column: str, seed: int, accuracy: float, bytes_up: int) -> dict:
     """A cell record with only what the table reads (layout unit test: the numbers are arbitrary)."""
     partition = "pooled" if column == "centralized" else "uniform"
-    return {"cell": {"algorithm": algorithm, "column": column, "partition": partition, "seed": seed},
-            "returncode": 0,
-            "results": {"status": "finished", "final": {"weighted_accuracy": accuracy},
-                        "rounds": [{"sites": {"site-1": {"bytes_up": bytes_up}}}]}}
+    return {
+        "cell": {"algorithm": algorithm, "column": column, "partition": partition, "seed": seed},
+        "returncode": 0,
+        "results": {
+            "status": "finished",
+            "final": {"weighted_accuracy": accuracy},
+            "rounds": [{"sites": {"site-1": {"bytes_up": bytes_up}}}],
+        },
+    }
 
 
 def test_table_layout_rows_columns_mean_std_and_transmitted():
-    records = [_record("fedrsclip", col, seed, acc + seed, 8192)
-               for col, acc in (("10", 90.0), ("centralized", 92.0), ("2", 91.0)) for seed in (0, 1)]
+    records = [
+        _record("fedrsclip", col, seed, acc + seed, 8192)
+        for col, acc in (("10", 90.0), ("centralized", 92.0), ("2", 91.0))
+        for seed in (0, 1)
+    ]
     records += [_record("fedavg-pl", "2", 0, 80.0, 8192), _record("local", "2", 0, 70.0, 0)]
     records.append({**_record("fedprox", "2", 0, 99.0, 8192), "returncode": 1})  # unfinished: left out
     text = table(records, "uniform", ["fedavg-pl", "fedprox", "fedrsclip", "local"], zero_shot_row=True)
@@ -43,10 +51,13 @@ def test_table_layout_rows_columns_mean_std_and_transmitted():
 def test_zero_shot_row_pools_sites_and_warns_at_chance():
     """The experiment table's zero-shot row: test-sample weighted over a column's sites; at chance (random weights,
     a wrong class list) a warning under the table, as `fedrsclip report RUN` gives for one run."""
+
     def cell(column, per_site):
         record = _record("fedrsclip", column, 0, 50.0, 8192)
-        record["site_predictions"] = {f"site-{i + 1}": {"zero_shot": {"accuracy": acc, "samples": n, "chance": 5.0}}
-                                      for i, (acc, n) in enumerate(per_site)}
+        record["site_predictions"] = {
+            f"site-{i + 1}": {"zero_shot": {"accuracy": acc, "samples": n, "chance": 5.0}}
+            for i, (acc, n) in enumerate(per_site)
+        }
         return record
 
     records = [cell("2", [(5.0, 100), (4.0, 100)]), cell("10", [(80.0, 30), (90.0, 10)])]
@@ -65,8 +76,10 @@ def test_number_formats():
 @pytest.fixture(scope="module")
 def one_cell(tmp_path_factory):
     out = tmp_path_factory.mktemp("experiment")
-    assert run_experiment(out, ["fedrsclip"], [2], ["uniform"], [0], rounds=1,
-                          overrides=["data.synthetic_per_class=10"]) == 0
+    assert (
+        run_experiment(out, ["fedrsclip"], [2], ["uniform"], [0], rounds=1, overrides=["data.synthetic_per_class=10"])
+        == 0
+    )
     return out
 
 
@@ -78,15 +91,19 @@ def test_sites_keep_their_predictions_and_the_runner_gathers_them(one_cell):
         assert json.loads(local.read_text()) == record["site_predictions"][site]
         pred = record["site_predictions"][site]
         assert sum(map(sum, pred["confusion"])) == record["results"]["final"]["sites"][site]["samples"]
-        assert sum(pred["confusion"][i][i] for i in range(len(pred["classes"]))) * 100.0 / pred["samples_test"] == \
-            pytest.approx(record["results"]["final"]["sites"][site]["accuracy"], abs=1e-4)
+        assert sum(pred["confusion"][i][i] for i in range(len(pred["classes"]))) * 100.0 / pred[
+            "samples_test"
+        ] == pytest.approx(record["results"]["final"]["sites"][site]["accuracy"], abs=1e-4)
         assert {s["true"] for s in pred["samples"]} == set(range(len(pred["classes"])))
         assert 0.0 <= pred["zero_shot"]["accuracy"] <= 100.0
     server = workspace / "server"
     assert not list(server.rglob("*-predictions.json"))
     sample = record["site_predictions"]["site-1"]["samples"][0]["path"]
-    assert all(sample not in p.read_text(errors="ignore") for p in server.rglob("*") if p.is_file()
-               and p.suffix in (".json", ".txt", ".log"))
+    assert all(
+        sample not in p.read_text(errors="ignore")
+        for p in server.rglob("*")
+        if p.is_file() and p.suffix in (".json", ".txt", ".log")
+    )
 
 
 def test_report_of_an_experiment_folder(one_cell, capsys):

@@ -21,8 +21,14 @@ CLASSES = class_fingerprint(["a", "b"])
 
 
 def _record(rnd: int, timings: dict, accuracy: float = 50.0) -> RoundRecord:
-    return RoundRecord(round=rnd, samples_train=10, classes=CLASSES, timings=timings, seconds=sum(timings.values()),
-                       received={"accuracy": accuracy, "loss": 1.0, "samples": 10})
+    return RoundRecord(
+        round=rnd,
+        samples_train=10,
+        classes=CLASSES,
+        timings=timings,
+        seconds=sum(timings.values()),
+        received={"accuracy": accuracy, "loss": 1.0, "samples": 10},
+    )
 
 
 def test_progress_line_names_the_round_the_slowest_site_and_the_time_left(monkeypatch):
@@ -35,8 +41,10 @@ def test_progress_line_names_the_round_the_slowest_site_and_the_time_left(monkey
     book.add_update("site-2", _record(1, {"evaluate": 1.0, "train": 2.0}, 20.0))
     book.round_done(1)
     line = book.progress_line(1)
-    assert line.startswith("round 1/5 done in 700.0s: 2/2 sites; slowest site-1 703.0s (start 12.0, load 30.0, "
-                           "extract 650.0, evaluate 3.0, train 8.0); mean accuracy 15.0% of the initial model")
+    assert line.startswith(
+        "round 1/5 done in 700.0s: 2/2 sites; slowest site-1 703.0s (start 12.0, load 30.0, "
+        "extract 650.0, evaluate 3.0, train 8.0); mean accuracy 15.0% of the initial model"
+    )
     assert "about 47 min left for 4 rounds" in line  # only round 1 so far: it is the estimate
     for rnd in (2, 3):
         book.round_started(rnd)
@@ -51,13 +59,21 @@ def test_progress_line_names_the_round_the_slowest_site_and_the_time_left(monkey
 def test_the_table_shows_each_phase_of_a_round_that_started_a_site():
     """A site's recorded seconds left out process start and feature extraction (5.8 s for a 703 s round)."""
     phases = {"start": 12.0, "load": 30.2, "extract": 650.0, "evaluate": 3.1, "train": 7.9}
-    results = {"rounds": [{"round": 1, "sites": {"site-1": {"accuracy": 10.0, "seconds": sum(phases.values()),
-                                                            "timings": phases}}},
-                          {"round": 2, "sites": {"site-1": {"accuracy": 20.0, "seconds": 5.8,
-                                                            "timings": {"evaluate": 0.3, "train": 5.5}}}},
-                          {"round": 3, "sites": {"site-1": {"accuracy": 30.0, "seconds": 6.0,
-                                                            "timings": {"evaluate": 0.3, "train": 5.7}}}}],
-               "sites": ["site-1"], "num_rounds": 3}
+    results = {
+        "rounds": [
+            {"round": 1, "sites": {"site-1": {"accuracy": 10.0, "seconds": sum(phases.values()), "timings": phases}}},
+            {
+                "round": 2,
+                "sites": {"site-1": {"accuracy": 20.0, "seconds": 5.8, "timings": {"evaluate": 0.3, "train": 5.5}}},
+            },
+            {
+                "round": 3,
+                "sites": {"site-1": {"accuracy": 30.0, "seconds": 6.0, "timings": {"evaluate": 0.3, "train": 5.7}}},
+            },
+        ],
+        "sites": ["site-1"],
+        "num_rounds": 3,
+    }
     table = format_table(results)
     assert "  in round 1: 703.2 = start 12.0 + load 30.2 + extract 650.0 + evaluate 3.1 + train 7.9" in table
     assert "  the other 2 rounds: 5.8 to 6.0 (evaluate + train)" in table
@@ -75,7 +91,7 @@ def _banner(path) -> bool:
     """The caveat's red banner across the top of the image."""
     with Image.open(path) as image:
         top = np.asarray(image.convert("RGB"))[:40]
-    red = tuple(int(MISTAKE[i:i + 2], 16) for i in (1, 3, 5))
+    red = tuple(int(MISTAKE[i : i + 2], 16) for i in (1, 3, 5))
     return bool((np.abs(top.astype(int) - red).sum(axis=-1) < 30).sum() > 200)
 
 
@@ -83,9 +99,23 @@ def _banner(path) -> bool:
 def inprocess(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     out = tmp / "r.json"
-    assert main(["run", "--set=data.source=synthetic", *[f"--set={s}" for s in TINY], "--set=data.synthetic_sites=2",
-                 "--set=data.synthetic_per_class=10", f"--set=data.cache_dir={tmp / 'cache'}", "--rounds", "2",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--set=data.source=synthetic",
+                *[f"--set={s}" for s in TINY],
+                "--set=data.synthetic_sites=2",
+                "--set=data.synthetic_per_class=10",
+                f"--set=data.cache_dir={tmp / 'cache'}",
+                "--rounds",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -94,7 +124,7 @@ def test_report_of_an_in_process_results_file_writes_figures_with_the_caveat(inp
     capsys.readouterr()
     assert main(["report", str(inprocess)]) == 0
     out = capsys.readouterr().out
-    assert "zero-shot CLIP (\"a satellite photo of {class}.\", no training)" in out
+    assert 'zero-shot CLIP ("a satellite photo of {class}.", no training)' in out
     figures = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("figure: ")]
     assert [p.rsplit("/", 1)[1] for p in figures] == ["r-accuracy_per_round.png", "r-per_site_accuracy.png"]
     for figure in figures:
@@ -120,11 +150,20 @@ def test_the_prediction_grid_shows_images_as_the_encoder_saw_them(tmp_path, capl
 
     deep = tmp_path / "deep.tif"  # 12-bit values in a 16-bit TIFF, as aerial cameras write them
     Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)).save(deep)
-    record = {"cell": {"algorithm": "fedrsclip", "column": "2", "seed": 0}, "settings": {"overrides": []},
-              "results": {"weights": "tag:openai", "data_source": "manifest"},
-              "site_predictions": {"site-1": {"classes": ["pasture", "field"], "samples": [
-                  {"path": str(BIGEARTHNET), "true": 0, "predicted": 1},
-                  {"path": str(deep), "true": 1, "predicted": 1}]}}}
+    record = {
+        "cell": {"algorithm": "fedrsclip", "column": "2", "seed": 0},
+        "settings": {"overrides": []},
+        "results": {"weights": "tag:openai", "data_source": "manifest"},
+        "site_predictions": {
+            "site-1": {
+                "classes": ["pasture", "field"],
+                "samples": [
+                    {"path": str(BIGEARTHNET), "true": 0, "predicted": 1},
+                    {"path": str(deep), "true": 1, "predicted": 1},
+                ],
+            }
+        },
+    }
     patch = sample_image(record, str(BIGEARTHNET))
     assert patch.shape == (120, 120, 3)
     np.testing.assert_array_equal(patch, np.asarray(load_rgb(BIGEARTHNET, image_settings(dataset_modality="s2"))))

@@ -24,8 +24,12 @@ def _body(table: str) -> list[str]:
     """The table from its header row to its last round row."""
     lines = table.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("round "))
-    return [line for line in lines[start:] if line.split() and (line.split()[0] in ("round", "init") or
-                                                                line.split()[0].isdigit() or line.startswith("---"))]
+    return [
+        line
+        for line in lines[start:]
+        if line.split()
+        and (line.split()[0] in ("round", "init") or line.split()[0].isdigit() or line.startswith("---"))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +41,22 @@ def both(tmp_path_factory):
     flare = load_results(find_results(tmp / "ws"))
 
     cfg = spec.config()  # the very settings every FLARE site trained with
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_dir=str(tmp / "cache")),
-                              train=dataclasses.replace(cfg.train, rounds=ROUNDS))
+    cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, cache_dir=str(tmp / "cache")),
+        train=dataclasses.replace(cfg.train, rounds=ROUNDS),
+    )
     manifest = synthetic_manifest(cfg.data, tmp / "data")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the job's sites (torch_threads: 1): the same float sums
     try:
-        inprocess = run_inprocess(cfg, load_manifest(manifest), state_dir=tmp / "state", progress=False,
-                                  data_description=describe_data(cfg.data, manifest))
+        inprocess = run_inprocess(
+            cfg,
+            load_manifest(manifest),
+            state_dir=tmp / "state",
+            progress=False,
+            data_description=describe_data(cfg.data, manifest),
+        )
     finally:
         torch.set_num_threads(threads)
     return flare, inprocess
@@ -66,8 +78,10 @@ def test_the_results_have_one_format(both):
     for f, i in zip(flare["rounds"], inprocess["rounds"], strict=True):
         for site in flare["sites"]:
             a, b = f["sites"][site], i["sites"][site]
-            assert {k: a[k] for k in ("accuracy", "loss", "samples", "samples_train", "bytes_up", "bytes_down")} == \
-                pytest.approx({k: b[k] for k in ("accuracy", "loss", "samples", "samples_train", "bytes_up",
-                                                 "bytes_down")}, abs=1e-6)
+            assert {
+                k: a[k] for k in ("accuracy", "loss", "samples", "samples_train", "bytes_up", "bytes_down")
+            } == pytest.approx(
+                {k: b[k] for k in ("accuracy", "loss", "samples", "samples_train", "bytes_up", "bytes_down")}, abs=1e-6
+            )
             assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
     assert set(flare["final"]["sites"]) == set(inprocess["final"]["sites"])

@@ -53,12 +53,15 @@ def refused(make_site, path, before: bytes, *words: str) -> None:
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("content, words", [
-    ({"foo": 1}, ["has no 'prompts' entry"]),  # was KeyError: 'prompts'
-    ([1, 2, 3], ["is not a fedrsclip site state", "list"]),
-    ({"prompts": {"shared_ctx": "text"}}, ["has no 'prompts' entry of tensors"]),
-    ({"prompts": {"shared_ctx": torch.zeros(4, 64)}, "round": "one"}, ["round 'one'"]),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ({"foo": 1}, ["has no 'prompts' entry"]),  # was KeyError: 'prompts'
+        ([1, 2, 3], ["is not a fedrsclip site state", "list"]),
+        ({"prompts": {"shared_ctx": "text"}}, ["has no 'prompts' entry of tensors"]),
+        ({"prompts": {"shared_ctx": torch.zeros(4, 64)}, "round": "one"}, ["round 'one'"]),
+    ],
+)
 def test_a_state_file_of_another_structure_is_refused_by_name(make_site, saved, content, words):
     site, _ = saved
     torch.save(content, site.state_path)
@@ -107,8 +110,13 @@ def test_a_flipped_byte_in_the_private_prompt_is_detected(make_site, saved):
 def test_prompts_of_another_algorithm_are_refused(make_site, saved):
     site, _ = saved
     resave(site.state_path, lambda s: s["prompts"].pop("private_ctx"))  # as saved by a single-prompt algorithm
-    refused(make_site, site.state_path, site.state_path.read_bytes(), "holds the prompts ['shared_ctx']",
-            "another algorithm")
+    refused(
+        make_site,
+        site.state_path,
+        site.state_path.read_bytes(),
+        "holds the prompts ['shared_ctx']",
+        "another algorithm",
+    )
 
 
 def test_a_state_of_the_earlier_version_still_loads(make_site, saved):

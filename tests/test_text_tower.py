@@ -20,8 +20,16 @@ from fedrsclip.backbone import TOWER_FOLDER, load_backbone, open_backbone
 from fedrsclip.config import ConfigError, ModelConfig, PromptConfig
 from fedrsclip.prompts import PromptLearner, TextEncoder
 from fedrsclip.site import PromptSite as Site
-from fedrsclip.text_tower import (TextTower, TextTowerError, check_same_text, clip_tokenizer, open_text_tower,
-                                  save_text_tower, spec_of, text_tower_of)
+from fedrsclip.text_tower import (
+    TextTower,
+    TextTowerError,
+    check_same_text,
+    clip_tokenizer,
+    open_text_tower,
+    save_text_tower,
+    spec_of,
+    text_tower_of,
+)
 
 CLASSES = ["airplane", "dense_residential", "river"]
 
@@ -37,8 +45,11 @@ def _site(cfg, manifest, name="site-1") -> Site:
 def _round(site: Site) -> dict[str, torch.Tensor]:
     site.run_round(None, 0)
     learner = site.trainer.model.learner
-    return {"shared": learner.shared_ctx.detach().clone(), "private": learner.private_ctx.detach().clone(),
-            "accuracy": torch.tensor(site.evaluate()["accuracy"])}
+    return {
+        "shared": learner.shared_ctx.detach().clone(),
+        "private": learner.private_ctx.detach().clone(),
+        "accuracy": torch.tensor(site.evaluate()["accuracy"]),
+    }
 
 
 def test_tower_file_gives_the_clips_text_features(tmp_path):
@@ -82,8 +93,9 @@ def test_cold_start_frees_the_image_tower_and_writes_the_tower(synth_manifest, t
     backbone = open_backbone(cfg.model, cfg.data.cache_dir)
     assert backbone.has_image_tower and not _towers(tmp_path)
     visual = weakref.ref(backbone.model.visual)
-    cached_features(backbone, site_split(synth_manifest, "site-1", "train")[:4], tmp_path / "site-1", "train",
-                    progress=False)
+    cached_features(
+        backbone, site_split(synth_manifest, "site-1", "train")[:4], tmp_path / "site-1", "train", progress=False
+    )
     backbone.release_image_tower()
     gc.collect()
     assert visual() is None  # nothing holds the image tower any more
@@ -140,8 +152,13 @@ def test_warm_start_imports_neither_open_clip_nor_dynamo(synth_manifest, tmp_pat
     _site(cfg, synth_manifest)  # the cold start writes the caches and the tower
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps(synth_manifest))
-    overrides = ["model.arch=fedrsclip-tiny", "model.pretrained=null", "model.random_init=true",
-                 f"data.cache_dir={tmp_path}", f"data.manifest={manifest}"]
+    overrides = [
+        "model.arch=fedrsclip-tiny",
+        "model.pretrained=null",
+        "model.random_init=true",
+        f"data.cache_dir={tmp_path}",
+        f"data.manifest={manifest}",
+    ]
     code = (
         "import sys, json\n"
         "from fedrsclip.config import load_config\n"
@@ -176,8 +193,9 @@ def test_changed_checkpoint_is_never_served_from_its_old_tower(tiny_backbone, tm
     assert path.stat().st_size == stat.st_size
     changed = open_backbone(cfg, tmp_path / "cache")
     assert changed.has_image_tower and changed.fingerprint != first.fingerprint
-    other_gelu = open_backbone(ModelConfig(arch="fedrsclip-tiny", pretrained=str(path), quick_gelu=True),
-                               tmp_path / "cache")
+    other_gelu = open_backbone(
+        ModelConfig(arch="fedrsclip-tiny", pretrained=str(path), quick_gelu=True), tmp_path / "cache"
+    )
     assert other_gelu.has_image_tower and other_gelu.quick_gelu
 
 
@@ -231,8 +249,9 @@ def test_text_tower_of_another_layout_is_not_written(tmp_path, caplog):
     """A text tower with layer scale (not CLIP's layout): no file, the text side stays in memory, a warning."""
     import open_clip
 
-    config = json.loads((Path(__file__).resolve().parents[1] / "custom/fedrsclip/model_configs/fedrsclip-tiny.json")
-                        .read_text())
+    config = json.loads(
+        (Path(__file__).resolve().parents[1] / "custom/fedrsclip/model_configs/fedrsclip-tiny.json").read_text()
+    )
     config["text_cfg"]["ls_init_value"] = 0.1
     (tmp_path / "fedrsclip-tiny-ls.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path / "fedrsclip-tiny-ls.json")
@@ -289,8 +308,13 @@ def test_tower_file_that_lies_about_its_weights_stops_the_extraction(synth_manif
     (tower,) = _towers(tmp_path)
     opened, meta = open_text_tower(tower)
     spec = spec_of(load_backbone(cfg.model).model, False)
-    save_text_tower(tower, opened, spec, {k: v for k, v in meta.items() if k not in ("format", "spec")}
-                    | {"fingerprint": "fedrsclip-tiny|something else"})
+    save_text_tower(
+        tower,
+        opened,
+        spec,
+        {k: v for k, v in meta.items() if k not in ("format", "spec")}
+        | {"fingerprint": "fedrsclip-tiny|something else"},
+    )
     with pytest.raises(Exception, match="describes fedrsclip-tiny.something else.*delete the file"):
         _site(cfg, synth_manifest)  # the caches miss (another fingerprint): reloading shows the lie
 
@@ -307,14 +331,16 @@ def test_warm_start_tokenizes_from_the_memo(synth_manifest, tmp_path, caplog):
     warm_site = _site(cfg, synth_manifest)
     assert warm_site.backbone.tokenizer._tokenizer is None  # CLIP's tokenizer (50 MB) was not built
     classes = cold_site.classnames
-    assert (zero_shot_accuracy(warm_site.backbone, classes, warm_site.test_set)
-            == zero_shot_accuracy(cold_site.backbone, classes, cold_site.test_set))
+    assert zero_shot_accuracy(warm_site.backbone, classes, warm_site.test_set) == zero_shot_accuracy(
+        cold_site.backbone, classes, cold_site.test_set
+    )
     token_memo_path(tower).write_text('{"X": "not ids"}')
     with caplog.at_level(logging.WARNING):
         again = _site(cfg, synth_manifest)
     assert "token memo" in caplog.text and again.backbone.tokenizer._tokenizer is not None
-    torch.testing.assert_close(again.trainer.model.learner.template, cold_site.trainer.model.learner.template,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        again.trainer.model.learner.template, cold_site.trainer.model.learner.template, rtol=0, atol=0
+    )
 
 
 def test_recipe_covers_every_model_setting(tmp_path):
@@ -325,10 +351,15 @@ def test_recipe_covers_every_model_setting(tmp_path):
 
     memo = DigestMemo(None)
     base = ModelConfig(arch="ViT-B-16", pretrained="openai")
-    variants = [base, replace(base, pretrained="laion2b_s34b_b88k"), replace(base, arch="ViT-B-32"),
-                replace(base, quick_gelu=True), replace(base, context_length=248),
-                ModelConfig(arch="ViT-B-16", pretrained=None, random_init=True),
-                ModelConfig(arch="ViT-B-16", pretrained=None, random_init=True, init_seed=1)]
+    variants = [
+        base,
+        replace(base, pretrained="laion2b_s34b_b88k"),
+        replace(base, arch="ViT-B-32"),
+        replace(base, quick_gelu=True),
+        replace(base, context_length=248),
+        ModelConfig(arch="ViT-B-16", pretrained=None, random_init=True),
+        ModelConfig(arch="ViT-B-16", pretrained=None, random_init=True, init_seed=1),
+    ]
     recipes = [tower_recipe(cfg, memo) for cfg in variants]
     assert len(set(recipes)) == len(recipes)
     assert tower_recipe(replace(base, device="cpu", cache_dir="/elsewhere"), memo) == recipes[0]  # not the weights
@@ -382,8 +413,9 @@ def test_in_process_runs_remember_the_checkpoint_digest(tiny_backbone, tmp_path)
 
     path = tmp_path / "clip.pt"
     torch.save(tiny_backbone.model.state_dict(), path)
-    cfg = tiny_config(f"model.pretrained={path}", "model.random_init=false", "model.quick_gelu=false",
-                      cache_dir=tmp_path / "cache")
+    cfg = tiny_config(
+        f"model.pretrained={path}", "model.random_init=false", "model.quick_gelu=false", cache_dir=tmp_path / "cache"
+    )
     first = load_shared(cfg)
     memo = tmp_path / "cache" / MEMO_NAME
     entries = json.loads(memo.read_text())
@@ -427,9 +459,16 @@ def test_sites_publishing_at_once_end_with_one_file_that_all_map(tmp_path):
 
     sites = 3
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), f"site-{i}", str(sites), *TINY],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for i in range(sites)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(tmp_path), f"site-{i}", str(sites), *TINY],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(sites)
+    ]
     outs = [proc.communicate(timeout=300) for proc in procs]
     assert all(proc.returncode == 0 for proc in procs), [err[-2000:] for _, err in outs]
     (tower,) = _towers(tmp_path)

@@ -15,6 +15,7 @@ def site_factory(tiny_backbone, synth_manifest, feature_cache):
     def make(*overrides, name="site-1", state_dir=None):
         cfg = tiny_config("train.lr=0.05", *overrides, cache_dir=feature_cache)
         return PromptSite(cfg, name, synth_manifest, tiny_backbone, state_dir=state_dir, progress=False)
+
     return make
 
 
@@ -62,8 +63,12 @@ def shared_grad(site, mu: float) -> torch.Tensor:
     learner = trainer.model.learner
     anchor = learner.shared_ctx.detach().clone() - 0.5  # the live prompt has moved away from the global one
     train = site.train_set
-    loss, _ = trainer._loss(learner.text_features(), [(None, train.global_feats[:8].float(), train.tokens[:8],
-                                                       train.labels[:8])], None, anchor)
+    loss, _ = trainer._loss(
+        learner.text_features(),
+        [(None, train.global_feats[:8].float(), train.tokens[:8], train.labels[:8])],
+        None,
+        anchor,
+    )
     learner.zero_grad()
     loss.backward()
     return learner.shared_ctx.grad.clone()

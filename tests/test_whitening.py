@@ -14,7 +14,7 @@ from fedrsclip.whitening import FeatureWhitening, fit_stats, fit_whitening, whit
 def _site(n: int, dim: int, seed: int, shift: float, tokens: int = 3) -> FeatureSet:
     """Correlated features with a site-specific mean and covariance (as two sensors or seasons give)."""
     gen = torch.Generator().manual_seed(seed)
-    mix = torch.randn(dim, dim, generator=gen) / dim ** 0.5 + torch.eye(dim)
+    mix = torch.randn(dim, dim, generator=gen) / dim**0.5 + torch.eye(dim)
     pooled = torch.randn(n, dim, generator=gen) @ mix + shift
     toks = torch.randn(n, tokens, dim, generator=gen) @ mix - shift
     return FeatureSet(pooled.half(), toks.half(), torch.zeros(n, 4), [f"img{i}" for i in range(n)])
@@ -26,7 +26,7 @@ def test_large_site_is_fully_whitened():
     y = stats.apply(x)
     m = float(torch.trace(torch.cov(x.T))) / 16
     assert stats.shrinkage < 0.05
-    assert y.mean(0).abs().max() < 1e-3 * m ** 0.5 + 1e-4
+    assert y.mean(0).abs().max() < 1e-3 * m**0.5 + 1e-4
     before, after = torch.linalg.eigvalsh(torch.cov(x.T)), torch.linalg.eigvalsh(torch.cov(y.T))
     assert before.max() / before.min() > 100  # strongly correlated features ...
     # ... become near isotropic with the variance m kept (the weakest direction is slightly shrunk, by design)
@@ -49,6 +49,7 @@ def test_isotropic_data_need_no_whitening():
 
 def test_shrinkage_matches_sklearn():
     from sklearn import covariance  # the reference (requirements.txt: test references)
+
     x = _site(40, 24, 3, shift=1.0).global_feats.double()
     expected = covariance.ledoit_wolf_shrinkage((x - x.mean(0)).numpy(), assume_centered=True)
     assert fit_stats(x).shrinkage == pytest.approx(expected, rel=1e-4)
@@ -65,7 +66,7 @@ def test_two_sites_with_different_distributions_are_aligned_by_their_own_statist
     scale = torch.diagonal(cov_a).mean()
     assert (cov_a / scale - cov_b / torch.diagonal(cov_b).mean()).abs().max() < 0.35  # both near isotropic
     # Tokens get their own statistics (their mean differs from the pooled feature's).
-    assert white_a.tokens.float().reshape(-1, 16).mean(0).abs().max() < 0.05 * scale ** 0.5
+    assert white_a.tokens.float().reshape(-1, 16).mean(0).abs().max() < 0.05 * scale**0.5
     assert white_a.labels is site_a.labels and white_a.paths == site_a.paths
     assert white_a.global_feats.dtype == torch.float16
 

@@ -23,16 +23,44 @@ def ucm(tmp_path_factory):
     """The real UC Merced sample (21 classes x 10 images) partitioned over 2 sites."""
     tmp = tmp_path_factory.mktemp("ucm")
     manifest = tmp / "ucm2.json"
-    assert main(["data", "partition", "--dataset", "imagefolder", "--root", str(REAL_DATA), "--sites", "2",
-                 "--quiet", "--out", str(manifest)]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "partition",
+                "--dataset",
+                "imagefolder",
+                "--root",
+                str(REAL_DATA),
+                "--sites",
+                "2",
+                "--quiet",
+                "--out",
+                str(manifest),
+            ]
+        )
+        == 0
+    )
     return {"manifest": manifest, "tmp": tmp, "cache": tmp / "cache"}
 
 
 @requires_real_data
 def test_zeroshot_on_the_uc_merced_sample_writes_results_and_figure(ucm, capsys):
     out = ucm["tmp"] / "zs.json"
-    assert main(["zeroshot", "--manifest", str(ucm["manifest"]), "--out", str(out), *TINY_SET,
-                 f"--set=data.cache_dir={ucm['cache']}"]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--manifest",
+                str(ucm["manifest"]),
+                "--out",
+                str(out),
+                *TINY_SET,
+                f"--set=data.cache_dir={ucm['cache']}",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
     assert results["split"] == "all" and results["samples"] == 210 and len(results["classes"]) == 21
@@ -47,8 +75,24 @@ def test_zeroshot_on_the_uc_merced_sample_writes_results_and_figure(ucm, capsys)
     with Image.open(figure) as image:
         assert image.format == "PNG" and image.width > 500 and image.height > 500
     test_only = ucm["tmp"] / "zs-test.json"
-    assert main(["zeroshot", "--manifest", str(ucm["manifest"]), "--out", str(test_only), "--split", "test",
-                 "--template", "an aerial image of {class}", *TINY_SET, f"--set=data.cache_dir={ucm['cache']}"]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--manifest",
+                str(ucm["manifest"]),
+                "--out",
+                str(test_only),
+                "--split",
+                "test",
+                "--template",
+                "an aerial image of {class}",
+                *TINY_SET,
+                f"--set=data.cache_dir={ucm['cache']}",
+            ]
+        )
+        == 0
+    )
     tested = json.loads(test_only.read_text())
     assert tested["samples"] == 105 and tested["prompt"] == "an aerial image of {}"
 
@@ -66,9 +110,22 @@ def test_a_random_file_is_labelled_a_file_and_its_chance_accuracy_warns(ucm, tmp
     weights = tmp_path / "vit-b-32-weights.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     out = tmp_path / "zs.json"
-    assert main(["zeroshot", "--manifest", str(ucm["manifest"]), "--out", str(out), "--set=model.arch=fedrsclip-tiny",
-                 f"--set=model.pretrained={weights}", "--set=model.quick_gelu=false",
-                 f"--set=data.cache_dir={tmp_path / 'cache'}"]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--manifest",
+                str(ucm["manifest"]),
+                "--out",
+                str(out),
+                "--set=model.arch=fedrsclip-tiny",
+                f"--set=model.pretrained={weights}",
+                "--set=model.quick_gelu=false",
+                f"--set=data.cache_dir={tmp_path / 'cache'}",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
     assert results["weights"].startswith("file:") and "RANDOM" not in printed
@@ -98,8 +155,12 @@ def test_chance_warning_only_when_not_above_chance():
     assert chance_warning({"accuracy": 18.6, "samples": 210, "chance": 100 / 21}) is None  # p < 1e-9
     assert chance_warning({"accuracy": 50.0, "samples": 2, "chance": 100 / 21}) is None  # too few to tell, not low
     assert chance_warning({"accuracy": 10.0, "samples": 0, "chance": 10.0}) is None
-    merged = pool([{"accuracy": 50.0, "samples": 10, "chance": 10.0, "confusion": [[5, 5], [5, 5]]},
-                   {"accuracy": 100.0, "samples": 30, "chance": 10.0, "confusion": [[15, 0], [0, 15]]}])
+    merged = pool(
+        [
+            {"accuracy": 50.0, "samples": 10, "chance": 10.0, "confusion": [[5, 5], [5, 5]]},
+            {"accuracy": 100.0, "samples": 30, "chance": 10.0, "confusion": [[15, 0], [0, 15]]},
+        ]
+    )
     assert merged["accuracy"] == pytest.approx(87.5) and merged["confusion"] == [[20, 5], [5, 20]]
     assert merged["per_class"] == pytest.approx([80.0, 80.0])
 
@@ -112,12 +173,14 @@ def test_the_sites_reference_uses_the_class_descriptions(synth_manifest, feature
 
     classes = synth_manifest["classes"]
     path = tmp_path / "descriptions.yaml"
-    path.write_text("".join(f"{c}: a scene with {c} seen from {'far' if i % 2 else 'near'} above\n"
-                            for i, c in enumerate(classes)))
+    path.write_text(
+        "".join(f"{c}: a scene with {c} seen from {'far' if i % 2 else 'near'} above\n" for i, c in enumerate(classes))
+    )
     cfg = tiny_config(f"prompt.class_descriptions={path}", cache_dir=feature_cache)
     site = make_site(cfg, "site-1", synth_manifest)
-    with_texts = zero_shot_accuracy(site.backbone, classes, site.test_set,
-                                    descriptions=load_class_descriptions(path, classes))
+    with_texts = zero_shot_accuracy(
+        site.backbone, classes, site.test_set, descriptions=load_class_descriptions(path, classes)
+    )
     names_only = zero_shot_accuracy(site.backbone, classes, site.test_set)
     assert with_texts["confusion"] != names_only["confusion"]  # the texts matter for this model and data
     assert site.zero_shot()["confusion"] == with_texts["confusion"]

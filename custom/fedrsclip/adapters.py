@@ -46,8 +46,10 @@ def key_group(key: str) -> str:
     else COMMON. ValueError for an `adapter.` key that names no known modality or parameter."""
     group = protocol_key_group(key)
     if group != COMMON and group not in MODALITIES:
-        raise ValueError(f"payload key {key!r} is not an adapter key adapter.<modality>.<parameter> with a modality "
-                         f"in {', '.join(MODALITIES)} and a parameter in {', '.join(PARAMETERS)}")
+        raise ValueError(
+            f"payload key {key!r} is not an adapter key adapter.<modality>.<parameter> with a modality "
+            f"in {', '.join(MODALITIES)} and a parameter in {', '.join(PARAMETERS)}"
+        )
     return group
 
 
@@ -68,7 +70,7 @@ class ModalityAdapter(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             # Unit-variance inputs give unit-variance bottleneck activations (fan-in scaling).
-            self.down.weight.copy_(torch.randn(rank, dim, generator=gen) / dim ** 0.5)
+            self.down.weight.copy_(torch.randn(rank, dim, generator=gen) / dim**0.5)
             self.up.weight.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +123,10 @@ class ModalityAdapters(nn.ModuleDict):
         staged: dict[str, dict[str, torch.Tensor]] = {}
         for m, tensors in groups.items():
             if m not in self:
-                raise ValueError(f"received an adapter for modality {m!r}; this model has adapters for "
-                                 f"{', '.join(self)} (check the federation's modalities)")
+                raise ValueError(
+                    f"received an adapter for modality {m!r}; this model has adapters for "
+                    f"{', '.join(self)} (check the federation's modalities)"
+                )
             missing = [p for p in PARAMETERS if p not in tensors]
             if missing:
                 raise ValueError(f"received adapter group {m} without {', '.join(adapter_key(m, p) for p in missing)}")
@@ -130,8 +134,10 @@ class ModalityAdapters(nn.ModuleDict):
             for name, value in tensors.items():
                 key = adapter_key(m, name)
                 if value.shape != tuple(current[name].shape):
-                    raise ValueError(f"received {key} of shape {value.shape}; this model needs "
-                                     f"{tuple(current[name].shape)} (check model.arch and the adapter rank)")
+                    raise ValueError(
+                        f"received {key} of shape {value.shape}; this model needs "
+                        f"{tuple(current[name].shape)} (check model.arch and the adapter rank)"
+                    )
                 if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
                     raise ValueError(f"received {key} with dtype {value.dtype} or non-finite values; not loaded")
             staged[m] = {name: torch.from_numpy(v.astype(np.float32)) for name, v in tensors.items()}

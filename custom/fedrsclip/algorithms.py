@@ -57,18 +57,39 @@ _ALL = [
     Algorithm("fedrsclip", "FedRSCLIP: shared + private prompts, DPAC, CMFAC (optimal transport)"),
     Algorithm("fedrsclip-spm", "ablation: one (standard) prompt instead of dual, CMFAC kept", dual=False, dpac=False),
     Algorithm("fedrsclip-no-dpac", "ablation: without the dual prompt alignment constraint", dpac=False),
-    Algorithm("fedrsclip-no-cmfac", "ablation: without CMFAC (cosine scores on the global image feature)",
-              scoring="cosine"),
+    Algorithm(
+        "fedrsclip-no-cmfac", "ablation: without CMFAC (cosine scores on the global image feature)", scoring="cosine"
+    ),
     Algorithm("fedrsclip-uniform-plan", "ablation: uniform transport plan instead of OT", scoring="uniform"),
     Algorithm("fedavg-pl", "FedAvg of one CoOp prompt (prompt learning)", dual=False, scoring="cosine", dpac=False),
-    Algorithm("fedprox", "FedAvg-PL with a proximal term mu/2 ||w - w_global||^2", dual=False, scoring="cosine",
-              dpac=False, proximal=True),
+    Algorithm(
+        "fedprox",
+        "FedAvg-PL with a proximal term mu/2 ||w - w_global||^2",
+        dual=False,
+        scoring="cosine",
+        dpac=False,
+        proximal=True,
+    ),
     # FedOTP = global + local prompts through OT, no DPAC: by construction the same model as fedrsclip-no-dpac.
     Algorithm("fedotp", "FedOTP: global + local prompts with unbalanced OT, no DPAC", dpac=False),
-    Algorithm("local", "local training only (one CoOp prompt per site, nothing sent)", dual=False,
-              scoring="cosine", dpac=False, sends=()),
-    Algorithm("fedavg-full", "FedAvg of a full timm image classifier (the paper's parameter-transfer baseline)",
-              kind="classifier", dual=False, scoring="cosine", dpac=False, sends=ALL_WEIGHTS, labels=("single",)),
+    Algorithm(
+        "local",
+        "local training only (one CoOp prompt per site, nothing sent)",
+        dual=False,
+        scoring="cosine",
+        dpac=False,
+        sends=(),
+    ),
+    Algorithm(
+        "fedavg-full",
+        "FedAvg of a full timm image classifier (the paper's parameter-transfer baseline)",
+        kind="classifier",
+        dual=False,
+        scoring="cosine",
+        dpac=False,
+        sends=ALL_WEIGHTS,
+        labels=("single",),
+    ),
 ]
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in _ALL}
@@ -80,9 +101,11 @@ CENTRALIZED = "centralized"  # not an algorithm: every site's data pooled at one
 def get_algorithm(name: str) -> Algorithm:
     """The algorithm called `name`; ValueError listing the valid names otherwise."""
     if name == CENTRALIZED:
-        raise ValueError("'centralized' is a data arrangement, not an algorithm: `fedrsclip run --centralized` (or "
-                         "the experiment's `--sites centralized` column) trains any algorithm on every site's data "
-                         "pooled at one site")
+        raise ValueError(
+            "'centralized' is a data arrangement, not an algorithm: `fedrsclip run --centralized` (or "
+            "the experiment's `--sites centralized` column) trains any algorithm on every site's data "
+            "pooled at one site"
+        )
     try:
         return ALGORITHMS[name]
     except KeyError:

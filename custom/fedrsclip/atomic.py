@@ -66,8 +66,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], mode: int
 def to_json(obj: Any, indent: int | None = 1) -> str:
     """Strict JSON text of `obj` (numpy values as numbers, NaN and +-inf as null); ValueError if anything else
     cannot be written."""
-    return json.dumps(jsonable(obj), indent=indent, allow_nan=False,
-                      separators=None if indent is not None else (",", ":"))
+    return json.dumps(
+        jsonable(obj), indent=indent, allow_nan=False, separators=None if indent is not None else (",", ":")
+    )
 
 
 def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> Path:

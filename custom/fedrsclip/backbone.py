@@ -29,8 +29,19 @@ import torch
 from .checkpoints import CheckpointError, kps_length, read_checkpoint, stretch_state_dict
 from .config import ModelConfig
 from .data.digests import DigestMemo, hash_file
-from .text_tower import (TOWER_FORMAT, MemoTokenizer, TextTowerError, TextTowerSpec, check_same_text,
-                         clip_tokenizer, empty_text_tower, open_text_tower, save_text_tower, spec_of, text_tower_of)
+from .text_tower import (
+    TOWER_FORMAT,
+    MemoTokenizer,
+    TextTowerError,
+    TextTowerSpec,
+    check_same_text,
+    clip_tokenizer,
+    empty_text_tower,
+    open_text_tower,
+    save_text_tower,
+    spec_of,
+    text_tower_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +152,17 @@ class Backbone:
         if self.has_image_tower:
             return
         if self.reload is None:
-            raise BackboneError(f"{self.description}: the image tower was released (only the text side is kept); "
-                                "build the backbone with load_backbone to encode images")
+            raise BackboneError(
+                f"{self.description}: the image tower was released (only the text side is kept); "
+                "build the backbone with load_backbone to encode images"
+            )
         full = self.reload()
         if (full.fingerprint, full.preprocess_key) != (self.fingerprint, self.preprocess_key):
-            raise BackboneError(f"the text tower file {self.tower_file} describes {self.fingerprint}, but the "
-                                f"configured model loads as {full.fingerprint} (or preprocesses otherwise): delete "
-                                "the file; it is rewritten at the next start")
+            raise BackboneError(
+                f"the text tower file {self.tower_file} describes {self.fingerprint}, but the "
+                f"configured model loads as {full.fingerprint} (or preprocesses otherwise): delete "
+                "the file; it is rewritten at the next start"
+            )
         self._text = self.model  # training keeps using the text side it was given
         self.model, self.preprocess = full.model, full.preprocess
 
@@ -187,21 +202,32 @@ class Backbone:
                 rebuilt.requires_grad_(False)  # frozen as the CLIP is: attention takes another kernel otherwise
                 rebuilt.attn_mask = rebuilt.attn_mask.to(self.device)
                 check_same_text(rebuilt, clip, spec)
-                meta = {"recipe": self.recipe, "fingerprint": self.fingerprint, "description": self.description,
-                        "quick_gelu": self.quick_gelu, "preprocess": self.preprocess_key,
-                        "tokenizer": self.tokenizer_settings}
+                meta = {
+                    "recipe": self.recipe,
+                    "fingerprint": self.fingerprint,
+                    "description": self.description,
+                    "quick_gelu": self.quick_gelu,
+                    "preprocess": self.preprocess_key,
+                    "tokenizer": self.tokenizer_settings,
+                }
                 if not save_text_tower(self.tower_file, text, spec, meta, replace=existed):
                     shared = self._tower_written_meanwhile(clip, spec)  # another site published first: use theirs
                     if shared is None:  # unless it does not give this CLIP's text features
                         save_text_tower(self.tower_file, text, spec, meta)
         except (TextTowerError, OSError) as exc:
-            log.warning("%s: no text tower file (%s); the next start of this site loads the whole CLIP again",
-                        self.description, exc)
+            log.warning(
+                "%s: no text tower file (%s); the next start of this site loads the whole CLIP again",
+                self.description,
+                exc,
+            )
             return text
         self.tokenizer = MemoTokenizer(self.tokenizer_settings, token_memo_path(self.tower_file), self.tokenizer)
         if shared is not None:
-            log.info("%s: text tower %s was written by another process sharing this cache: using it",
-                     self.description, self.tower_file)
+            log.info(
+                "%s: text tower %s was written by another process sharing this cache: using it",
+                self.description,
+                self.tower_file,
+            )
             return shared if self.device.type == "cpu" else text
         log.info("%s: text tower written to %s for the next start", self.description, self.tower_file)
         if self.device.type != "cpu":
@@ -291,8 +317,10 @@ def _chosen_quick_gelu(cfg: ModelConfig) -> bool | None:
 
     arch_quick = bool(open_clip.get_model_config(cfg.arch).get("quick_gelu", False))
     if arch_quick and cfg.quick_gelu is False:
-        raise BackboneError(f"model.arch {cfg.arch} builds QuickGELU but model.quick_gelu is false: use "
-                            f"model.arch: {_base_arch(cfg.arch)} for GELU, or model.quick_gelu: true")
+        raise BackboneError(
+            f"model.arch {cfg.arch} builds QuickGELU but model.quick_gelu is false: use "
+            f"model.arch: {_base_arch(cfg.arch)} for GELU, or model.quick_gelu: true"
+        )
     return True if arch_quick else cfg.quick_gelu
 
 
@@ -304,12 +332,15 @@ def _stretch_wanted(cfg: ModelConfig, rows: int, native: int, what: str) -> bool
     if rows == native and target == kps_length(native):
         return True
     choices = f"{rows}, or {kps_length(rows)} (KPS, as Long-CLIP)" if rows == native else f"{rows}"
-    raise BackboneError(f"model.context_length: {target} is not possible for {what}, whose text encoder has {rows} "
-                        f"positions: leave it unset or use {choices}")
+    raise BackboneError(
+        f"model.context_length: {target} is not possible for {what}, whose text encoder has {rows} "
+        f"positions: leave it unset or use {choices}"
+    )
 
 
-def _instantiate(arch: str, quick_gelu: bool, context_length: int, state: dict[str, torch.Tensor],
-                 source: str) -> tuple[Any, Callable]:
+def _instantiate(
+    arch: str, quick_gelu: bool, context_length: int, state: dict[str, torch.Tensor], source: str
+) -> tuple[Any, Callable]:
     """An open_clip model of `arch` at `context_length`, on the CPU, holding exactly `state`."""
     import open_clip
 
@@ -318,8 +349,13 @@ def _instantiate(arch: str, quick_gelu: bool, context_length: int, state: dict[s
     root.addFilter(quiet)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=None, force_quick_gelu=quick_gelu, force_context_length=context_length,
-            pretrained_text=False, device="cpu")
+            arch,
+            pretrained=None,
+            force_quick_gelu=quick_gelu,
+            force_context_length=context_length,
+            pretrained_text=False,
+            device="cpu",
+        )
     finally:
         root.removeFilter(quiet)
     computed = {name for name, _ in model.named_buffers()} - set(model.state_dict())  # e.g. attn_mask: not weights
@@ -329,17 +365,20 @@ def _instantiate(arch: str, quick_gelu: bool, context_length: int, state: dict[s
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise BackboneError(f"cannot load {source} into {arch}: {str(exc).rstrip('.')}. Check that model.arch is "
-                            "the architecture the weights were trained as (the README's Backbones table lists the "
-                            "known files).") from exc
+        raise BackboneError(
+            f"cannot load {source} into {arch}: {str(exc).rstrip('.')}. Check that model.arch is "
+            "the architecture the weights were trained as (the README's Backbones table lists the "
+            "known files)."
+        ) from exc
     return model, preprocess
 
 
 def _stretched(model: Any, arch: str, quick_gelu: bool) -> Any:
     """The same CLIP with its text position table KPS-stretched (77 -> 248 rows)."""
     state = stretch_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
-    stretched, _ = _instantiate(arch, quick_gelu, int(state["positional_embedding"].shape[0]), state,
-                                f"the KPS-stretched {arch}")
+    stretched, _ = _instantiate(
+        arch, quick_gelu, int(state["positional_embedding"].shape[0]), state, f"the KPS-stretched {arch}"
+    )
     return stretched
 
 
@@ -351,25 +390,36 @@ def _load_file(cfg: ModelConfig, path: Path, native: int) -> tuple[Any, Callable
         raise BackboneError(str(exc)) from exc
     chosen = _chosen_quick_gelu(cfg)
     if chosen is None and ckpt.quick_gelu is None:
-        raise BackboneError(f"model.pretrained {path}: cannot tell whether these weights use QuickGELU or GELU, and "
-                            f"the file does not say (not a recognised format). {UNKNOWN_ACTIVATION}")
+        raise BackboneError(
+            f"model.pretrained {path}: cannot tell whether these weights use QuickGELU or GELU, and "
+            f"the file does not say (not a recognised format). {UNKNOWN_ACTIVATION}"
+        )
     quick_gelu = ckpt.quick_gelu if chosen is None else chosen
     if ckpt.quick_gelu is not None and chosen is not None and chosen != ckpt.quick_gelu:
-        log.warning("model.quick_gelu is %s, but %s is %s, which uses %s (%s)", chosen, path.name, ckpt.family,
-                    "QuickGELU" if ckpt.quick_gelu else "GELU", ckpt.why)
+        log.warning(
+            "model.quick_gelu is %s, but %s is %s, which uses %s (%s)",
+            chosen,
+            path.name,
+            ckpt.family,
+            "QuickGELU" if ckpt.quick_gelu else "GELU",
+            ckpt.why,
+        )
     elif chosen is None:
         log.info("%s: %s, so QuickGELU is %s (%s)", path.name, ckpt.family, "on" if quick_gelu else "off", ckpt.why)
     if ckpt.arch is not None and _base_arch(ckpt.arch) != _base_arch(cfg.arch):
-        raise BackboneError(f"{path.name} is the {ckpt.family} {ckpt.arch} checkpoint but model.arch is {cfg.arch}: "
-                            f"set model.arch: {ckpt.arch}")
+        raise BackboneError(
+            f"{path.name} is the {ckpt.family} {ckpt.arch} checkpoint but model.arch is {cfg.arch}: "
+            f"set model.arch: {ckpt.arch}"
+        )
     state = ckpt.state_dict
     if _stretch_wanted(cfg, ckpt.context_length, native, path.name):
         state = stretch_state_dict(state)
         ckpt.notes.append(f"KPS: text positions {ckpt.context_length} -> {state['positional_embedding'].shape[0]}")
     for note in ckpt.notes:
         log.info("%s: %s", path.name, note)
-    model, preprocess = _instantiate(cfg.arch, quick_gelu, int(state["positional_embedding"].shape[0]), state,
-                                     f"checkpoint {path}")
+    model, preprocess = _instantiate(
+        cfg.arch, quick_gelu, int(state["positional_embedding"].shape[0]), state, f"checkpoint {path}"
+    )
     return model, preprocess, quick_gelu, ckpt.family
 
 
@@ -417,7 +467,8 @@ def load_backbone(cfg: ModelConfig, memo: DigestMemo | None = None) -> Backbone:
         stretch = _stretch_wanted(cfg, native, native, cfg.arch)
         torch.manual_seed(cfg.init_seed)  # every site must build the same frozen random CLIP
         model, _, preprocess = open_clip.create_model_and_transforms(
-            cfg.arch, pretrained=None, force_quick_gelu=quick_gelu, pretrained_text=False)
+            cfg.arch, pretrained=None, force_quick_gelu=quick_gelu, pretrained_text=False
+        )
         if stretch:
             model = _stretched(model, cfg.arch, quick_gelu)
         fingerprint = f"{cfg.arch}|random|seed={cfg.init_seed}|quickgelu={quick_gelu}"
@@ -443,13 +494,18 @@ def load_backbone(cfg: ModelConfig, memo: DigestMemo | None = None) -> Backbone:
             stretch = _stretch_wanted(cfg, native, native, f"{cfg.arch}/{pretrained}")  # before any download
             try:
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    cfg.arch, pretrained=pretrained, require_pretrained=True, cache_dir=cfg.cache_dir,
-                    force_quick_gelu=quick_gelu, pretrained_text=False,
+                    cfg.arch,
+                    pretrained=pretrained,
+                    require_pretrained=True,
+                    cache_dir=cfg.cache_dir,
+                    force_quick_gelu=quick_gelu,
+                    pretrained_text=False,
                 )
             except Exception as exc:  # open_clip raises many kinds; all mean "weights not available"
-                raise BackboneError(f"cannot get pretrained weights {cfg.arch}/{pretrained} "
-                                    f"({type(exc).__name__}: {exc}). {_offline_help(cfg, pretrained, quick_gelu)}"
-                                    ) from exc
+                raise BackboneError(
+                    f"cannot get pretrained weights {cfg.arch}/{pretrained} "
+                    f"({type(exc).__name__}: {exc}). {_offline_help(cfg, pretrained, quick_gelu)}"
+                ) from exc
             if stretch:
                 model = _stretched(model, cfg.arch, quick_gelu)
             fingerprint = f"{cfg.arch}|tag={pretrained}|quickgelu={quick_gelu}"
@@ -463,13 +519,24 @@ def load_backbone(cfg: ModelConfig, memo: DigestMemo | None = None) -> Backbone:
     for param in model.parameters():
         param.requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(cfg.arch, context_length=context_length)
-    tokenizer_settings = {"context_length": context_length,
-                          "kwargs": open_clip.get_model_config(cfg.arch)["text_cfg"].get("tokenizer_kwargs") or {},
-                          "sot": getattr(tokenizer, "sot_token_id", None),
-                          "eot": getattr(tokenizer, "eot_token_id", None)}
+    tokenizer_settings = {
+        "context_length": context_length,
+        "kwargs": open_clip.get_model_config(cfg.arch)["text_cfg"].get("tokenizer_kwargs") or {},
+        "sot": getattr(tokenizer, "sot_token_id", None),
+        "eot": getattr(tokenizer, "eot_token_id", None),
+    }
     log.info("Backbone: %s on %s (QuickGELU %s)", description, device, "on" if quick_gelu else "off")
-    return Backbone(model, preprocess, tokenizer, device, fingerprint, description, quick_gelu,
-                    text_precision=_text_precision(cfg, device), tokenizer_settings=tokenizer_settings)
+    return Backbone(
+        model,
+        preprocess,
+        tokenizer,
+        device,
+        fingerprint,
+        description,
+        quick_gelu,
+        text_precision=_text_precision(cfg, device),
+        tokenizer_settings=tokenizer_settings,
+    )
 
 
 def load_remembered(cfg: ModelConfig, cache_dir: str | Path) -> Backbone:
@@ -491,14 +558,18 @@ def _return_free_memory() -> None:
 
 
 def _warn_random(cfg: ModelConfig) -> None:
-    log.warning("Using a randomly initialised %s (model.random_init: true); accuracy is not meaningful for real data",
-                cfg.arch)
+    log.warning(
+        "Using a randomly initialised %s (model.random_init: true); accuracy is not meaningful for real data", cfg.arch
+    )
 
 
 def _text_precision(cfg: ModelConfig, device: torch.device) -> str:
     if cfg.text_precision != "fp32" and device.type != "cuda":
-        log.warning("model.text_precision is %s, but the text encoder runs on %s: it runs in fp32 there",
-                    cfg.text_precision, device)
+        log.warning(
+            "model.text_precision is %s, but the text encoder runs on %s: it runs in fp32 there",
+            cfg.text_precision,
+            device,
+        )
     return cfg.text_precision
 
 
@@ -527,9 +598,15 @@ def tower_recipe(cfg: ModelConfig, memo: DigestMemo) -> str | None:
     then stops with the error).
     """
     parts: dict[str, Any] = {
-        "format": TOWER_FORMAT, "open_clip": metadata.version("open_clip_torch"), "torch": torch.__version__,
-        "arch": cfg.arch, "random_init": cfg.random_init, "init_seed": cfg.init_seed if cfg.random_init else None,
-        "pretrained": cfg.pretrained, "quick_gelu": cfg.quick_gelu, "context_length": cfg.context_length,
+        "format": TOWER_FORMAT,
+        "open_clip": metadata.version("open_clip_torch"),
+        "torch": torch.__version__,
+        "arch": cfg.arch,
+        "random_init": cfg.random_init,
+        "init_seed": cfg.init_seed if cfg.random_init else None,
+        "pretrained": cfg.pretrained,
+        "quick_gelu": cfg.quick_gelu,
+        "context_length": cfg.context_length,
         "package_config": hashlib.sha256(_package_config(cfg.arch)).hexdigest(),
     }
     if not cfg.random_init and cfg.pretrained and _is_file_setting(cfg.pretrained):
@@ -537,8 +614,9 @@ def tower_recipe(cfg: ModelConfig, memo: DigestMemo) -> str | None:
         if not path.is_file():
             return None
         hub = path.parent / "open_clip_config.json"
-        parts.update(pretrained=str(path), file=memo.file_digest(path),
-                     hub_config=hash_file(hub) if hub.is_file() else None)
+        parts.update(
+            pretrained=str(path), file=memo.file_digest(path), hub_config=hash_file(hub) if hub.is_file() else None
+        )
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -584,10 +662,21 @@ def _warm_backbone(cfg: ModelConfig, path: Path, recipe: str, memo: DigestMemo) 
         raise TextTowerError(f"text tower file {path} was written for another model configuration")
     try:
         tokenizer = MemoTokenizer(meta["tokenizer"], token_memo_path(path))
-        backbone = Backbone(tower, None, tokenizer, device, meta["fingerprint"], meta["description"],
-                            bool(meta["quick_gelu"]), preprocess_key=meta["preprocess"],
-                            text_precision=_text_precision(cfg, device), tower_file=path, recipe=recipe,
-                            reload=lambda: load_backbone(cfg, memo), tokenizer_settings=meta["tokenizer"])
+        backbone = Backbone(
+            tower,
+            None,
+            tokenizer,
+            device,
+            meta["fingerprint"],
+            meta["description"],
+            bool(meta["quick_gelu"]),
+            preprocess_key=meta["preprocess"],
+            text_precision=_text_precision(cfg, device),
+            tower_file=path,
+            recipe=recipe,
+            reload=lambda: load_backbone(cfg, memo),
+            tokenizer_settings=meta["tokenizer"],
+        )
     except (KeyError, TypeError) as exc:
         raise TextTowerError(f"text tower file {path} lacks {exc}") from exc
     if cfg.random_init:

@@ -138,8 +138,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:  # handles .safetensors, {"state_dict": ...} wrappers and a `module.` prefix
             state = load_state_dict(str(path), device="cpu", weights_only=True)
     except Exception as exc:  # torch, safetensors and pickle raise many kinds; all mean "not a readable checkpoint"
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. Give a CLIP state dict "
-                              "(.pt/.pth/.bin/.safetensors) or an OpenAI CLIP archive") from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. Give a CLIP state dict "
+            "(.pt/.pth/.bin/.safetensors) or an OpenAI CLIP archive"
+        ) from exc
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"checkpoint {path} holds no state dict (found {type(state).__name__})")
     state = {str(k): v for k, v in state.items()}
@@ -147,8 +149,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = {k.removeprefix("module."): v for k, v in state.items()}
     if POS not in state:
         keys = ", ".join(list(state)[:6])
-        raise CheckpointError(f"checkpoint {path} has no '{POS}': it is not a CLIP text/image model state dict "
-                              f"(first keys: {keys})")
+        raise CheckpointError(
+            f"checkpoint {path} has no '{POS}': it is not a CLIP text/image model state dict (first keys: {keys})"
+        )
     return state
 
 
@@ -192,8 +195,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     known = known_by_name(path)
     long_layout = POS_RES in state
     if known is not None and known.family in ("Long-CLIP", "LRSCLIP") and not long_layout:
-        raise CheckpointError(f"{path.name} is named like a {known.family} checkpoint but has no '{POS_RES}': "
-                              "it is not the published file (rename it, and set model.quick_gelu yourself)")
+        raise CheckpointError(
+            f"{path.name} is named like a {known.family} checkpoint but has no '{POS_RES}': "
+            "it is not the published file (rename it, and set model.quick_gelu yourself)"
+        )
     notes: list[str] = []
     if any(k in state for k in OPENAI_SCALARS):
         state = {k: v for k, v in state.items() if k not in OPENAI_SCALARS}

@@ -115,20 +115,28 @@ class DataConfig:
     #                               vv-vh-diff, vv, vh) or 3 comma-separated bands/expressions: B08,B04,B03  VV,VH,VV/VH
     scaling: str | None = None  # null: the modality's default (rgb auto, s2/s1 range) | auto | range | percentile
     scale_range: str | None = None  # scaling range: "low,high" for all channels or "l,h;l,h;l,h"; null: modality's
-    stretch_low: float = ranged(2.0, "[0, 100]")  # scaling percentile: each channel stretched between these percentiles of the image
+    stretch_low: float = ranged(
+        2.0, "[0, 100]"
+    )  # scaling percentile: each channel stretched between these percentiles of the image
     stretch_high: float = ranged(98.0, "[0, 100]")
     linear_to_db: bool = False  # SAR stored as linear power: 10 log10 before the composite, so dB ranges apply
-    max_pixels: int = ranged(40_000_000, "[1, inf)")  # larger images are skipped, checked from the header before decoding
+    max_pixels: int = ranged(
+        40_000_000, "[1, inf)"
+    )  # larger images are skipped, checked from the header before decoding
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"data.source must be one of {', '.join(SOURCES)}; got {self.source!r}")
         if self.source == "synthetic-mm" and isinstance(self.synthetic_size, int) and self.synthetic_size % 6:
-            raise ValueError(f"data.synthetic_size must be a multiple of 6 for data.source: synthetic-mm (its "
-                             f"Sentinel-2 bands are at 10, 20 and 60 m); got {self.synthetic_size}: set e.g. 60")
+            raise ValueError(
+                f"data.synthetic_size must be a multiple of 6 for data.source: synthetic-mm (its "
+                f"Sentinel-2 bands are at 10, 20 and 60 m); got {self.synthetic_size}: set e.g. 60"
+            )
         if self.source != "manifest" and self.manifest:
-            raise ValueError(f"data.manifest is set ({self.manifest}) but data.source is synthetic: set "
-                             "data.source: manifest to use the manifest, or data.manifest: null")
+            raise ValueError(
+                f"data.manifest is set ({self.manifest}) but data.source is synthetic: set "
+                "data.source: manifest to use the manifest, or data.manifest: null"
+            )
         from .data.composite import check_image_settings  # the image settings' own rules, in one place
 
         check_image_settings(self)
@@ -184,15 +192,19 @@ class MultiModalConfig:
             mods = tuple(m.strip().lower() for m in item.split("+"))
             unknown = [m for m in mods if m not in MODALITIES]
             if not item or unknown or len(set(mods)) != len(mods):
-                raise ValueError(f"multimodal.modalities: {item!r} is not a modality or modalities joined by '+' "
-                                 f"(known: {', '.join(MODALITIES)}; each once), e.g. s2,s1 or s2,s1,s2+s1")
+                raise ValueError(
+                    f"multimodal.modalities: {item!r} is not a modality or modalities joined by '+' "
+                    f"(known: {', '.join(MODALITIES)}; each once), e.g. s2,s1 or s2,s1,s2+s1"
+                )
             out.append(mods)
         return out
 
     def modules(self, multi_modal: bool) -> tuple[bool, bool]:
         """(FW on, MIM on) for a run that is (or is not) a multi-modal federation: null follows it."""
-        return (multi_modal if self.whitening is None else self.whitening,
-                multi_modal if self.mim is None else self.mim)
+        return (
+            multi_modal if self.whitening is None else self.whitening,
+            multi_modal if self.mim is None else self.mim,
+        )
 
     def federation(self) -> tuple[str, ...] | None:
         """Every modality of the federation, in order of first mention; None when unset."""
@@ -245,11 +257,15 @@ class Config:
             raise ConfigError(str(exc)) from None
         if self.multimodal.modalities is not None and ALGORITHMS[self.algorithm].kind != "prompt":
             able = ", ".join(a for a, spec in ALGORITHMS.items() if spec.kind == "prompt")
-            raise ConfigError(f"multimodal.modalities is set but algorithm {self.algorithm} has no modality adapters "
-                              f"(multi-modal federations train prompts); use one of: {able}, or drop the modalities")
+            raise ConfigError(
+                f"multimodal.modalities is set but algorithm {self.algorithm} has no modality adapters "
+                f"(multi-modal federations train prompts); use one of: {able}, or drop the modalities"
+            )
         if self.data.source == "synthetic-mm" and self.multimodal.modalities is None:
-            raise ConfigError("data.source is synthetic-mm but multimodal.modalities is null: say which modalities "
-                              "the synthetic sites hold, e.g. multimodal.modalities=s2,s1")
+            raise ConfigError(
+                "data.source is synthetic-mm but multimodal.modalities is null: say which modalities "
+                "the synthetic sites hold, e.g. multimodal.modalities=s2,s1"
+            )
         for section in fields(self):  # every numeric setting against the range declared next to it
             if dataclasses.is_dataclass(value := getattr(self, section.name)):
                 try:
@@ -267,11 +283,15 @@ class Config:
     def _validate_privacy(self, algorithm) -> None:
         pc = self.privacy  # the values' ranges are checked with the others'
         if pc.dp_noise_multiplier > 0 and pc.dp_clip_norm is None:
-            raise ConfigError("privacy.dp_noise_multiplier is set but privacy.dp_clip_norm is null: the noise is "
-                              "scaled by the clip norm; set privacy.dp_clip_norm (e.g. 1.0)")
+            raise ConfigError(
+                "privacy.dp_noise_multiplier is set but privacy.dp_clip_norm is null: the noise is "
+                "scaled by the clip norm; set privacy.dp_clip_norm (e.g. 1.0)"
+            )
         if pc.dp_clip_norm is not None and algorithm.kind == "classifier":
-            raise ConfigError(f"privacy.dp_clip_norm: differential privacy is implemented for the prompt algorithms, "
-                              f"not {algorithm.name}; set privacy.dp_clip_norm: null")
+            raise ConfigError(
+                f"privacy.dp_clip_norm: differential privacy is implemented for the prompt algorithms, "
+                f"not {algorithm.name}; set privacy.dp_clip_norm: null"
+            )
 
 
 def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
@@ -338,17 +358,22 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is given a value of its own by another override; "
-                                  "set the settings inside it one by one (section.key=value)")
+                raise ConfigError(
+                    f"override {item!r}: {part!r} is given a value of its own by another override; "
+                    "set the settings inside it one by one (section.key=value)"
+                )
         if isinstance(node.get(leaf), dict):
-            raise ConfigError(f"override {item!r} replaces the section {leaf!r} that other overrides set; "
-                              "set its settings one by one (section.key=value)")
+            raise ConfigError(
+                f"override {item!r} replaces the section {leaf!r} that other overrides set; "
+                "set its settings one by one (section.key=value)"
+            )
         try:
             node[leaf] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); quote it if it is "
-                              "text, e.g. key='a: b'") from exc
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({problem}); quote it if it is text, e.g. key='a: b'"
+            ) from exc
     return nested
 
 

@@ -28,8 +28,14 @@ def load_shared(cfg: Config) -> Any:
     return site_class(cfg).load_shared(cfg)
 
 
-def make_site(cfg: Config, name: str, manifest: Mapping[str, Any] | None = None, backbone: Any = None,
-              state_dir: str | Path | None = None, progress: bool = True) -> Site:
+def make_site(
+    cfg: Config,
+    name: str,
+    manifest: Mapping[str, Any] | None = None,
+    backbone: Any = None,
+    state_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Site:
     """The site `name` of `manifest` (None: cfg.data.manifest) for `cfg.algorithm`; `backbone`: from `load_shared`
     (None: the site loads its own). Raises DataError for missing data, PayloadError for a saved state that does not
     fit."""

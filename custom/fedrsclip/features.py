@@ -65,14 +65,19 @@ def _label_key(label: Label) -> int | list[int]:
     return int(label) if isinstance(label, int) else [int(x) for x in label]
 
 
-def cache_key(backbone: Backbone, items: Sequence[tuple[Path, Label]], image: ImageSettings | None = None,
-              memo: DigestMemo | None = None) -> str:
+def cache_key(
+    backbone: Backbone,
+    items: Sequence[tuple[Path, Label]],
+    image: ImageSettings | None = None,
+    memo: DigestMemo | None = None,
+) -> str:
     """sha256 over the backbone, its preprocessing, the image settings and every item's (path, content, label)."""
     image = image or DEFAULT_SETTINGS
     memo = memo or DigestMemo(None)
     digest = hashlib.sha256()
-    digest.update(f"format={CACHE_FORMAT}|{backbone.fingerprint}|{backbone.preprocess_key}|"
-                  f"{image.signature()}".encode())
+    digest.update(
+        f"format={CACHE_FORMAT}|{backbone.fingerprint}|{backbone.preprocess_key}|{image.signature()}".encode()
+    )
     for path, label in items:
         digest.update(json.dumps([str(Path(path).resolve()), memo.digest(path), _label_key(label)]).encode())
     return digest.hexdigest()
@@ -91,8 +96,14 @@ def _labels_tensor(labels: list[Label], num_classes: int | None) -> torch.Tensor
 
 def _warn_dynamic_range(caught: list[str], total: int, image: ImageSettings, desc: str) -> None:
     if caught:
-        log.warning("%s: %d of %d images look wrong after scaling (%s), e.g. %s", desc, len(caught), total,
-                    describe(image), caught[0])
+        log.warning(
+            "%s: %d of %d images look wrong after scaling (%s), e.g. %s",
+            desc,
+            len(caught),
+            total,
+            describe(image),
+            caught[0],
+        )
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -152,8 +163,9 @@ def extract_features(
     image = image or DEFAULT_SETTINGS
     backbone.load_image_tower()
     workers = decoding_workers(backbone.device) if num_workers is None else num_workers
-    loader = torch.utils.data.DataLoader(_ImageFiles(items, image, backbone.preprocess), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=list)
+    loader = torch.utils.data.DataLoader(
+        _ImageFiles(items, image, backbone.preprocess), batch_size=batch_size, num_workers=workers, collate_fn=list
+    )
     globals_, tokens_, kept, skipped, odd = [], [], [], [], []
     start = last_note = time.perf_counter()
     done = 0
@@ -176,18 +188,37 @@ def extract_features(
             now = time.perf_counter()
             if not progress and now - last_note >= PROGRESS_SECONDS and done < len(items):  # no bar (FLARE sites)
                 last_note, rate = now, done / (now - start)
-                log.info("%s: %d/%d images (%.1f images/s, about %.0f s left)", desc, done, len(items), rate,
-                         (len(items) - done) / max(rate, 1e-9))
+                log.info(
+                    "%s: %d/%d images (%.1f images/s, about %.0f s left)",
+                    desc,
+                    done,
+                    len(items),
+                    rate,
+                    (len(items) - done) / max(rate, 1e-9),
+                )
     seconds = time.perf_counter() - start
-    log.info("%s: %d images in %.1f s (%.1f images/s; batches of %d, %d decoding workers, %d torch threads)", desc,
-             len(items), seconds, len(items) / max(seconds, 1e-9), batch_size, workers, torch.get_num_threads())
+    log.info(
+        "%s: %d images in %.1f s (%.1f images/s; batches of %d, %d decoding workers, %d torch threads)",
+        desc,
+        len(items),
+        seconds,
+        len(items) / max(seconds, 1e-9),
+        batch_size,
+        workers,
+        torch.get_num_threads(),
+    )
     _warn_dynamic_range(odd, len(items), image, desc)
     if not kept:
         first = f"; the first: {skipped[0][1]}" if skipped else ""
         raise DataError(f"no readable images among {len(items)} files ({desc}){first}")
     labels = [_label_value(items[i][1]) for i in kept]
-    return FeatureSet(torch.cat(globals_), torch.cat(tokens_), _labels_tensor(labels, num_classes),
-                      [str(items[i][0]) for i in kept], skipped)
+    return FeatureSet(
+        torch.cat(globals_),
+        torch.cat(tokens_),
+        _labels_tensor(labels, num_classes),
+        [str(items[i][0]) for i in kept],
+        skipped,
+    )
 
 
 def _label_value(label: Label) -> Label:
@@ -198,11 +229,13 @@ def _load_cache(path: Path, key: str) -> FeatureSet | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if blob.get("key") != key:
-            log.warning("feature cache %s is stale (backbone, preprocessing, image settings or files changed): "
-                        "rebuilding", path)
+            log.warning(
+                "feature cache %s is stale (backbone, preprocessing, image settings or files changed): rebuilding", path
+            )
             return None
-        fs = FeatureSet(blob["global"], blob["tokens"], blob["labels"], list(blob["paths"]),
-                        [tuple(x) for x in blob["skipped"]])
+        fs = FeatureSet(
+            blob["global"], blob["tokens"], blob["labels"], list(blob["paths"]), [tuple(x) for x in blob["skipped"]]
+        )
         n = len(fs.labels)
         if fs.global_feats.shape[0] != n or fs.tokens.shape[0] != n or len(fs.paths) != n:
             raise ValueError("inconsistent tensor sizes")
@@ -245,20 +278,40 @@ def cached_features(
         if old != path:
             old.unlink(missing_ok=True)
     log.info("%s: extracting features of %d images with %s", name, len(items), backbone.description)
-    fs = extract_features(backbone, items, batch_size, progress, desc=f"{name} features", image=image,
-                          num_classes=num_classes, num_workers=num_workers)
+    fs = extract_features(
+        backbone,
+        items,
+        batch_size,
+        progress,
+        desc=f"{name} features",
+        image=image,
+        num_classes=num_classes,
+        num_workers=num_workers,
+    )
     _save_cache(path, key, fs)
     return fs
 
 
 def _save_cache(path: Path, key: str, fs: FeatureSet) -> None:
-    blob = {"key": key, "global": fs.global_feats, "tokens": fs.tokens, "labels": fs.labels,
-            "paths": fs.paths, "skipped": [list(x) for x in fs.skipped]}
+    blob = {
+        "key": key,
+        "global": fs.global_feats,
+        "tokens": fs.tokens,
+        "labels": fs.labels,
+        "paths": fs.paths,
+        "skipped": [list(x) for x in fs.skipped],
+    }
     atomic_torch_save(path, blob)
 
 
-def seed_cache(backbone: Backbone, items: Sequence[tuple[Path, Label]], cache_dir: str | Path, name: str,
-               pool: FeatureSet, image: ImageSettings | None = None) -> Path:
+def seed_cache(
+    backbone: Backbone,
+    items: Sequence[tuple[Path, Label]],
+    cache_dir: str | Path,
+    name: str,
+    pool: FeatureSet,
+    image: ImageSettings | None = None,
+) -> Path:
     """Write the cache `cached_features(backbone, items, cache_dir, name, image=image)` would find, from `pool`:
     features that `extract_features(backbone, ..., image=image)` already gave for these files (each file's row,
     matched by path; labels from `items`). For simulations on one machine whose sites reuse the same images: each
@@ -273,8 +326,9 @@ def seed_cache(backbone: Backbone, items: Sequence[tuple[Path, Label]], cache_di
     index = torch.tensor([row[str(p)] for p, _ in items])
     labels = [_label_value(label) for _, label in items]
     num_classes = pool.labels.shape[1] if pool.labels.ndim == 2 else None
-    fs = FeatureSet(pool.global_feats[index], pool.tokens[index], _labels_tensor(labels, num_classes),
-                    [str(p) for p, _ in items])
+    fs = FeatureSet(
+        pool.global_feats[index], pool.tokens[index], _labels_tensor(labels, num_classes), [str(p) for p, _ in items]
+    )
     path = Path(cache_dir) / f"{name}-{key[:16]}.pt"
     _save_cache(path, key, fs)
     return path

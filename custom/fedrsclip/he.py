@@ -68,14 +68,15 @@ def _ts():
 def make_contexts(params: CKKSParams = DEFAULT_PARAMS) -> tuple[bytes, bytes]:
     """(client context with the secret key, server context without it), serialized."""
     ts = _ts()
-    ctx = ts.context(ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree,
-                     coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-                     encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC)
-    ctx.global_scale = 2 ** params.scale_bits
-    client = ctx.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False,
-                           save_relin_keys=False)
-    server = ctx.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False,
-                           save_relin_keys=False)
+    ctx = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        params.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
+    )
+    ctx.global_scale = 2**params.scale_bits
+    client = ctx.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+    server = ctx.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
     return client, server
 
 
@@ -87,18 +88,24 @@ def load_context(data: bytes | None, source: str, need_secret: bool):
     try:
         ctx = ts.context_from(data)
     except Exception as exc:  # TenSEAL raises bare ValueError/RuntimeError on garbage
-        raise HEError(f"{source} is not a TenSEAL context ({type(exc).__name__}: {exc}); regenerate it "
-                      "(fedrsclip he-context, poc/prepare.sh --he, or provisioning with HEBuilder)") from None
+        raise HEError(
+            f"{source} is not a TenSEAL context ({type(exc).__name__}: {exc}); regenerate it "
+            "(fedrsclip he-context, poc/prepare.sh --he, or provisioning with HEBuilder)"
+        ) from None
     try:
         ctx.global_scale
     except Exception:
         raise HEError(f"{source} is not a CKKS context (no scale): the job needs CKKS, not BFV") from None
     if need_secret and not ctx.is_private():
-        raise HEError(f"{source} holds no secret key, so this site could not decrypt the global model; a site "
-                      f"needs {CLIENT_CONTEXT_FILE} (the server's {SERVER_CONTEXT_FILE} is the keyless one)")
+        raise HEError(
+            f"{source} holds no secret key, so this site could not decrypt the global model; a site "
+            f"needs {CLIENT_CONTEXT_FILE} (the server's {SERVER_CONTEXT_FILE} is the keyless one)"
+        )
     if not need_secret and ctx.is_private():
-        raise HEError(f"{source} holds the secret key: the server must never have it; give the server "
-                      f"{SERVER_CONTEXT_FILE} (made without the secret key) instead")
+        raise HEError(
+            f"{source} holds the secret key: the server must never have it; give the server "
+            f"{SERVER_CONTEXT_FILE} (made without the secret key) instead"
+        )
     return ctx
 
 
@@ -147,8 +154,14 @@ class EncryptedUpdate:
         return self.group_weights.get(key_group(key), self.weight)
 
     def to_data(self) -> dict[str, np.ndarray]:
-        header = {"format": FORMAT, "shapes": {k: list(s) for k, s in self.shapes.items()}, "weight": self.weight,
-                  "key_id": self.key_id, "contributions": self.contributions, **self.extra}
+        header = {
+            "format": FORMAT,
+            "shapes": {k: list(s) for k, s in self.shapes.items()},
+            "weight": self.weight,
+            "key_id": self.key_id,
+            "contributions": self.contributions,
+            **self.extra,
+        }
         data = {k: np.frombuffer(v, dtype=np.uint8) for k, v in self.vectors.items()}
         data[HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
         return data
@@ -159,8 +172,10 @@ class EncryptedUpdate:
         if HEADER_KEY not in data:
             floats = [k for k, v in data.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
             what = f"plaintext values ({floats[:3]})" if floats else f"entries {sorted(data)[:3]}"
-            raise HEError(f"{source} carries {what} where a CKKS-encrypted update was expected: the sender is not "
-                          "running the CKKS job (every site and the server must run the job made with --he)")
+            raise HEError(
+                f"{source} carries {what} where a CKKS-encrypted update was expected: the sender is not "
+                "running the CKKS job (every site and the server must run the job made with --he)"
+            )
         try:
             header = json.loads(np.asarray(data[HEADER_KEY], dtype=np.uint8).tobytes().decode())
             shapes = {k: tuple(int(d) for d in s) for k, s in header["shapes"].items()}
@@ -170,25 +185,28 @@ class EncryptedUpdate:
         if header.get("format") != FORMAT:
             raise HEError(f"{source}: CKKS update format {header.get('format')}, this version reads {FORMAT}")
         if set(shapes) != set(data) - {HEADER_KEY}:
-            raise HEError(f"{source}: the CKKS header lists {sorted(shapes)} but the update holds "
-                          f"{sorted(set(data) - {HEADER_KEY})}")
+            raise HEError(
+                f"{source}: the CKKS header lists {sorted(shapes)} but the update holds "
+                f"{sorted(set(data) - {HEADER_KEY})}"
+            )
         vectors = {}
         for key in shapes:
             array = np.asarray(data[key])
             if array.dtype != np.uint8 or array.ndim != 1:
-                raise HEError(f"{source}: {key!r} is {array.dtype} of shape {array.shape}, not a serialized "
-                              "ciphertext (plaintext where ciphertext is expected)")
+                raise HEError(
+                    f"{source}: {key!r} is {array.dtype} of shape {array.shape}, not a serialized "
+                    "ciphertext (plaintext where ciphertext is expected)"
+                )
             vectors[key] = array.tobytes()
         if not (math.isfinite(weight) and weight > 0):
             raise HEError(f"{source}: the CKKS update's weight {weight} is not a positive number")
-        extra = {k: v for k, v in header.items()
-                 if k not in ("format", "shapes", "weight", "key_id", "contributions")}
+        extra = {k: v for k, v in header.items() if k not in ("format", "shapes", "weight", "key_id", "contributions")}
         groups = extra.get("group_weights", {})
         if not isinstance(groups, dict) or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0
-                for w in groups.values()):
-            raise HEError(f"{source}: the CKKS header's group_weights {groups!r} are not positive weights per "
-                          "modality")
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0
+            for w in groups.values()
+        ):
+            raise HEError(f"{source}: the CKKS header's group_weights {groups!r} are not positive weights per modality")
         return cls(vectors, shapes, weight, kid, int(header.get("contributions", 1)), extra)
 
 
@@ -205,9 +223,11 @@ def encrypt_update(ctx, payload: Mapping[str, np.ndarray], weight: float) -> Enc
         try:
             vectors[key] = ts.ckks_vector(ctx, (array.ravel() * weight).tolist()).serialize()
         except ValueError as exc:  # SEAL: "encoded values are too large" for the scale/moduli
-            raise HEError(f"cannot encrypt {key!r} (|values| up to {np.abs(array).max():.3g} x weight {weight:g}): "
-                          f"{exc}; the CKKS parameters leave too little headroom, use a context with a smaller "
-                          "scale (fedrsclip he-context --scale-bits)") from None
+            raise HEError(
+                f"cannot encrypt {key!r} (|values| up to {np.abs(array).max():.3g} x weight {weight:g}): "
+                f"{exc}; the CKKS parameters leave too little headroom, use a context with a smaller "
+                "scale (fedrsclip he-context --scale-bits)"
+            ) from None
         shapes[key] = tuple(array.shape)
     groups = sorted({key_group(k) for k in payload} - {COMMON})
     extra = {"group_weights": {g: float(weight) for g in groups}} if groups else {}
@@ -237,27 +257,38 @@ class EncryptedSum:
             if shapes is not None:
                 check_fits(update.shapes, shapes)
         except ContributionError as exc:
-            raise HEError(f"{source}: update shapes {update.shapes} do not match {shapes} ({exc}; a site running "
-                          "another model or algorithm)") from None
+            raise HEError(
+                f"{source}: update shapes {update.shapes} do not match {shapes} ({exc}; a site running "
+                "another model or algorithm)"
+            ) from None
         groups = {key_group(k) for k in update.shapes} - {COMMON}
-        if set(update.group_weights) != groups or (update.contributions == 1 and any(
-                abs(w - update.weight) > 1e-9 * max(1.0, update.weight) for w in update.group_weights.values())):
-            raise HEError(f"{source}: its group weights {update.group_weights} do not match its adapter groups "
-                          f"{sorted(groups)} and weight {update.weight:g}")
+        if set(update.group_weights) != groups or (
+            update.contributions == 1
+            and any(abs(w - update.weight) > 1e-9 * max(1.0, update.weight) for w in update.group_weights.values())
+        ):
+            raise HEError(
+                f"{source}: its group weights {update.group_weights} do not match its adapter groups "
+                f"{sorted(groups)} and weight {update.weight:g}"
+            )
         if self.key_id is not None and update.key_id != self.key_id:
-            raise HEError(f"{source}: encrypted under key {update.key_id}, the others under {self.key_id}: this "
-                          f"site's {CLIENT_CONTEXT_FILE} is not the one the other sites use")
+            raise HEError(
+                f"{source}: encrypted under key {update.key_id}, the others under {self.key_id}: this "
+                f"site's {CLIENT_CONTEXT_FILE} is not the one the other sites use"
+            )
         vectors = {}
         for key, blob in update.vectors.items():
             try:
                 vector = ts.ckks_vector_from(self.ctx, blob)
             except Exception as exc:
-                raise HEError(f"{source}: {key!r} is not a ciphertext for this server's context "
-                              f"({type(exc).__name__}: {exc})") from None
+                raise HEError(
+                    f"{source}: {key!r} is not a ciphertext for this server's context ({type(exc).__name__}: {exc})"
+                ) from None
             expected = int(np.prod(update.shapes[key]))
             if vector.size() != expected:
-                raise HEError(f"{source}: {key!r} holds {vector.size()} encrypted values, its shape "
-                              f"{update.shapes[key]} needs {expected}")
+                raise HEError(
+                    f"{source}: {key!r} holds {vector.size()} encrypted values, its shape "
+                    f"{update.shapes[key]} needs {expected}"
+                )
             vectors[key] = vector
         return vectors
 
@@ -276,8 +307,14 @@ class EncryptedSum:
         if not self.count:
             raise HEError("no encrypted update to aggregate")
         extra = {"group_weights": dict(self.group_weights)} if self.group_weights else {}
-        return EncryptedUpdate({k: v.serialize() for k, v in self.sums.items()}, dict(self.shapes),
-                               self.weight, self.key_id, self.count, extra)
+        return EncryptedUpdate(
+            {k: v.serialize() for k, v in self.sums.items()},
+            dict(self.shapes),
+            self.weight,
+            self.key_id,
+            self.count,
+            extra,
+        )
 
 
 def decrypt_average(ctx, update: EncryptedUpdate, source: str) -> dict[str, np.ndarray]:
@@ -290,13 +327,16 @@ def decrypt_average(ctx, update: EncryptedUpdate, source: str) -> dict[str, np.n
     ts = _ts()
     own = key_id(ctx)
     if update.key_id != own:
-        raise HEError(f"{source} was encrypted under key {update.key_id}, this site's {CLIENT_CONTEXT_FILE} has "
-                      f"key {own}: every site must have the same client context (from one provisioning or one "
-                      "fedrsclip he-context run)")
-    if not (update.contributions >= 1 and update.weight >= update.contributions
-            and float(update.weight).is_integer()):
-        raise HEError(f"{source}: its header gives a total weight of {update.weight:g} over {update.contributions} "
-                      "contributions, which is not a sum of that many training sample counts; not decrypted")
+        raise HEError(
+            f"{source} was encrypted under key {update.key_id}, this site's {CLIENT_CONTEXT_FILE} has "
+            f"key {own}: every site must have the same client context (from one provisioning or one "
+            "fedrsclip he-context run)"
+        )
+    if not (update.contributions >= 1 and update.weight >= update.contributions and float(update.weight).is_integer()):
+        raise HEError(
+            f"{source}: its header gives a total weight of {update.weight:g} over {update.contributions} "
+            "contributions, which is not a sum of that many training sample counts; not decrypted"
+        )
     out = {}
     for key, blob in update.vectors.items():
         try:
@@ -305,11 +345,13 @@ def decrypt_average(ctx, update: EncryptedUpdate, source: str) -> dict[str, np.n
             raise HEError(f"{source}: cannot decrypt {key!r} ({type(exc).__name__}: {exc})") from None
         shape = update.shapes[key]
         if values.size != int(np.prod(shape)):
-            raise HEError(f"{source}: {key!r} decrypts to {values.size} values, its shape {shape} needs "
-                          f"{int(np.prod(shape))}")
+            raise HEError(
+                f"{source}: {key!r} decrypts to {values.size} values, its shape {shape} needs {int(np.prod(shape))}"
+            )
         mean, bad = as_float32(values / update.weight_of(key))  # checked as it is used: float32
         if bad:
-            raise HEError(f"{source}: {key!r} decrypts to {bad} NaN or Inf values (beyond float32's range counts "
-                          "as Inf)")
+            raise HEError(
+                f"{source}: {key!r} decrypts to {bad} NaN or Inf values (beyond float32's range counts as Inf)"
+            )
         out[key] = mean.reshape(shape)
     return out

@@ -28,11 +28,26 @@ from .data.manifest import centralized
 from .factory import load_shared, make_site
 from .mim import inactive_reason
 from .multilabel import metrics_by_site
-from .protocol import (SHARED, ContributionError, FinalRecord, Gate, Payload, PayloadError, Update, check_update,
-                       key_metric, lonely_group_warning, lonely_groups, payload_nbytes, signature_shapes, site_order,
-                       weighted_mean)
+from .protocol import (
+    SHARED,
+    ContributionError,
+    FinalRecord,
+    Gate,
+    Payload,
+    PayloadError,
+    Update,
+    check_update,
+    key_metric,
+    lonely_group_warning,
+    lonely_groups,
+    payload_nbytes,
+    signature_shapes,
+    site_order,
+    weighted_mean,
+)
 from .results_file import ResultsBook
-from .zeroshot import chance_warning, pool as pool_zero_shot
+from .zeroshot import chance_warning
+from .zeroshot import pool as pool_zero_shot
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +81,14 @@ def _build_sites(cfg: Config, names: list[str], manifest, shared, state_dir, pro
     return sites
 
 
-def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Path | None = None,
-                  progress: bool = True, data_description: str | None = None,
-                  pooled: bool = False) -> dict[str, Any]:
+def run_inprocess(
+    cfg: Config,
+    manifest: Mapping[str, Any],
+    state_dir: str | Path | None = None,
+    progress: bool = True,
+    data_description: str | None = None,
+    pooled: bool = False,
+) -> dict[str, Any]:
     """Run cfg.train.rounds rounds over every site of `manifest` (`pooled`: all of its data at one site, the
     centralized reference); returns the results (the results file's content, fedrsclip.results_file).
 
@@ -79,8 +99,9 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
     names = sorted(manifest["sites"], key=site_order)
     shared = load_shared(cfg)
     book = ResultsBook("in-process", sites=names, num_rounds=cfg.train.rounds, dataset=manifest.get("dataset"))
-    data = data_description or \
-        f"manifest of {manifest.get('dataset', '?')} ({len(names)} site{'s' * (len(names) != 1)})"
+    data = (
+        data_description or f"manifest of {manifest.get('dataset', '?')} ({len(names)} site{'s' * (len(names) != 1)})"
+    )
     sites = _build_sites(cfg, names, manifest, shared, state_dir, progress, book)
     if not sites:
         book.describe({"algorithm": cfg.algorithm, "data": data})
@@ -99,14 +120,22 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
         for site in sites:
             others = [v for k, v in last_shared.items() if k != site.name]
             peers = np.stack(others) if cfg.dpac.negatives == "peers" and others else None
-            update = site.run_round(received, rnd, peers=peers, description=description if rnd == 0 else None,
-                                    setup=site.setup_timings if rnd == 0 else None)
+            update = site.run_round(
+                received,
+                rnd,
+                peers=peers,
+                description=description if rnd == 0 else None,
+                setup=site.setup_timings if rnd == 0 else None,
+            )
             updates[site.name] = update
             book.add_update(site.name, update.record)
         for name in names:  # a site that could not be built is missing from every round, as on FLARE
             if name not in updates and any(e["site"] == name and e["task"] == "setup" for e in book.errors):
-                book.rounds[rnd + 1]["missing"][name] = {"missing": True, "kind": "setup",
-                                                         "error": "the site could not be built (see errors)"}
+                book.rounds[rnd + 1]["missing"][name] = {
+                    "missing": True,
+                    "kind": "setup",
+                    "error": "the site could not be built (see errors)",
+                }
         if rnd > 0:  # the model received this round is the global model after round rnd
             evaluations = [(u.record.received, u.weight) for u in updates.values()]
             metric = key_metric(evaluations[0][0])
@@ -125,19 +154,26 @@ def run_inprocess(cfg: Config, manifest: Mapping[str, Any], state_dir: str | Pat
         log.info("%s", book.progress_line(rnd + 1))
     for site in sites:
         evaluation = site.evaluate(received)
-        book.add_final(site.name, FinalRecord(received=evaluation, bytes_down=payload_nbytes(received or {}),
-                                              modalities=site.evaluate_modalities()))
+        book.add_final(
+            site.name,
+            FinalRecord(
+                received=evaluation, bytes_down=payload_nbytes(received or {}), modalities=site.evaluate_modalities()
+            ),
+        )
     book.finish()
     final = book.final_best()
     if final is not None:
-        book.consider_best(final[0], final[1], FINAL,
-                           key_metric(next(v for v in book.final.values() if not v.get("missing"))))
+        book.consider_best(
+            final[0], final[1], FINAL, key_metric(next(v for v in book.final.values() if not v.get("missing")))
+        )
     results = book.snapshot()
     zero_shot = pool_zero_shot([site.zero_shot() for site in sites if site.test_set is not None])
     if zero_shot and zero_shot.get("accuracy") is not None:  # over every site's test split (the per-class parts
         # stay in the sites' predictions)
-        results["zero_shot"] = {**{k: zero_shot[k] for k in ("accuracy", "samples", "prompt", "chance")},
-                                "warning": chance_warning(zero_shot, "the sites' test splits")}
+        results["zero_shot"] = {
+            **{k: zero_shot[k] for k in ("accuracy", "samples", "prompt", "chance")},
+            "warning": chance_warning(zero_shot, "the sites' test splits"),
+        }
     elif zero_shot:  # multi-label scenes: the ranking measure (a zero-shot model has no threshold)
         results["zero_shot"] = {k: zero_shot[k] for k in ("mAP", "samples", "prompt")}
     if sites[0].multi_label:
@@ -183,16 +219,20 @@ def _gate(gate: Gate, updates: dict[str, Update], received: Payload | None, book
         log.error("update of %s for round %d rejected, not aggregated: %s", name, rnd + 1, reason)
     accepted = sorted((s for s in held if s not in refused), key=site_order)
     if not accepted:
-        raise RunStopped(f"round {rnd + 1}: no update passed the gate: " + "; ".join(
-            f"{s}: {r}" for s, r in sorted(why.items())))
+        raise RunStopped(
+            f"round {rnd + 1}: no update passed the gate: " + "; ".join(f"{s}: {r}" for s, r in sorted(why.items()))
+        )
     return accepted
 
 
 def _global_accuracy(sites: list, received: Payload | None) -> dict[str, Any]:
     evaluations = [site.evaluate_global(received) for site in sites if site.test_set is not None]
     samples = sum(e["samples"] for e in evaluations)
-    out = {"accuracy": _weighted([(e, e["samples"]) for e in evaluations]), "samples": samples,
-           "loss": sum(e["loss"] * e["samples"] for e in evaluations) / samples if samples else None}
+    out = {
+        "accuracy": _weighted([(e, e["samples"]) for e in evaluations]),
+        "samples": samples,
+        "loss": sum(e["loss"] * e["samples"] for e in evaluations) / samples if samples else None,
+    }
     for metric in ("micro_f1", "macro_f1", "mAP"):  # multi-label: the same test-sample-weighted means
         if any(e.get(metric) is not None for e in evaluations):
             out[metric] = _weighted([(e, e["samples"]) for e in evaluations], metric)

@@ -55,8 +55,10 @@ def dpac_loss_classes(private: torch.Tensor, shared: torch.Tensor, scale: float)
     rows = max(1, _BLOCK_LOGITS // max(num_classes, 1))
     if rows >= num_classes:
         return _cross_entropy_sum(anchor, keys, targets, scale) / num_classes
-    total = sum(checkpoint(_cross_entropy_sum, anchor[i:i + rows], keys, targets[i:i + rows], scale,
-                           use_reentrant=False) for i in range(0, num_classes, rows))
+    total = sum(
+        checkpoint(_cross_entropy_sum, anchor[i : i + rows], keys, targets[i : i + rows], scale, use_reentrant=False)
+        for i in range(0, num_classes, rows)
+    )
     return total / num_classes
 
 

@@ -49,16 +49,21 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = TEMPERATURE)
         raise ValueError(f"MIM temperature must be positive; got {temperature}")
     pairs = int(a.shape[0])
     if pairs < 2:
-        return MimTerm(a.new_zeros(()), False, pairs, f"{pairs} paired scene(s) in the batch; InfoNCE needs at "
-                       "least 2 (one positive and one negative)")
+        return MimTerm(
+            a.new_zeros(()),
+            False,
+            pairs,
+            f"{pairs} paired scene(s) in the batch; InfoNCE needs at least 2 (one positive and one negative)",
+        )
     logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / temperature
     target = torch.arange(pairs, device=a.device)
     loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     return MimTerm(loss, True, pairs)
 
 
-def paired_rows(first: FeatureSet, second: FeatureSet, pairs: Sequence[tuple[str, str]]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def paired_rows(
+    first: FeatureSet, second: FeatureSet, pairs: Sequence[tuple[str, str]]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices (i [P], j [P]) of the scenes present in both feature sets: first.paths[i] and second.paths[j]
     are one pair of `pairs` [(path in first, path in second)]. Pairs whose either file was skipped (unreadable) are
     left out, so the rows stay aligned by scene."""

@@ -65,15 +65,18 @@ def multi_hot(labels: list[list[int]] | list[tuple[int, ...]], num_classes: int)
 def check_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
     """ValueError unless logits and targets are [B, K] alike and targets are 0/1 (a multi-label batch)."""
     if targets.ndim != 2 or targets.shape != logits.shape:
-        raise ValueError(f"multi-label targets must be multi-hot [B, K] matching the scores {tuple(logits.shape)}; "
-                         f"got {tuple(targets.shape)} (class indices [B] are single-label data: use the "
-                         "single-label path)")
+        raise ValueError(
+            f"multi-label targets must be multi-hot [B, K] matching the scores {tuple(logits.shape)}; "
+            f"got {tuple(targets.shape)} (class indices [B] are single-label data: use the "
+            "single-label path)"
+        )
     if not bool(((targets == 0) | (targets == 1)).all()):
         raise ValueError("multi-label targets must hold only 0 and 1")
 
 
-def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_pos: float = 0.0, gamma_neg: float = 0.0,
-                    clip: float = 0.0) -> torch.Tensor:
+def multilabel_loss(
+    logits: torch.Tensor, targets: torch.Tensor, gamma_pos: float = 0.0, gamma_neg: float = 0.0, clip: float = 0.0
+) -> torch.Tensor:
     """Binary cross-entropy (default) or the asymmetric loss on calibrated scores; a scalar.
 
     logits: [B, K] calibrated scores z (SigmoidCalibration's output); targets: [B, K] multi-hot. Per entry, with
@@ -85,8 +88,9 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_pos: floa
     """
     check_targets(logits, targets)
     if gamma_pos < 0 or gamma_neg < 0 or not 0.0 <= clip < 1.0:
-        raise ValueError(f"asymmetric loss needs gamma_pos, gamma_neg >= 0 and 0 <= clip < 1; got {gamma_pos}, "
-                         f"{gamma_neg}, {clip}")
+        raise ValueError(
+            f"asymmetric loss needs gamma_pos, gamma_neg >= 0 and 0 <= clip < 1; got {gamma_pos}, {gamma_neg}, {clip}"
+        )
     z = logits.float()
     t = targets.float()
     if gamma_pos == gamma_neg == clip == 0.0:
@@ -169,8 +173,9 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def multilabel_metrics(scores: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor,
-                       threshold: float = THRESHOLD) -> dict[str, Any]:
+def multilabel_metrics(
+    scores: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor, threshold: float = THRESHOLD
+) -> dict[str, Any]:
     """Micro F1, macro F1 and mAP in percent (module docstring for the rules) of calibrated scores [N, K] against
     multi-hot targets [N, K].
 
@@ -195,12 +200,18 @@ def multilabel_metrics(scores: np.ndarray | torch.Tensor, targets: np.ndarray | 
         mean_ap = 100.0 * float(np.mean([average_precision(z[:, k], t[:, k]) for k in np.flatnonzero(present)]))
     else:
         macro = mean_ap = float("nan")
-    return {"micro_f1": float(micro), "macro_f1": macro, "mAP": mean_ap, "samples": int(z.shape[0]),
-            "classes_evaluated": int(present.sum())}
+    return {
+        "micro_f1": float(micro),
+        "macro_f1": macro,
+        "mAP": mean_ap,
+        "samples": int(z.shape[0]),
+        "classes_evaluated": int(present.sum()),
+    }
 
 
-def metrics_by_site(per_site: Mapping[str, tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]],
-                    threshold: float = THRESHOLD) -> dict[str, dict[str, Any]]:
+def metrics_by_site(
+    per_site: Mapping[str, tuple[np.ndarray | torch.Tensor, np.ndarray | torch.Tensor]], threshold: float = THRESHOLD
+) -> dict[str, dict[str, Any]]:
     """{site: (scores [N_i, K], targets [N_i, K])} -> {site: metrics, ..., "pooled": metrics of all rows}.
 
     ValueError when a site is called "pooled" or the sites disagree on K.
@@ -213,6 +224,9 @@ def metrics_by_site(per_site: Mapping[str, tuple[np.ndarray | torch.Tensor, np.n
     if len(set(widths.values())) != 1:
         raise ValueError(f"sites score different numbers of classes: {widths}")
     out = {site: multilabel_metrics(s, t, threshold) for site, (s, t) in per_site.items()}
-    out["pooled"] = multilabel_metrics(np.concatenate([_as_numpy(s) for s, _ in per_site.values()]),
-                                       np.concatenate([_as_numpy(t) for _, t in per_site.values()]), threshold)
+    out["pooled"] = multilabel_metrics(
+        np.concatenate([_as_numpy(s) for s, _ in per_site.values()]),
+        np.concatenate([_as_numpy(t) for _, t in per_site.values()]),
+        threshold,
+    )
     return out

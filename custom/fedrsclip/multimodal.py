@@ -29,8 +29,13 @@ log = logging.getLogger(__name__)
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pooled [B, E], tokens [B, V, E]) -> logits [B, K]
 
 
-def prepare(pooled: torch.Tensor, tokens: torch.Tensor, modality: str, adapters: ModalityAdapters,
-            whitening: FeatureWhitening | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare(
+    pooled: torch.Tensor,
+    tokens: torch.Tensor,
+    modality: str,
+    adapters: ModalityAdapters,
+    whitening: FeatureWhitening | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """FW (when given) then the modality's adapter: pooled [B, E], tokens [B, V, E] -> the same shapes, float32."""
     if whitening is not None:
         pooled, tokens = whitening.pooled.apply(pooled), whitening.tokens.apply(tokens)
@@ -38,9 +43,16 @@ def prepare(pooled: torch.Tensor, tokens: torch.Tensor, modality: str, adapters:
 
 
 @torch.no_grad()
-def evaluate_modality(test: FeatureSet, modality: str, score: ScoreFn, adapters: ModalityAdapters,
-                      calibration: SigmoidCalibration | None = None, whitening: FeatureWhitening | None = None,
-                      batch_size: int = 100, device: torch.device | str = "cpu") -> dict[str, Any]:
+def evaluate_modality(
+    test: FeatureSet,
+    modality: str,
+    score: ScoreFn,
+    adapters: ModalityAdapters,
+    calibration: SigmoidCalibration | None = None,
+    whitening: FeatureWhitening | None = None,
+    batch_size: int = 100,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
     """Multi-label metrics of a trained federation on a test set of ONE modality (the seed's missing-modality row).
 
     test: features of `modality` only, with multi-hot labels [N, K]; score: the trained prompts' scoring; the
@@ -51,16 +63,21 @@ def evaluate_modality(test: FeatureSet, modality: str, score: ScoreFn, adapters:
     "row" ("<modality> only"). ValueError for single-label test data; KeyError when no adapter exists for it.
     """
     if test.labels.ndim != 2:
-        raise ValueError("the missing-modality evaluation is multi-label: the test features need multi-hot labels "
-                         f"[N, K]; got labels of shape {tuple(test.labels.shape)}")
+        raise ValueError(
+            "the missing-modality evaluation is multi-label: the test features need multi-hot labels "
+            f"[N, K]; got labels of shape {tuple(test.labels.shape)}"
+        )
     if modality not in adapters:
-        raise KeyError(f"no adapter for modality {modality!r} (the federation trained {', '.join(adapters)}); it "
-                       "cannot be evaluated")
+        raise KeyError(
+            f"no adapter for modality {modality!r} (the federation trained {', '.join(adapters)}); it "
+            "cannot be evaluated"
+        )
     out = []
     for start in range(0, len(test), batch_size):
         sl = slice(start, start + batch_size)
-        pooled, tokens = prepare(test.global_feats[sl].to(device), test.tokens[sl].to(device), modality, adapters,
-                                 whitening)
+        pooled, tokens = prepare(
+            test.global_feats[sl].to(device), test.tokens[sl].to(device), modality, adapters, whitening
+        )
         logits = score(pooled, tokens)
         out.append((calibration(logits) if calibration is not None else logits).float().cpu())
     metrics = multilabel_metrics(torch.cat(out), test.labels)
@@ -68,8 +85,13 @@ def evaluate_modality(test: FeatureSet, modality: str, score: ScoreFn, adapters:
 
 
 def _take(features: FeatureSet, rows: torch.Tensor) -> FeatureSet:
-    return FeatureSet(features.global_feats[rows], features.tokens[rows], features.labels[rows],
-                      [features.paths[i] for i in rows.tolist()], list(features.skipped))
+    return FeatureSet(
+        features.global_feats[rows],
+        features.tokens[rows],
+        features.labels[rows],
+        [features.paths[i] for i in rows.tolist()],
+        list(features.skipped),
+    )
 
 
 @dataclass
@@ -99,8 +121,9 @@ class ModalSet:
         return [x for fs in self.sets.values() for x in fs.skipped]
 
     @staticmethod
-    def align(primary: tuple[str, FeatureSet], partners: Mapping[str, tuple[FeatureSet, Mapping[str, str]]],
-              where: str = "") -> "ModalSet":
+    def align(
+        primary: tuple[str, FeatureSet], partners: Mapping[str, tuple[FeatureSet, Mapping[str, str]]], where: str = ""
+    ) -> "ModalSet":
         """The scenes readable in every modality, aligned row by row. primary: (modality, its features);
         partners: {modality: (its features, {record path: partner path})}. A scene whose patch was skipped
         (unreadable) in any modality is left out of every modality, with a log line."""
@@ -109,13 +132,19 @@ class ModalSet:
         rows: dict[str, torch.Tensor] = {}
         for m, (features, partner_of) in partners.items():
             by_path = {p: i for i, p in enumerate(features.paths)}
-            rows[m] = torch.tensor([by_path.get(partner_of.get(path, ""), -1) for path in first.paths],
-                                   dtype=torch.long)
+            rows[m] = torch.tensor(
+                [by_path.get(partner_of.get(path, ""), -1) for path in first.paths], dtype=torch.long
+            )
             keep = keep[rows[m][keep] >= 0]
         dropped = len(first) - len(keep)
         if dropped:
-            log.warning("%s: %d of %d scenes are left out: a patch of another modality is unreadable (see the "
-                        "skipped files above)", where or modality, dropped, len(first))
+            log.warning(
+                "%s: %d of %d scenes are left out: a patch of another modality is unreadable (see the "
+                "skipped files above)",
+                where or modality,
+                dropped,
+                len(first),
+            )
         sets = {modality: _take(first, keep)}
         sets.update({m: _take(partners[m][0], rows[m][keep]) for m in partners})
         return ModalSet(sets)

@@ -225,9 +225,16 @@ def _report_unconverged(residual: float, cfg: OTConfig) -> None:
     global _unconverged
     _unconverged += 1
     level = logging.WARNING if _unconverged & (_unconverged - 1) == 0 else logging.DEBUG  # 1, 2, 4, 8, ...
-    log.log(level, "OT stopped at ot.max_iter=%d with a row residual of %.2e (ot.tol=%g): the plan breaks the "
-            "patch caps by up to that share of the mass. Raise ot.max_iter, or ot.eps, or ot.tol (solves stopped at "
-            "max_iter in this process so far: %d)", cfg.max_iter, residual, cfg.tol, _unconverged)
+    log.log(
+        level,
+        "OT stopped at ot.max_iter=%d with a row residual of %.2e (ot.tol=%g): the plan breaks the "
+        "patch caps by up to that share of the mass. Raise ot.max_iter, or ot.eps, or ot.tol (solves stopped at "
+        "max_iter in this process so far: %d)",
+        cfg.max_iter,
+        residual,
+        cfg.tol,
+        _unconverged,
+    )
 
 
 def uniform_plan(cost: Tensor, cfg: OTConfig) -> Tensor:
@@ -238,9 +245,7 @@ def uniform_plan(cost: Tensor, cfg: OTConfig) -> Tensor:
     """
     _check_cost(cost)
     V, P = cost.shape[-2], cost.shape[-1]
-    return torch.full(
-        cost.shape, cfg.mass / (P * V), dtype=_work_dtype(cost.dtype), device=cost.device
-    )
+    return torch.full(cost.shape, cfg.mass / (P * V), dtype=_work_dtype(cost.dtype), device=cost.device)
 
 
 def cosine_cost(patch_feats: Tensor, text_feats: Tensor) -> Tensor:
@@ -265,9 +270,7 @@ def cosine_cost(patch_feats: Tensor, text_feats: Tensor) -> Tensor:
     return 1.0 - sim
 
 
-def ot_scores(
-    patch_feats: Tensor, text_feats: Tensor, cfg: OTConfig, plan: str = "ot"
-) -> Tensor:
+def ot_scores(patch_feats: Tensor, text_feats: Tensor, cfg: OTConfig, plan: str = "ot") -> Tensor:
     """Class scores ``1 - d_OT`` ``[B, K]`` (paper eq. 15).
 
     ``patch_feats``: ``[B, V, D]`` local patch features of ``B`` images;

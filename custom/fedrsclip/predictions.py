@@ -46,8 +46,9 @@ def site_predictions(site: Site, samples_per_class: int = SAMPLES_PER_CLASS) -> 
     return out
 
 
-def _single_label(paths: list[str] | None, labels: np.ndarray, preds: np.ndarray, site: Site,
-                  samples_per_class: int, k: int) -> dict[str, Any]:
+def _single_label(
+    paths: list[str] | None, labels: np.ndarray, preds: np.ndarray, site: Site, samples_per_class: int, k: int
+) -> dict[str, Any]:
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (labels, preds), 1)
     samples = []
@@ -57,12 +58,17 @@ def _single_label(paths: list[str] | None, labels: np.ndarray, preds: np.ndarray
             index = np.flatnonzero(labels == cls)
             for i in sorted(rng.choice(index, size=min(samples_per_class, len(index)), replace=False)):
                 samples.append({"path": paths[i], "true": int(labels[i]), "predicted": int(preds[i])})
-    return {"samples_test": int(len(labels)), "accuracy": float((labels == preds).mean() * 100.0),
-            "confusion": confusion.tolist(), "samples": samples}
+    return {
+        "samples_test": int(len(labels)),
+        "accuracy": float((labels == preds).mean() * 100.0),
+        "confusion": confusion.tolist(),
+        "samples": samples,
+    }
 
 
-def _multilabel(paths: list[str] | None, labels: np.ndarray, preds: np.ndarray, site: Site,
-                samples_per_class: int) -> dict[str, Any]:
+def _multilabel(
+    paths: list[str] | None, labels: np.ndarray, preds: np.ndarray, site: Site, samples_per_class: int
+) -> dict[str, Any]:
     """Label sets [N, K]: per-class true positives, false positives and false negatives, and `samples_per_class`
     (path, true labels, predicted labels) samples of each class present (drawn with a seed fixed per site)."""
     tp, fp, fn = ((labels & preds).sum(0), (~labels & preds).sum(0), (labels & ~preds).sum(0))
@@ -73,11 +79,20 @@ def _multilabel(paths: list[str] | None, labels: np.ndarray, preds: np.ndarray, 
             index = [i for i in np.flatnonzero(labels[:, cls]) if i not in seen]
             for i in sorted(rng.choice(index, size=min(samples_per_class, len(index)), replace=False)):
                 seen.add(i)
-                samples.append({"path": paths[i], "true": np.flatnonzero(labels[i]).tolist(),
-                                "predicted": np.flatnonzero(preds[i]).tolist()})
-    return {"samples_test": int(labels.shape[0]), "multi_label": True,
-            "per_class": {"tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist()}, "confusion": [],
-            "samples": samples}
+                samples.append(
+                    {
+                        "path": paths[i],
+                        "true": np.flatnonzero(labels[i]).tolist(),
+                        "predicted": np.flatnonzero(preds[i]).tolist(),
+                    }
+                )
+    return {
+        "samples_test": int(labels.shape[0]),
+        "multi_label": True,
+        "per_class": {"tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist()},
+        "confusion": [],
+        "samples": samples,
+    }
 
 
 def gather_site_predictions(workspace: Path, results: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +107,8 @@ def gather_site_predictions(workspace: Path, results: dict[str, Any]) -> dict[st
                 try:
                     out[site] = json.loads(path.read_text())
                 except (OSError, UnicodeDecodeError, ValueError) as exc:
-                    raise ValueError(f"{site}'s predictions file {path} cannot be read ({exc}); delete it and rerun "
-                                     "that run") from exc
+                    raise ValueError(
+                        f"{site}'s predictions file {path} cannot be read ({exc}); delete it and rerun that run"
+                    ) from exc
                 break
     return out

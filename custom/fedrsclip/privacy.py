@@ -34,8 +34,7 @@ import numpy as np
 
 from .algorithms import ALL_WEIGHTS, SHARED, Algorithm
 from .config import Config
-from .protocol import (ContributionError, Payload, RoundRecord, RoundResult, as_float32, payload_nbytes,
-                       site_seed)
+from .protocol import ContributionError, Payload, RoundRecord, RoundResult, as_float32, payload_nbytes, site_seed
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +45,30 @@ class PrivacyError(RuntimeError):
     """A site was about to send something it must not (a key outside the allow-list, a bad array)."""
 
 
-def allowed_keys(algorithm: Algorithm, expected_shapes: Mapping[str, tuple] | None,
-                 fused: tuple[str, ...] = ()) -> set[str]:
+def allowed_keys(
+    algorithm: Algorithm, expected_shapes: Mapping[str, tuple] | None, fused: tuple[str, ...] = ()
+) -> set[str]:
     """The payload entries `algorithm` sends (for ALL_WEIGHTS: the trainer's weight entries), with the adapters of
     the modalities `fused` (MF on: the site's own modalities; `Algorithm.outgoing`)."""
     sends = algorithm.outgoing(fused)
     if sends == ALL_WEIGHTS:
         if expected_shapes is None:
-            raise PrivacyError(f"{algorithm.name} sends every model weight: the check needs the trainer's shapes "
-                               "to know which keys are weights")
+            raise PrivacyError(
+                f"{algorithm.name} sends every model weight: the check needs the trainer's shapes "
+                "to know which keys are weights"
+            )
         return set(expected_shapes)
     return set(sends)
 
 
-def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
-                   expected_shapes: Mapping[str, tuple] | None = None, site: str = "site",
-                   record: RoundRecord | None = None, fused: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def check_outgoing(
+    payload: Mapping[str, Any],
+    algorithm: Algorithm,
+    expected_shapes: Mapping[str, tuple] | None = None,
+    site: str = "site",
+    record: RoundRecord | None = None,
+    fused: tuple[str, ...] = (),
+) -> dict[str, np.ndarray]:
     """Refuse any update that is not exactly the algorithm's allow-list: the payload's entries correctly shaped
     floats, finite as the float32 that is sent; the record's fields and metric names those of
     `protocol.RoundRecord`, its bytes_up the payload's. `fused`: the modalities whose adapters this site sends (MF;
@@ -69,8 +76,10 @@ def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
     allowed = allowed_keys(algorithm, expected_shapes, fused)
     extra = sorted(set(payload) - allowed)
     if extra:
-        raise PrivacyError(f"{site}: refusing to send {extra[:5]}{' ...' if len(extra) > 5 else ''}: algorithm "
-                           f"{algorithm.name} may send only {sorted(allowed)[:5]}; nothing was sent")
+        raise PrivacyError(
+            f"{site}: refusing to send {extra[:5]}{' ...' if len(extra) > 5 else ''}: algorithm "
+            f"{algorithm.name} may send only {sorted(allowed)[:5]}; nothing was sent"
+        )
     missing = sorted(allowed - set(payload))
     if missing:
         raise PrivacyError(f"{site}: the outgoing payload lacks {missing[:5]} that algorithm {algorithm.name} sends")
@@ -80,15 +89,17 @@ def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
             raise PrivacyError(f"{site}: refusing to send {key!r} of dtype {array.dtype}; only numbers are sent")
         if expected_shapes is not None and key in expected_shapes and array.shape != tuple(expected_shapes[key]):
-            raise PrivacyError(f"{site}: refusing to send {key!r} of shape {array.shape}; the model's is "
-                               f"{tuple(expected_shapes[key])}")
+            raise PrivacyError(
+                f"{site}: refusing to send {key!r} of shape {array.shape}; the model's is {tuple(expected_shapes[key])}"
+            )
         if np.issubdtype(array.dtype, np.floating):
             array, bad = as_float32(array)  # checked as it is sent: beyond float32's range would arrive as inf
         else:
             bad = 0
         if bad:
-            raise PrivacyError(f"{site}: refusing to send {key!r}: it holds NaN or Inf values (beyond float32's "
-                               "range counts as Inf)")
+            raise PrivacyError(
+                f"{site}: refusing to send {key!r}: it holds NaN or Inf values (beyond float32's range counts as Inf)"
+            )
         out[key] = array
     if record is not None:
         try:
@@ -96,14 +107,17 @@ def check_outgoing(payload: Mapping[str, Any], algorithm: Algorithm,
         except ContributionError as exc:
             raise PrivacyError(f"{site}: refusing to send the round record: {exc}; nothing was sent") from None
         if record.bytes_up != payload_nbytes(out):
-            raise PrivacyError(f"{site}: the round record says {record.bytes_up} bytes up, the payload holds "
-                               f"{payload_nbytes(out)}; nothing was sent")
+            raise PrivacyError(
+                f"{site}: the round record says {record.bytes_up} bytes up, the payload holds "
+                f"{payload_nbytes(out)}; nothing was sent"
+            )
     log.info("%s: outgoing keys: %s", site, sorted(out))
     return out
 
 
-def clip_and_noise(update: np.ndarray, clip: float, noise_multiplier: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, dict[str, float]]:
+def clip_and_noise(
+    update: np.ndarray, clip: float, noise_multiplier: float, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, float]]:
     """L2-clip `update` to `clip`, then add N(0, (noise_multiplier * clip)^2) to every entry."""
     if not clip > 0:
         raise ValueError(f"clip must be positive; got {clip!r}")
@@ -141,14 +155,22 @@ def dp_warning(cfg: Config) -> str | None:
     """Why the privacy settings give no DP guarantee although DP looks configured, or None."""
     pc = cfg.privacy
     if pc.dp_clip_norm is not None and not pc.dp_noise_multiplier > 0:
-        return (f"privacy.dp_clip_norm is {pc.dp_clip_norm} but privacy.dp_noise_multiplier is 0: clipping alone "
-                "gives no differential-privacy guarantee (epsilon is unbounded and written as null); set "
-                "privacy.dp_noise_multiplier (e.g. 1.0) for DP, or privacy.dp_clip_norm: null for none")
+        return (
+            f"privacy.dp_clip_norm is {pc.dp_clip_norm} but privacy.dp_noise_multiplier is 0: clipping alone "
+            "gives no differential-privacy guarantee (epsilon is unbounded and written as null); set "
+            "privacy.dp_noise_multiplier (e.g. 1.0) for DP, or privacy.dp_clip_norm: null for none"
+        )
     return None
 
 
-def protect_outgoing(result: RoundResult, cfg: Config, site: str, round_idx: int,
-                     reference: np.ndarray | Mapping[str, np.ndarray] | None, releases: int) -> RoundResult:
+def protect_outgoing(
+    result: RoundResult,
+    cfg: Config,
+    site: str,
+    round_idx: int,
+    reference: np.ndarray | Mapping[str, np.ndarray] | None,
+    releases: int,
+) -> RoundResult:
     """DP of the update when configured (`reference`: the shared prompt the round started from, or {key: value
     at the round's start} of every entry sent: a multi-modal site's adapters are clipped and noised together with
     its shared prompt, as one vector; `releases`: this site's releases so far, this one included, as the site
@@ -171,11 +193,21 @@ def protect_outgoing(result: RoundResult, cfg: Config, site: str, round_idx: int
     noised, info = clip_and_noise(update, pc.dp_clip_norm, pc.dp_noise_multiplier, dp_rng(pc.dp_seed, site, round_idx))
     offset = 0
     for key, start in zip(keys, starts):
-        payload[key] = (start + noised[offset:offset + start.size].reshape(start.shape)).astype(np.float32)
+        payload[key] = (start + noised[offset : offset + start.size].reshape(start.shape)).astype(np.float32)
         offset += start.size
-    log.info("%s: DP round %d: update norm %.4g before clipping to %g (%s); kept at this site, never sent", site,
-             round_idx + 1, info["dp_update_norm"], pc.dp_clip_norm, "clipped" if info["dp_clipped"] else "not clipped")
-    metrics = {**result.metrics, "dp_noise_std": info["dp_noise_std"],
-               "dp_epsilon": dp_epsilon(pc.dp_noise_multiplier, releases, pc.dp_delta),
-               "dp_delta": pc.dp_delta, "dp_rounds": releases}
+    log.info(
+        "%s: DP round %d: update norm %.4g before clipping to %g (%s); kept at this site, never sent",
+        site,
+        round_idx + 1,
+        info["dp_update_norm"],
+        pc.dp_clip_norm,
+        "clipped" if info["dp_clipped"] else "not clipped",
+    )
+    metrics = {
+        **result.metrics,
+        "dp_noise_std": info["dp_noise_std"],
+        "dp_epsilon": dp_epsilon(pc.dp_noise_multiplier, releases, pc.dp_delta),
+        "dp_delta": pc.dp_delta,
+        "dp_rounds": releases,
+    }
     return RoundResult(payload=payload, num_samples=result.num_samples, metrics=metrics)

@@ -38,13 +38,17 @@ def load_class_descriptions(path: str | Path, classnames: Sequence[str] | None =
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"prompt.class_descriptions: {path} does not exist; give a YAML or JSON file mapping "
-                          "each class name to its description")
+        raise ConfigError(
+            f"prompt.class_descriptions: {path} does not exist; give a YAML or JSON file mapping "
+            "each class name to its description"
+        )
     loaded = read_yaml_mapping(path, what="class descriptions file (prompt.class_descriptions)")
     bad = [str(k) for k, v in loaded.items() if not isinstance(k, str) or not isinstance(v, str) or not v.strip()]
     if bad:
-        raise ConfigError(f"class descriptions file {path}: each entry must map a class name to a non-empty text; "
-                          f"not so for {', '.join(repr(b) for b in bad[:5])}")
+        raise ConfigError(
+            f"class descriptions file {path}: each entry must map a class name to a non-empty text; "
+            f"not so for {', '.join(repr(b) for b in bad[:5])}"
+        )
     if classnames is None:
         return dict(loaded)
     by_text = {_as_text(k): v for k, v in loaded.items()}  # "dense_residential" (a folder) = "dense residential"
@@ -52,9 +56,11 @@ def load_class_descriptions(path: str | Path, classnames: Sequence[str] | None =
         raise ConfigError(f"class descriptions file {path} names a class twice ('_' and ' ' count the same)")
     missing = [c for c in classnames if _as_text(c) not in by_text]
     if missing:
-        raise ConfigError(f"class descriptions file {path} has no description for {len(missing)} class(es): "
-                          f"{', '.join(repr(m) for m in missing[:10])}; its keys must be the class names "
-                          f"({', '.join(repr(c) for c in list(classnames)[:5])}, ...)")
+        raise ConfigError(
+            f"class descriptions file {path} has no description for {len(missing)} class(es): "
+            f"{', '.join(repr(m) for m in missing[:10])}; its keys must be the class names "
+            f"({', '.join(repr(c) for c in list(classnames)[:5])}, ...)"
+        )
     return {c: by_text[_as_text(c)] for c in classnames}
 
 
@@ -76,10 +82,16 @@ def class_texts(classnames: Sequence[str], descriptions: Mapping[str, str] | Non
 
 
 def _too_long(classname: str, tokens: int, context_length: int, what: str) -> ConfigError:
-    hint = ("shorten the description, or use a 248-position backbone (model.context_length: 248, or a "
-            "Long-CLIP/LRSCLIP checkpoint)" if context_length < 248 else "shorten the description")
-    return ConfigError(f"class {classname!r}: {what} is {tokens} tokens, over the text encoder's limit of "
-                       f"{context_length} tokens (model.context_length): {hint}")
+    hint = (
+        "shorten the description, or use a 248-position backbone (model.context_length: 248, or a "
+        "Long-CLIP/LRSCLIP checkpoint)"
+        if context_length < 248
+        else "shorten the description"
+    )
+    return ConfigError(
+        f"class {classname!r}: {what} is {tokens} tokens, over the text encoder's limit of "
+        f"{context_length} tokens (model.context_length): {hint}"
+    )
 
 
 def check_texts_fit(tokenizer, texts: Sequence[str], classnames: Sequence[str], context_length: int) -> None:
@@ -177,7 +189,8 @@ class PromptLearner(nn.Module):
             seq = [tokenizer.sot_token_id] + body + [tokenizer.eot_token_id]
             if len(seq) > context_length:
                 what = "the prompt ([SOS], {} context vectors, the {}, '.', [EOT])".format(
-                    n_ctx, "description" if descriptions else "class name")
+                    n_ctx, "description" if descriptions else "class name"
+                )
                 raise _too_long(classname, len(seq), context_length, what)
             ids.append(seq + [0] * (context_length - len(seq)))
             ctx_positions.append(pos)

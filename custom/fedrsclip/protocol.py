@@ -42,12 +42,26 @@ Payload = dict[str, np.ndarray]
 # Names a record may carry (the allow-list of privacy.check_outgoing). To report a new metric, add its name here.
 EVALUATION_KEYS = ("accuracy", "loss", "samples")  # of one model on a site's own test split, in table order
 MULTILABEL_KEYS = ("micro_f1", "macro_f1", "mAP")  # multi-label evaluations add these (percent; accuracy is None)
-TRAINING_METRICS = frozenset({
-    "train_loss", "train_ce", "train_dpac", "train_prox", "train_accuracy", "train_seconds", "steps",
-    "train_bce", "train_asl", "train_mim", "mim_steps",  # multi-label loss; MIM (steps it was active in)
-    "skipped_images",  # this site's train + test files that could not be read (a count; the files stay in its log)
-    "dp_epsilon", "dp_delta", "dp_rounds", "dp_noise_std",  # derived from the settings, never from the update
-})
+TRAINING_METRICS = frozenset(
+    {
+        "train_loss",
+        "train_ce",
+        "train_dpac",
+        "train_prox",
+        "train_accuracy",
+        "train_seconds",
+        "steps",
+        "train_bce",
+        "train_asl",
+        "train_mim",
+        "mim_steps",  # multi-label loss; MIM (steps it was active in)
+        "skipped_images",  # this site's train + test files that could not be read (a count; the files stay in its log)
+        "dp_epsilon",
+        "dp_delta",
+        "dp_rounds",
+        "dp_noise_std",  # derived from the settings, never from the update
+    }
+)
 # Seconds per phase of a site's task, disjoint (their sum is the task's `seconds`): start (the site's process
 # started until its first task arrived), load (weights, state), extract (image features, from the images or the
 # cache), evaluate (the received model), train. The first three only in the first task of a process.
@@ -77,8 +91,7 @@ def site_order(name: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
 
 
-def class_fingerprint(classnames: Sequence[str], texts: Sequence[str] | None = None,
-                      multi_label: bool = False) -> str:
+def class_fingerprint(classnames: Sequence[str], texts: Sequence[str] | None = None, multi_label: bool = False) -> str:
     """A short, stable name of a class list ("K:sha256 prefix"), sent with each update: the server must never
     average prompts trained on different class lists (the prompts' shapes would not show it). `texts`: the class
     texts the prompts use when they are not the names (prompt.class_descriptions), so that sites with different
@@ -110,8 +123,10 @@ def key_group(key: str) -> str:
         return COMMON
     parts = key.split(".", 2)
     if len(parts) != 3 or not _MODALITY_NAME.match(parts[1]) or parts[2] not in ADAPTER_PARAMETERS:
-        raise ValueError(f"payload key {key!r} is not an adapter key adapter.<modality>.<parameter> with a "
-                         f"parameter in {', '.join(ADAPTER_PARAMETERS)}")
+        raise ValueError(
+            f"payload key {key!r} is not an adapter key adapter.<modality>.<parameter> with a "
+            f"parameter in {', '.join(ADAPTER_PARAMETERS)}"
+        )
     return parts[1]
 
 
@@ -153,11 +168,16 @@ def lonely_groups(senders: Mapping[str, Iterable[str]]) -> dict[str, str]:
 
 def lonely_group_warning(modality: str, site: str, rnd: int) -> dict[str, Any]:
     """The results entry (and log line) for a modality whose adapter one site alone sent in round `rnd`."""
-    return {"kind": "single_site_modality", "round": rnd, "modality": modality, "site": site,
-            "message": f"the adapter of modality {modality} was sent by {site} alone in round {rnd}: with MF on "
-                       f"(multimodal.fusion) its 'average' is {site}'s own adapter, which every site receives "
-                       f"(under CKKS too, after decryption). Add another site holding {modality}, or set "
-                       "multimodal.fusion: false to keep every adapter at its site"}
+    return {
+        "kind": "single_site_modality",
+        "round": rnd,
+        "modality": modality,
+        "site": site,
+        "message": f"the adapter of modality {modality} was sent by {site} alone in round {rnd}: with MF on "
+        f"(multimodal.fusion) its 'average' is {site}'s own adapter, which every site receives "
+        f"(under CKKS too, after decryption). Add another site holding {modality}, or set "
+        "multimodal.fusion: false to keep every adapter at its site",
+    }
 
 
 def payload_nbytes(payload: Mapping[str, Any]) -> int:
@@ -199,8 +219,9 @@ def _numbers(name: str, values: Any, allowed: frozenset[str]) -> dict[str, float
         raise ContributionError(f"record.{name} is a {type(values).__name__}, not a mapping")
     extra = sorted(set(map(str, values)) - allowed)
     if extra:
-        raise ContributionError(f"record.{name} carries {extra[:5]}, which may not leave a site (allowed: "
-                                f"{', '.join(sorted(allowed))})")
+        raise ContributionError(
+            f"record.{name} carries {extra[:5]}, which may not leave a site (allowed: {', '.join(sorted(allowed))})"
+        )
     out: dict[str, float | int | None] = {}
     for key, value in values.items():
         value = value.item() if isinstance(value, np.generic) else value
@@ -259,8 +280,11 @@ class RoundRecord:
         if not isinstance(self.state_continued, bool):
             raise ContributionError(f"record.state_continued is {self.state_continued!r}, not true or false")
         if self.description is not None:
-            if not isinstance(self.description, Mapping) or set(self.description) - DESCRIPTION_KEYS or not all(
-                    isinstance(v, str) for v in self.description.values()):
+            if (
+                not isinstance(self.description, Mapping)
+                or set(self.description) - DESCRIPTION_KEYS
+                or not all(isinstance(v, str) for v in self.description.values())
+            ):
                 raise ContributionError(f"record.description must map {sorted(DESCRIPTION_KEYS)} to text")
             self.description = dict(self.description)
         return self
@@ -291,8 +315,13 @@ class RoundRecord:
 
     def results_entry(self) -> dict[str, Any]:
         """The per-site, per-round entry of the results file (fedrsclip.results_file)."""
-        entry: dict[str, Any] = {"samples_train": self.samples_train, "seconds": self.seconds,
-                                 "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, **self.metrics}
+        entry: dict[str, Any] = {
+            "samples_train": self.samples_train,
+            "seconds": self.seconds,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            **self.metrics,
+        }
         if self.timings:
             entry["timings"] = dict(self.timings)
         if self.bytes_up_plain is not None:  # CKKS: bytes_up is the ciphertext, this the values it encrypts
@@ -317,10 +346,10 @@ class FinalRecord:
         self.received = _numbers("received", self.received, EVALUATION_NAMES)
         if self.modalities is not None:
             if not isinstance(self.modalities, Mapping) or not all(
-                    isinstance(m, str) and _MODALITY_NAME.match(m) for m in self.modalities):
+                isinstance(m, str) and _MODALITY_NAME.match(m) for m in self.modalities
+            ):
                 raise ContributionError("the final record's modalities must map modality names to evaluations")
-            self.modalities = {m: _numbers(f"modalities.{m}", v, EVALUATION_NAMES)
-                               for m, v in self.modalities.items()}
+            self.modalities = {m: _numbers(f"modalities.{m}", v, EVALUATION_NAMES) for m, v in self.modalities.items()}
         if not _number(self.seconds) or not isinstance(self.bytes_down, int):
             raise ContributionError("the final record's seconds or bytes_down is not a number")
         if self.final_state is not None and not isinstance(self.final_state, str):
@@ -374,8 +403,9 @@ class Trainer(Protocol):
 
     def load_local_state(self, state: Mapping[str, Any]) -> None: ...
 
-    def train_round(self, train: Any, round_idx: int = 0, peers: np.ndarray | None = None,
-                    should_abort: Any = ...) -> RoundResult: ...
+    def train_round(
+        self, train: Any, round_idx: int = 0, peers: np.ndarray | None = None, should_abort: Any = ...
+    ) -> RoundResult: ...
 
     def evaluate(self, test: Any) -> dict: ...
 
@@ -396,8 +426,9 @@ def check_update(data: Any, weight: Any, reference: Mapping[str, tuple[int, ...]
             raise ContributionError(f"{key} has dtype {value.dtype}, expected floats")
         _, bad = as_float32(value)  # what the sites load: beyond float32's range is inf there
         if bad:
-            raise ContributionError(f"{key} holds {bad} NaN or Inf values (of {value.size}; beyond float32's "
-                                    "range counts as Inf)")
+            raise ContributionError(
+                f"{key} holds {bad} NaN or Inf values (of {value.size}; beyond float32's range counts as Inf)"
+            )
         shapes[key] = tuple(value.shape)
     if weight is not None and (not _number(weight) or not math.isfinite(weight) or weight <= 0):
         raise ContributionError(f"its weight is {weight!r}, expected a positive number of training samples")
@@ -422,8 +453,10 @@ def check_fits(shapes: Mapping[str, tuple], reference: Mapping[str, tuple]) -> N
     adapters = dict(signature_shapes({k: v for k, v in reference.items() if key_group(k) != COMMON}))
     for key, shape in signature_shapes({k: v for k, v in shapes.items() if key_group(k) != COMMON}):
         if adapters and adapters.get(key) != shape:
-            raise ContributionError(f"its adapters' {key.split('.', 2)[2]} has shape {shape}, the global model's "
-                                    f"adapters have {adapters.get(key)}")
+            raise ContributionError(
+                f"its adapters' {key.split('.', 2)[2]} has shape {shape}, the global model's "
+                f"adapters have {adapters.get(key)}"
+            )
 
 
 def weighted_mean(contributions: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> Payload:
@@ -453,8 +486,11 @@ def summarize(site_metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, float 
     weighted_micro_f1, ...), only when some site reports them."""
     out: dict[str, float | None] = {}
     for metric in ("accuracy", *MULTILABEL_KEYS):
-        usable = [(m[metric], m["samples"]) for m in site_metrics.values()
-                  if _number(m.get(metric)) and math.isfinite(m[metric]) and m.get("samples")]
+        usable = [
+            (m[metric], m["samples"])
+            for m in site_metrics.values()
+            if _number(m.get(metric)) and math.isfinite(m[metric]) and m.get("samples")
+        ]
         if not usable:
             if metric == "accuracy":
                 out.update(mean_accuracy=None, weighted_accuracy=None)
@@ -483,8 +519,11 @@ def majority(values: Mapping[str, Any], weights: Mapping[str, float]) -> Any:
 
 def describe_signature(signature: Any) -> str:
     """A signature (sorted (key, shape) pairs, or another value) as text for a rejection message."""
-    return str(dict(signature)) if isinstance(signature, tuple) and all(
-        isinstance(x, tuple) and len(x) == 2 for x in signature) else str(signature)
+    return (
+        str(dict(signature))
+        if isinstance(signature, tuple) and all(isinstance(x, tuple) and len(x) == 2 for x in signature)
+        else str(signature)
+    )
 
 
 @dataclass
@@ -504,11 +543,18 @@ class Gate:
         weights = {s: w for s, (_, _, w) in held.items()}
         if self.classes is None:
             self.classes = majority({s: c for s, (_, c, _) in held.items()}, weights)
-        refused = {s: f"trained on another class list ({c}; the federation's is {self.classes}): check this "
-                      "site's manifest" for s, (_, c, _) in held.items() if c != self.classes}
+        refused = {
+            s: f"trained on another class list ({c}; the federation's is {self.classes}): check this site's manifest"
+            for s, (_, c, _) in held.items()
+            if c != self.classes
+        }
         rest = {s: sig for s, (sig, _, _) in held.items() if s not in refused}
         expected = majority(rest, weights)
-        refused.update({s: f"its update {describe_signature(sig)} differs from the other sites' "
-                           f"{describe_signature(expected)}" for s, sig in rest.items() if sig != expected})
+        refused.update(
+            {
+                s: f"its update {describe_signature(sig)} differs from the other sites' {describe_signature(expected)}"
+                for s, sig in rest.items()
+                if sig != expected
+            }
+        )
         return refused
-

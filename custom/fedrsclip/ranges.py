@@ -79,10 +79,18 @@ def check_ranges(obj: Any, prefix: str = "") -> None:
         nullable = type(None) in typing.get_args(hints.get(f.name))
         if value is None and nullable:
             continue
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
             and value in interval
+        )
         if not ok:
-            finite = "" if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isfinite(value) \
+            finite = (
+                ""
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isfinite(value)
                 else " (NaN and inf are refused)"
-            raise ValueError(f"{prefix}{f.name} must be {interval.describe()}{' or null' if nullable else ''}; "
-                             f"got {value!r}{finite}")
+            )
+            raise ValueError(
+                f"{prefix}{f.name} must be {interval.describe()}{' or null' if nullable else ''}; got {value!r}{finite}"
+            )

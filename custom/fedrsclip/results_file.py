@@ -44,15 +44,18 @@ def find_results(workspace: str | Path) -> Path:
     if workspace.is_file():
         return workspace
     if not workspace.is_dir():
-        raise FileNotFoundError(f"{workspace} does not exist; give the workspace of a run (the simulator's -w), "
-                                f"or a {RESULTS_FILE} file")
+        raise FileNotFoundError(
+            f"{workspace} does not exist; give the workspace of a run (the simulator's -w), or a {RESULTS_FILE} file"
+        )
     direct = workspace / SIMULATOR_RESULTS
     if direct.is_file():
         return direct
     found = sorted(workspace.rglob(RESULTS_FILE), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no {RESULTS_FILE} under {workspace}: the run did not start, or this is not its "
-                                f"workspace (the simulator writes {SIMULATOR_RESULTS})")
+        raise FileNotFoundError(
+            f"no {RESULTS_FILE} under {workspace}: the run did not start, or this is not its "
+            f"workspace (the simulator writes {SIMULATOR_RESULTS})"
+        )
     return found[-1]
 
 
@@ -72,18 +75,22 @@ def describe_data(data: Any, manifest_path: str | Path | None, modalities: str |
     """The data a run used, as the results file says it (`data`: a config.DataConfig; `modalities`: the sites'
     modalities of synthetic-mm data). Synthetic data is named in capitals, and reports and tables warn about it."""
     if data.source == "synthetic-mm":
-        return (f"SYNTHETIC multi-modal multi-label scenes ({data.synthetic_scenes} S2/S1 pairs, "
-                f"{data.synthetic_size}px, seed {data.synthetic_seed}, {data.synthetic_sites} sites holding "
-                f"{modalities}, {data.synthetic_scheme})")
+        return (
+            f"SYNTHETIC multi-modal multi-label scenes ({data.synthetic_scenes} S2/S1 pairs, "
+            f"{data.synthetic_size}px, seed {data.synthetic_seed}, {data.synthetic_sites} sites holding "
+            f"{modalities}, {data.synthetic_scheme})"
+        )
     if data.source == "synthetic":
-        return (f"SYNTHETIC scenes ({data.synthetic_classes} classes, {data.synthetic_per_class}/class, "
-                f"{data.synthetic_size}px, seed {data.synthetic_seed}, {data.synthetic_sites} sites, "
-                f"{data.synthetic_scheme})")
+        return (
+            f"SYNTHETIC scenes ({data.synthetic_classes} classes, {data.synthetic_per_class}/class, "
+            f"{data.synthetic_size}px, seed {data.synthetic_seed}, {data.synthetic_sites} sites, "
+            f"{data.synthetic_scheme})"
+        )
     return f"manifest {Path(manifest_path).name}" if manifest_path else "manifest"
 
 
 def _duration(seconds: float) -> str:
-    """"45s", "12 min", "2.5 h"."""
+    """ "45s", "12 min", "2.5 h"."""
     if seconds < 90:
         return f"{seconds:.0f}s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
@@ -161,8 +168,11 @@ class ResultsBook:
 
     def add_final(self, site: str, record: FinalRecord) -> None:
         self.join(site)
-        self.final[site] = {**_evaluation(record.received), "seconds": record.seconds,
-                            "final_state": record.final_state}
+        self.final[site] = {
+            **_evaluation(record.received),
+            "seconds": record.seconds,
+            "final_state": record.final_state,
+        }
         if record.modalities:
             self.modalities[site] = {m: _evaluation(v) for m, v in record.modalities.items()}
 
@@ -195,8 +205,11 @@ class ResultsBook:
         record = self._round(rnd)
         for site in self.sites:
             if site not in record["sites"] and site not in record["missing"]:
-                record["missing"][site] = {"missing": True, "kind": "no_result",
-                                           "error": "no result from this site in this round"}
+                record["missing"][site] = {
+                    "missing": True,
+                    "kind": "no_result",
+                    "error": "no result from this site in this round",
+                }
 
     def round_done(self, rnd: int) -> dict:
         self.mark_absent(rnd)
@@ -213,18 +226,27 @@ class ResultsBook:
         text = f"round {rnd}/{self.num_rounds or '?'} done" + (f" in {done[rnd]:.1f}s" if rnd in done else "")
         answered = [s for s, v in record.get("sites", {}).items() if not v.get("missing")]
         text += f": {len(answered)}/{len(self.sites)} sites"
-        timed = [(v.get("seconds") or 0.0, s, v.get("timings") or {}) for s, v in record.get("sites", {}).items()
-                 if not v.get("missing")]
+        timed = [
+            (v.get("seconds") or 0.0, s, v.get("timings") or {})
+            for s, v in record.get("sites", {}).items()
+            if not v.get("missing")
+        ]
         if timed:
             seconds, site, timings = max(timed, key=lambda t: t[0])
             phases = ", ".join(f"{k} {v:.1f}" for k, v in timings.items() if isinstance(v, (int, float)))
             text += f"; slowest {site} {seconds:.1f}s" + (f" ({phases})" if phases else "")
-        previous = summarize(self.initial) if rnd == 1 else summarize(
-            {s: v for s, v in self.rounds.get(rnd - 1, {}).get("sites", {}).items() if not v.get("missing")})
+        previous = (
+            summarize(self.initial)
+            if rnd == 1
+            else summarize(
+                {s: v for s, v in self.rounds.get(rnd - 1, {}).get("sites", {}).items() if not v.get("missing")}
+            )
+        )
         for key, name in (("mean_accuracy", "accuracy"), ("mean_micro_f1", "micro F1")):  # micro F1: label sets
             if previous.get(key) is not None:
-                text += (f"; mean {name} {previous[key]:.1f}% "
-                         + ("of the initial model" if rnd == 1 else f"after round {rnd - 1}"))
+                text += f"; mean {name} {previous[key]:.1f}% " + (
+                    "of the initial model" if rnd == 1 else f"after round {rnd - 1}"
+                )
         left = (self.num_rounds or 0) - rnd
         later = [d for r, d in done.items() if r > min(done)] if done else []
         per_round = (sum(later) / len(later)) if later else done.get(rnd)
@@ -284,9 +306,15 @@ class ResultsBook:
                     if not v.get("missing"):
                         sites.setdefault(s, {}).update(_evaluation(v))
             present = {s: v for s, v in sites.items() if not v.get("missing")}
-            rounds.append({"round": rnd, "sites": _ordered(sites), "missing": sorted(src["missing"], key=site_order),
-                           **summarize(present),
-                           **{k: v for k, v in src.items() if k not in ("round", "sites", "missing")}})
+            rounds.append(
+                {
+                    "round": rnd,
+                    "sites": _ordered(sites),
+                    "missing": sorted(src["missing"], key=site_order),
+                    **summarize(present),
+                    **{k: v for k, v in src.items() if k not in ("round", "sites", "missing")},
+                }
+            )
         present = {s: v for s, v in self.final.items() if not v.get("missing")}
         final = {"sites": _ordered(self.final), **summarize(present)}
         if self.modalities:
@@ -295,9 +323,17 @@ class ResultsBook:
                 for modality, row in rows.items():
                     by_modality.setdefault(modality, {})[site] = row
             final["modalities"] = {m: {"sites": _ordered(rows), **summarize(rows)} for m, rows in by_modality.items()}
-        out = {**self.head, "status": self.status, "num_rounds": self.num_rounds, "sites": self.sites,
-               "initial": {"sites": _ordered(self.initial), **summarize(self.initial)},
-               "rounds": rounds, "final": final, "best": self.best, "errors": self.errors}
+        out = {
+            **self.head,
+            "status": self.status,
+            "num_rounds": self.num_rounds,
+            "sites": self.sites,
+            "initial": {"sites": _ordered(self.initial), **summarize(self.initial)},
+            "rounds": rounds,
+            "final": final,
+            "best": self.best,
+            "errors": self.errors,
+        }
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out

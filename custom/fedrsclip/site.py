@@ -92,8 +92,10 @@ def state_problem(state: Any, key: str) -> str | None:
         return f"is not a fedrsclip site state (it holds a {type(state).__name__})"
     local = state.get(key)
     if not isinstance(local, Mapping) or not all(isinstance(v, torch.Tensor) for v in local.values()):
-        return (f"has no {key!r} entry of tensors (its entries: {sorted(map(str, state))[:6]}): it is not this kind "
-                "of site's state")
+        return (
+            f"has no {key!r} entry of tensors (its entries: {sorted(map(str, state))[:6]}): it is not this kind "
+            "of site's state"
+        )
     fmt = state.get("format", 1)
     if fmt not in (1, STATE_FORMAT):
         return f"has format {fmt!r}; this version reads {STATE_FORMAT}"
@@ -130,8 +132,9 @@ def adopt_state(resume_from: str | None, name: str, state_dir: str | Path, works
     if target.is_file():
         return None
     if not source.is_file():
-        log.warning("%s: train.resume_from names %s, which does not exist: this site's private prompt starts over",
-                    name, source)
+        log.warning(
+            "%s: train.resume_from names %s, which does not exist: this site's private prompt starts over", name, source
+        )
         return None
     data = source.read_bytes()
     atomic_write(target, lambda handle: handle.write(data), mode=STATE_MODE)
@@ -147,13 +150,17 @@ def label_kind(cfg: Config, manifest: Mapping[str, Any], algorithm: Algorithm, s
     dataset = manifest.get("dataset", "?")
     if ("multi" if multi else "single") not in algorithm.labels:
         able = ", ".join(a for a in ALGORITHMS if ("multi" if multi else "single") in ALGORITHMS[a].labels)
-        raise DataError(f"{site}: the manifest of dataset {dataset} is {kind}, and algorithm {algorithm.name} trains "
-                        f"{' and '.join(algorithm.labels)}-label data only; use one of: {able}")
+        raise DataError(
+            f"{site}: the manifest of dataset {dataset} is {kind}, and algorithm {algorithm.name} trains "
+            f"{' and '.join(algorithm.labels)}-label data only; use one of: {able}"
+        )
     if cfg.data.multi_label is not None and cfg.data.multi_label != multi:
         wanted = "multi-label" if cfg.data.multi_label else "single-label"
-        raise DataError(f"{site}: data.multi_label is {str(cfg.data.multi_label).lower()} (a {wanted} run) but the "
-                        f"manifest of dataset {dataset} is {kind}; give this site a {wanted} manifest, or set "
-                        "data.multi_label: null to follow the manifest")
+        raise DataError(
+            f"{site}: data.multi_label is {str(cfg.data.multi_label).lower()} (a {wanted} run) but the "
+            f"manifest of dataset {dataset} is {kind}; give this site a {wanted} manifest, or set "
+            "data.multi_label: null to follow the manifest"
+        )
     return multi
 
 
@@ -175,8 +182,10 @@ class Site:
         self.algorithm: Algorithm = get_algorithm(cfg.algorithm)
         if manifest is None:
             if not cfg.data.manifest:
-                raise DataError(f"{name}: no data configured; set data.manifest to a partition manifest "
-                                "(fedrsclip data partition ...)")
+                raise DataError(
+                    f"{name}: no data configured; set data.manifest to a partition manifest "
+                    "(fedrsclip data partition ...)"
+                )
             manifest = load_manifest(cfg.data.manifest)
         self.manifest = manifest
         self.classnames: list[str] = list(manifest["classes"])
@@ -207,8 +216,12 @@ class Site:
 
     def run_description(self, data: str) -> dict[str, str]:
         """The run's descriptions this site sends once (`protocol.DESCRIPTION_KEYS`); `data`: its description."""
-        out = {"algorithm": self.cfg.algorithm, "backbone": self.description, "data": data,
-               "data_source": self.cfg.data.source}
+        out = {
+            "algorithm": self.cfg.algorithm,
+            "backbone": self.description,
+            "data": data,
+            "data_source": self.cfg.data.source,
+        }
         if self.weights is not None:
             out["weights"] = self.weights
         return out
@@ -218,8 +231,10 @@ class Site:
         items = site_split(self.manifest, self.name, split, root=self.cfg.data.root, multi_label=self.multi_label)
         missing = [p for p, _ in items if not (p.is_file() or p.is_dir())]  # a file, or a band-per-file patch
         if missing:
-            raise DataError(f"{self.name}: {len(missing)} of {len(items)} {split} images are missing, e.g. "
-                            f"{missing[0]}; set data.root to the folder that holds the class folders")
+            raise DataError(
+                f"{self.name}: {len(missing)} of {len(items)} {split} images are missing, e.g. "
+                f"{missing[0]}; set data.root to the folder that holds the class folders"
+            )
         return items
 
     @property
@@ -231,8 +246,14 @@ class Site:
     # ---- local state (never sent) ----------------------------------------------------------------------------------
     def state_blob(self, round_idx: int | None = None, **extra: Any) -> dict[str, Any]:
         """The site-local state as saved on disk (with `extra` entries), and its checksum (`state_checksum`)."""
-        blob = {"format": STATE_FORMAT, "round": round_idx, "classes": list(self.classnames),
-                "dp_releases": self.dp_releases, self.STATE_KEY: self.trainer.local_state(), **extra}
+        blob = {
+            "format": STATE_FORMAT,
+            "round": round_idx,
+            "classes": list(self.classnames),
+            "dp_releases": self.dp_releases,
+            self.STATE_KEY: self.trainer.local_state(),
+            **extra,
+        }
         return {**blob, "checksum": state_checksum(blob)}
 
     def check_state(self, state: Mapping[str, Any]) -> None:
@@ -254,17 +275,24 @@ class Site:
             raise PayloadError(f"{where} {problem}")
         saved = state.get("classes")
         if saved is not None and list(saved) != self.classnames:
-            raise PayloadError(f"{where} was trained on {len(saved)} classes "
-                               f"({', '.join(saved[:3])}, ...), this site's manifest has {len(self.classnames)} "
-                               f"({', '.join(self.classnames[:3])}, ...); use the manifest it was trained with")
+            raise PayloadError(
+                f"{where} was trained on {len(saved)} classes "
+                f"({', '.join(saved[:3])}, ...), this site's manifest has {len(self.classnames)} "
+                f"({', '.join(self.classnames[:3])}, ...); use the manifest it was trained with"
+            )
         self.check_state(state)
         try:
             self.trainer.load_local_state(state[self.STATE_KEY])
         except PayloadError as exc:
             raise PayloadError(f"{where} {exc}") from None
         self.dp_releases = int(state.get("dp_releases", 0))
-        log.info("%s: resumed local state from %s (round %s%s)", self.name, self.state_path, state.get("round"),
-                 "" if "checksum" in state else "; saved by an earlier version, without a checksum")
+        log.info(
+            "%s: resumed local state from %s (round %s%s)",
+            self.name,
+            self.state_path,
+            state.get("round"),
+            "" if "checksum" in state else "; saved by an earlier version, without a checksum",
+        )
         return True
 
     def save_state(self, round_idx: int) -> None:
@@ -297,9 +325,17 @@ class Site:
         """The global model alone on this site's test split (no site-local part; the full model's sites have none)."""
         return self.evaluate(received)
 
-    def run_round(self, received: Payload | None, round_idx: int, peers: np.ndarray | None = None,
-                  should_abort: Callable[[], bool] = lambda: False, *, setup: Mapping[str, float] | None = None,
-                  state_continued: bool = True, description: Mapping[str, str] | None = None) -> Update:
+    def run_round(
+        self,
+        received: Payload | None,
+        round_idx: int,
+        peers: np.ndarray | None = None,
+        should_abort: Callable[[], bool] = lambda: False,
+        *,
+        setup: Mapping[str, float] | None = None,
+        state_continued: bool = True,
+        description: Mapping[str, str] | None = None,
+    ) -> Update:
         """One round (0-based `round_idx`): evaluate the received model, train, protect and check what leaves.
 
         `peers`: other sites' shared prompts [J, n_ctx, W] (dpac.negatives: peers, in-process only).
@@ -315,12 +351,19 @@ class Site:
         result = protect_outgoing(result, self.cfg, self.name, round_idx, self.dp_reference(), releases)
         trained = time.perf_counter()
         timings = {**(setup or {}), "evaluate": evaluated - start, "train": trained - evaluated}
-        record = RoundRecord(round=round_idx + 1, samples_train=int(result.num_samples),
-                             classes=self.classes_fingerprint, received=evaluation,
-                             metrics={**result.metrics, **self.data_metrics()},
-                             timings=timings, seconds=sum(timings.values()),
-                             bytes_up=payload_nbytes(result.payload), bytes_down=payload_nbytes(received or {}),
-                             state_continued=state_continued, description=description)
+        record = RoundRecord(
+            round=round_idx + 1,
+            samples_train=int(result.num_samples),
+            classes=self.classes_fingerprint,
+            received=evaluation,
+            metrics={**result.metrics, **self.data_metrics()},
+            timings=timings,
+            seconds=sum(timings.values()),
+            bytes_up=payload_nbytes(result.payload),
+            bytes_down=payload_nbytes(received or {}),
+            state_continued=state_continued,
+            description=description,
+        )
         payload = check_outgoing(result.payload, self.algorithm, self.trainer.shapes, self.name, record, self.fused)
         if "dp_rounds" in result.metrics:
             self.dp_releases = releases  # saved with the state below, before anything leaves
@@ -353,8 +396,15 @@ class PromptSite(Site):
     STATE_KEY = "prompts"
     KIND = "prompt"
 
-    def __init__(self, cfg: Config, name: str, manifest: Mapping[str, Any] | None = None,
-                 backbone: Backbone | None = None, state_dir: str | Path | None = None, progress: bool = True):
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        manifest: Mapping[str, Any] | None = None,
+        backbone: Backbone | None = None,
+        state_dir: str | Path | None = None,
+        progress: bool = True,
+    ):
         super().__init__(cfg, name, manifest, state_dir)
         begin = time.perf_counter()
         self.backbone = backbone or open_backbone(cfg.model, cfg.data.cache_dir)  # warm: the text side only
@@ -375,26 +425,40 @@ class PromptSite(Site):
             splits = self._whiten(splits)
         self.train_set = splits["train"]
         self.test_set = splits["test"]
-        self.trainer = PromptTrainer(cfg, self.backbone, self.classnames, site=name, multi_label=self.multi_label,
-                                     modalities=self.federation or (), held=self.modalities,
-                                     feature_dim=int(self.train_set.primary.global_feats.shape[-1])
-                                     if self.federation else None)
+        self.trainer = PromptTrainer(
+            cfg,
+            self.backbone,
+            self.classnames,
+            site=name,
+            multi_label=self.multi_label,
+            modalities=self.federation or (),
+            held=self.modalities,
+            feature_dim=int(self.train_set.primary.global_feats.shape[-1]) if self.federation else None,
+        )
         if not self.load_state():
             self.trainer.init_calibration(self.train_set)
         if self.federation:
-            log.info("%s: holds %s of the federation's modalities %s; MF %s, FW %s, MIM %s", name,
-                     "+".join(self.modalities), ", ".join(self.federation), _on(cfg.multimodal.fusion),
-                     _on(self.whitening), _on(self.mim))
+            log.info(
+                "%s: holds %s of the federation's modalities %s; MF %s, FW %s, MIM %s",
+                name,
+                "+".join(self.modalities),
+                ", ".join(self.federation),
+                _on(cfg.multimodal.fusion),
+                _on(self.whitening),
+                _on(self.mim),
+            )
         self.setup_timings = {"load": loaded - begin + time.perf_counter() - extracted, "extract": extracted - loaded}
 
     def _features(self, items, split: str, cache_dir: Path, progress: bool) -> FeatureSet | ModalSet:
         """One split's cached features: a FeatureSet; in a multi-modal federation a ModalSet of every modality this
         site holds (its partner patches read through their own modality's composite)."""
         num_classes = len(self.classnames) if self.multi_label else None
-        own = settings_from_config(self.cfg.data, self.modalities[0] if self.federation else
-                                   self.manifest.get("modality"))
-        first = cached_features(self.backbone, items, cache_dir, split, progress=progress, image=own,
-                                num_classes=num_classes)
+        own = settings_from_config(
+            self.cfg.data, self.modalities[0] if self.federation else self.manifest.get("modality")
+        )
+        first = cached_features(
+            self.backbone, items, cache_dir, split, progress=progress, image=own, num_classes=num_classes
+        )
         if not self.federation:
             return first
         partners = {}
@@ -403,8 +467,15 @@ class PromptSite(Site):
             labels = dict((str(p), label) for p, label in items)
             partner_items = [(b, labels[str(a)]) for a, b in pairs]
             settings = image_settings(modality, max_pixels=self.cfg.data.max_pixels)
-            features = cached_features(self.backbone, partner_items, cache_dir, f"{split}-{modality}",
-                                       progress=progress, image=settings, num_classes=num_classes)
+            features = cached_features(
+                self.backbone,
+                partner_items,
+                cache_dir,
+                f"{split}-{modality}",
+                progress=progress,
+                image=settings,
+                num_classes=num_classes,
+            )
             partners[modality] = (features, {str(a): str(b) for a, b in pairs})
         return ModalSet.align((self.modalities[0], first), partners, f"{self.name} {split}")
 
@@ -422,8 +493,13 @@ class PromptSite(Site):
             white["train"][modality] = whiten(features, stats)
             if test is not None:
                 white["test"][modality] = whiten(test.sets[modality] if isinstance(test, ModalSet) else test, stats)
-            log.info("%s: FW for %s from %d training rows (shrinkage %.2f); the statistics stay at this site",
-                     self.name, modality, stats.pooled.samples, stats.pooled.shrinkage)
+            log.info(
+                "%s: FW for %s from %d training rows (shrinkage %.2f); the statistics stay at this site",
+                self.name,
+                modality,
+                stats.pooled.samples,
+                stats.pooled.shrinkage,
+            )
         if isinstance(train, ModalSet):
             return {"train": ModalSet(white["train"]), "test": ModalSet(white["test"]) if test is not None else None}
         only = self.modalities[0]
@@ -460,8 +536,9 @@ class PromptSite(Site):
         class_descriptions): sites with different description files must not be averaged together."""
         descriptions = self.trainer.model.learner.descriptions
         texts = class_texts(self.classnames, descriptions) if descriptions else None
-        return class_fingerprint(self.classnames, None if texts == class_texts(self.classnames) else texts,
-                                 multi_label=self.multi_label)
+        return class_fingerprint(
+            self.classnames, None if texts == class_texts(self.classnames) else texts, multi_label=self.multi_label
+        )
 
     def dp_reference(self) -> Mapping[str, np.ndarray] | None:
         # every entry sent, as the round started: a multi-modal site's adapters are clipped with its shared prompt
@@ -479,16 +556,18 @@ class PromptSite(Site):
     def zero_shot(self) -> dict | None:
         # the class texts of the learned prompts: prompt.class_descriptions when set, else the class names
         test = self.test_set.primary if isinstance(self.test_set, ModalSet) else self.test_set
-        return zero_shot_accuracy(self.backbone, self.classnames, test,
-                                  descriptions=self.trainer.model.learner.descriptions)
+        return zero_shot_accuracy(
+            self.backbone, self.classnames, test, descriptions=self.trainer.model.learner.descriptions
+        )
 
 
 def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def federation_modalities(cfg: Config, manifest: Mapping[str, Any], site: str
-                          ) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+def federation_modalities(
+    cfg: Config, manifest: Mapping[str, Any], site: str
+) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
     """(the federation's modalities or None, this site's own modalities, its records' modality first).
 
     The federation's: multimodal.modalities, else a multi-modal manifest's list, else None (one modality, no
@@ -502,17 +581,20 @@ def federation_modalities(cfg: Config, manifest: Mapping[str, Any], site: str
     if multi:
         held = site_modalities(manifest, site)
         if cfg.data.modality not in ("auto", held[0]):
-            raise DataError(f"{site}: data.modality is {cfg.data.modality} but this site's records in the multi-modal "
-                            f"manifest are {held[0]} patches; set data.modality: auto (the manifest decides) or give "
-                            "this site its own manifest")
+            raise DataError(
+                f"{site}: data.modality is {cfg.data.modality} but this site's records in the multi-modal "
+                f"manifest are {held[0]} patches; set data.modality: auto (the manifest decides) or give "
+                "this site its own manifest"
+            )
     else:
         held = (settings_from_config(cfg.data, manifest.get("modality")).modality,)
     if federation is None:
         return None, held
     foreign = [m for m in held if m not in federation]
     if foreign:
-        raise DataError(f"{site}: this site holds {'+'.join(held)} data but the federation's modalities are "
-                        f"{', '.join(federation)} (multimodal.modalities): every site's modality needs its adapter in "
-                        "the job; add it to multimodal.modalities (fedrsclip job --modalities)")
+        raise DataError(
+            f"{site}: this site holds {'+'.join(held)} data but the federation's modalities are "
+            f"{', '.join(federation)} (multimodal.modalities): every site's modality needs its adapter in "
+            "the job; add it to multimodal.modalities (fedrsclip job --modalities)"
+        )
     return federation, held
-

@@ -95,11 +95,15 @@ class _Block(nn.Module):
         self.ln_1 = _LayerNorm(spec.width, eps=spec.ln_eps)
         self.attn = _EmptyAttention(spec.width, spec.heads, batch_first=True)
         self.ln_2 = _LayerNorm(spec.width, eps=spec.ln_eps)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", _EmptyLinear(spec.width, spec.mlp_width)),
-            ("gelu", _QuickGELU() if spec.quick_gelu else nn.GELU()),
-            ("c_proj", _EmptyLinear(spec.mlp_width, spec.width)),
-        ]))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", _EmptyLinear(spec.width, spec.mlp_width)),
+                    ("gelu", _QuickGELU() if spec.quick_gelu else nn.GELU()),
+                    ("c_proj", _EmptyLinear(spec.mlp_width, spec.width)),
+                ]
+            )
+        )
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.ln_1(x)
@@ -132,9 +136,16 @@ class TextTower(nn.Module):
     an open_clip CLIP (`text_tower_of`, no copy).
     """
 
-    def __init__(self, token_embedding: nn.Embedding, positional_embedding: nn.Parameter, transformer: nn.Module,
-                 ln_final: nn.Module, text_projection: nn.Parameter, attn_mask: torch.Tensor,
-                 logit_scale: nn.Parameter):
+    def __init__(
+        self,
+        token_embedding: nn.Embedding,
+        positional_embedding: nn.Parameter,
+        transformer: nn.Module,
+        ln_final: nn.Module,
+        text_projection: nn.Parameter,
+        attn_mask: torch.Tensor,
+        logit_scale: nn.Parameter,
+    ):
         super().__init__()
         self.token_embedding = token_embedding
         self.positional_embedding = positional_embedding
@@ -157,10 +168,15 @@ class TextTower(nn.Module):
 def empty_text_tower(spec: TextTowerSpec) -> TextTower:
     """A text tower of `spec` in eval mode, on the CPU, its weights uninitialised (`torch.empty`): to be given weights
     with `load_state_dict(..., assign=True)`, which replaces them without copying."""
-    tower = TextTower(nn.Embedding(spec.vocab_size, spec.width, _weight=torch.empty(spec.vocab_size, spec.width)),
-                      nn.Parameter(torch.empty(spec.context_length, spec.width)), _Transformer(spec),
-                      _LayerNorm(spec.width, eps=spec.ln_eps), nn.Parameter(torch.empty(spec.width, spec.embed_dim)),
-                      causal_mask(spec.context_length), nn.Parameter(torch.empty(())))
+    tower = TextTower(
+        nn.Embedding(spec.vocab_size, spec.width, _weight=torch.empty(spec.vocab_size, spec.width)),
+        nn.Parameter(torch.empty(spec.context_length, spec.width)),
+        _Transformer(spec),
+        _LayerNorm(spec.width, eps=spec.ln_eps),
+        nn.Parameter(torch.empty(spec.width, spec.embed_dim)),
+        causal_mask(spec.context_length),
+        nn.Parameter(torch.empty(())),
+    )
     return tower.eval()
 
 
@@ -170,6 +186,7 @@ _STANDARD_BLOCK = ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2")  # open_clip's
 def spec_of(clip: nn.Module, quick_gelu: bool) -> TextTowerSpec:
     """The `TextTowerSpec` of an open_clip CLIP's text side; TextTowerError when it is not the standard layout
     (custom text towers, Hugging Face text models, layer scale, another pooling or projection, ...)."""
+
     def refuse(why: str) -> TextTowerError:
         return TextTowerError(f"the text tower of this {type(clip).__name__} is not a standard CLIP one: {why}")
 
@@ -185,9 +202,12 @@ def spec_of(clip: nn.Module, quick_gelu: bool) -> TextTowerSpec:
     norms = [clip.ln_final]
     for block in blocks:
         parts = dict(block.named_children())
-        if (type(block).__name__ != "ResidualAttentionBlock" or list(parts) != list(_STANDARD_BLOCK)
-                or not all(isinstance(parts[k], nn.Identity) for k in ("ls_1", "ls_2"))
-                or list(block.mlp._modules) != ["c_fc", "gelu", "c_proj"]):
+        if (
+            type(block).__name__ != "ResidualAttentionBlock"
+            or list(parts) != list(_STANDARD_BLOCK)
+            or not all(isinstance(parts[k], nn.Identity) for k in ("ls_1", "ls_2"))
+            or list(block.mlp._modules) != ["c_fc", "gelu", "c_proj"]
+        ):
             raise refuse(f"a block has other parts ({', '.join(parts)}; mlp: {', '.join(block.mlp._modules)})")
         act = block.mlp.gelu
         plain_gelu = type(act) is nn.GELU and act.approximate == "none"
@@ -201,16 +221,29 @@ def spec_of(clip: nn.Module, quick_gelu: bool) -> TextTowerSpec:
     if any(p.dtype != torch.float32 for p in text_tower_of(clip).parameters()):
         raise refuse("its weights are not float32")
     return TextTowerSpec(
-        vocab_size=int(clip.token_embedding.weight.shape[0]), context_length=int(clip.positional_embedding.shape[0]),
-        width=int(clip.token_embedding.weight.shape[1]), heads=int(blocks[0].attn.num_heads), layers=len(blocks),
-        mlp_width=int(blocks[0].mlp.c_fc.out_features), embed_dim=int(clip.text_projection.shape[1]),
-        quick_gelu=quick_gelu, ln_eps=float(clip.ln_final.eps))
+        vocab_size=int(clip.token_embedding.weight.shape[0]),
+        context_length=int(clip.positional_embedding.shape[0]),
+        width=int(clip.token_embedding.weight.shape[1]),
+        heads=int(blocks[0].attn.num_heads),
+        layers=len(blocks),
+        mlp_width=int(blocks[0].mlp.c_fc.out_features),
+        embed_dim=int(clip.text_projection.shape[1]),
+        quick_gelu=quick_gelu,
+        ln_eps=float(clip.ln_final.eps),
+    )
 
 
 def text_tower_of(clip: nn.Module) -> TextTower:
     """A TextTower holding the text modules of an open_clip CLIP (shared, not copied); the image tower is not kept."""
-    return TextTower(clip.token_embedding, clip.positional_embedding, clip.transformer, clip.ln_final,
-                     clip.text_projection, clip.attn_mask, clip.logit_scale)
+    return TextTower(
+        clip.token_embedding,
+        clip.positional_embedding,
+        clip.transformer,
+        clip.ln_final,
+        clip.text_projection,
+        clip.attn_mask,
+        clip.logit_scale,
+    )
 
 
 def _probe_tokens(spec: TextTowerSpec) -> torch.Tensor:
@@ -243,8 +276,9 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_text_tower(path: str | Path, tower: TextTower, spec: TextTowerSpec, meta: dict[str, Any],
-                    replace: bool = True) -> bool:
+def save_text_tower(
+    path: str | Path, tower: TextTower, spec: TextTowerSpec, meta: dict[str, Any], replace: bool = True
+) -> bool:
     """Write the tower's tensors (fp32, CPU), their checksum and `spec` + `meta` (JSON-able) as one safetensors file,
     atomically (a reader sees no file or the whole file).
 
@@ -254,8 +288,9 @@ def save_text_tower(path: str | Path, tower: TextTower, spec: TextTowerSpec, met
     from safetensors.torch import save
 
     tensors = {name: value.detach().cpu().contiguous() for name, value in tower.state_dict().items()}
-    header = {META_KEY: json.dumps({"format": TOWER_FORMAT, "spec": asdict(spec), "sha256": tensors_digest(tensors),
-                                    **meta})}
+    header = {
+        META_KEY: json.dumps({"format": TOWER_FORMAT, "spec": asdict(spec), "sha256": tensors_digest(tensors), **meta})
+    }
     data = save(tensors, metadata=header)
     if not replace:
         return publish_once(path, data)
@@ -281,8 +316,7 @@ def publish_once(path: str | Path, data: bytes) -> bool:
     except FileExistsError:
         return False
     except OSError as exc:  # no hard links here (some network or FAT file systems)
-        log.warning("%s: no hard link (%s); renamed into place, which may replace a file written meanwhile",
-                    path, exc)
+        log.warning("%s: no hard link (%s); renamed into place, which may replace a file written meanwhile", path, exc)
         os.replace(staged, path)
         return True
     finally:
@@ -321,8 +355,9 @@ def open_text_tower(path: str | Path, device: str | torch.device = "cpu") -> tup
     except Exception as exc:  # a truncated file, missing or extra tensors, wrong shapes
         raise TextTowerError(f"text tower file {path} does not load ({type(exc).__name__}: {exc})") from exc
     if "sha256" in meta and tensors_digest(tensors) != meta["sha256"]:  # files of earlier versions have none
-        raise TextTowerError(f"text tower file {path} is corrupt: its weights do not match the checksum it was "
-                             "written with")
+        raise TextTowerError(
+            f"text tower file {path} is corrupt: its weights do not match the checksum it was written with"
+        )
     tower.requires_grad_(False)
     return tower.to(device).eval(), meta
 
@@ -369,7 +404,8 @@ class MemoTokenizer:
         try:
             memo = json.loads(self.memo_path.read_text(encoding="utf-8"))
             if not isinstance(memo, dict) or not all(
-                    isinstance(ids, list) and all(isinstance(i, int) for i in ids) for ids in memo.values()):
+                isinstance(ids, list) and all(isinstance(i, int) for i in ids) for ids in memo.values()
+            ):
                 raise ValueError("not a mapping of texts to token ids")
             return memo
         except (OSError, UnicodeDecodeError, ValueError) as exc:

@@ -44,24 +44,38 @@ log = logging.getLogger(__name__)
 class PromptModel(torch.nn.Module):
     """Prompt learner + the algorithm's class scoring over cached image features."""
 
-    def __init__(self, backbone: Backbone, classnames: list[str], cfg: Config, algorithm: Algorithm, seed: int,
-                 private_seed: int, multi_label: bool = False, modalities: tuple[str, ...] = (),
-                 feature_dim: int | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        classnames: list[str],
+        cfg: Config,
+        algorithm: Algorithm,
+        seed: int,
+        private_seed: int,
+        multi_label: bool = False,
+        modalities: tuple[str, ...] = (),
+        feature_dim: int | None = None,
+    ):
         super().__init__()
-        self.learner = PromptLearner(backbone, classnames, cfg.prompt, dual=algorithm.dual, seed=seed,
-                                     private_seed=private_seed).to(backbone.device)
+        self.learner = PromptLearner(
+            backbone, classnames, cfg.prompt, dual=algorithm.dual, seed=seed, private_seed=private_seed
+        ).to(backbone.device)
         self.algorithm = algorithm
         self.ot = cfg.ot
         self.logit_scale = backbone.logit_scale
         self.device = backbone.device
         # Multi-modal federation: one adapter per modality of the federation (named `adapter`, so its state names
         # are the payload keys); every site starts each from the same seed. Multi-label: the site's sigmoid bias.
-        self.adapter = ModalityAdapters(modalities, feature_dim, cfg.multimodal.adapter_rank, seed=seed).to(
-            backbone.device) if modalities else None
+        self.adapter = (
+            ModalityAdapters(modalities, feature_dim, cfg.multimodal.adapter_rank, seed=seed).to(backbone.device)
+            if modalities
+            else None
+        )
         self.calibration = SigmoidCalibration(len(classnames)).to(backbone.device) if multi_label else None
 
-    def adapt(self, modality: str | None, pooled: torch.Tensor, tokens: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def adapt(
+        self, modality: str | None, pooled: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The modality's adapter on pooled [B, E] and tokens [B, V, E]; unchanged without adapters."""
         if self.adapter is None or modality is None:
             return pooled, tokens
@@ -79,9 +93,18 @@ class PromptModel(torch.nn.Module):
 class PromptTrainer:
     """One site's prompt model: receives the global shared prompt, trains locally, returns its shared prompt."""
 
-    def __init__(self, cfg: Config, backbone: Backbone, classnames: list[str], site: str = "site-1", *,
-                 multi_label: bool = False, modalities: tuple[str, ...] = (), held: tuple[str, ...] = (),
-                 feature_dim: int | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        backbone: Backbone,
+        classnames: list[str],
+        site: str = "site-1",
+        *,
+        multi_label: bool = False,
+        modalities: tuple[str, ...] = (),
+        held: tuple[str, ...] = (),
+        feature_dim: int | None = None,
+    ):
         """multi_label: the site's scenes carry label sets. modalities: the federation's (an adapter each; () for a
         federation of one modality); held: this site's own, in its ModalSets' order (trained; sent under MF).
         feature_dim: E of the cached image features (the adapters' width)."""
@@ -91,9 +114,17 @@ class PromptTrainer:
         self.seed = site_seed(cfg.train.seed, site)
         self.multi_label = multi_label
         self.held = tuple(held) if modalities else ()
-        self.model = PromptModel(backbone, classnames, cfg, self.algorithm, seed=cfg.train.seed,
-                                 private_seed=self.seed, multi_label=multi_label, modalities=tuple(modalities),
-                                 feature_dim=feature_dim)
+        self.model = PromptModel(
+            backbone,
+            classnames,
+            cfg,
+            self.algorithm,
+            seed=cfg.train.seed,
+            private_seed=self.seed,
+            multi_label=multi_label,
+            modalities=tuple(modalities),
+            feature_dim=feature_dim,
+        )
         self.device = backbone.device
         self.round_start: Payload = {}  # what was sent, as the round started (the DP reference)
         self.mim = cfg.multimodal.modules(bool(modalities))[1]
@@ -133,21 +164,26 @@ class PromptTrainer:
             raise PayloadError(f"{self.site}: the global model has no {SHARED!r} (keys: {sorted(payload)})")
         unexpected = sorted(k for k in payload if k not in self.shapes)
         if unexpected:
-            raise PayloadError(f"{self.site}: the global model holds {unexpected[:3]}, which this model does not have "
-                               "(check that every site runs the same job: multimodal.modalities, algorithm)")
+            raise PayloadError(
+                f"{self.site}: the global model holds {unexpected[:3]}, which this model does not have "
+                "(check that every site runs the same job: multimodal.modalities, algorithm)"
+            )
         param = self.model.learner.shared_ctx
         value = np.asarray(payload[SHARED])
         if value.shape != tuple(param.shape):
-            raise PayloadError(f"{self.site}: received {SHARED} of shape {value.shape}, this model needs "
-                               f"{tuple(param.shape)} (check model.arch and prompt.n_ctx match the job's)")
+            raise PayloadError(
+                f"{self.site}: received {SHARED} of shape {value.shape}, this model needs "
+                f"{tuple(param.shape)} (check model.arch and prompt.n_ctx match the job's)"
+            )
         if not np.issubdtype(value.dtype, np.floating):
             raise PayloadError(f"{self.site}: received {SHARED} of dtype {value.dtype}, expected floats")
         value, bad = as_float32(value)  # checked as it will be used: 1e39 is finite in float64, inf in float32
         if bad:
-            raise PayloadError(f"{self.site}: the received global {SHARED} holds {bad} NaN or Inf values (of "
-                               f"{value.size}; beyond float32's range counts as Inf); not loaded")
-        reference = self.round_start_shared if self.round_start_shared is not None else \
-            param.detach().cpu().numpy()
+            raise PayloadError(
+                f"{self.site}: the received global {SHARED} holds {bad} NaN or Inf values (of "
+                f"{value.size}; beyond float32's range counts as Inf); not loaded"
+            )
+        reference = self.round_start_shared if self.round_start_shared is not None else param.detach().cpu().numpy()
         change = float(np.sqrt(np.mean((value.astype(np.float64) - reference) ** 2)))
         bound = self.global_change_bound()
         if not change <= bound:
@@ -158,7 +194,8 @@ class PromptTrainer:
                 f"{', plus the DP noise allowance' if self.cfg.privacy.dp_clip_norm is not None else ''}); not "
                 "loaded. Under CKKS this is what an aggregate containing an update encrypted under another key "
                 "decrypts to: check that every site has the same client context; raise train.max_global_change "
-                "only if such a change is expected")
+                "only if such a change is expected"
+            )
         if self.model.adapter is not None:  # checked whole before anything is loaded (`load_payload`)
             try:
                 self.model.adapter.load_payload({k: v for k, v in payload.items() if key_group(k) != COMMON})
@@ -196,28 +233,40 @@ class PromptTrainer:
         """Load what `local_state` saved: exactly this model's prompts (and its adapters and sigmoid bias, when it
         has them), of its shapes, finite as float32; PayloadError says what does not fit (nothing is loaded then)."""
         learner = self.model.learner
-        params = {name: getattr(learner, name) for name in ("shared_ctx", "private_ctx")
-                  if getattr(learner, name) is not None}
-        modules = {part: getattr(self.model, part) for part in ("adapter", "calibration")
-                   if getattr(self.model, part) is not None}
-        expected = {**params, **{f"{part}.{k}": v for part, module in modules.items()
-                                 for k, v in module.state_dict().items()}}
+        params = {
+            name: getattr(learner, name) for name in ("shared_ctx", "private_ctx") if getattr(learner, name) is not None
+        }
+        modules = {
+            part: getattr(self.model, part)
+            for part in ("adapter", "calibration")
+            if getattr(self.model, part) is not None
+        }
+        expected = {
+            **params,
+            **{f"{part}.{k}": v for part, module in modules.items() for k, v in module.state_dict().items()},
+        }
         prompts = sorted(k for k in state if k.split(".", 1)[0] not in ("adapter", "calibration"))
         if prompts != sorted(params):
-            raise PayloadError(f"holds the prompts {prompts}, this model has {sorted(params)} (algorithm "
-                               f"{self.algorithm.name}); it was saved by another algorithm")
+            raise PayloadError(
+                f"holds the prompts {prompts}, this model has {sorted(params)} (algorithm "
+                f"{self.algorithm.name}); it was saved by another algorithm"
+            )
         if set(state) != set(expected):
-            raise PayloadError(f"holds the entries {sorted(set(state) - set(params))[:4]}, this model has "
-                               f"{sorted(set(expected) - set(params))[:4]}; the configuration (multimodal.modalities, "
-                               "multimodal.adapter_rank, the manifest's label kind) changed since it was saved")
+            raise PayloadError(
+                f"holds the entries {sorted(set(state) - set(params))[:4]}, this model has "
+                f"{sorted(set(expected) - set(params))[:4]}; the configuration (multimodal.modalities, "
+                "multimodal.adapter_rank, the manifest's label kind) changed since it was saved"
+            )
         values = {}
         for name, param in expected.items():
             value = state[name]
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 raise PayloadError(f"holds {name} as {type(value).__name__}, not a float tensor")
             if tuple(value.shape) != tuple(param.shape):
-                raise PayloadError(f"holds {name} of shape {tuple(value.shape)}, the model needs {tuple(param.shape)}; "
-                                   "the configuration changed since it was saved")
+                raise PayloadError(
+                    f"holds {name} of shape {tuple(value.shape)}, the model needs {tuple(param.shape)}; "
+                    "the configuration changed since it was saved"
+                )
             values[name] = value.to(param.dtype)  # checked as it is used
             if not torch.isfinite(values[name]).all():
                 raise PayloadError(f"holds {name} with NaN or Inf values (beyond float32's range counts as Inf)")
@@ -225,7 +274,7 @@ class PromptTrainer:
             for name, param in params.items():
                 param.copy_(values[name])
         for part, module in modules.items():
-            module.load_state_dict({k[len(part) + 1:]: v for k, v in values.items() if k.startswith(part + ".")})
+            module.load_state_dict({k[len(part) + 1 :]: v for k, v in values.items() if k.startswith(part + ".")})
 
     @torch.no_grad()
     def init_calibration(self, train: Features) -> None:
@@ -272,8 +321,11 @@ class PromptTrainer:
         if self.algorithm.dpac and self.algorithm.dual and self.cfg.dpac.weight > 0:
             shared, private = text[0], text[1]
             if self.cfg.dpac.negatives == "peers":
-                negatives = peer_negatives(peers) if peers is not None else shared.new_zeros(shared.shape[0], 0,
-                                                                                             shared.shape[1])
+                negatives = (
+                    peer_negatives(peers)
+                    if peers is not None
+                    else shared.new_zeros(shared.shape[0], 0, shared.shape[1])
+                )
                 dpac = dpac_loss(private, shared, negatives, self.cfg.dpac.scale)
             else:
                 dpac = dpac_loss_classes(private, shared, self.cfg.dpac.scale)
@@ -288,8 +340,9 @@ class PromptTrainer:
         tc = self.cfg.train
         groups = [(list(self.model.learner.contexts), tc.lr)]
         if self.model.adapter is not None and self.held:
-            groups.append(([p for m in self.held for p in self.model.adapter[m].parameters()],
-                           self.cfg.multimodal.adapter_lr))
+            groups.append(
+                ([p for m in self.held for p in self.model.adapter[m].parameters()], self.cfg.multimodal.adapter_lr)
+            )
         if self.model.calibration is not None:
             groups.append(([self.model.calibration.bias], self.cfg.multilabel.bias_lr))
         return [SGD(params, lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay) for params, lr in groups]
@@ -328,12 +381,21 @@ class PromptTrainer:
                     raise InterruptedError(f"{self.site}: training aborted in round {round_idx}")
                 idx = order[begin : begin + tc.batch_size]
                 text = learner.text_features()
-                batches = [(m, fs.global_feats[idx].to(self.device).float(), fs.tokens[idx].to(self.device),
-                            fs.labels[idx].to(self.device)) for m, fs in views]
+                batches = [
+                    (
+                        m,
+                        fs.global_feats[idx].to(self.device).float(),
+                        fs.tokens[idx].to(self.device),
+                        fs.labels[idx].to(self.device),
+                    )
+                    for m, fs in views
+                ]
                 loss, parts = self._loss(text, batches, peer_feats, anchor)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{self.site}: loss became {loss.item()} in round {round_idx} "
-                                             f"({ {k: float(v.detach()) for k, v in parts.items()} }); lower train.lr")
+                    raise FloatingPointError(
+                        f"{self.site}: loss became {loss.item()} in round {round_idx} "
+                        f"({ {k: float(v.detach()) for k, v in parts.items()} }); lower train.lr"
+                    )
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -352,8 +414,14 @@ class PromptTrainer:
             if len(views) < 2:
                 self.mim_note = f"{self.site} holds one modality ({views[0][0]}): no paired scenes for MIM"
             if self.mim_note:
-                log.info("%s: MIM inactive in round %d (%d of %d steps active): %s", self.site, round_idx + 1,
-                         mim_steps, steps, self.mim_note)
+                log.info(
+                    "%s: MIM inactive in round %d (%d of %d steps active): %s",
+                    self.site,
+                    round_idx + 1,
+                    mim_steps,
+                    steps,
+                    self.mim_note,
+                )
         payload = self.payload() if self.algorithm.federated else {}
         return RoundResult(payload=payload, num_samples=n, metrics=metrics)
 
@@ -363,8 +431,9 @@ class PromptTrainer:
         out = []
         for begin in range(0, len(features), self.cfg.train.eval_batch_size):
             sl = slice(begin, begin + self.cfg.train.eval_batch_size)
-            pooled, tokens = self.model.adapt(modality, features.global_feats[sl].to(self.device).float(),
-                                              features.tokens[sl].to(self.device))
+            pooled, tokens = self.model.adapt(
+                modality, features.global_feats[sl].to(self.device).float(), features.tokens[sl].to(self.device)
+            )
             out.append(self.model.scores(pooled, tokens, text).cpu())
         return torch.cat(out)
 
@@ -389,16 +458,26 @@ class PromptTrainer:
         None), the multi-label loss per image, samples (fedrsclip.multilabel.multilabel_metrics)."""
         logits, pred = self.predict(features, shared_only)
         if self.model.calibration is None:
-            return {"accuracy": float((pred == features.labels).float().mean()) * 100.0,
-                    "loss": float(F.cross_entropy(logits, features.labels)), "samples": len(features)}
+            return {
+                "accuracy": float((pred == features.labels).float().mean()) * 100.0,
+                "loss": float(F.cross_entropy(logits, features.labels)),
+                "samples": len(features),
+            }
         metrics = multilabel_metrics(logits, features.labels)
-        return {"accuracy": None, "loss": float(self._label_loss_of_scores(logits, features.labels)),
-                "samples": len(features), **{k: metrics[k] for k in ("micro_f1", "macro_f1", "mAP")}}
+        return {
+            "accuracy": None,
+            "loss": float(self._label_loss_of_scores(logits, features.labels)),
+            "samples": len(features),
+            **{k: metrics[k] for k in ("micro_f1", "macro_f1", "mAP")},
+        }
 
     def _label_loss_of_scores(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ml = self.cfg.multilabel
-        return multilabel_loss(z, labels) if ml.loss == "bce" else \
-            multilabel_loss(z, labels, ml.gamma_pos, ml.gamma_neg, ml.clip)
+        return (
+            multilabel_loss(z, labels)
+            if ml.loss == "bce"
+            else multilabel_loss(z, labels, ml.gamma_pos, ml.gamma_neg, ml.clip)
+        )
 
     @torch.no_grad()
     def evaluate_modalities(self, features: ModalSet) -> dict[str, dict]:
@@ -412,14 +491,26 @@ class PromptTrainer:
         for modality, fs in _views(features):
             if self.model.calibration is None:
                 logits = self._scores(fs, modality, text)
-                out[modality] = {"accuracy": float((logits.argmax(-1) == fs.labels).float().mean()) * 100.0,
-                                 "loss": float(F.cross_entropy(logits, fs.labels)), "samples": len(fs)}
+                out[modality] = {
+                    "accuracy": float((logits.argmax(-1) == fs.labels).float().mean()) * 100.0,
+                    "loss": float(F.cross_entropy(logits, fs.labels)),
+                    "samples": len(fs),
+                }
                 continue
-            row = evaluate_modality(fs, modality, lambda pooled, tokens: self.model.scores(pooled, tokens, text),
-                                    self.model.adapter, self.model.calibration,
-                                    batch_size=self.cfg.train.eval_batch_size, device=self.device)
-            out[modality] = {"accuracy": None, "samples": row["samples"],
-                             **{k: row[k] for k in ("micro_f1", "macro_f1", "mAP")}}
+            row = evaluate_modality(
+                fs,
+                modality,
+                lambda pooled, tokens: self.model.scores(pooled, tokens, text),
+                self.model.adapter,
+                self.model.calibration,
+                batch_size=self.cfg.train.eval_batch_size,
+                device=self.device,
+            )
+            out[modality] = {
+                "accuracy": None,
+                "samples": row["samples"],
+                **{k: row[k] for k in ("micro_f1", "macro_f1", "mAP")},
+            }
         return out
 
 
@@ -428,4 +519,3 @@ def _views(features: Features) -> list[tuple[str | None, FeatureSet]]:
     if isinstance(features, ModalSet):
         return list(features.sets.items())
     return [(None, features)]
-

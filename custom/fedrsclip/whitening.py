@@ -105,9 +105,14 @@ class FeatureWhitening:
         out = {}
         for part in ("pooled", "tokens"):
             s: WhiteningStats = getattr(self, part)
-            out.update({f"{prefix}.{part}.mean": s.mean, f"{prefix}.{part}.transform": s.transform,
-                        f"{prefix}.{part}.shrinkage": torch.tensor(s.shrinkage),
-                        f"{prefix}.{part}.samples": torch.tensor(s.samples)})
+            out.update(
+                {
+                    f"{prefix}.{part}.mean": s.mean,
+                    f"{prefix}.{part}.transform": s.transform,
+                    f"{prefix}.{part}.shrinkage": torch.tensor(s.shrinkage),
+                    f"{prefix}.{part}.samples": torch.tensor(s.samples),
+                }
+            )
         return out
 
     @staticmethod
@@ -116,18 +121,25 @@ class FeatureWhitening:
         parts = {}
         for part in ("pooled", "tokens"):
             key = f"{prefix}.{part}"
-            parts[part] = WhiteningStats(state[f"{key}.mean"], state[f"{key}.transform"],
-                                         float(state[f"{key}.shrinkage"]), int(state[f"{key}.samples"]))
+            parts[part] = WhiteningStats(
+                state[f"{key}.mean"],
+                state[f"{key}.transform"],
+                float(state[f"{key}.shrinkage"]),
+                int(state[f"{key}.samples"]),
+            )
         return FeatureWhitening(**parts)
 
 
 def fit_whitening(features: FeatureSet, max_samples: int = MAX_SAMPLES, seed: int = 0) -> FeatureWhitening:
     """FW statistics from a site's training FeatureSet (one modality). ValueError for fewer than 2 images."""
     if len(features) < 2:
-        raise ValueError(f"feature whitening needs at least 2 training images at a site; this split has "
-                         f"{len(features)} (turn FW off for this site, or give it more images)")
-    return FeatureWhitening(fit_stats(features.global_feats, max_samples, seed),
-                            fit_stats(features.tokens, max_samples, seed))
+        raise ValueError(
+            f"feature whitening needs at least 2 training images at a site; this split has "
+            f"{len(features)} (turn FW off for this site, or give it more images)"
+        )
+    return FeatureWhitening(
+        fit_stats(features.global_feats, max_samples, seed), fit_stats(features.tokens, max_samples, seed)
+    )
 
 
 def whiten(features: FeatureSet, fw: FeatureWhitening, batch: int = 256) -> FeatureSet:
@@ -138,5 +150,6 @@ def whiten(features: FeatureSet, fw: FeatureWhitening, batch: int = 256) -> Feat
         sl = slice(start, start + batch)
         pooled.append(fw.pooled.apply(features.global_feats[sl]).half())
         tokens.append(fw.tokens.apply(features.tokens[sl]).half())
-    return FeatureSet(torch.cat(pooled), torch.cat(tokens), features.labels, list(features.paths),
-                      list(features.skipped))
+    return FeatureSet(
+        torch.cat(pooled), torch.cat(tokens), features.labels, list(features.paths), list(features.skipped)
+    )

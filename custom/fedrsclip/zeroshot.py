@@ -30,13 +30,20 @@ def template_text(template: str) -> str:
     ConfigError otherwise."""
     text = template.replace("{class}", "{}")
     if text.count("{}") != 1 or text.replace("{}", "").count("{") or text.replace("{}", "").count("}"):
-        raise ConfigError(f"the zero-shot template {template!r} must hold the class placeholder {{class}} (or {{}}) "
-                          "once and no other braces, e.g. 'a satellite photo of {class}.'")
+        raise ConfigError(
+            f"the zero-shot template {template!r} must hold the class placeholder {{class}} (or {{}}) "
+            "once and no other braces, e.g. 'a satellite photo of {class}.'"
+        )
     return text
 
 
-def zero_shot_scores(backbone: Backbone, classnames: Sequence[str], features: FeatureSet,
-                     template: str = DEFAULT_TEMPLATE, descriptions: Mapping[str, str] | None = None) -> torch.Tensor:
+def zero_shot_scores(
+    backbone: Backbone,
+    classnames: Sequence[str],
+    features: FeatureSet,
+    template: str = DEFAULT_TEMPLATE,
+    descriptions: Mapping[str, str] | None = None,
+) -> torch.Tensor:
     """Cosine similarity [N, K] between each image's global embedding and the encoded `template` of each class. A
     class's text is its description from `descriptions` (`fedrsclip.prompts.load_class_descriptions`), else its
     name with '_' as spaces, the text the learned prompts use. A text over the encoder's context stops with the
@@ -55,14 +62,24 @@ def zero_shot_scores(backbone: Backbone, classnames: Sequence[str], features: Fe
         return image @ text.T
 
 
-def zero_shot_predict(backbone: Backbone, classnames: Sequence[str], features: FeatureSet,
-                      template: str = DEFAULT_TEMPLATE, descriptions: Mapping[str, str] | None = None) -> torch.Tensor:
+def zero_shot_predict(
+    backbone: Backbone,
+    classnames: Sequence[str],
+    features: FeatureSet,
+    template: str = DEFAULT_TEMPLATE,
+    descriptions: Mapping[str, str] | None = None,
+) -> torch.Tensor:
     """Predicted class [N] of each image: the highest of its `zero_shot_scores`."""
     return zero_shot_scores(backbone, classnames, features, template, descriptions).argmax(-1)
 
 
-def zero_shot_accuracy(backbone: Backbone, classnames: Sequence[str], features: FeatureSet,
-                       template: str = DEFAULT_TEMPLATE, descriptions: Mapping[str, str] | None = None) -> dict:
+def zero_shot_accuracy(
+    backbone: Backbone,
+    classnames: Sequence[str],
+    features: FeatureSet,
+    template: str = DEFAULT_TEMPLATE,
+    descriptions: Mapping[str, str] | None = None,
+) -> dict:
     """Zero-shot top-1 accuracy (%) over `features` (single-label), with its parts.
 
     Returns {"accuracy", "samples", "prompt" (the template), "chance" (100 / K, %), "per_class" (accuracy % of
@@ -75,10 +92,15 @@ def zero_shot_accuracy(backbone: Backbone, classnames: Sequence[str], features: 
 
         scores = zero_shot_scores(backbone, classnames, features, template, descriptions).numpy()
         positives = features.labels.numpy() > 0
-        ap = [average_precision(scores[:, k], positives[:, k]) for k in range(positives.shape[1])
-              if positives[:, k].any()]
-        return {"accuracy": None, "mAP": float(np.mean(ap)) * 100.0 if ap else None, "samples": len(features),
-                "prompt": template_text(template)}
+        ap = [
+            average_precision(scores[:, k], positives[:, k]) for k in range(positives.shape[1]) if positives[:, k].any()
+        ]
+        return {
+            "accuracy": None,
+            "mAP": float(np.mean(ap)) * 100.0 if ap else None,
+            "samples": len(features),
+            "prompt": template_text(template),
+        }
     labels = features.labels.numpy().astype(np.int64)
     pred = zero_shot_predict(backbone, classnames, features, template, descriptions).numpy()
     k = len(classnames)
@@ -86,9 +108,14 @@ def zero_shot_accuracy(backbone: Backbone, classnames: Sequence[str], features: 
     np.add.at(confusion, (labels, pred), 1)
     totals = confusion.sum(axis=1)
     per_class = [float(confusion[i, i] / totals[i] * 100.0) if totals[i] else None for i in range(k)]
-    return {"accuracy": float((pred == labels).mean() * 100.0) if len(labels) else float("nan"),
-            "samples": int(len(labels)), "prompt": template_text(template), "chance": 100.0 / k,
-            "per_class": per_class, "confusion": confusion.tolist()}
+    return {
+        "accuracy": float((pred == labels).mean() * 100.0) if len(labels) else float("nan"),
+        "samples": int(len(labels)),
+        "prompt": template_text(template),
+        "chance": 100.0 / k,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
 
 
 def above_chance_p(correct: int, samples: int, classes: int) -> float:
@@ -117,9 +144,11 @@ def chance_warning(result: Mapping[str, Any], what: str = "the test split") -> s
     p = above_chance_p(correct, samples, classes)
     if p < CHANCE_LEVEL or accuracy >= 2 * chance:
         return None
-    return (f"zero-shot accuracy {accuracy:.1f}% on {what} ({samples} images, {classes} classes) is not above "
-            f"chance ({chance:.1f}%; binomial test p = {p:.2f}): check the weights (model.pretrained; random weights "
-            "give chance), the class list and the class names (fedrsclip data classes)")
+    return (
+        f"zero-shot accuracy {accuracy:.1f}% on {what} ({samples} images, {classes} classes) is not above "
+        f"chance ({chance:.1f}%; binomial test p = {p:.2f}): check the weights (model.pretrained; random weights "
+        "give chance), the class list and the class names (fedrsclip data classes)"
+    )
 
 
 def pool(results: Sequence[Mapping[str, Any]]) -> dict | None:
@@ -133,15 +162,24 @@ def pool(results: Sequence[Mapping[str, Any]]) -> dict | None:
     if results[0].get("accuracy") is None:  # multi-label: each site's mAP, weighted by its scenes
         scored = [r for r in results if r.get("mAP") is not None]
         weight = sum(int(r["samples"]) for r in scored)
-        return {"accuracy": None, "mAP": sum(r["mAP"] * r["samples"] for r in scored) / weight if weight else None,
-                "samples": samples, "prompt": results[0].get("prompt")}
-    out: dict[str, Any] = {"accuracy": sum(r["accuracy"] * r["samples"] for r in results) / samples,
-                           "samples": samples, "prompt": results[0].get("prompt"), "chance": results[0].get("chance")}
+        return {
+            "accuracy": None,
+            "mAP": sum(r["mAP"] * r["samples"] for r in scored) / weight if weight else None,
+            "samples": samples,
+            "prompt": results[0].get("prompt"),
+        }
+    out: dict[str, Any] = {
+        "accuracy": sum(r["accuracy"] * r["samples"] for r in results) / samples,
+        "samples": samples,
+        "prompt": results[0].get("prompt"),
+        "chance": results[0].get("chance"),
+    }
     confusions = [np.asarray(r["confusion"]) for r in results if r.get("confusion")]
     if len(confusions) == len(results) and len({c.shape for c in confusions}) == 1:
         confusion = np.sum(confusions, axis=0)
         totals = confusion.sum(axis=1)
         out["confusion"] = confusion.tolist()
-        out["per_class"] = [float(confusion[i, i] / totals[i] * 100.0) if totals[i] else None
-                            for i in range(len(totals))]
+        out["per_class"] = [
+            float(confusion[i, i] / totals[i] * 100.0) if totals[i] else None for i in range(len(totals))
+        ]
     return out

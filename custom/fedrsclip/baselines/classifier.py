@@ -98,8 +98,11 @@ def build_classifier(cfg: Config, num_classes: int) -> torch.nn.Module:
     if _takes_img_size(cc.arch):
         kwargs["img_size"] = cc.image_size
     if cc.pretrained and not _hub_offline():
-        log.info("%s: loading pretrained weights (from the Hugging Face Hub cache, or downloading them); "
-                 "set HF_HUB_OFFLINE=1 to fail fast on a machine without internet", cc.arch)
+        log.info(
+            "%s: loading pretrained weights (from the Hugging Face Hub cache, or downloading them); "
+            "set HF_HUB_OFFLINE=1 to fail fast on a machine without internet",
+            cc.arch,
+        )
     with torch.random.fork_rng(devices=[]):  # same initial weights on every site; caller's RNG untouched
         torch.manual_seed(cfg.train.seed)
         try:
@@ -110,7 +113,7 @@ def build_classifier(cfg: Config, num_classes: int) -> torch.nn.Module:
             raise ClassifierError(
                 f"cannot load pretrained weights for {cc.arch!r} ({type(exc).__name__}: {exc}). Either set "
                 "classifier.pretrained=false to train from random initialisation, or fetch the weights once on a "
-                "machine with internet access: python -c \"import timm; "
+                'machine with internet access: python -c "import timm; '
                 f"timm.create_model('{cc.arch}', pretrained=True)\" and copy its Hugging Face cache "
                 "(~/.cache/huggingface, or $HF_HOME) to this machine"
             ) from exc
@@ -134,10 +137,11 @@ def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor] | None:
 class ImageDataset(torch.utils.data.Dataset):
     """(path, label) items -> (transformed image tensor, label).
 
-    `cache` (default: fewer than CACHE_MAX_IMAGES items, at most CACHE_MAX_BYTES at `cache_size`) decodes every image once at construction, shrinks it
-    so its shorter side is `cache_size` (never enlarges) and keeps it as a uint8 array; unreadable images are then
-    dropped at construction with a warning naming the file. Without the cache images are decoded on every access
-    and an unreadable one yields None (dropped by the collate function) with a warning.
+    `cache` (default: fewer than CACHE_MAX_IMAGES items, at most CACHE_MAX_BYTES at `cache_size`) decodes every
+    image once at construction, shrinks it so its shorter side is `cache_size` (never enlarges) and keeps it as a
+    uint8 array; unreadable images are then dropped at construction with a warning naming the file. Without the
+    cache images are decoded on every access and an unreadable one yields None (dropped by the collate function)
+    with a warning.
     """
 
     def __init__(
@@ -214,13 +218,16 @@ class ImageDataset(torch.utils.data.Dataset):
 class ClassifierTrainer:
     """One site's full classifier: receives the global weights, trains locally, returns all its weights."""
 
-    def __init__(self, cfg: Config, classnames: Sequence[str], site: str = "site-1",
-                 model: torch.nn.Module | None = None):
+    def __init__(
+        self, cfg: Config, classnames: Sequence[str], site: str = "site-1", model: torch.nn.Module | None = None
+    ):
         self.cfg = cfg
         self.algorithm: Algorithm = get_algorithm(cfg.algorithm)
         if self.algorithm.kind != KIND:
-            raise ConfigError(f"algorithm {cfg.algorithm!r} learns prompts, not a full classifier; "
-                              "ClassifierTrainer runs classifier algorithms such as fedavg-full")
+            raise ConfigError(
+                f"algorithm {cfg.algorithm!r} learns prompts, not a full classifier; "
+                "ClassifierTrainer runs classifier algorithms such as fedavg-full"
+            )
         self.site = site
         self.classnames = list(classnames)
         self.seed = site_seed(cfg.train.seed, site)
@@ -229,8 +236,7 @@ class ClassifierTrainer:
         self.model = model.to(self.device)
         state = self.model.state_dict()
         # what crosses the wire: name -> shape of every floating-point state_dict entry, in state_dict order
-        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(v.shape) for k, v in state.items()
-                                                   if v.is_floating_point()}
+        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()}
         self.data_config = self._data_config()
 
     # ---- input pipeline -----------------------------------------------------------------------------------------
@@ -256,30 +262,52 @@ class ClassifierTrainer:
         from torchvision import transforms
 
         dc = self.data_config
-        return transforms.Compose([
-            transforms.RandomResizedCrop(dc["input_size"][-1], scale=TRAIN_CROP_SCALE,
-                                         interpolation=str_to_interp_mode(dc["interpolation"])),
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomVerticalFlip(),  # overhead imagery has no "up"
-            transforms.ToTensor(),
-            transforms.Normalize(dc["mean"], dc["std"]),
-        ])
+        return transforms.Compose(
+            [
+                transforms.RandomResizedCrop(
+                    dc["input_size"][-1], scale=TRAIN_CROP_SCALE, interpolation=str_to_interp_mode(dc["interpolation"])
+                ),
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomVerticalFlip(),  # overhead imagery has no "up"
+                transforms.ToTensor(),
+                transforms.Normalize(dc["mean"], dc["std"]),
+            ]
+        )
 
-    def make_dataset(self, items: Sequence[tuple[str | Path, int]], train: bool, cache: bool | None = None,
-                     progress: bool = False, desc: str | None = None) -> ImageDataset:
+    def make_dataset(
+        self,
+        items: Sequence[tuple[str | Path, int]],
+        train: bool,
+        cache: bool | None = None,
+        progress: bool = False,
+        desc: str | None = None,
+    ) -> ImageDataset:
         from timm.data.transforms import str_to_pil_interp
 
-        return ImageDataset(items, self.train_transform() if train else self.eval_transform(), cache=cache,
-                            cache_size=self.cache_size,
-                            interpolation=str_to_pil_interp(self.data_config["interpolation"]),
-                            progress=progress, desc=desc or f"{self.site}: decoding images")
+        return ImageDataset(
+            items,
+            self.train_transform() if train else self.eval_transform(),
+            cache=cache,
+            cache_size=self.cache_size,
+            interpolation=str_to_pil_interp(self.data_config["interpolation"]),
+            progress=progress,
+            desc=desc or f"{self.site}: decoding images",
+        )
 
-    def _loader(self, dataset, batch_size: int, sampler: Iterable[int] | None = None,
-                generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
+    def _loader(
+        self, dataset, batch_size: int, sampler: Iterable[int] | None = None, generator: torch.Generator | None = None
+    ) -> torch.utils.data.DataLoader:
         workers = self.cfg.data.num_workers
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
-                                           num_workers=workers, collate_fn=_collate, generator=generator,
-                                           pin_memory=self.device.type == "cuda")
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
 
     # ---- what crosses the wire -----------------------------------------------------------------------------------
     def payload(self) -> Payload:
@@ -301,21 +329,27 @@ class ClassifierTrainer:
                 parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
             if extra:
                 parts.append(f"{len(extra)} unexpected (e.g. {extra[0]!r})")
-            raise PayloadError(f"{self.site}: the global model does not fit {arch}: {', '.join(parts)} of "
-                               f"{len(self.shapes)} entries (check classifier.arch matches the job's)")
+            raise PayloadError(
+                f"{self.site}: the global model does not fit {arch}: {', '.join(parts)} of "
+                f"{len(self.shapes)} entries (check classifier.arch matches the job's)"
+            )
         values = {}
         for key, shape in self.shapes.items():
             value = np.asarray(payload[key])
             if value.shape != shape:
-                raise PayloadError(f"{self.site}: received {key} of shape {value.shape}, this model needs {shape} "
-                                   "(check classifier.arch, classifier.image_size and the number of classes "
-                                   "match the job's)")
+                raise PayloadError(
+                    f"{self.site}: received {key} of shape {value.shape}, this model needs {shape} "
+                    "(check classifier.arch, classifier.image_size and the number of classes "
+                    "match the job's)"
+                )
             if not np.issubdtype(value.dtype, np.floating):
                 raise PayloadError(f"{self.site}: received {key} of dtype {value.dtype}, expected floats")
             value, bad = as_float32(value)  # checked as it is loaded: 1e39 is finite in float64, inf in float32
             if bad:
-                raise PayloadError(f"{self.site}: the received global {key} holds {bad} NaN or Inf values (beyond "
-                                   "float32's range counts as Inf); nothing was loaded")
+                raise PayloadError(
+                    f"{self.site}: the received global {key} holds {bad} NaN or Inf values (beyond "
+                    "float32's range counts as Inf); nothing was loaded"
+                )
             values[key] = value
         state = self.model.state_dict()
         with torch.no_grad():
@@ -331,13 +365,17 @@ class ClassifierTrainer:
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own]
         if missing or extra:
-            raise PayloadError(f"does not fit {self.cfg.classifier.arch} "
-                               f"({len(missing)} missing, {len(extra)} unexpected entries, e.g. "
-                               f"{(missing or extra)[0]!r}); the configuration changed since it was saved")
+            raise PayloadError(
+                f"does not fit {self.cfg.classifier.arch} "
+                f"({len(missing)} missing, {len(extra)} unexpected entries, e.g. "
+                f"{(missing or extra)[0]!r}); the configuration changed since it was saved"
+            )
         for key, tensor in own.items():
             if tuple(state[key].shape) != tuple(tensor.shape):
-                raise PayloadError(f"holds {key} of shape {tuple(state[key].shape)}, the model needs "
-                                   f"{tuple(tensor.shape)}; the configuration changed since it was saved")
+                raise PayloadError(
+                    f"holds {key} of shape {tuple(state[key].shape)}, the model needs "
+                    f"{tuple(tensor.shape)}; the configuration changed since it was saved"
+                )
             if tensor.is_floating_point() and not torch.isfinite(state[key].to(tensor.dtype)).all():
                 raise PayloadError(f"holds {key} with NaN or Inf values (beyond float32's range counts as Inf)")
         self.model.load_state_dict(dict(state))
@@ -355,8 +393,9 @@ class ClassifierTrainer:
         n = len(train)
         if n == 0:
             raise DataError(f"{self.site}: no training images to train on")
-        optimizer = torch.optim.SGD(self.model.parameters(), lr=self.cfg.classifier.lr, momentum=tc.momentum,
-                                    weight_decay=tc.weight_decay)
+        optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=self.cfg.classifier.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+        )
         seed = site_seed(tc.seed + 7919 * round_idx, self.site)
         gen = torch.Generator().manual_seed(seed)
         loss_sum = 0.0
@@ -378,8 +417,9 @@ class ClassifierTrainer:
                     logits = self.model(images)
                     loss = F.cross_entropy(logits, labels)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"{self.site}: loss became {loss.item()} in round {round_idx}; "
-                                                 "lower classifier.lr")
+                        raise FloatingPointError(
+                            f"{self.site}: loss became {loss.item()} in round {round_idx}; lower classifier.lr"
+                        )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -392,8 +432,13 @@ class ClassifierTrainer:
         if seen == 0:
             raise DataError(f"{self.site}: none of the {n} training images could be read")
         denom = max(1, seen_total)
-        metrics = {"train_loss": loss_sum / denom, "train_ce": loss_sum / denom,
-                   "train_accuracy": 100.0 * correct / denom, "train_seconds": seconds, "steps": steps}
+        metrics = {
+            "train_loss": loss_sum / denom,
+            "train_ce": loss_sum / denom,
+            "train_accuracy": 100.0 * correct / denom,
+            "train_seconds": seconds,
+            "steps": steps,
+        }
         payload = self.payload() if self.algorithm.federated else {}
         return RoundResult(payload=payload, num_samples=seen, metrics=metrics)
 
@@ -417,5 +462,8 @@ class ClassifierTrainer:
         logits, labels = self.predict(dataset)
         if len(labels) == 0:
             return {"accuracy": float("nan"), "loss": float("nan"), "samples": 0}
-        return {"accuracy": float((logits.argmax(-1) == labels).float().mean()) * 100.0,
-                "loss": float(F.cross_entropy(logits, labels)), "samples": int(len(labels))}
+        return {
+            "accuracy": float((logits.argmax(-1) == labels).float().mean()) * 100.0,
+            "loss": float(F.cross_entropy(logits, labels)),
+            "samples": int(len(labels)),
+        }

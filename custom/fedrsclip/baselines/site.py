@@ -42,13 +42,19 @@ class ClassifierSite(Site):
         splits: dict[str, ImageDataset | None] = {}
         for split in ("train", "test"):
             items = self.split_items(split)
-            splits[split] = self.trainer.make_dataset(items, train=split == "train", progress=progress,
-                                                      desc=f"{name}: decoding {split} images") if items else None
+            splits[split] = (
+                self.trainer.make_dataset(
+                    items, train=split == "train", progress=progress, desc=f"{name}: decoding {split} images"
+                )
+                if items
+                else None
+            )
         if splits["train"] is None or len(splits["train"]) == 0:
             raise DataError(f"{name}: the manifest gives this site no (readable) training images")
         self.train_set: ImageDataset = splits["train"]
-        self.test_set: ImageDataset | None = splits["test"] if splits["test"] is not None and len(splits["test"]) \
-            else None
+        self.test_set: ImageDataset | None = (
+            splits["test"] if splits["test"] is not None and len(splits["test"]) else None
+        )
         decoded = time.perf_counter()  # the images decoded: this model's counterpart of feature extraction
         self.load_state()
         self.setup_timings = {"load": loaded - begin + time.perf_counter() - decoded, "extract": decoded - loaded}
@@ -59,8 +65,10 @@ class ClassifierSite(Site):
     def check_state(self, state: Mapping[str, Any]) -> None:
         arch = state.get("arch")
         if arch is not None and arch != self.cfg.classifier.arch:
-            raise PayloadError(f"{self.name}: saved state {self.state_path} is for {arch}, the configuration asks "
-                               f"for {self.cfg.classifier.arch}; delete it or use another state folder")
+            raise PayloadError(
+                f"{self.name}: saved state {self.state_path} is for {arch}, the configuration asks "
+                f"for {self.cfg.classifier.arch}; delete it or use another state folder"
+            )
 
     @property
     def description(self) -> str:

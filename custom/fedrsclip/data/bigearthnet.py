@@ -23,12 +23,17 @@ NOMENCLATURE_19: dict[str, tuple[str, ...]] = {
     "Urban fabric": ("Continuous urban fabric", "Discontinuous urban fabric"),
     "Industrial or commercial units": ("Industrial or commercial units",),
     "Arable land": ("Non-irrigated arable land", "Permanently irrigated land", "Rice fields"),
-    "Permanent crops": ("Vineyards", "Fruit trees and berry plantations", "Olive groves",
-                        "Annual crops associated with permanent crops"),
+    "Permanent crops": (
+        "Vineyards",
+        "Fruit trees and berry plantations",
+        "Olive groves",
+        "Annual crops associated with permanent crops",
+    ),
     "Pastures": ("Pastures",),
     "Complex cultivation patterns": ("Complex cultivation patterns",),
     "Land principally occupied by agriculture, with significant areas of natural vegetation": (
-        "Land principally occupied by agriculture, with significant areas of natural vegetation",),
+        "Land principally occupied by agriculture, with significant areas of natural vegetation",
+    ),
     "Agro-forestry areas": ("Agro-forestry areas",),
     "Broad-leaved forest": ("Broad-leaved forest",),
     "Coniferous forest": ("Coniferous forest",),
@@ -43,11 +48,22 @@ NOMENCLATURE_19: dict[str, tuple[str, ...]] = {
     "Marine waters": ("Coastal lagoons", "Estuaries", "Sea and ocean"),
 }
 CLASSES_19: tuple[str, ...] = tuple(NOMENCLATURE_19)
-DROPPED_CORINE: frozenset[str] = frozenset({
-    "Road and rail networks and associated land", "Port areas", "Airports", "Mineral extraction sites",
-    "Dump sites", "Construction sites", "Green urban areas", "Sport and leisure facilities", "Bare rock",
-    "Burnt areas", "Intertidal flats", "Glaciers and perpetual snow",
-})
+DROPPED_CORINE: frozenset[str] = frozenset(
+    {
+        "Road and rail networks and associated land",
+        "Port areas",
+        "Airports",
+        "Mineral extraction sites",
+        "Dump sites",
+        "Construction sites",
+        "Green urban areas",
+        "Sport and leisure facilities",
+        "Bare rock",
+        "Burnt areas",
+        "Intertidal flats",
+        "Glaciers and perpetual snow",
+    }
+)
 _CORINE_TO_19: dict[str, int] = {old: i for i, olds in enumerate(NOMENCLATURE_19.values()) for old in olds}
 
 
@@ -66,18 +82,32 @@ def read_metadata(folder: Path) -> dict:
     path = label_file(folder)
     real = folder.resolve()
     if not path.resolve().is_relative_to(real):
-        raise ImageReadError(f"label file {path} resolves outside its patch folder {real}; replace the symlink",
-                             path=str(path), reason="label file outside its patch folder",
-                             kind="outside the data root")
+        raise ImageReadError(
+            f"label file {path} resolves outside its patch folder {real}; replace the symlink",
+            path=str(path),
+            reason="label file outside its patch folder",
+            kind="outside the data root",
+        )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ImageReadError(f"cannot read the labels of patch {folder} from {path}: {exc}; restore the file",
-                             path=str(path), reason=str(exc), kind="unreadable labels") from exc
-    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), list) or not all(
-            isinstance(x, str) for x in meta["labels"]):
-        raise ImageReadError(f"{path} has no 'labels' list of CORINE class names; restore the file",
-                             path=str(path), reason="no 'labels' list", kind="unreadable labels")
+        raise ImageReadError(
+            f"cannot read the labels of patch {folder} from {path}: {exc}; restore the file",
+            path=str(path),
+            reason=str(exc),
+            kind="unreadable labels",
+        ) from exc
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get("labels"), list)
+        or not all(isinstance(x, str) for x in meta["labels"])
+    ):
+        raise ImageReadError(
+            f"{path} has no 'labels' list of CORINE class names; restore the file",
+            path=str(path),
+            reason="no 'labels' list",
+            kind="unreadable labels",
+        )
     return meta
 
 
@@ -86,13 +116,20 @@ def labels_19(folder: Path) -> list[int]:
     names = read_metadata(folder)["labels"]
     unknown = [n for n in names if n not in _CORINE_TO_19 and n not in DROPPED_CORINE]
     if unknown:
-        raise ImageReadError(f"patch {folder} has labels that are not CORINE level-3 names: {unknown}; fix "
-                             f"{label_file(folder)}", path=str(folder), reason=f"unknown labels {unknown}",
-                             kind="unknown label")
+        raise ImageReadError(
+            f"patch {folder} has labels that are not CORINE level-3 names: {unknown}; fix {label_file(folder)}",
+            path=str(folder),
+            reason=f"unknown labels {unknown}",
+            kind="unknown label",
+        )
     labels = sorted({_CORINE_TO_19[n] for n in names if n in _CORINE_TO_19})
     if not labels:
-        raise ImageReadError(f"patch {folder}: none of its labels {names} is in the 19-class nomenclature",
-                             path=str(folder), reason="no label in the 19-class nomenclature", kind="no usable label")
+        raise ImageReadError(
+            f"patch {folder}: none of its labels {names} is in the 19-class nomenclature",
+            path=str(folder),
+            reason="no label in the 19-class nomenclature",
+            kind="no usable label",
+        )
     return labels
 
 
@@ -101,7 +138,11 @@ def s2_partner(folder: Path) -> str:
     "no partner") when the metadata has none."""
     partner = read_metadata(folder).get(PARTNER_KEY)
     if not isinstance(partner, str) or not partner.strip() or "/" in partner or "\\" in partner:
-        raise ImageReadError(f"Sentinel-1 patch {folder} names no Sentinel-2 patch in '{PARTNER_KEY}' of "
-                             f"{label_file(folder)}; restore the file", path=str(folder),
-                             reason=f"no '{PARTNER_KEY}'", kind="no partner")
+        raise ImageReadError(
+            f"Sentinel-1 patch {folder} names no Sentinel-2 patch in '{PARTNER_KEY}' of "
+            f"{label_file(folder)}; restore the file",
+            path=str(folder),
+            reason=f"no '{PARTNER_KEY}'",
+            kind="no partner",
+        )
     return partner.strip()

@@ -72,7 +72,7 @@ def _segment(word: str) -> tuple[str, ...] | None:
     parts: list[str] = []
     end = n
     while end > 0:
-        parts.append(word[prev[end]:end])
+        parts.append(word[prev[end] : end])
         end = prev[end]
     return tuple(reversed(parts))
 
@@ -141,15 +141,13 @@ def load_class_name_overrides(path: str | Path) -> dict[str, str]:
             data = _parse_yaml(text, path)
     if not isinstance(data, Mapping):
         raise DataError(
-            f"class-names file {path} must contain a mapping of folder name to text, "
-            f"got {type(data).__name__}"
+            f"class-names file {path} must contain a mapping of folder name to text, got {type(data).__name__}"
         )
     overrides: dict[str, str] = {}
     for key, value in data.items():
         if not isinstance(value, str) or not value.strip():
             raise DataError(
-                f"class-names file {path}: the name for folder {key!r} must be a "
-                f"non-empty string, got {value!r}"
+                f"class-names file {path}: the name for folder {key!r} must be a non-empty string, got {value!r}"
             )
         overrides[str(key)] = value.strip()
     return overrides
@@ -166,18 +164,14 @@ def _parse_yaml(text: str, path: Path) -> object:
     try:
         import yaml
     except ImportError as exc:  # pragma: no cover - pyyaml is a pinned dependency
-        raise DataError(
-            f"reading {path} needs PyYAML (pip install pyyaml), or use a .json file"
-        ) from exc
+        raise DataError(f"reading {path} needs PyYAML (pip install pyyaml), or use a .json file") from exc
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise DataError(f"class-names file {path} is not valid YAML or JSON: {exc}") from exc
 
 
-def class_names_for(
-    folders: Iterable[str], overrides: Mapping[str, str] | None = None
-) -> list[str]:
+def class_names_for(folders: Iterable[str], overrides: Mapping[str, str] | None = None) -> list[str]:
     """Readable names for folders, in the same order (the module docstring's rule); overrides win."""
     folders = list(folders)
     overrides = overrides or {}
@@ -220,15 +214,19 @@ def class_name_problems(folders: Sequence[str], names: Sequence[str], limit: int
         by_name.setdefault(" ".join(name.lower().split()), []).append(folder)
     for name, group in by_name.items():
         if len(group) > 1:
-            problems.append(f"folders {', '.join(repr(g) for g in group)} all get the class name {name!r} (the "
-                            "prompts would be identical and one class never predicted); give them distinct names "
-                            "in a class-names file (--class-names)")
+            problems.append(
+                f"folders {', '.join(repr(g) for g in group)} all get the class name {name!r} (the "
+                "prompts would be identical and one class never predicted); give them distinct names "
+                "in a class-names file (--class-names)"
+            )
     for folder, name in zip(folders, names):
         count = token_count(name)
         if count > limit:
-            problems.append(f"folder {folder!r}: class name {name!r} has {count} tokens, more than the {limit} the "
-                            f"text encoder allows with the prompt around it; give it a shorter name in a "
-                            "class-names file (--class-names)")
+            problems.append(
+                f"folder {folder!r}: class name {name!r} has {count} tokens, more than the {limit} the "
+                f"text encoder allows with the prompt around it; give it a shorter name in a "
+                "class-names file (--class-names)"
+            )
     return problems
 
 

@@ -74,29 +74,66 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--sites", type=positive_int, help="number of sites (1 = centralised); required")
     # the spelling before FLARE's vocabulary was adopted: accepted for one release, with a warning
     p.add_argument("--clients", type=positive_int, dest="clients", help=argparse.SUPPRESS)
-    p.add_argument("--scheme", default="uniform", choices=SCHEMES, help="partition scheme (default: uniform, the paper's)")
+    p.add_argument(
+        "--scheme", default="uniform", choices=SCHEMES, help="partition scheme (default: uniform, the paper's)"
+    )
     p.add_argument("--seed", default=0, type=non_negative_int, help="random seed for split and partition (default: 0)")
-    p.add_argument("--train-fraction", type=_fraction, default=None,
-                   help=f"fraction of each class used for training (defaults: {fractions})")
-    p.add_argument("--classes-per-site", type=positive_int, default=None,
-                   help="label-skew only: classes each site holds (default: half the classes, rounded up)")
-    p.add_argument("--beta", type=_positive_float, default=None,
-                   help="dirichlet only: concentration, smaller = more skew (default: 0.5)")
-    p.add_argument("--class-names", default=None, metavar="FILE",
-                   help="JSON/YAML mapping of folder name to readable class name")
-    p.add_argument("--modalities", default=None, metavar="SPEC",
-                   help="bigearthnet-mm only: each site's modalities, e.g. s2,s1 (alternating) or s2,s1,s2+s1 "
-                   "(a site with both holds them paired by scene); repeated over the sites")
-    p.add_argument("--per-class", type=positive_int, default=None, metavar="N",
-                   help="a quick look: at most N images of each class, drawn with --seed before anything is decoded")
-    p.add_argument("--fraction", type=checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"), default=None,
-                   help="a quick look: this fraction of each class's images (at least one), drawn with --seed")
-    p.add_argument("--out", required=True, help="manifest file to write (new, or an earlier fedrsclip manifest, "
-                                                "which is replaced; any other file is refused)")
+    p.add_argument(
+        "--train-fraction",
+        type=_fraction,
+        default=None,
+        help=f"fraction of each class used for training (defaults: {fractions})",
+    )
+    p.add_argument(
+        "--classes-per-site",
+        type=positive_int,
+        default=None,
+        help="label-skew only: classes each site holds (default: half the classes, rounded up)",
+    )
+    p.add_argument(
+        "--beta",
+        type=_positive_float,
+        default=None,
+        help="dirichlet only: concentration, smaller = more skew (default: 0.5)",
+    )
+    p.add_argument(
+        "--class-names", default=None, metavar="FILE", help="JSON/YAML mapping of folder name to readable class name"
+    )
+    p.add_argument(
+        "--modalities",
+        default=None,
+        metavar="SPEC",
+        help="bigearthnet-mm only: each site's modalities, e.g. s2,s1 (alternating) or s2,s1,s2+s1 "
+        "(a site with both holds them paired by scene); repeated over the sites",
+    )
+    p.add_argument(
+        "--per-class",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="a quick look: at most N images of each class, drawn with --seed before anything is decoded",
+    )
+    p.add_argument(
+        "--fraction",
+        type=checked(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+        default=None,
+        help="a quick look: this fraction of each class's images (at least one), drawn with --seed",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="manifest file to write (new, or an earlier fedrsclip manifest, "
+        "which is replaced; any other file is refused)",
+    )
     p.add_argument("--no-verify", action="store_true", help="do not open every image to check it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="image settings the check uses (data.max_pixels, data.composite, ...; repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help="image settings the check uses (data.max_pixels, data.composite, ...; repeatable)",
+    )
 
     s = sub.add_parser(
         "synth",
@@ -104,7 +141,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
         description="Write a deterministic ImageFolder of synthetic remote-sensing-like scenes.",
     )
     s.add_argument("--out", required=True, help="output folder (new, empty, or an earlier synthetic dataset)")
-    s.add_argument("--classes", type=positive_int, default=10, help=f"number of classes, 2..{MAX_CLASSES} (default: 10)")
+    s.add_argument(
+        "--classes", type=positive_int, default=10, help=f"number of classes, 2..{MAX_CLASSES} (default: 10)"
+    )
     s.add_argument("--per-class", type=positive_int, default=40, help="images per class (default: 40)")
     s.add_argument("--size", type=positive_int, default=64, help="image side in pixels (default: 64)")
     s.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
@@ -118,8 +157,12 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     mm.add_argument("--out", required=True, help="output folder (new, empty, or an earlier synth-mm dataset)")
     mm.add_argument("--scenes", type=positive_int, default=120, help="number of scenes (default: 120)")
-    mm.add_argument("--size", type=positive_int, default=60,
-                    help="patch side in pixels at 10 m, a multiple of 6 (default: 60; BigEarthNet's is 120)")
+    mm.add_argument(
+        "--size",
+        type=positive_int,
+        default=60,
+        help="patch side in pixels at 10 m, a multiple of 6 (default: 60; BigEarthNet's is 120)",
+    )
     mm.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default: 0)")
     mm.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -134,8 +177,9 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     c.add_argument("--dataset", required=True, choices=DATASETS, help="dataset layout")
     c.add_argument("--root", required=True, help="dataset folder")
-    c.add_argument("--class-names", default=None, metavar="FILE",
-                   help="JSON/YAML mapping of folder name to readable class name")
+    c.add_argument(
+        "--class-names", default=None, metavar="FILE", help="JSON/YAML mapping of folder name to readable class name"
+    )
 
     v = sub.add_parser(
         "preview",
@@ -147,8 +191,13 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     v.add_argument("inputs", nargs="+", metavar="FILE_OR_PATCH", help="image files or patch folders")
     v.add_argument("--out", required=True, help="PNG to write (refused if it exists, unless --force)")
-    v.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="image settings: data.modality, data.composite, data.scaling, data.scale_range, ...")
+    v.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help="image settings: data.modality, data.composite, data.scaling, data.scale_range, ...",
+    )
     v.add_argument("--config", default=None, help="a configuration YAML whose data.* settings to use")
     v.add_argument("--manifest", default=None, help="take data.modality: auto from this manifest")
     v.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -178,16 +227,21 @@ def _check_manifest_out(out: Path) -> None:
         try:
             load_manifest(out)
         except DataError:
-            raise DataError(f"--out {out} exists and is not a fedrsclip manifest: choose another file (nothing was "
-                            "written, and that file is left as it is)") from None
+            raise DataError(
+                f"--out {out} exists and is not a fedrsclip manifest: choose another file (nothing was "
+                "written, and that file is left as it is)"
+            ) from None
 
 
 def _partition(args: argparse.Namespace) -> int:
     if args.clients is not None:
         if args.sites is not None and args.sites != args.clients:
             raise DataError(f"--sites {args.sites} and --clients {args.clients} disagree; give --sites only")
-        warnings.warn("--clients is now --sites (FLARE's word); --clients will be removed in the next release",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "--clients is now --sites (FLARE's word); --clients will be removed in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         args.sites = args.clients
     if args.sites is None:
         raise DataError("give the number of sites: --sites N")
@@ -205,17 +259,25 @@ def _partition(args: argparse.Namespace) -> int:
     if args.modalities is not None and not paired:
         raise DataError("--modalities applies only to --dataset bigearthnet-mm (paired Sentinel-1/Sentinel-2 scenes)")
     if paired and args.modalities is None:
-        raise DataError("--dataset bigearthnet-mm needs --modalities: each site's modalities, e.g. s2,s1 or "
-                        "s2,s1,s2+s1")
+        raise DataError(
+            "--dataset bigearthnet-mm needs --modalities: each site's modalities, e.g. s2,s1 or s2,s1,s2+s1"
+        )
     image = settings_from_config(_data_config(args.set), dataset_modality(args.dataset))
     listing = list_dataset(
-        args.dataset, args.root, class_names_file=args.class_names,
-        verify=not args.no_verify, progress=not args.quiet, image=image,
-        per_class=args.per_class, fraction=args.fraction, subset_seed=args.seed,
+        args.dataset,
+        args.root,
+        class_names_file=args.class_names,
+        verify=not args.no_verify,
+        progress=not args.quiet,
+        image=image,
+        per_class=args.per_class,
+        fraction=args.fraction,
+        subset_seed=args.seed,
     )
     if paired:
-        manifest = build_mm_manifest(listing, args.sites, args.modalities, args.scheme, args.seed,
-                                     args.train_fraction, **options)
+        manifest = build_mm_manifest(
+            listing, args.sites, args.modalities, args.scheme, args.seed, args.train_fraction, **options
+        )
     else:
         manifest = build_manifest(listing, args.sites, args.scheme, args.seed, args.train_fraction, **options)
     if args.per_class is not None or args.fraction is not None:  # a subset: say so wherever the manifest goes
@@ -223,10 +285,18 @@ def _partition(args: argparse.Namespace) -> int:
     path = write_manifest(manifest, args.out)
     print(site_counts_table(manifest))
     if manifest.get("subset"):
-        print("a subset for a quick look: " + ", ".join(
-            text for text in (f"at most {args.per_class} images per class" if args.per_class else "",
-                              f"{args.fraction:g} of each class" if args.fraction else "") if text)
-              + f" (seed {args.seed}); leave out --per-class/--fraction for the whole dataset")
+        print(
+            "a subset for a quick look: "
+            + ", ".join(
+                text
+                for text in (
+                    f"at most {args.per_class} images per class" if args.per_class else "",
+                    f"{args.fraction:g} of each class" if args.fraction else "",
+                )
+                if text
+            )
+            + f" (seed {args.seed}); leave out --per-class/--fraction for the whole dataset"
+        )
     if manifest["skipped"]:
         print(f"{len(manifest['skipped'])} files were skipped; see 'skipped' in the manifest")
     print(f"wrote {path}")
@@ -234,8 +304,14 @@ def _partition(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    out = make_synthetic(args.out, classes=args.classes, per_class=args.per_class,
-                         size=args.size, seed=args.seed, progress=not args.quiet)
+    out = make_synthetic(
+        args.out,
+        classes=args.classes,
+        per_class=args.per_class,
+        size=args.size,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     print(f"wrote {args.classes} classes x {args.per_class} images of {args.size}x{args.size} to {out}")
     print(f"next: fedrsclip data partition --dataset synthetic --root {out} --sites 3 --out manifest.json")
     return 0
@@ -244,8 +320,10 @@ def _synth(args: argparse.Namespace) -> int:
 def _synth_mm(args: argparse.Namespace) -> int:
     out = make_synthetic_mm(args.out, scenes=args.scenes, size=args.size, seed=args.seed, progress=not args.quiet)
     print(f"wrote {args.scenes} synthetic S2/S1 scene pairs of {args.size}x{args.size} px to {out}")
-    print(f"next: fedrsclip data partition --dataset bigearthnet-mm --root {out} --sites 2 --modalities s2,s1 "
-          "--out manifest.json")
+    print(
+        f"next: fedrsclip data partition --dataset bigearthnet-mm --root {out} --sites 2 --modalities s2,s1 "
+        "--out manifest.json"
+    )
     return 0
 
 
@@ -255,8 +333,9 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _classes(args: argparse.Namespace) -> int:
-    listing = list_dataset(args.dataset, args.root, class_names_file=args.class_names, verify=False,
-                           progress=False, check_names=False)
+    listing = list_dataset(
+        args.dataset, args.root, class_names_file=args.class_names, verify=False, progress=False, check_names=False
+    )
     folders = listing.class_folders or ["(nomenclature)"] * len(listing.classes)
     limit = name_token_limit()
     rows = [(f, c, str(token_count(c))) for f, c in zip(folders, listing.classes)]
@@ -304,13 +383,21 @@ def _preview(args: argparse.Namespace) -> int:
         strip[: tile.shape[0], x : x + tile.shape[1]] = tile
         x += tile.shape[1] + gap
     atomic_write(out, lambda handle: Image.fromarray(strip, "RGB").save(handle, format="PNG", optimize=True))
-    print(f"wrote {out} ({len(tiles)} image{'s' if len(tiles) > 1 else ''}, as the encoder sees them before its "
-          "own resize and crop)")
+    print(
+        f"wrote {out} ({len(tiles)} image{'s' if len(tiles) > 1 else ''}, as the encoder sees them before its "
+        "own resize and crop)"
+    )
     return 0
 
 
-_COMMANDS = {"partition": _partition, "synth": _synth, "synth-mm": _synth_mm, "show": _show, "classes": _classes,
-             "preview": _preview}
+_COMMANDS = {
+    "partition": _partition,
+    "synth": _synth,
+    "synth-mm": _synth_mm,
+    "show": _show,
+    "classes": _classes,
+    "preview": _preview,
+}
 
 
 def run_data_command(args: argparse.Namespace) -> int:

@@ -62,10 +62,13 @@ _S2_L1C = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09",
 _S2_L2A = tuple(b for b in _S2_L1C if b != "B10")
 
 MODALITIES: dict[str, Modality] = {
-    "rgb": Modality(
-        "rgb", "photographs and aerial RGB(+NIR) images of any bit depth", None, None, "auto"),
+    "rgb": Modality("rgb", "photographs and aerial RGB(+NIR) images of any bit depth", None, None, "auto"),
     "s2": Modality(
-        "s2", "Sentinel-2 multispectral reflectance (L1C or L2A, values x 10000)", _S2_L1C, "true-color", "range",
+        "s2",
+        "Sentinel-2 multispectral reflectance (L1C or L2A, values x 10000)",
+        _S2_L1C,
+        "true-color",
+        "range",
         composites={
             "true-color": ("B04", "B03", "B02"),
             "false-color": ("B08", "B04", "B03"),  # vegetation red
@@ -76,13 +79,20 @@ MODALITIES: dict[str, Modality] = {
         conventions={13: _S2_L1C, 12: _S2_L2A},
         # Display ranges of surface reflectance x 10000: visible bands are dark (vegetation ~300-1000, bright soil
         # and towns ~2000), near infrared is bright over vegetation (3000-6000), short-wave infrared in between.
-        ranges={**{b: (0.0, 3000.0) for b in ("B01", "B02", "B03", "B04")},
-                **{b: (0.0, 6000.0) for b in ("B05", "B06", "B07", "B08", "B8A", "B09")},
-                "B10": (0.0, 300.0), "B11": (0.0, 5000.0), "B12": (0.0, 4000.0)},
+        ranges={
+            **{b: (0.0, 3000.0) for b in ("B01", "B02", "B03", "B04")},
+            **{b: (0.0, 6000.0) for b in ("B05", "B06", "B07", "B08", "B8A", "B09")},
+            "B10": (0.0, 300.0),
+            "B11": (0.0, 5000.0),
+            "B12": (0.0, 4000.0),
+        },
     ),
     "s1": Modality(
-        "s1", "Sentinel-1 SAR backscatter (sigma0 in dB; data.linear_to_db for linear power)", ("VV", "VH"),
-        "vv-vh-diff", "range",
+        "s1",
+        "Sentinel-1 SAR backscatter (sigma0 in dB; data.linear_to_db for linear power)",
+        ("VV", "VH"),
+        "vv-vh-diff",
+        "range",
         composites={"vv-vh-diff": ("VV", "VH", "VV-VH"), "vv": ("VV",), "vh": ("VH",)},
         conventions={2: ("VV", "VH")},
         # Land backscatter lies mostly within these dB ranges (water is darker, towns brighter); VV-VH, the
@@ -113,8 +123,10 @@ class ImageSettings:
     def bands(self) -> tuple[str, ...]:
         """The band names the composite reads (what a band-per-file patch must hold)."""
         if self.composite is None:
-            raise DataError(f"modality {self.modality!r} has no band composite; band-per-file patches need one: "
-                            "set data.modality to s2 or s1, or data.composite to three bands")
+            raise DataError(
+                f"modality {self.modality!r} has no band composite; band-per-file patches need one: "
+                "set data.modality to s2 or s1, or data.composite to three bands"
+            )
         names: list[str] = []
         for spec in self.composite:
             a, _, b = _parse_channel(spec, "data.composite")
@@ -141,25 +153,28 @@ def parse_composite(text: str, modality: Modality | None) -> tuple[str, ...]:
         return modality.composites[name]
     owners = [m.name for m in MODALITIES.values() if name in m.composites]
     if owners and modality is not None:
-        raise DataError(f"data.composite {name!r} is a composite of modality {owners[0]}, not {modality.name}; set "
-                        f"data.modality={owners[0]} (or name the bands, e.g. 1,2,3)")
+        raise DataError(
+            f"data.composite {name!r} is a composite of modality {owners[0]}, not {modality.name}; set "
+            f"data.modality={owners[0]} (or name the bands, e.g. 1,2,3)"
+        )
     parts = [p for p in text.split(",")]
     if len(parts) not in (1, 3):
         presets = f" or one of {', '.join(modality.composites)}" if modality and modality.composites else ""
-        raise DataError(f"data.composite must name 3 channels (e.g. B08,B04,B03) or 1 (grey){presets}; "
-                        f"got {text!r}")
+        raise DataError(f"data.composite must name 3 channels (e.g. B08,B04,B03) or 1 (grey){presets}; got {text!r}")
     return tuple(_spec(*_parse_channel(p, "data.composite")) for p in parts)
 
 
 def parse_pairs(text: str, setting: str) -> tuple[tuple[float, float], ...]:
-    """"low,high" or "l,h;l,h;l,h" -> ((low, high), ...); every low < high, all finite."""
+    """ "low,high" or "l,h;l,h;l,h" -> ((low, high), ...); every low < high, all finite."""
     pairs = []
     for chunk in text.split(";"):
         try:
             low, high = (float(x) for x in chunk.split(","))
         except ValueError:
-            raise DataError(f"{setting} must be 'low,high' or three 'low,high' pairs separated by ';' "
-                            f"(e.g. -25,0;-30,-5;0,15); got {text!r}") from None
+            raise DataError(
+                f"{setting} must be 'low,high' or three 'low,high' pairs separated by ';' "
+                f"(e.g. -25,0;-30,-5;0,15); got {text!r}"
+            ) from None
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise DataError(f"{setting}: each range needs finite low < high; got {chunk.strip()!r}")
         pairs.append((low, high))
@@ -186,26 +201,34 @@ def image_settings(
     name = dataset_modality if modality == "auto" else modality
     mod = MODALITIES.get(name or "rgb")
     if mod is None:
-        raise DataError(f"the manifest names modality {name!r}, which this fedrsclip does not know "
-                        f"({', '.join(MODALITIES)}); set data.modality")
+        raise DataError(
+            f"the manifest names modality {name!r}, which this fedrsclip does not know "
+            f"({', '.join(MODALITIES)}); set data.modality"
+        )
     if scaling is not None and scaling not in SCALINGS:
         raise DataError(f"data.scaling must be one of {', '.join(SCALINGS)}; got {scaling!r}")
     low, high = (float(x) for x in stretch)
     if not (0.0 <= low < high <= 100.0):
-        raise DataError(f"data.stretch_low and data.stretch_high must satisfy 0 <= low < high <= 100; got "
-                        f"{low}, {high}")
+        raise DataError(
+            f"data.stretch_low and data.stretch_high must satisfy 0 <= low < high <= 100; got {low}, {high}"
+        )
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise DataError(f"data.max_pixels must be a positive integer; got {max_pixels!r}")
 
-    channels = parse_composite(composite, mod) if composite else (
-        mod.composites[mod.default_composite] if mod.default_composite else None)
+    channels = (
+        parse_composite(composite, mod)
+        if composite
+        else (mod.composites[mod.default_composite] if mod.default_composite else None)
+    )
     if channels is not None and mod.bands is not None:
         for spec in channels:
             a, _, b = _parse_channel(spec, "data.composite")
             for band in (a, b):
                 if band and band not in mod.bands and not band.isdigit():
-                    raise DataError(f"data.composite: modality {mod.name} has no band {band} (its bands: "
-                                    f"{', '.join(mod.bands)}); set data.composite to bands it has")
+                    raise DataError(
+                        f"data.composite: modality {mod.name} has no band {band} (its bands: "
+                        f"{', '.join(mod.bands)}); set data.composite to bands it has"
+                    )
     scaling = scaling or mod.default_scaling
     ranges = None
     if scaling == "range":
@@ -213,28 +236,41 @@ def image_settings(
             ranges = parse_pairs(scale_range, "data.scale_range")
             wanted = len(channels) if channels else 3
             if len(ranges) not in (1, wanted):
-                raise DataError(f"data.scale_range gives {len(ranges)} ranges for {wanted} channels; give 1 (all "
-                                f"channels) or {wanted}")
+                raise DataError(
+                    f"data.scale_range gives {len(ranges)} ranges for {wanted} channels; give 1 (all "
+                    f"channels) or {wanted}"
+                )
             if len(ranges) == 1:
                 ranges = ranges * wanted
         elif channels is None:
-            raise DataError(f"data.scaling is range but modality {mod.name} has no default display range: set "
-                            "data.scale_range (e.g. 0,4095 for 12-bit data) or data.scaling=auto")
+            raise DataError(
+                f"data.scaling is range but modality {mod.name} has no default display range: set "
+                "data.scale_range (e.g. 0,4095 for 12-bit data) or data.scaling=auto"
+            )
         else:
             unknown = [c for c in channels if c not in mod.ranges]
             if unknown:
-                raise DataError(f"data.scaling is range but {', '.join(unknown)} has no default display range "
-                                f"in modality {mod.name}: set data.scale_range (one 'low,high' per channel, "
-                                "separated by ';') or data.scaling=percentile")
+                raise DataError(
+                    f"data.scaling is range but {', '.join(unknown)} has no default display range "
+                    f"in modality {mod.name}: set data.scale_range (one 'low,high' per channel, "
+                    "separated by ';') or data.scaling=percentile"
+                )
             ranges = tuple(mod.ranges[c] for c in channels)
     return ImageSettings(mod.name, channels, scaling, ranges, (low, high), bool(linear_to_db), int(max_pixels))
 
 
 def settings_from_config(data, dataset_modality: str | None = None) -> ImageSettings:
     """ImageSettings from a DataConfig (`fedrsclip.config`) and the manifest's modality."""
-    return image_settings(data.modality, data.composite, data.scaling, data.scale_range,
-                          (data.stretch_low, data.stretch_high), data.linear_to_db, data.max_pixels,
-                          dataset_modality)
+    return image_settings(
+        data.modality,
+        data.composite,
+        data.scaling,
+        data.scale_range,
+        (data.stretch_low, data.stretch_high),
+        data.linear_to_db,
+        data.max_pixels,
+        dataset_modality,
+    )
 
 
 def convention_for(settings: ImageSettings) -> dict[int, tuple[str, ...]]:
@@ -253,7 +289,10 @@ def _natural_channels(raster: Raster) -> tuple[str, ...]:
     raise ImageReadError(
         f"{raster.source} has {len(names)} bands and no band names this modality knows ({', '.join(names)}); "
         "set data.modality (s2 for Sentinel-2 band order) or data.composite to three band numbers (e.g. 4,3,2)",
-        path=str(raster.source), reason=f"{len(names)} unnamed bands", kind="missing band")
+        path=str(raster.source),
+        reason=f"{len(names)} unnamed bands",
+        kind="missing band",
+    )
 
 
 def _channel(raster: Raster, spec: str) -> np.ndarray:
@@ -265,7 +304,10 @@ def _channel(raster: Raster, spec: str) -> np.ndarray:
         raise ImageReadError(
             f"{raster.source} has no band {exc.args[0]} (its bands: {', '.join(raster.names)}), which "
             f"data.composite needs for the channel {spec}; choose bands it has with --set data.composite=...",
-            path=str(raster.source), reason=f"band {exc.args[0]} missing", kind="missing band") from None
+            path=str(raster.source),
+            reason=f"band {exc.args[0]} missing",
+            kind="missing band",
+        ) from None
     if op is None:
         return first
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -337,7 +379,7 @@ def _auto_range(values: np.ndarray, dtype: str) -> tuple[float, float]:
     low, high = float(values.min()), float(values.max())
     if np.issubdtype(np.dtype(dtype), np.integer):
         depth = max(8, math.ceil(math.log2(max(high, 0.0) + 1.0)))
-        return min(0.0, low), float(2 ** depth - 1)
+        return min(0.0, low), float(2**depth - 1)
     if low >= 0.0 and high <= 1.0:
         return 0.0, 1.0
     low = min(0.0, low)
@@ -349,14 +391,22 @@ def _check_dynamic_range(out: np.ndarray, valid: np.ndarray | None, raster: Rast
     if values.size == 0:
         return
     how = f"data.scaling={settings.scaling}" + (
-        f", ranges {';'.join(f'{lo:g},{hi:g}' for lo, hi in settings.ranges)}" if settings.ranges else "")
+        f", ranges {';'.join(f'{lo:g},{hi:g}' for lo, hi in settings.ranges)}" if settings.ranges else ""
+    )
     hint = f"look at it with `fedrsclip data preview {raster.source}` and adjust data.scaling / data.scale_range"
     if float((values <= _DARK_LEVEL).mean()) >= _DARK_FRACTION:
-        warnings.warn(f"{raster.source} renders near-black ({_DARK_FRACTION:.0%} of values <= {_DARK_LEVEL} of "
-                      f"255 with {how}); {hint}", DynamicRangeWarning, stacklevel=3)
+        warnings.warn(
+            f"{raster.source} renders near-black ({_DARK_FRACTION:.0%} of values <= {_DARK_LEVEL} of "
+            f"255 with {how}); {hint}",
+            DynamicRangeWarning,
+            stacklevel=3,
+        )
     elif float((values == 255).mean()) > _SATURATED_FRACTION:
-        warnings.warn(f"{raster.source} renders saturated ({(values == 255).mean():.0%} of values at 255 with "
-                      f"{how}); {hint}", DynamicRangeWarning, stacklevel=3)
+        warnings.warn(
+            f"{raster.source} renders saturated ({(values == 255).mean():.0%} of values at 255 with {how}); {hint}",
+            DynamicRangeWarning,
+            stacklevel=3,
+        )
 
 
 def describe(settings: ImageSettings) -> str:
@@ -399,7 +449,8 @@ def check_image_settings(data) -> None:
             raise DataError(f"data.scaling must be one of {', '.join(SCALINGS)}; got {data.scaling!r}")
         if data.scale_range:
             parse_pairs(data.scale_range, "data.scale_range")
-        image_settings("rgb", None, None, None, (data.stretch_low, data.stretch_high), data.linear_to_db,
-                       data.max_pixels)
+        image_settings(
+            "rgb", None, None, None, (data.stretch_low, data.stretch_high), data.linear_to_db, data.max_pixels
+        )
     else:
         settings_from_config(data)

@@ -18,8 +18,7 @@ class ImageReadError(DataError):
     category the partition report counts ("unreadable", "not found", "too large", "missing band", ...).
     """
 
-    def __init__(self, message: str, *, path: str | None = None, reason: str | None = None,
-                 kind: str = "unreadable"):
+    def __init__(self, message: str, *, path: str | None = None, reason: str | None = None, kind: str = "unreadable"):
         super().__init__(message)
         self.path = path
         self.reason = reason or message

@@ -21,9 +21,7 @@ from .errors import ImageReadError
 from .raster import Raster, band_files, read_band_folder, read_raster
 
 # Lower-case suffixes (with the dot) that the readers treat as images.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".tif", ".tiff", ".jp2", ".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".tif", ".tiff", ".jp2", ".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 # Read with rasterio: any band count and data type. PNGs of 16 bits per sample too (see _is_wide_png).
 RASTER_EXTENSIONS: frozenset[str] = frozenset({".tif", ".tiff", ".jp2"})
 DEFAULT_SETTINGS = ImageSettings()
@@ -70,8 +68,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if mode == "RGB":
         return im.copy()
     if mode in _WIDE_MODES:
-        return Image.fromarray(render(_pillow_raster(im, Path(getattr(im, "filename", "") or "image")),
-                                      DEFAULT_SETTINGS), "RGB")
+        return Image.fromarray(
+            render(_pillow_raster(im, Path(getattr(im, "filename", "") or "image")), DEFAULT_SETTINGS), "RGB"
+        )
     if mode in _ALPHA_MODES:
         return _alpha_to_rgb(im)
     if mode == "P":
@@ -90,8 +89,9 @@ def _pillow_raster(im: Image.Image, path: Path) -> Raster:
         return Raster(data, ("GRAY",), dtype, path)
     rgba = im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info)
     conv = im.convert("RGBA" if rgba else "RGB")
-    return Raster(np.moveaxis(np.asarray(conv, dtype=np.float32), -1, 0), tuple("RGBA" if rgba else "RGB"),
-                  "uint8", path)
+    return Raster(
+        np.moveaxis(np.asarray(conv, dtype=np.float32), -1, 0), tuple("RGBA" if rgba else "RGB"), "uint8", path
+    )
 
 
 def _is_wide_png(path: Path) -> bool:
@@ -103,8 +103,7 @@ def _is_wide_png(path: Path) -> bool:
 
 def _uses_rasterio(path: Path) -> bool:
     suffix = path.suffix.lower()
-    return path.is_dir() or suffix in RASTER_EXTENSIONS or (suffix == ".png" and path.is_file()
-                                                            and _is_wide_png(path))
+    return path.is_dir() or suffix in RASTER_EXTENSIONS or (suffix == ".png" and path.is_file() and _is_wide_png(path))
 
 
 def _read(path: Path, settings: ImageSettings) -> Raster:
@@ -130,8 +129,11 @@ def _open_pillow(path: Path, max_pixels: int) -> Image.Image:
         raise ImageReadError(
             f"skipping {path}: {width} x {height} = {width * height:,} pixels is more than data.max_pixels "
             f"({max_pixels:,}); it was not decoded. Raise the cap with --set data.max_pixels={width * height} "
-            "or shrink the image", path=str(path), reason=f"{width} x {height} pixels > data.max_pixels "
-            f"{max_pixels:,}", kind="too large")
+            "or shrink the image",
+            path=str(path),
+            reason=f"{width} x {height} pixels > data.max_pixels {max_pixels:,}",
+            kind="too large",
+        )
     return im
 
 
@@ -194,8 +196,9 @@ def check_image(path: str | Path, settings: ImageSettings | None = None) -> None
 
 def _read_error(path: Path, exc: BaseException) -> ImageReadError:
     if isinstance(exc, FileNotFoundError):
-        return ImageReadError(f"image file not found: {path}", path=str(path), reason="file not found",
-                              kind="not found")
+        return ImageReadError(
+            f"image file not found: {path}", path=str(path), reason="file not found", kind="not found"
+        )
     if isinstance(exc, IsADirectoryError):
         return ImageReadError(
             f"expected an image file but {path} is a directory",

@@ -52,9 +52,7 @@ def build_manifest(
     """
     unknown = sorted(set(scheme_kwargs) - _SCHEME_OPTIONS)
     if unknown:
-        raise DataError(
-            f"unknown partition options {unknown}; valid ones are {sorted(_SCHEME_OPTIONS)}"
-        )
+        raise DataError(f"unknown partition options {unknown}; valid ones are {sorted(_SCHEME_OPTIONS)}")
     fraction = DEFAULT_TRAIN_FRACTION.get(listing.name, 0.5) if train_fraction is None else train_fraction
     train, test = split_train_test(listing.records, fraction, seed)
     sites = partition(train, test, num_clients, scheme, seed, **scheme_kwargs)
@@ -88,9 +86,7 @@ def build_manifest(
 
 # A two-element JSON list of [string, number-or-string] as json.dumps(indent=2)
 # spreads it over four lines; collapsed to one line so records read as rows.
-_PAIR = re.compile(
-    r'\[\n\s*("(?:[^"\\\n]|\\.)*"),\n\s*(-?\d+|"(?:[^"\\\n]|\\.)*")\n\s*\]'
-)
+_PAIR = re.compile(r'\[\n\s*("(?:[^"\\\n]|\\.)*"),\n\s*(-?\d+|"(?:[^"\\\n]|\\.)*")\n\s*\]')
 # A list of integers (a multi-label record's labels), likewise collapsed.
 _INTS = re.compile(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]")
 _MULTI = re.compile(r'\[\n\s*("(?:[^"\\\n]|\\.)*"),\n\s*(\[[-\d, ]*\])\n\s*\]')
@@ -114,10 +110,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
     """Read and validate a manifest; DataError says what is wrong and where."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(
-            f"manifest not found: {path}; create it with "
-            f"`fedrsclip data partition ... --out {path}`"
-        )
+        raise DataError(f"manifest not found: {path}; create it with `fedrsclip data partition ... --out {path}`")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -157,8 +150,7 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> None:
         raise fail("'classes' must be a non-empty list of class names")
     folders = manifest.get("class_folders")
     if folders is not None and (
-        not isinstance(folders, list) or len(folders) != len(classes)
-        or not all(isinstance(f, str) for f in folders)
+        not isinstance(folders, list) or len(folders) != len(classes) or not all(isinstance(f, str) for f in folders)
     ):
         raise fail(f"'class_folders' must list {len(classes)} folder names, one per class")
     sites = manifest["sites"]
@@ -168,8 +160,10 @@ def validate_manifest(manifest: Any, source: str = "manifest") -> None:
     if not isinstance(multi_modal, bool):
         raise fail("'multi_modal' must be true or false")
     if multi_modal and manifest.get("modality") != "multi":
-        raise fail(f"a multi-modal manifest has 'modality': 'multi' (each site declares its own); got "
-                   f"{manifest.get('modality')!r}")
+        raise fail(
+            f"a multi-modal manifest has 'modality': 'multi' (each site declares its own); got "
+            f"{manifest.get('modality')!r}"
+        )
     if not multi_modal and manifest.get("modality", "rgb") not in MODALITIES:
         raise fail(f"'modality' must be one of {', '.join(MODALITIES)}, got {manifest.get('modality')!r}")
     multi = manifest.get("multi_label", False)
@@ -221,18 +215,26 @@ def confine(root: str | Path, rel: str, what: str) -> Path:
     """
     base = Path(root).expanduser().resolve()
     if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or PureWindowsPath(rel).drive:
-        raise DataError(f"{what}: the path {rel!r} is absolute; manifest paths must be relative to the data root "
-                        f"{base}; regenerate the manifest with `fedrsclip data partition`")
+        raise DataError(
+            f"{what}: the path {rel!r} is absolute; manifest paths must be relative to the data root "
+            f"{base}; regenerate the manifest with `fedrsclip data partition`"
+        )
     full = (base / rel).resolve()
     if not full.is_relative_to(base):
-        raise DataError(f"{what}: {rel!r} resolves to {full}, outside the data root {base} ('..' or a symlink "
-                        "leads out of it); a site reads only files under its data root: move the images under "
-                        "it, or set data.root to the folder that holds them")
+        raise DataError(
+            f"{what}: {rel!r} resolves to {full}, outside the data root {base} ('..' or a symlink "
+            "leads out of it); a site reads only files under its data root: move the images under "
+            "it, or set data.root to the folder that holds them"
+        )
     return full
 
 
 def site_split(
-    manifest: Mapping[str, Any], site: str, split: str, root: str | Path | None = None, multi_label: bool = False,
+    manifest: Mapping[str, Any],
+    site: str,
+    split: str,
+    root: str | Path | None = None,
+    multi_label: bool = False,
 ) -> list[tuple[Path, Any]]:
     """Absolute image paths and labels of one site's train or test split, every path confined to the data root.
 
@@ -247,7 +249,8 @@ def site_split(
             f"the manifest of dataset {manifest.get('dataset')} is multi-label (each image has a list of labels) "
             "and is read here as single-label (one class per image): the prompt algorithms train label sets "
             "(fedrsclip.site reads it with multi_label=True); the full-model baseline fedavg-full trains one class "
-            "per image only")
+            "per image only"
+        )
     sites = manifest["sites"]
     if site not in sites:
         raise DataError(
@@ -259,8 +262,14 @@ def site_split(
     out = []
     for i, (rel, label) in enumerate(sites[site][split]):
         path = confine(base, rel, f"manifest entry {i} of {site}/{split}")
-        out.append((path, tuple(int(x) for x in label) if multi_label and isinstance(label, list) else
-                    (tuple([int(label)]) if multi_label else int(label))))
+        out.append(
+            (
+                path,
+                tuple(int(x) for x in label)
+                if multi_label and isinstance(label, list)
+                else (tuple([int(label)]) if multi_label else int(label)),
+            )
+        )
     return out
 
 
@@ -271,8 +280,9 @@ def site_counts_table(manifest: Mapping[str, Any]) -> str:
     all_labels: set[int] = set()
     total_train = total_test = 0
     for site, parts in manifest["sites"].items():
-        labels = {x for _, label in parts["train"] + parts["test"]
-                  for x in (label if isinstance(label, list) else [label])}
+        labels = {
+            x for _, label in parts["train"] + parts["test"] for x in (label if isinstance(label, list) else [label])
+        }
         all_labels |= labels
         total_train += len(parts["train"])
         total_test += len(parts["test"])
@@ -285,9 +295,7 @@ def site_counts_table(manifest: Mapping[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
 
     def fmt(row: tuple[str, str, str, str]) -> str:
-        return "  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
-        )
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
 
     lines = [
         f"dataset {manifest['dataset']}, scheme {manifest['scheme']}, seed {manifest['seed']}, "
@@ -303,7 +311,7 @@ def site_counts_table(manifest: Mapping[str, Any]) -> str:
 
 
 def skipped_summary(skipped: Sequence[Sequence[str]]) -> str:
-    """"0", or "5 (unreadable 3, too large 2)": skipped entries counted by the kind their reason starts with."""
+    """ "0", or "5 (unreadable 3, too large 2)": skipped entries counted by the kind their reason starts with."""
     if not skipped:
         return "0"
     kinds = Counter(reason.split(":", 1)[0] if ":" in reason else "other" for _, reason in skipped)
@@ -317,10 +325,12 @@ def centralized(manifest: Mapping[str, Any]) -> dict[str, Any]:
     Sentinel-2 composite (or the reverse).
     """
     if manifest.get("multi_modal", False):
-        raise DataError(f"the manifest of dataset {manifest.get('dataset')} is multi-modal (sites of "
-                        f"{', '.join(manifest.get('modalities', []))}); its sites cannot be pooled into one "
-                        "centralized site of one modality: partition each modality on its own for a centralized "
-                        "reference")
+        raise DataError(
+            f"the manifest of dataset {manifest.get('dataset')} is multi-modal (sites of "
+            f"{', '.join(manifest.get('modalities', []))}); its sites cannot be pooled into one "
+            "centralized site of one modality: partition each modality on its own for a centralized "
+            "reference"
+        )
     pooled: dict[str, list] = {split: [] for split in SPLITS}
     for parts in manifest["sites"].values():
         for split in SPLITS:
@@ -344,7 +354,12 @@ def _validate_multi_modal(manifest: Mapping[str, Any], fail) -> None:
                 raise fail(f"site '{site}': 'paired' has {modality!r}, not another of the modalities {modalities}")
             for split in SPLITS:
                 paths = lists.get(split)
-                if not isinstance(paths, list) or len(paths) != len(parts[split]) or not all(
-                        isinstance(p, str) and p for p in paths):
-                    raise fail(f"site '{site}': paired {modality} {split} must list one path per {split} record "
-                               f"({len(parts[split])})")
+                if (
+                    not isinstance(paths, list)
+                    or len(paths) != len(parts[split])
+                    or not all(isinstance(p, str) and p for p in paths)
+                ):
+                    raise fail(
+                        f"site '{site}': paired {modality} {split} must list one path per {split} record "
+                        f"({len(parts[split])})"
+                    )

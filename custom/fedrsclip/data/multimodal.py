@@ -33,8 +33,9 @@ from .readers import DatasetListing
 MULTI = "multi"  # the top-level "modality" of a multi-modal manifest: every site declares its own
 
 
-def parse_site_modalities(spec: str | Sequence[str], num_clients: int,
-                          available: Sequence[str]) -> list[tuple[str, ...]]:
+def parse_site_modalities(
+    spec: str | Sequence[str], num_clients: int, available: Sequence[str]
+) -> list[tuple[str, ...]]:
     """Per-site modality tuples from "s2,s1,s2+s1" (or a list of such items), repeated to `num_clients` sites.
 
     DataError naming the item for a modality the dataset does not have, a repeated modality within an item, or an
@@ -48,8 +49,10 @@ def parse_site_modalities(spec: str | Sequence[str], num_clients: int,
         mods = tuple(m.strip().lower() for m in item.split("+"))
         unknown = [m for m in mods if m not in available]
         if unknown:
-            raise DataError(f"site modalities: {item!r} names {', '.join(unknown)}, which this dataset does not "
-                            f"have (it has {', '.join(available)})")
+            raise DataError(
+                f"site modalities: {item!r} names {', '.join(unknown)}, which this dataset does not "
+                f"have (it has {', '.join(available)})"
+            )
         if len(set(mods)) != len(mods):
             raise DataError(f"site modalities: {item!r} names a modality twice")
         parsed.append(mods)
@@ -68,8 +71,10 @@ def build_mm_manifest(
     """The multi-modal manifest (module docstring) of a paired listing; scenes split and partitioned as
     `build_manifest` does. DataError for a listing without partners or a bad modality spec."""
     if listing.partners is None:
-        raise DataError(f"dataset {listing.name} has no paired modalities; multi-modal manifests need a paired "
-                        "dataset such as bigearthnet-mm (or the synthetic one from `fedrsclip data synth-mm`)")
+        raise DataError(
+            f"dataset {listing.name} has no paired modalities; multi-modal manifests need a paired "
+            "dataset such as bigearthnet-mm (or the synthetic one from `fedrsclip data synth-mm`)"
+        )
     available = [listing.modality, *sorted({m for p in listing.partners.values() for m in p})]
     per_site = parse_site_modalities(site_modalities, num_clients, available)
     manifest = build_manifest(listing, num_clients, scheme, seed, train_fraction, **scheme_kwargs)
@@ -83,8 +88,9 @@ def build_mm_manifest(
         for split in SPLITS:
             site[split] = [[path_of(scene, mods[0]), labels] for scene, labels in parts[split]]
         if len(mods) > 1:
-            site["paired"] = {m: {split: [path_of(scene, m) for scene, _ in parts[split]] for split in SPLITS}
-                              for m in mods[1:]}
+            site["paired"] = {
+                m: {split: [path_of(scene, m) for scene, _ in parts[split]] for split in SPLITS} for m in mods[1:]
+            }
         sites[name] = site
     held = sorted({m for mods in per_site for m in mods}, key=available.index)
     manifest.update(modality=MULTI, modalities=held, multi_modal=True, sites=sites)
@@ -106,8 +112,9 @@ def site_modalities(manifest: Mapping[str, Any], site: str) -> tuple[str, ...]:
     return (parts["modality"], *parts.get("paired", {}))
 
 
-def paired_split(manifest: Mapping[str, Any], site: str, split: str, modality: str,
-                 root: str | Path | None = None) -> list[tuple[Path, Path]]:
+def paired_split(
+    manifest: Mapping[str, Any], site: str, split: str, modality: str, root: str | Path | None = None
+) -> list[tuple[Path, Path]]:
     """(record path, partner path of `modality`) of each scene in a site's split, both confined to the data root.
 
     DataError when the site holds no paired `modality` or a path leaves the data root.
@@ -117,9 +124,15 @@ def paired_split(manifest: Mapping[str, Any], site: str, split: str, modality: s
         raise DataError(f"site '{site}' is not in the manifest ({', '.join(manifest['sites'])})")
     partners = parts.get("paired", {}).get(modality)
     if partners is None:
-        raise DataError(f"site '{site}' holds no {modality} patches paired with its {parts.get('modality')} records "
-                        f"(its modalities: {'+'.join(site_modalities(manifest, site))})")
+        raise DataError(
+            f"site '{site}' holds no {modality} patches paired with its {parts.get('modality')} records "
+            f"(its modalities: {'+'.join(site_modalities(manifest, site))})"
+        )
     base = root if root is not None else manifest["root"]
-    return [(confine(base, rel, f"manifest entry {i} of {site}/{split}"),
-             confine(base, partner, f"paired {modality} entry {i} of {site}/{split}"))
-            for i, ((rel, _), partner) in enumerate(zip(parts[split], partners[split]))]
+    return [
+        (
+            confine(base, rel, f"manifest entry {i} of {site}/{split}"),
+            confine(base, partner, f"paired {modality} entry {i} of {site}/{split}"),
+        )
+        for i, ((rel, _), partner) in enumerate(zip(parts[split], partners[split]))
+    ]

@@ -134,9 +134,7 @@ def _label_skew(
     k_total = len(labels)
     k = math.ceil(k_total / 2) if classes_per_site is None else classes_per_site
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= k_total:
-        raise DataError(
-            f"classes per site must be an integer from 1 to {k_total} (the number of classes), got {k!r}"
-        )
+        raise DataError(f"classes per site must be an integer from 1 to {k_total} (the number of classes), got {k!r}")
     if n * k < k_total:
         raise DataError(
             f"{n} sites x {k} classes per site cannot cover all {k_total} classes; "
@@ -245,9 +243,7 @@ def _dirichlet(
     return sites_train, sites_test
 
 
-def _slice_out(
-    items: list[Record], counts: np.ndarray, sites: list[list[Record]], rng: np.random.Generator
-) -> None:
+def _slice_out(items: list[Record], counts: np.ndarray, sites: list[list[Record]], rng: np.random.Generator) -> None:
     order = rng.permutation(len(items))
     pos = 0
     for site, c in enumerate(counts):

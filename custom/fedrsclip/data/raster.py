@@ -63,24 +63,36 @@ def normalise_band_name(name: str) -> str:
 
 def _check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
     if width < 1 or height < 1:
-        raise ImageReadError(f"cannot read image {path}: it has zero size ({width} x {height})", path=str(path),
-                             reason=f"zero size {width} x {height}", kind="unreadable")
+        raise ImageReadError(
+            f"cannot read image {path}: it has zero size ({width} x {height})",
+            path=str(path),
+            reason=f"zero size {width} x {height}",
+            kind="unreadable",
+        )
     if width * height > max_pixels:
         raise ImageReadError(
             f"skipping {path}: {width} x {height} = {width * height:,} pixels is more than data.max_pixels "
             f"({max_pixels:,}); it was not decoded. Raise the cap with --set data.max_pixels={width * height} "
             "(decoding needs about 4 bytes per pixel and band) or shrink the image",
-            path=str(path), reason=f"{width} x {height} pixels > data.max_pixels {max_pixels:,}", kind="too large")
+            path=str(path),
+            reason=f"{width} x {height} pixels > data.max_pixels {max_pixels:,}",
+            kind="too large",
+        )
 
 
 def _open_error(path: Path, exc: BaseException) -> ImageReadError:
     if not path.exists():
-        return ImageReadError(f"image file not found: {path}", path=str(path), reason="file not found",
-                              kind="not found")
+        return ImageReadError(
+            f"image file not found: {path}", path=str(path), reason="file not found", kind="not found"
+        )
     reason = str(exc).strip() or type(exc).__name__
     return ImageReadError(
         f"cannot read raster {path}: {reason} (the file is truncated, corrupt or not a raster; re-export or "
-        "re-download it, or delete it)", path=str(path), reason=reason, kind="unreadable")
+        "re-download it, or delete it)",
+        path=str(path),
+        reason=reason,
+        kind="unreadable",
+    )
 
 
 def _names(ds, conventions: Mapping[int, Sequence[str]]) -> tuple[str, ...]:
@@ -161,15 +173,21 @@ def read_band_folder(folder: str | Path, bands: Sequence[str], max_pixels: int) 
         raise ImageReadError(
             f"patch {folder} has no file for band {', '.join(missing)} (bands found: {have}); restore the file, or "
             "choose a composite of bands every patch has with --set data.composite=...",
-            path=str(folder), reason=f"band {', '.join(missing)} missing", kind="missing band")
+            path=str(folder),
+            reason=f"band {', '.join(missing)} missing",
+            kind="missing band",
+        )
     headers = {}
     for band in dict.fromkeys(wanted):
         path = files[band]
         if not path.resolve().is_relative_to(real):
             raise ImageReadError(
                 f"band file {path} resolves to {path.resolve()}, outside its patch folder {real}; replace the "
-                "symlink with the file", path=str(path), reason="band file outside its patch folder",
-                kind="outside the data root")
+                "symlink with the file",
+                path=str(path),
+                reason="band file outside its patch folder",
+                kind="outside the data root",
+            )
         try:
             with rasterio.open(path) as ds:
                 _check_pixels(path, ds.width, ds.height, max_pixels)
@@ -185,7 +203,10 @@ def read_band_folder(folder: str | Path, bands: Sequence[str], max_pixels: int) 
             raise ImageReadError(
                 f"patch {folder}: band {band} is {w} x {h}, which does not resample to the finest band's "
                 f"{width} x {height} (sides must be whole multiples of the same factor); fix or remove the patch",
-                path=str(folder), reason=f"band {band} {w} x {h} vs {width} x {height}", kind="inconsistent bands")
+                path=str(folder),
+                reason=f"band {band} {w} x {h} vs {width} x {height}",
+                kind="inconsistent bands",
+            )
     bounds_seen = [(band, b) for band, (_, _, b, _) in headers.items() if b is not None]
     for band, b in bounds_seen[1:]:
         ref_band, ref = bounds_seen[0]
@@ -194,16 +215,20 @@ def read_band_folder(folder: str | Path, bands: Sequence[str], max_pixels: int) 
             raise ImageReadError(
                 f"patch {folder}: band {band} covers {tuple(b)}, band {ref_band} covers {tuple(ref)}; bands of "
                 "one patch must cover the same area; fix or remove the patch",
-                path=str(folder), reason=f"bands {ref_band} and {band} cover different areas",
-                kind="inconsistent bands")
+                path=str(folder),
+                reason=f"bands {ref_band} and {band} cover different areas",
+                kind="inconsistent bands",
+            )
     stack = []
     for band in wanted:
         try:
             with rasterio.open(files[band]) as ds:
-                array = ds.read(1, out_shape=(height, width), resampling=Resampling.bilinear,
-                                masked=ds.nodata is not None)
+                array = ds.read(
+                    1, out_shape=(height, width), resampling=Resampling.bilinear, masked=ds.nodata is not None
+                )
         except (RasterioError, OSError, ValueError, MemoryError) as exc:
             raise _open_error(files[band], exc) from exc
-        stack.append(array.astype(np.float32).filled(np.nan) if np.ma.isMaskedArray(array)
-                     else array.astype(np.float32))
+        stack.append(
+            array.astype(np.float32).filled(np.nan) if np.ma.isMaskedArray(array) else array.astype(np.float32)
+        )
     return Raster(np.stack(stack), tuple(wanted), headers[wanted[0]][3], folder)

@@ -35,8 +35,7 @@ _LAYOUTS: dict[str, _Layout] = {
     ),
     "optimal31": _Layout(
         ("Images",),
-        "<root>/Images/<class>/*.jpg (OPTIMAL-31 unpacks to OPTIMAL-31/Images/; "
-        "<root>/<class>/*.jpg is accepted too)",
+        "<root>/Images/<class>/*.jpg (OPTIMAL-31 unpacks to OPTIMAL-31/Images/; <root>/<class>/*.jpg is accepted too)",
     ),
     "nwpu": _Layout(
         (),
@@ -56,19 +55,23 @@ _LAYOUTS: dict[str, _Layout] = {
         ("S2", "BigEarthNet-v1.0"),
         "<root>/<patch>/<patch>_B02.tif ... and <patch>_labels_metadata.json (BigEarthNet-S2 v1.0 unpacks to "
         "BigEarthNet-v1.0/<patch>/)",
-        modality="s2", patches=True,
+        modality="s2",
+        patches=True,
     ),
     "bigearthnet-s1": _Layout(
         ("S1", "BigEarthNet-S1-v1.0"),
         "<root>/<patch>/<patch>_VV.tif, <patch>_VH.tif and <patch>_labels_metadata.json (BigEarthNet-S1 v1.0 "
         "unpacks to BigEarthNet-S1-v1.0/<patch>/)",
-        modality="s1", patches=True,
+        modality="s1",
+        patches=True,
     ),
     "bigearthnet-mm": _Layout(
         (),
         "<root>/S2/<patch>/ (or BigEarthNet-v1.0/) and <root>/S1/<patch>/ (or BigEarthNet-S1-v1.0/), each S1 "
         "patch naming its S2 patch in corresponding_s2_patch (the two BigEarthNet archives unpacked side by side)",
-        modality="s2", patches=True, paired=True,
+        modality="s2",
+        patches=True,
+        paired=True,
     ),
     "imagefolder": _Layout((), "<root>/<class>/<image files>"),
     "synthetic": _Layout(
@@ -81,9 +84,31 @@ DATASETS: tuple[str, ...] = tuple(_LAYOUTS)
 
 # Files that commonly sit next to images and are not images: ignored silently.
 _QUIET_SUFFIXES = frozenset(
-    {".txt", ".md", ".rst", ".json", ".yaml", ".yml", ".csv", ".tsv", ".xml", ".html",
-     ".htm", ".pdf", ".tfw", ".jgw", ".pgw", ".wld", ".prj", ".aux", ".ovr", ".ini",
-     ".db", ".log", ".ds_store"}
+    {
+        ".txt",
+        ".md",
+        ".rst",
+        ".json",
+        ".yaml",
+        ".yml",
+        ".csv",
+        ".tsv",
+        ".xml",
+        ".html",
+        ".htm",
+        ".pdf",
+        ".tfw",
+        ".jgw",
+        ".pgw",
+        ".wld",
+        ".prj",
+        ".aux",
+        ".ovr",
+        ".ini",
+        ".db",
+        ".log",
+        ".ds_store",
+    }
 )
 _QUIET_NAMES = frozenset({"thumbs.db", "desktop.ini", "license", "readme", "__macosx"})
 
@@ -160,8 +185,7 @@ def _has_images(folder: Path, depth: int = 1) -> bool:
     if any(e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS for e in entries):
         return True
     return depth > 1 and any(
-        e.is_dir() and not _is_hidden(e.name) and _has_images(Path(e.path), depth - 1)
-        for e in entries
+        e.is_dir() and not _is_hidden(e.name) and _has_images(Path(e.path), depth - 1) for e in entries
     )
 
 
@@ -185,9 +209,7 @@ def _layout_error(dataset: str, base: Path) -> DataError:
         f"no class folders with images found under {base} for dataset '{dataset}'; "
         f"expected {_LAYOUTS[dataset].expected}"
     )
-    loose = sum(
-        1 for e in os.scandir(base) if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
-    )
+    loose = sum(1 for e in os.scandir(base) if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     if loose:
         msg += f". Found {loose} image files directly in {base}: put each class in its own sub-folder"
     else:
@@ -228,14 +250,18 @@ def _scan_class(base: Path, folder: str, root: Path) -> tuple[list[str], list[tu
             images.append(rel)
         elif not _is_quiet(entry.name):
             unsupported.append(
-                (rel, skip_reason("unsupported file type", f"'{suffix or entry.name}' "
-                                  f"(images must be {', '.join(sorted(IMAGE_EXTENSIONS))})"))
+                (
+                    rel,
+                    skip_reason(
+                        "unsupported file type",
+                        f"'{suffix or entry.name}' (images must be {', '.join(sorted(IMAGE_EXTENSIONS))})",
+                    ),
+                )
             )
     return images, unsupported, subdirs
 
 
-def _check_all(base: Path, rels: list[str], progress: bool, settings: ImageSettings,
-               extra=None) -> dict[str, str]:
+def _check_all(base: Path, rels: list[str], progress: bool, settings: ImageSettings, extra=None) -> dict[str, str]:
     """Decode every image (with `extra(rel)` run first, if given); {relative path: reason} of the broken ones."""
     bad: dict[str, str] = {}
 
@@ -279,8 +305,7 @@ def _warn_skipped(base: Path, skipped: list[tuple[str, str]]) -> None:
         )
 
 
-def subsample(folder: str, images: list[str], per_class: int | None, fraction: float | None,
-              seed: int) -> list[str]:
+def subsample(folder: str, images: list[str], per_class: int | None, fraction: float | None, seed: int) -> list[str]:
     """A seeded subset of one class folder's images (in their listed order): at most `per_class`, at most
     `fraction` of them (rounded, at least one); the same folder, list and seed give the same subset."""
     keep = len(images)
@@ -318,9 +343,7 @@ def list_dataset(
     cost of verification, extraction and training shrinks with it (class-folder datasets only).
     """
     if dataset not in _LAYOUTS:
-        raise DataError(
-            f"unknown dataset '{dataset}'; valid datasets are: {', '.join(DATASETS)}"
-        )
+        raise DataError(f"unknown dataset '{dataset}'; valid datasets are: {', '.join(DATASETS)}")
     layout = _LAYOUTS[dataset]
     if (per_class is not None or fraction is not None) and (layout.paired or layout.patches):
         raise DataError(f"--per-class and --fraction apply to class-folder datasets; {dataset} is made of patches")
@@ -337,8 +360,9 @@ def list_dataset(
     folders = [f for f in folders if f not in outside]
     scanned = {f: _scan_class(base, f, root) for f in folders}
     if per_class is not None or fraction is not None:
-        scanned = {f: (subsample(f, images, per_class, fraction, subset_seed), *rest)
-                   for f, (images, *rest) in scanned.items()}
+        scanned = {
+            f: (subsample(f, images, per_class, fraction, subset_seed), *rest) for f, (images, *rest) in scanned.items()
+        }
     if not any(scanned[f][0] for f in folders):
         raise _layout_error(dataset, base)
     for folder in folders:
@@ -346,7 +370,9 @@ def list_dataset(
         if not images:
             hint = (
                 f" (it has sub-folders such as {subdirs[0]}: class folders must hold their images "
-                "directly; is --root one level too high?)" if subdirs else ""
+                "directly; is --root one level too high?)"
+                if subdirs
+                else ""
             )
             raise DataError(
                 f"class folder {base / folder} contains no images{hint}; remove it or restore its "
@@ -361,10 +387,12 @@ def list_dataset(
     other_files = [entry for f in folders for entry in scanned[f][1]]
     other_files += [
         (d, skip_reason("sub-folder", "ignored (class folders must hold their images directly)"))
-        for f in folders for d in scanned[f][2]
+        for f in folders
+        for d in scanned[f][2]
     ]
-    other_files += [(f, skip_reason("outside the data root", f"class folder resolves to {(base / f).resolve()}"))
-                    for f in outside]
+    other_files += [
+        (f, skip_reason("outside the data root", f"class folder resolves to {(base / f).resolve()}")) for f in outside
+    ]
     if other_files:
         warnings.warn(
             f"ignored {len(other_files)} entries that are not images under {base} "
@@ -392,8 +420,7 @@ def list_dataset(
     unknown = sorted(set(overrides) - set(folders))
     if unknown:
         warnings.warn(
-            f"class-names file {class_names_file} names folders that are not in {base}: "
-            f"{', '.join(unknown)}",
+            f"class-names file {class_names_file} names folders that are not in {base}: {', '.join(unknown)}",
             stacklevel=2,
         )
     classes = class_names_for(folders, overrides)
@@ -410,8 +437,9 @@ def list_dataset(
     )
 
 
-def _list_patches(dataset: str, root: Path, base: Path, verify: bool, progress: bool,
-                  image: ImageSettings) -> DatasetListing:
+def _list_patches(
+    dataset: str, root: Path, base: Path, verify: bool, progress: bool, image: ImageSettings
+) -> DatasetListing:
     """BigEarthNet: every sub-folder with a label file is a patch; labels mapped to the 19-class nomenclature."""
     layout = _LAYOUTS[dataset]
     skipped: list[tuple[str, str]] = []
@@ -424,8 +452,9 @@ def _list_patches(dataset: str, root: Path, base: Path, verify: bool, progress: 
         elif not _is_quiet(name):
             skipped.append((name, skip_reason("not a patch", f"no {name}{bigearthnet.LABEL_SUFFIX}")))
     if not patches:
-        raise DataError(f"no BigEarthNet patches found under {base} for dataset '{dataset}'; expected "
-                        f"{layout.expected}")
+        raise DataError(
+            f"no BigEarthNet patches found under {base} for dataset '{dataset}'; expected {layout.expected}"
+        )
     label_sets: dict[str, list[int]] = {}
 
     def read_labels(rel: str) -> None:
@@ -444,8 +473,10 @@ def _list_patches(dataset: str, root: Path, base: Path, verify: bool, progress: 
     _warn_skipped(base, image_skips)
     kept = [rel for rel in patches if rel not in bad]
     if not kept:
-        raise DataError(f"none of the {len(patches)} patches under {base} is usable (first: {image_skips[0][0]}: "
-                        f"{image_skips[0][1]})")
+        raise DataError(
+            f"none of the {len(patches)} patches under {base} is usable (first: {image_skips[0][0]}: "
+            f"{image_skips[0][1]})"
+        )
     return DatasetListing(
         name=dataset,
         root=base,
@@ -465,8 +496,10 @@ def _modality_folder(dataset: str, root: Path, modality: str) -> str:
         for candidate in (sub, sub.lower()):
             if (root / candidate).is_dir():
                 return candidate
-    raise DataError(f"no {modality.upper()} folder under {root} for dataset '{dataset}' (looked for "
-                    f"{', '.join(_LAYOUTS[single].images_subdirs)}); expected {_LAYOUTS[dataset].expected}")
+    raise DataError(
+        f"no {modality.upper()} folder under {root} for dataset '{dataset}' (looked for "
+        f"{', '.join(_LAYOUTS[single].images_subdirs)}); expected {_LAYOUTS[dataset].expected}"
+    )
 
 
 def _list_pairs(dataset: str, root: Path, verify: bool, progress: bool) -> DatasetListing:
@@ -479,8 +512,12 @@ def _list_pairs(dataset: str, root: Path, verify: bool, progress: bool) -> Datas
     default composite.
     """
     folders = {m: _modality_folder(dataset, root, m) for m in ("s2", "s1")}
-    listings = {m: _list_patches("bigearthnet-" + m, root, root / folders[m], verify, progress,
-                                 image_settings(dataset_modality=m)) for m in folders}
+    listings = {
+        m: _list_patches(
+            "bigearthnet-" + m, root, root / folders[m], verify, progress, image_settings(dataset_modality=m)
+        )
+        for m in folders
+    }
     s2_labels = listings["s2"].label_sets or {}
     skipped = [(f"{folders[m]}/{rel}", reason) for m in folders for rel, reason in listings[m].skipped]
     partners: dict[str, dict[str, str]] = {}
@@ -494,24 +531,32 @@ def _list_pairs(dataset: str, root: Path, verify: bool, progress: bool) -> Datas
             continue
         s2_rel = f"{folders['s2']}/{s2}"
         if s2 not in s2_labels:
-            reason = ("its Sentinel-2 patch was skipped" if any(rel == s2_rel for rel, _ in skipped)
-                      else f"its Sentinel-2 patch {s2} is not in {root / folders['s2']}")
+            reason = (
+                "its Sentinel-2 patch was skipped"
+                if any(rel == s2_rel for rel, _ in skipped)
+                else f"its Sentinel-2 patch {s2} is not in {root / folders['s2']}"
+            )
             skipped.append((s1_rel, skip_reason("no partner", reason)))
         elif s2_rel in partners:
-            skipped.append((s1_rel, skip_reason("no partner", f"{s2} is already paired with "
-                                                              f"{partners[s2_rel]['s1']}")))
+            skipped.append((s1_rel, skip_reason("no partner", f"{s2} is already paired with {partners[s2_rel]['s1']}")))
         elif listings["s1"].label_sets[s1] != s2_labels[s2]:
-            skipped.append((s1_rel, skip_reason("labels differ", f"{listings['s1'].label_sets[s1]} here, "
-                                                                 f"{s2_labels[s2]} at {s2}")))
+            skipped.append(
+                (s1_rel, skip_reason("labels differ", f"{listings['s1'].label_sets[s1]} here, {s2_labels[s2]} at {s2}"))
+            )
         else:
             partners[s2_rel] = {"s1": s1_rel}
             label_sets[s2_rel] = s2_labels[s2]
-    skipped += [(f"{folders['s2']}/{s2}", skip_reason("no partner", "no Sentinel-1 patch names it"))
-                for s2 in sorted(s2_labels) if f"{folders['s2']}/{s2}" not in partners]
+    skipped += [
+        (f"{folders['s2']}/{s2}", skip_reason("no partner", "no Sentinel-1 patch names it"))
+        for s2 in sorted(s2_labels)
+        if f"{folders['s2']}/{s2}" not in partners
+    ]
     if not partners:
-        raise DataError(f"no complete Sentinel-1/Sentinel-2 pair under {root} for dataset '{dataset}' "
-                        f"({len(skipped)} patches skipped; first: {skipped[0][0] if skipped else 'none'}: "
-                        f"{skipped[0][1] if skipped else ''}); expected {_LAYOUTS[dataset].expected}")
+        raise DataError(
+            f"no complete Sentinel-1/Sentinel-2 pair under {root} for dataset '{dataset}' "
+            f"({len(skipped)} patches skipped; first: {skipped[0][0] if skipped else 'none'}: "
+            f"{skipped[0][1] if skipped else ''}); expected {_LAYOUTS[dataset].expected}"
+        )
     # Unreadable patches were warned about by _list_patches; pairs refused here are warned now. Unpaired patches
     # (a partial download) are only counted, in the manifest's skipped list and the partition report.
     _warn_skipped(root, [s for s in skipped if s[1].startswith("labels differ")])

@@ -32,11 +32,23 @@ def synthetic_settings(data: DataConfig, modalities: str | None = None) -> dict:
     """The settings that determine the synthetic dataset and its partition (`modalities`: synthetic-mm's
     per-site modalities, multimodal.modalities)."""
     if data.source == "synthetic-mm":
-        return {"kind": "mm", "sites": data.synthetic_sites, "scenes": data.synthetic_scenes,
-                "size": data.synthetic_size, "seed": data.synthetic_seed, "scheme": data.synthetic_scheme,
-                "modalities": modalities}
-    return {"sites": data.synthetic_sites, "classes": data.synthetic_classes, "per_class": data.synthetic_per_class,
-            "size": data.synthetic_size, "seed": data.synthetic_seed, "scheme": data.synthetic_scheme}
+        return {
+            "kind": "mm",
+            "sites": data.synthetic_sites,
+            "scenes": data.synthetic_scenes,
+            "size": data.synthetic_size,
+            "seed": data.synthetic_seed,
+            "scheme": data.synthetic_scheme,
+            "modalities": modalities,
+        }
+    return {
+        "sites": data.synthetic_sites,
+        "classes": data.synthetic_classes,
+        "per_class": data.synthetic_per_class,
+        "size": data.synthetic_size,
+        "seed": data.synthetic_seed,
+        "scheme": data.synthetic_scheme,
+    }
 
 
 def synthetic_folder(data: DataConfig, base_dir: str | Path, modalities: str | None = None) -> Path:
@@ -46,8 +58,9 @@ def synthetic_folder(data: DataConfig, base_dir: str | Path, modalities: str | N
     return Path(base_dir).expanduser() / f"synthetic-{digest}"
 
 
-def synthetic_manifest(data: DataConfig, base_dir: str | Path, progress: bool = False,
-                       modalities: str | None = None) -> Path:
+def synthetic_manifest(
+    data: DataConfig, base_dir: str | Path, progress: bool = False, modalities: str | None = None
+) -> Path:
     """Generate (once) the configured synthetic dataset under `base_dir` and return its manifest's path.
 
     `data.synthetic_dir`, when set, replaces `base_dir`. A file lock serialises processes preparing the same
@@ -55,8 +68,9 @@ def synthetic_manifest(data: DataConfig, base_dir: str | Path, progress: bool = 
     data.source synthetic-mm needs `modalities` (multimodal.modalities: what each site holds).
     """
     if data.source == "synthetic-mm" and not modalities:
-        raise DataError("data.source is synthetic-mm but no site modalities are given: set multimodal.modalities "
-                        "(e.g. s2,s1)")
+        raise DataError(
+            "data.source is synthetic-mm but no site modalities are given: set multimodal.modalities (e.g. s2,s1)"
+        )
     folder = synthetic_folder(data, data.synthetic_dir or base_dir, modalities)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
@@ -78,14 +92,22 @@ def _prepare(data: DataConfig, folder: Path, progress: bool, modalities: str | N
     if folder.exists():  # an interrupted earlier attempt: this folder is ours (named by the settings' digest)
         shutil.rmtree(folder)
     if data.source == "synthetic-mm":
-        make_synthetic_mm(images, scenes=data.synthetic_scenes, size=data.synthetic_size, seed=data.synthetic_seed,
-                          progress=progress)
+        make_synthetic_mm(
+            images, scenes=data.synthetic_scenes, size=data.synthetic_size, seed=data.synthetic_seed, progress=progress
+        )
         listing = list_dataset("bigearthnet-mm", images, verify=False, progress=progress)
-        manifest = build_mm_manifest(listing, data.synthetic_sites, modalities, data.synthetic_scheme,
-                                     data.synthetic_seed)
+        manifest = build_mm_manifest(
+            listing, data.synthetic_sites, modalities, data.synthetic_scheme, data.synthetic_seed
+        )
     else:
-        make_synthetic(images, classes=data.synthetic_classes, per_class=data.synthetic_per_class,
-                       size=data.synthetic_size, seed=data.synthetic_seed, progress=progress)
+        make_synthetic(
+            images,
+            classes=data.synthetic_classes,
+            per_class=data.synthetic_per_class,
+            size=data.synthetic_size,
+            seed=data.synthetic_seed,
+            progress=progress,
+        )
         listing = list_dataset("synthetic", images, verify=False, progress=progress)
         manifest = build_manifest(listing, data.synthetic_sites, data.synthetic_scheme, data.synthetic_seed)
     manifest["synthetic"] = settings

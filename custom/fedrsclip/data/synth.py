@@ -80,6 +80,7 @@ def _cell(coord: np.ndarray, period: float, table_size: int) -> tuple[np.ndarray
 
 # --- one drawing function per class ---------------------------------------------------
 
+
 def _farmland(g: _Grid, rng: Rng) -> Canvas:
     w = rng.uniform(0.08, 0.2)
     h = rng.uniform(0.25, 0.7)
@@ -159,7 +160,11 @@ def _parking_lot(g: _Grid, rng: Rng) -> Canvas:
     p = rng.uniform(0.14, 0.22)
     q = rng.uniform(0.045, 0.065)
     occupancy = rng.uniform(0.5, 0.95)
-    cars = _table(rng, [(230, 230, 230), (30, 30, 35), (170, 30, 30), (40, 60, 150), (170, 170, 175), (120, 120, 125)], (64, 64, 2))
+    cars = _table(
+        rng,
+        [(230, 230, 230), (30, 30, 35), (170, 30, 30), (40, 60, 150), (170, 170, 175), (120, 120, 125)],
+        (64, 64, 2),
+    )
     occupied = rng.random((64, 64, 2)) < occupancy
     ri, rf = _cell(g.v + 5, p, 64)
     ki, kf = _cell(g.u + 5, q, 64)
@@ -286,8 +291,9 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def prepare_out(out: Path, marker: str, command: str, folders: Sequence[str],
-                foreign: Callable[[Path], Path | None]) -> None:
+def prepare_out(
+    out: Path, marker: str, command: str, folders: Sequence[str], foreign: Callable[[Path], Path | None]
+) -> None:
     """Make `out` ready for a synthetic dataset of `command` (e.g. "data synth"): a new or empty folder, or an earlier
     dataset of the same command (its README.txt starts with `marker`), of which only the `folders` it wrote are
     removed, so stale files from a larger run cannot leak into listings. `foreign(folder)` names the first entry of
@@ -301,14 +307,18 @@ def prepare_out(out: Path, marker: str, command: str, folders: Sequence[str],
         return
     readme = out / "README.txt"
     if not (readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(marker)):
-        raise DataError(f"{out} exists and is not an empty folder or an earlier dataset of fedrsclip {command}; "
-                        "choose a new --out folder (nothing was written)")
+        raise DataError(
+            f"{out} exists and is not an empty folder or an earlier dataset of fedrsclip {command}; "
+            "choose a new --out folder (nothing was written)"
+        )
     present = [out / name for name in folders if (out / name).exists()]
     for folder in present:
         entry = foreign(folder)
         if entry is not None:
-            raise DataError(f"{entry} was not written by fedrsclip {command}: move it out of {out}, or choose a "
-                            "new --out folder (nothing was written)")
+            raise DataError(
+                f"{entry} was not written by fedrsclip {command}: move it out of {out}, or choose a "
+                "new --out folder (nothing was written)"
+            )
     for folder in present:
         shutil.rmtree(folder)
 

@@ -38,14 +38,23 @@ MIN_COVER = 0.05  # a class covering less of the scene is not in its labels
 
 # class: (CORINE level-3 name, S2 reflectance x 10000 in _S2_ORDER, S1 (VV, VH) in dB)
 CLASSES: dict[str, tuple[str, tuple[int, ...], tuple[float, float]]] = {
-    "urban": ("Discontinuous urban fabric",
-              (1200, 1250, 1350, 1450, 1600, 1750, 1850, 1950, 2050, 800, 2300, 2100), (-4.0, -11.0)),
-    "arable": ("Non-irrigated arable land",
-               (900, 850, 1150, 1400, 1750, 2200, 2500, 2700, 2900, 900, 2900, 2100), (-11.0, -18.0)),
+    "urban": (
+        "Discontinuous urban fabric",
+        (1200, 1250, 1350, 1450, 1600, 1750, 1850, 1950, 2050, 800, 2300, 2100),
+        (-4.0, -11.0),
+    ),
+    "arable": (
+        "Non-irrigated arable land",
+        (900, 850, 1150, 1400, 1750, 2200, 2500, 2700, 2900, 900, 2900, 2100),
+        (-11.0, -18.0),
+    ),
     "pasture": ("Pastures", (500, 450, 800, 550, 1200, 2600, 3100, 3300, 3500, 1000, 2200, 1200), (-12.5, -19.5)),
     "conifer": ("Coniferous forest", (250, 250, 400, 250, 700, 1800, 2200, 2400, 2600, 700, 1200, 550), (-8.0, -14.0)),
-    "broadleaf": ("Broad-leaved forest",
-                  (300, 300, 550, 300, 900, 2800, 3400, 3700, 3900, 1000, 1800, 800), (-7.0, -12.5)),
+    "broadleaf": (
+        "Broad-leaved forest",
+        (300, 300, 550, 300, 900, 2800, 3400, 3700, 3900, 1000, 1800, 800),
+        (-7.0, -12.5),
+    ),
     "water": ("Water bodies", (600, 550, 650, 450, 380, 320, 290, 250, 230, 100, 150, 100), (-20.0, -27.0)),
     "sea": ("Sea and ocean", (700, 650, 580, 320, 260, 210, 190, 160, 150, 60, 80, 60), (-23.0, -29.0)),
 }
@@ -76,8 +85,9 @@ def land_cover(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[st
     names = list(CLASSES)
     archetype = ARCHETYPES[int(rng.integers(len(ARCHETYPES)))]
     chosen = [archetype[0]] + [c for c in archetype[1:] if rng.random() < 0.55]
-    fields = np.stack([_noise(rng, size, int(rng.integers(2, 5))) + (0.6 if i == 0 else 0.0)
-                       for i in range(len(chosen))])
+    fields = np.stack(
+        [_noise(rng, size, int(rng.integers(2, 5))) + (0.6 if i == 0 else 0.0) for i in range(len(chosen))]
+    )
     cover = np.array([names.index(c) for c in chosen])[fields.argmax(0)]
     labels = [n for k, n in enumerate(names) if (cover == k).mean() >= MIN_COVER]
     return cover, labels
@@ -126,15 +136,22 @@ def _write_band(path: Path, array: np.ndarray, origin: tuple[float, float], pixe
     import rasterio
     from rasterio.transform import Affine
 
-    profile = {"driver": "GTiff", "height": array.shape[0], "width": array.shape[1], "count": 1,
-               "dtype": array.dtype.name, "crs": "EPSG:32633",
-               "transform": Affine(pixel, 0.0, origin[0], 0.0, -pixel, origin[1])}  # north-up, `pixel` metres
+    profile = {
+        "driver": "GTiff",
+        "height": array.shape[0],
+        "width": array.shape[1],
+        "count": 1,
+        "dtype": array.dtype.name,
+        "crs": "EPSG:32633",
+        "transform": Affine(pixel, 0.0, origin[0], 0.0, -pixel, origin[1]),
+    }  # north-up, `pixel` metres
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(array, 1)
 
 
-def _write_patch(folder: Path, bands: dict[str, np.ndarray], origin: tuple[float, float], size: int,
-                 meta: dict) -> None:
+def _write_patch(
+    folder: Path, bands: dict[str, np.ndarray], origin: tuple[float, float], size: int, meta: dict
+) -> None:
     folder.mkdir(parents=True)
     for band, array in bands.items():
         _write_band(folder / f"{folder.name}_{band}.tif", array, origin, 10.0 * size / array.shape[0])
@@ -150,15 +167,13 @@ def _not_ours(folder: Path) -> Path | None:
         if not (patch.is_dir() and re.fullmatch(rf"SYNTH_{folder.name}_\d{{5}}", patch.name)):
             return patch
         for entry in patch.iterdir():
-            own = entry.name == f"{patch.name}{LABEL_SUFFIX}" or re.fullmatch(
-                rf"{patch.name}_\w+\.tif", entry.name)
+            own = entry.name == f"{patch.name}{LABEL_SUFFIX}" or re.fullmatch(rf"{patch.name}_\w+\.tif", entry.name)
             if not (entry.is_file() and own):
                 return entry
     return None
 
 
-def make_synthetic_mm(out: str | Path, scenes: int = 120, size: int = 60, seed: int = 0,
-                      progress: bool = True) -> Path:
+def make_synthetic_mm(out: str | Path, scenes: int = 120, size: int = 60, seed: int = 0, progress: bool = True) -> Path:
     """Write `scenes` paired S2/S1 scenes of size x size px (10 m) under <out>/S2 and <out>/S1; returns out.
 
     size must be a multiple of 6 (the 60 m bands) from 24 to 1200. <out> must be new, empty, or an earlier
@@ -166,8 +181,10 @@ def make_synthetic_mm(out: str | Path, scenes: int = 120, size: int = 60, seed: 
     """
     for name, value, low, high in (("scenes", scenes, 2, 1_000_000), ("size", size, 24, 1200), ("seed", seed, 0, None)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
-            raise DataError(f"synthetic multi-modal {name} must be an integer from {low}"
-                            f"{f' to {high}' if high else ' up'}; got {value!r}")
+            raise DataError(
+                f"synthetic multi-modal {name} must be an integer from {low}"
+                f"{f' to {high}' if high else ' up'}; got {value!r}"
+            )
     if size % 6:
         raise DataError(f"synthetic multi-modal size must be a multiple of 6 (10, 20 and 60 m bands); got {size}")
     out = Path(out).expanduser().resolve()
@@ -194,5 +211,6 @@ def make_synthetic_mm(out: str | Path, scenes: int = 120, size: int = 60, seed: 
         f"scenes per class: {', '.join(f'{c} {n}' for c, n in sorted(counts.items()))}\n"
         "layout: S2/<patch>/<patch>_<band>.tif, S1/<patch>/<patch>_VV.tif, _VH.tif (list it with --dataset "
         "bigearthnet-mm)\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     return out

@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey, ReservedKey, ReturnCode
@@ -32,8 +31,17 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 
 from ..he import HEADER_KEY as HE_HEADER_KEY
-from ..protocol import (ContributionError, Gate, RoundRecord, check_update, lonely_group_warning, lonely_groups,
-                        signature_shapes, site_order, weighted_mean)
+from ..protocol import (
+    ContributionError,
+    Gate,
+    RoundRecord,
+    check_update,
+    lonely_group_warning,
+    lonely_groups,
+    signature_shapes,
+    site_order,
+    weighted_mean,
+)
 from .constants import CONTRIBUTION_REJECTED, ERROR_HEADER, GROUP_WARNING, META_KEY, REJECTION_PROP, WARNING_PROP
 
 Held = tuple[Shareable, Any, str, float]  # a held update: (the result, its signature, class list, weight)
@@ -77,8 +85,10 @@ class GatedAggregator(Aggregator):
             return False
         current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
         if rnd != current:  # a late answer to an earlier round's task: never held into this round
-            self.log_warning(fl_ctx, f"update of {site} for round {_one_based(rnd)} arrived in round "
-                                     f"{_one_based(current)}: discarded")
+            self.log_warning(
+                fl_ctx,
+                f"update of {site} for round {_one_based(rnd)} arrived in round {_one_based(current)}: discarded",
+            )
             return False
         if site in self._held:
             self.log_warning(fl_ctx, f"a second update of {site} for round {_one_based(rnd)} ignored")
@@ -93,8 +103,10 @@ class GatedAggregator(Aggregator):
             record = RoundRecord.from_wire(dxo.get_meta_prop(META_KEY))
             weight = dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND)
             if weight != record.samples_train:
-                raise ContributionError(f"its weight ({MetaKey.NUM_STEPS_CURRENT_ROUND}) is {weight!r}, its record "
-                                        f"says {record.samples_train} training samples")
+                raise ContributionError(
+                    f"its weight ({MetaKey.NUM_STEPS_CURRENT_ROUND}) is {weight!r}, its record "
+                    f"says {record.samples_train} training samples"
+                )
             signature = self._inspect(dxo, site, fl_ctx)
         except ContributionError as exc:
             self._reject(site, rnd, str(exc), fl_ctx)
@@ -141,17 +153,23 @@ class GatedAggregator(Aggregator):
     def _shortfall(self, accepted: list[str], rnd: int, fl_ctx: FLContext) -> str:
         sites = sorted((c.name for c in fl_ctx.get_engine().get_clients()), key=site_order)
         missing = [f"{s} ({self._why.get(s, 'no answer')})" for s in sites if s not in accepted]
-        head = (f"no site completed round {rnd + 1}" if not accepted else
-                f"only {len(accepted)} site(s) completed round {rnd + 1} ({', '.join(accepted)})")
-        return (f"stopping the job: {head}, min_clients is {self.min_clients}; missing: {'; '.join(missing)}. The "
-                f"global model of round {rnd} stays on disk: resume from it (README: Reliability)")
+        head = (
+            f"no site completed round {rnd + 1}"
+            if not accepted
+            else f"only {len(accepted)} site(s) completed round {rnd + 1} ({', '.join(accepted)})"
+        )
+        return (
+            f"stopping the job: {head}, min_clients is {self.min_clients}; missing: {'; '.join(missing)}. The "
+            f"global model of round {rnd} stays on disk: resume from it (README: Reliability)"
+        )
 
 
 class ValidatingAggregator(GatedAggregator):
     """Plaintext: the sample-weighted mean (eq. 6, `protocol.weighted_mean`) of the updates that passed the gate."""
 
-    def __init__(self, min_clients: int = 1, expected_data_kind: str = DataKind.WEIGHTS,
-                 weigh_by_local_iter: bool = True):
+    def __init__(
+        self, min_clients: int = 1, expected_data_kind: str = DataKind.WEIGHTS, weigh_by_local_iter: bool = True
+    ):
         """
         Args:
             min_clients: the fewest accepted updates a round may aggregate (the workflow's min_clients).
@@ -160,15 +178,19 @@ class ValidatingAggregator(GatedAggregator):
         """
         super().__init__(min_clients)
         if expected_data_kind != DataKind.WEIGHTS or weigh_by_local_iter is not True:
-            raise ValueError("ValidatingAggregator averages WEIGHTS weighted by each site's training samples; drop "
-                             "expected_data_kind / weigh_by_local_iter from the job's aggregator arguments")
+            raise ValueError(
+                "ValidatingAggregator averages WEIGHTS weighted by each site's training samples; drop "
+                "expected_data_kind / weigh_by_local_iter from the job's aggregator arguments"
+            )
         self.expected_data_kind = expected_data_kind
         self.weigh_by_local_iter = weigh_by_local_iter
 
     def _inspect(self, dxo: DXO, site: str, fl_ctx: FLContext) -> Any:
         if HE_HEADER_KEY in (dxo.data or {}):
-            raise ContributionError("a CKKS-encrypted update reached the plaintext aggregator: the sites run the "
-                                    "job made with --he, the server does not (every participant must run one job)")
+            raise ContributionError(
+                "a CKKS-encrypted update reached the plaintext aggregator: the sites run the "
+                "job made with --he, the server does not (every participant must run one job)"
+            )
         reference = {k: v.shape for k, v in global_weights(fl_ctx).items() if isinstance(v, np.ndarray)} or None
         shapes = check_update(dxo.data, dxo.get_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND), reference)
         return signature_shapes(shapes)

@@ -119,21 +119,27 @@ class JobSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise JobError(f"{name} must be an integer >= {low}; got {value!r}")
-        if self.rounds is not None and (isinstance(self.rounds, bool) or not isinstance(self.rounds, int)
-                                        or self.rounds < 1):
+        if self.rounds is not None and (
+            isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1
+        ):
             raise JobError(f"rounds must be a positive integer; got {self.rounds!r}")
-        if self.min_clients is not None and not (isinstance(self.min_clients, int) and
-                                                 1 <= self.min_clients <= self.sites):
+        if self.min_clients is not None and not (
+            isinstance(self.min_clients, int) and 1 <= self.min_clients <= self.sites
+        ):
             raise JobError(f"min_clients {self.min_clients!r} must be between 1 and the job's {self.sites} sites")
         if isinstance(self.overrides, str):
             raise JobError("overrides must be a list of 'section.key=value' strings")
         if self.resume is not None:  # the continued run must be the same federation, as encrypted as before
             if self.resume.encrypted != self.he:
-                raise JobError(f"{self.resume.model} is {'CKKS-encrypted' if self.resume.encrypted else 'plaintext'}"
-                               f": resume it with a job made {'with' if self.resume.encrypted else 'without'} --he")
+                raise JobError(
+                    f"{self.resume.model} is {'CKKS-encrypted' if self.resume.encrypted else 'plaintext'}"
+                    f": resume it with a job made {'with' if self.resume.encrypted else 'without'} --he"
+                )
             if self.resume.sites and len(self.resume.sites) != self.sites:
-                raise JobError(f"the run to resume had {len(self.resume.sites)} sites ({', '.join(self.resume.sites)})"
-                               f" and this job is made for {self.sites}: give --sites {len(self.resume.sites)}")
+                raise JobError(
+                    f"the run to resume had {len(self.resume.sites)} sites ({', '.join(self.resume.sites)})"
+                    f" and this job is made for {self.sites}: give --sites {len(self.resume.sites)}"
+                )
         object.__setattr__(self, "overrides", tuple(self.overrides))
 
     @property
@@ -173,13 +179,17 @@ def build_job(spec: JobSpec) -> FedJob:
     """The FedJob of `spec`. Refuses bad fedrsclip settings (ConfigError) and impossible options (JobError)."""
     cfg = spec.config()
     if cfg.dpac.negatives == "peers":
-        raise JobError("dpac.negatives: peers needs every other site's shared prompt each round, which a FLARE job "
-                       "does not send (fedrsclip run supports it); use dpac.negatives: classes")
+        raise JobError(
+            "dpac.negatives: peers needs every other site's shared prompt each round, which a FLARE job "
+            "does not send (fedrsclip run supports it); use dpac.negatives: classes"
+        )
     total = spec.total_rounds()
     start = spec.resume.rounds_done if spec.resume else 0
     if start >= total:
-        raise JobError(f"the run to resume has done {start} rounds and the job has {total}: nothing is left to run "
-                       "(give --rounds the total number of rounds)")
+        raise JobError(
+            f"the run to resume has done {start} rounds and the job has {total}: nothing is left to run "
+            "(give --rounds the total number of rounds)"
+        )
     min_clients = spec.min_clients or spec.sites
     job = FedJob(name=spec.name, min_clients=min_clients)
     job.set_app_packages(["fedrsclip"])  # the installed package is the code: nothing is copied into custom/
@@ -190,31 +200,54 @@ def build_job(spec: JobSpec) -> FedJob:
     # A round waits for every site (the workflow's min_clients); it is aggregated as long as one update passes the
     # gate, unless --min-clients asks for more (README: Reliability).
     floor = spec.min_clients or 1
-    job.to_server(CKKSAggregator(min_clients=floor) if spec.he else ValidatingAggregator(min_clients=floor),
-                  id="aggregator")
+    job.to_server(
+        CKKSAggregator(min_clients=floor) if spec.he else ValidatingAggregator(min_clients=floor), id="aggregator"
+    )
     job.to_server(IntimeModelSelector(key_metric="accuracy", weigh_by_local_iter=True), id="model_selector")
     job.to_server(PromptModelLocator(), id="model_locator")
-    job.to_server(ResultsCollector(sites=spec.sites, min_clients=min_clients if spec.min_clients else 0),
-                  id="results")
+    job.to_server(ResultsCollector(sites=spec.sites, min_clients=min_clients if spec.min_clients else 0), id="results")
     job.to_server(TBAnalyticsReceiver(tb_folder="tb_events", events=[f"fed.{ANALYTICS_EVENT}"]), id="tb_receiver")
-    job.to_server(ScatterAndGather(
-        min_clients=min_clients, num_rounds=total - start, start_round=start,
-        wait_time_after_min_received=spec.wait_after_min, aggregator_id="aggregator", persistor_id="persistor",
-        shareable_generator_id="shareable_generator", train_task_name=TASK_TRAIN, train_timeout=spec.train_timeout,
-        ignore_result_error=True, allow_empty_global_weights=True, task_check_period=0.1), id="scatter_and_gather")
+    job.to_server(
+        ScatterAndGather(
+            min_clients=min_clients,
+            num_rounds=total - start,
+            start_round=start,
+            wait_time_after_min_received=spec.wait_after_min,
+            aggregator_id="aggregator",
+            persistor_id="persistor",
+            shareable_generator_id="shareable_generator",
+            train_task_name=TASK_TRAIN,
+            train_timeout=spec.train_timeout,
+            ignore_result_error=True,
+            allow_empty_global_weights=True,
+            task_check_period=0.1,
+        ),
+        id="scatter_and_gather",
+    )
     # A site that is gone must not hold the final evaluation for its default 6000 s either.
-    job.to_server(GlobalModelEval(model_locator_id="model_locator", validation_task_name=TASK_VALIDATE,
-                                  **({"validation_timeout": spec.train_timeout} if spec.train_timeout else {})),
-                  id="final_evaluation")
+    job.to_server(
+        GlobalModelEval(
+            model_locator_id="model_locator",
+            validation_task_name=TASK_VALIDATE,
+            **({"validation_timeout": spec.train_timeout} if spec.train_timeout else {}),
+        ),
+        id="final_evaluation",
+    )
 
     descriptions = class_descriptions_file(cfg)
     overrides = [*spec.job_overrides, *([f"prompt.class_descriptions={descriptions[1]}"] if descriptions else [])]
-    job.to_clients(FedRSCLIPExecutor(config=SETTINGS_FILE, overrides=overrides, analytic_sender_id="analytic_sender",
-                                     torch_threads=spec.torch_threads, **({"start_round": start} if start else {})),
-                   tasks=[TASK_TRAIN, TASK_VALIDATE])
+    job.to_clients(
+        FedRSCLIPExecutor(
+            config=SETTINGS_FILE,
+            overrides=overrides,
+            analytic_sender_id="analytic_sender",
+            torch_threads=spec.torch_threads,
+            **({"start_round": start} if start else {}),
+        ),
+        tasks=[TASK_TRAIN, TASK_VALIDATE],
+    )
     job.to_clients(TBWriter(event_type=ANALYTICS_EVENT), id="analytic_sender")
-    job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTICS_EVENT], fed_event_prefix="fed."),
-                   id="event_to_fed")
+    job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTICS_EVENT], fed_event_prefix="fed."), id="event_to_fed")
     if spec.audit:
         job.to_clients(UploadAudit(), id="upload_audit")
     if spec.he:  # decrypt first when the global model arrives, encrypt last before an update leaves
@@ -232,8 +265,11 @@ def _digest(path: Path) -> str:
 
 
 def _files(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()
-            and p.name != MARKER}
+    return {
+        p.relative_to(folder).as_posix(): _digest(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MARKER
+    }
 
 
 def check_replaceable(out: Path) -> None:
@@ -247,8 +283,10 @@ def check_replaceable(out: Path) -> None:
         return
     marker = out / MARKER
     if not marker.is_file():
-        raise JobError(f"--out {out} is not empty and was not made by fedrsclip job: nothing in it is deleted; "
-                       "choose a new or empty folder for --out")
+        raise JobError(
+            f"--out {out} is not empty and was not made by fedrsclip job: nothing in it is deleted; "
+            "choose a new or empty folder for --out"
+        )
     try:
         written = json.loads(marker.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -256,9 +294,11 @@ def check_replaceable(out: Path) -> None:
     present = _files(out)
     changed = sorted(k for k in present if written.get(k) != present[k])
     if changed:
-        raise JobError(f"--out {out} holds files fedrsclip job did not write or that changed since "
-                       f"({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}): nothing in it is deleted; "
-                       "move them away or choose another --out")
+        raise JobError(
+            f"--out {out} holds files fedrsclip job did not write or that changed since "
+            f"({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}): nothing in it is deleted; "
+            "move them away or choose another --out"
+        )
 
 
 def class_descriptions_file(cfg: Config) -> tuple[Path, str] | None:
@@ -271,8 +311,10 @@ def class_descriptions_file(cfg: Config) -> tuple[Path, str] | None:
         return None
     source = Path(cfg.prompt.class_descriptions).expanduser()
     if not source.is_file():
-        raise JobError(f"prompt.class_descriptions: {source} does not exist here; the job carries a copy of the "
-                       "file to every site, so make the job where the file is")
+        raise JobError(
+            f"prompt.class_descriptions: {source} does not exist here; the job carries a copy of the "
+            "file to every site, so make the job where the file is"
+        )
     loaded = read_yaml_mapping(source, JobError, "class descriptions file (prompt.class_descriptions)")
     if not loaded or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in loaded.items()):
         raise JobError(f"class descriptions file {source}: each entry must map a class name to a non-empty text")
@@ -280,9 +322,11 @@ def class_descriptions_file(cfg: Config) -> tuple[Path, str] | None:
     if classes is not None:  # every class needs its text: checked now rather than at every site after start-up
         missing = [c for c in classes if c.replace("_", " ") not in {k.replace("_", " ") for k in loaded}]
         if missing:
-            raise JobError(f"class descriptions file {source} has no description for {len(missing)} of the job's "
-                           f"{len(classes)} classes: {', '.join(repr(m) for m in missing[:10])}; every class needs "
-                           "one, keyed by its name")
+            raise JobError(
+                f"class descriptions file {source} has no description for {len(missing)} of the job's "
+                f"{len(classes)} classes: {', '.join(repr(m) for m in missing[:10])}; every class needs "
+                "one, keyed by its name"
+            )
     return source, DESCRIPTIONS_FILE + (source.suffix.lower() if source.suffix.lower() == ".json" else ".yaml")
 
 
@@ -325,8 +369,10 @@ def write_job(spec: JobSpec, out: str | Path) -> Path:
     if spec.resume is not None and spec.resume.source is not None:
         source = Path(spec.resume.source).expanduser().resolve()
         if out.resolve() == source or source in out.resolve().parents or out.resolve() in source.parents:
-            raise JobError(f"--out {out} and the run to resume ({source}) overlap: writing the job there would "
-                           "delete the run it resumes; choose another --out")
+            raise JobError(
+                f"--out {out} and the run to resume ({source}) overlap: writing the job there would "
+                "delete the run it resumes; choose another --out"
+            )
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
@@ -355,9 +401,12 @@ def job_settings(job: str | Path) -> dict[str, Any]:
     workflow = next(w for w in server["workflows"] if w["path"].endswith("ScatterAndGather"))["args"]
     aggregator = next(c for c in server["components"] if c["id"] == "aggregator")
     executor = next(e["executor"] for e in client["executors"] if e["executor"]["path"].endswith("FedRSCLIPExecutor"))
-    return {"min_clients": workflow.get("min_clients"), "num_rounds": workflow.get("num_rounds"),
-            "overrides": list(executor["args"].get("overrides") or []),
-            "he": aggregator["path"].endswith("CKKSAggregator")}
+    return {
+        "min_clients": workflow.get("min_clients"),
+        "num_rounds": workflow.get("num_rounds"),
+        "overrides": list(executor["args"].get("overrides") or []),
+        "he": aggregator["path"].endswith("CKKSAggregator"),
+    }
 
 
 # ---- resuming ------------------------------------------------------------------------------------------------------
@@ -367,14 +416,18 @@ def find_global_model(previous: str | Path) -> Path:
     previous = Path(previous).expanduser().resolve()
     if previous.is_file():
         return previous
-    for candidate in (previous / GLOBAL_MODEL_FILE,
-                      previous / "server" / "simulate_job" / "app_server" / GLOBAL_MODEL_FILE):
+    for candidate in (
+        previous / GLOBAL_MODEL_FILE,
+        previous / "server" / "simulate_job" / "app_server" / GLOBAL_MODEL_FILE,
+    ):
         if candidate.is_file():
             return candidate
     found = sorted(previous.rglob(GLOBAL_MODEL_FILE), key=lambda p: p.stat().st_mtime) if previous.is_dir() else []
     if not found:
-        raise JobError(f"no {GLOBAL_MODEL_FILE} in {previous}: name the aborted run's server app folder "
-                       "(<simulator workspace>/server/simulate_job/app_server) or its model file")
+        raise JobError(
+            f"no {GLOBAL_MODEL_FILE} in {previous}: name the aborted run's server app folder "
+            "(<simulator workspace>/server/simulate_job/app_server) or its model file"
+        )
     return found[-1]
 
 
@@ -395,8 +448,15 @@ def find_resume(previous: str | Path) -> Resume:
     # under that job's id (POC and real deployments keep run folders).
     sim = not job_id or job_id == "simulate_job"
     state = str(model.parents[3] / "{site}" / "simulate_job" / STATE_SUBDIR) if sim else f"{job_id}/{STATE_SUBDIR}"
-    return Resume(model=model, rounds_done=done, site_state=state, job_id=job_id, source=Path(previous),
-                  encrypted=HE_HEADER_KEY in weights, sites=_run_sites(model.parent / RESULTS_FILE))
+    return Resume(
+        model=model,
+        rounds_done=done,
+        site_state=state,
+        job_id=job_id,
+        source=Path(previous),
+        encrypted=HE_HEADER_KEY in weights,
+        sites=_run_sites(model.parent / RESULTS_FILE),
+    )
 
 
 def _run_sites(results_path: Path) -> tuple[str, ...]:
@@ -405,15 +465,31 @@ def _run_sites(results_path: Path) -> tuple[str, ...]:
         rounds = load_results(results_path).get("rounds") or []
     except (OSError, ValueError):
         return ()
-    names = {name for record in rounds if isinstance(record, dict)
-             for name in [*(record.get("sites") or {}), *(record.get("missing") or [])] if isinstance(name, str)}
+    names = {
+        name
+        for record in rounds
+        if isinstance(record, dict)
+        for name in [*(record.get("sites") or {}), *(record.get("missing") or [])]
+        if isinstance(name, str)
+    }
     return tuple(sorted(names, key=site_order))
 
 
 def describe(spec: JobSpec) -> dict[str, Any]:
     """The job's settings as a printable summary (for the CLI)."""
-    return json.loads(to_json({"name": spec.name, "sites": spec.sites, "rounds": spec.total_rounds(),
-                               "min_clients": spec.min_clients or spec.sites, "he": spec.he,
-                               **({"modalities": spec.modalities} if spec.modalities else {}),
-                               "train_timeout": spec.train_timeout, "wait_after_min": spec.wait_after_min,
-                               "overrides": spec.job_overrides}, indent=None))
+    return json.loads(
+        to_json(
+            {
+                "name": spec.name,
+                "sites": spec.sites,
+                "rounds": spec.total_rounds(),
+                "min_clients": spec.min_clients or spec.sites,
+                "he": spec.he,
+                **({"modalities": spec.modalities} if spec.modalities else {}),
+                "train_timeout": spec.train_timeout,
+                "wait_after_min": spec.wait_after_min,
+                "overrides": spec.job_overrides,
+            },
+            indent=None,
+        )
+    )

@@ -30,7 +30,8 @@ class PromptModelLocator(ModelLocator):
         try:
             weights, info = load_npz(path)
         except Exception as exc:  # missing, truncated or foreign: name the file
-            self.system_panic(f"the final global model {path} cannot be read ({exc}); the final evaluation is "
-                              "skipped", fl_ctx)
+            self.system_panic(
+                f"the final global model {path} cannot be read ({exc}); the final evaluation is skipped", fl_ctx
+            )
             return None
         return DXO(DataKind.WEIGHTS, data=weights, meta={"round": info.get("round")})

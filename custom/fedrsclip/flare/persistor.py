@@ -30,8 +30,9 @@ from .model_file import load_npz, save_npz
 
 
 class PromptPersistor(ModelPersistor):
-    def __init__(self, model_file: str = GLOBAL_MODEL_FILE, best_model_file: str = BEST_MODEL_FILE,
-                 resume_from: str = ""):
+    def __init__(
+        self, model_file: str = GLOBAL_MODEL_FILE, best_model_file: str = BEST_MODEL_FILE, resume_from: str = ""
+    ):
         """`resume_from`: an earlier job's global model file (relative to the app folder) to start from."""
         super().__init__()
         self.model_file = model_file
@@ -51,8 +52,10 @@ class PromptPersistor(ModelPersistor):
         self._path(fl_ctx, self.model_file)
         if self.resume_from:
             return self._resume(fl_ctx)
-        self.log_info(fl_ctx, "global shared prompt starts empty: every site draws the same initial prompt from "
-                              "train.seed in round 1")
+        self.log_info(
+            fl_ctx,
+            "global shared prompt starts empty: every site draws the same initial prompt from train.seed in round 1",
+        )
         return make_model_learnable({}, {})
 
     def _resume(self, fl_ctx: FLContext) -> ModelLearnable:
@@ -65,29 +68,38 @@ class PromptPersistor(ModelPersistor):
             else:
                 check_update(weights, None, None)
             if info.get("round") != start:
-                raise ValueError(f"it holds the global model after round {info.get('round')}, but the workflow's "
-                                 f"start_round is {start}; they must be equal (fedrsclip job --resume sets both)")
+                raise ValueError(
+                    f"it holds the global model after round {info.get('round')}, but the workflow's "
+                    f"start_round is {start}; they must be equal (fedrsclip job --resume sets both)"
+                )
         except Exception as exc:  # missing, truncated, foreign or non-finite: stop and name the file
             self.system_panic(f"cannot resume from the global model {path}: {exc}", fl_ctx)
             return make_model_learnable({}, {})
         self.weights, self.round = weights, start
-        self.log_info(fl_ctx, f"resuming from {path}: the global model after round {start} of job "
-                              f"{info.get('job_id', '?')}; the next round is {start + 1}")
+        self.log_info(
+            fl_ctx,
+            f"resuming from {path}: the global model after round {start} of job "
+            f"{info.get('job_id', '?')}; the next round is {start + 1}",
+        )
         return make_model_learnable(weights, {})
 
     def save_model(self, model: ModelLearnable, fl_ctx: FLContext):
         self.weights = dict(model.get(ModelLearnableKey.WEIGHTS) or {})
         self.round = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
-        path = save_npz(self._path(fl_ctx, self.model_file), self.weights,
-                        {"round": self.round, "job_id": fl_ctx.get_job_id()})
+        path = save_npz(
+            self._path(fl_ctx, self.model_file), self.weights, {"round": self.round, "job_id": fl_ctx.get_job_id()}
+        )
         self.log_info(fl_ctx, f"global model after round {self.round} saved to {path}")
 
     def save_best(self, fl_ctx: FLContext, weights: dict[str, Any], after_round: int, metric: float) -> Path:
         self.best_round = after_round
-        path = save_npz(self._path(fl_ctx, self.best_model_file), weights,
-                        {"round": after_round, "weighted_accuracy": metric})
-        self.log_info(fl_ctx, f"best global model so far (after round {after_round}, weighted accuracy "
-                              f"{metric:.2f}%) saved to {path}")
+        path = save_npz(
+            self._path(fl_ctx, self.best_model_file), weights, {"round": after_round, "weighted_accuracy": metric}
+        )
+        self.log_info(
+            fl_ctx,
+            f"best global model so far (after round {after_round}, weighted accuracy {metric:.2f}%) saved to {path}",
+        )
         return path
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
@@ -97,8 +109,12 @@ class PromptPersistor(ModelPersistor):
             model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL) or {}
             weights = dict(model.get(ModelLearnableKey.WEIGHTS) or {})
             if weights:
-                self.save_best(fl_ctx, weights, int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)),
-                               float(fl_ctx.get_prop(AppConstants.VALIDATION_RESULT, float("nan"))))
+                self.save_best(
+                    fl_ctx,
+                    weights,
+                    int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)),
+                    float(fl_ctx.get_prop(AppConstants.VALIDATION_RESULT, float("nan"))),
+                )
 
 
 from .locator import PromptModelLocator  # noqa: E402,F401  the old class path, named by jobs made before 0.2

@@ -39,8 +39,10 @@ class FedRSCLIPRecipe(Recipe):
     def process_env(self, env: ExecEnv) -> None:
         if isinstance(env, SimEnv):
             if env.num_clients != self.spec.sites:
-                raise JobError(f"the job is made for {self.spec.sites} sites and SimEnv runs {env.num_clients}: give "
-                               "both the same number (the data is partitioned over the job's sites)")
+                raise JobError(
+                    f"the job is made for {self.spec.sites} sites and SimEnv runs {env.num_clients}: give "
+                    "both the same number (the data is partitioned over the job's sites)"
+                )
             workspace = Path(env.workspace_root) / self.name
             try:  # SimEnv empties it: never over a folder holding what it did not make
                 check_workspace(workspace)

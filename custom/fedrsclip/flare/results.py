@@ -30,15 +30,33 @@ from nvflare.widgets.widget import Widget
 from ..atomic import atomic_write_json
 from ..protocol import ContributionError, FinalRecord, RoundRecord, key_metric
 from ..results_file import RESULTS_FILE, ResultsBook, best_entry
-from .constants import (BEST_MODEL_FILE, CONTRIBUTION_REJECTED, ERROR_HEADER, ERROR_KIND_HEADER, GLOBAL_MODEL_FILE,
-                        GROUP_WARNING, META_KEY, REJECTION_PROP, ROUND_HEADER, TASK_TRAIN, TASK_VALIDATE, WARNING_PROP)
+from .constants import (
+    BEST_MODEL_FILE,
+    CONTRIBUTION_REJECTED,
+    ERROR_HEADER,
+    ERROR_KIND_HEADER,
+    GLOBAL_MODEL_FILE,
+    GROUP_WARNING,
+    META_KEY,
+    REJECTION_PROP,
+    ROUND_HEADER,
+    TASK_TRAIN,
+    TASK_VALIDATE,
+    WARNING_PROP,
+)
 from .persistor import PromptPersistor
 
 
 class ResultsCollector(Widget):
-    def __init__(self, results_file: str = RESULTS_FILE, persistor_id: str = "persistor",
-                 train_task_name: str = TASK_TRAIN, validate_task_name: str = TASK_VALIDATE, sites: int = 0,
-                 min_clients: int = 0):
+    def __init__(
+        self,
+        results_file: str = RESULTS_FILE,
+        persistor_id: str = "persistor",
+        train_task_name: str = TASK_TRAIN,
+        validate_task_name: str = TASK_VALIDATE,
+        sites: int = 0,
+        min_clients: int = 0,
+    ):
         """
         Args:
             results_file: written in the server's app folder.
@@ -71,16 +89,17 @@ class ResultsCollector(Widget):
                 self._round_done(fl_ctx)
             elif event_type == CONTRIBUTION_REJECTED:
                 info = fl_ctx.get_prop(REJECTION_PROP) or {}
-                self.book.reject(info.get("site", "?"), info.get("round"), self.train_task_name,
-                                 str(info.get("error")))
+                self.book.reject(info.get("site", "?"), info.get("round"), self.train_task_name, str(info.get("error")))
             elif event_type == GROUP_WARNING:
                 if self.book.warn(fl_ctx.get_prop(WARNING_PROP) or {}):
                     self._write()
             elif event_type == AppEventType.GLOBAL_BEST_MODEL_AVAILABLE:
                 value = fl_ctx.get_prop(AppConstants.VALIDATION_RESULT)
-                self.book.best = {"round": int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)),
-                                  "weighted_accuracy": float(value) if value is not None else None,
-                                  "selected_by": "IntimeModelSelector (initial_metrics.accuracy)"}
+                self.book.best = {
+                    "round": int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)),
+                    "weighted_accuracy": float(value) if value is not None else None,
+                    "selected_by": "IntimeModelSelector (initial_metrics.accuracy)",
+                }
             elif event_type == EventType.FATAL_SYSTEM_ERROR:
                 self.book.status = "failed"
                 reason = fl_ctx.get_prop(FLContextKey.EVENT_DATA, "")
@@ -123,14 +142,19 @@ class ResultsCollector(Widget):
         fewest = self.min_clients or self.sites
         if fewest <= len(clients) <= self.sites:
             if len(clients) < self.sites:
-                self.log_warning(fl_ctx, f"{len(clients)} of the job's {self.sites} sites joined: the others' part of "
-                                         "the data is not used this run")
+                self.log_warning(
+                    fl_ctx,
+                    f"{len(clients)} of the job's {self.sites} sites joined: the others' part of "
+                    "the data is not used this run",
+                )
             return
         self.book.status = "failed"
-        message = (f"stopping the job: it was made for {self.sites} sites (its data is partitioned over "
-                   f"{self.sites}: data.synthetic_sites, or the manifest's sites), and {len(clients)} joined "
-                   f"({', '.join(clients)}). Run it with {self.sites} sites (nvflare simulator -n {self.sites}), or "
-                   f"make the job for {len(clients)}: fedrsclip job --sites {len(clients)} ...")
+        message = (
+            f"stopping the job: it was made for {self.sites} sites (its data is partitioned over "
+            f"{self.sites}: data.synthetic_sites, or the manifest's sites), and {len(clients)} joined "
+            f"({', '.join(clients)}). Run it with {self.sites} sites (nvflare simulator -n {self.sites}), or "
+            f"make the job for {len(clients)}: fedrsclip job --sites {len(clients)} ..."
+        )
         self.book.errors.append({"site": "server", "kind": "sites", "error": message})
         self._write()
         self.system_panic(message, fl_ctx)
@@ -150,11 +174,13 @@ class ResultsCollector(Widget):
             rnd = int(contribution) + 1 if isinstance(contribution, int) else None
         if rc != ReturnCode.OK:
             kind = result.get_header(ERROR_KIND_HEADER) or rc
-            message = result.get_header(ERROR_HEADER) or \
-                f"the task {task} failed with return code {rc}; see {site}'s log"
+            message = (
+                result.get_header(ERROR_HEADER) or f"the task {task} failed with return code {rc}; see {site}'s log"
+            )
             self.book.add_error(site, task, rnd, kind, message, train)
-            self.log_error(fl_ctx, f"task {task}" + (f" of round {rnd}" if rnd else "") + f" failed at {site} "
-                           f"({kind}): {message}")
+            self.log_error(
+                fl_ctx, f"task {task}" + (f" of round {rnd}" if rnd else "") + f" failed at {site} ({kind}): {message}"
+            )
             if kind == "config":
                 self.book.status = "failed"
                 self._write()
@@ -167,8 +193,9 @@ class ResultsCollector(Widget):
             else:
                 self.book.add_final(site, FinalRecord.from_wire(meta))
         except (ValueError, ContributionError) as exc:  # not a DXO, or no valid record: the site is missing
-            self.book.add_error(site, task, rnd, "result", f"the result carries no valid fedrsclip record: {exc}",
-                                train)
+            self.book.add_error(
+                site, task, rnd, "result", f"the result carries no valid fedrsclip record: {exc}", train
+            )
 
     def _round_done(self, fl_ctx: FLContext) -> None:
         rnd = int(fl_ctx.get_prop(AppConstants.CURRENT_ROUND, 0)) + 1
@@ -180,8 +207,9 @@ class ResultsCollector(Widget):
             self.book.status = "failed"
             kinds = sorted({v.get("kind", "?") for v in record["missing"].values()})
             first = next(iter(record["missing"].values()), {}).get("error", "")
-            self.system_panic(f"stopping the job: no site completed round {rnd} ({', '.join(kinds)}); first error: "
-                              f"{first}", fl_ctx)
+            self.system_panic(
+                f"stopping the job: no site completed round {rnd} ({', '.join(kinds)}); first error: {first}", fl_ctx
+            )
 
     def _end(self, fl_ctx: FLContext) -> None:
         status = self.book.finish()

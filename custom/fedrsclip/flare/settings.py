@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
 from ..config import Config, ConfigError, load_config, parse_overrides, read_yaml_mapping
 from ..data.errors import DataError
 from ..data.manifest import load_manifest
@@ -77,8 +76,9 @@ def find_site_config(site: str, local_dir: str | Path | None) -> Path | None:
     if env:
         path = Path(env.replace("{site}", site)).expanduser()
         if not path.is_file():
-            raise SiteConfigError(f"{site}: ${SITE_CONFIG_ENV} names {path}, which does not exist; fix the variable "
-                                  "or unset it")
+            raise SiteConfigError(
+                f"{site}: ${SITE_CONFIG_ENV} names {path}, which does not exist; fix the variable or unset it"
+            )
         return path
     if local_dir is not None:
         path = Path(local_dir) / SITE_CONFIG_FILE
@@ -96,12 +96,15 @@ def read_site_config(path: Path) -> dict:
             raise SiteConfigError(
                 f"the site configuration {path} sets {section!r}; a site may only set {', '.join(allowed)} "
                 "(algorithm, model.arch, prompt and train settings come from the job so every site trains the "
-                "same model)")
+                "same model)"
+            )
         if section == "model":
             extra = sorted(set(values) - set(SITE_MODEL_KEYS))
             if extra:
-                raise SiteConfigError(f"the site configuration {path} sets model.{extra[0]}; a site may only set "
-                                      f"{', '.join(allowed)} (model.arch comes from the job)")
+                raise SiteConfigError(
+                    f"the site configuration {path} sets model.{extra[0]}; a site may only set "
+                    f"{', '.join(allowed)} (model.arch comes from the job)"
+                )
     out = {section: dict(values) for section, values in loaded.items()}
     for section, keys in _SITE_PATH_KEYS.items():
         for key in keys:
@@ -109,8 +112,11 @@ def read_site_config(path: Path) -> dict:
             if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
                 out[section][key] = str((path.parent / value).resolve())
     pretrained = out.get("model", {}).get("pretrained")
-    if isinstance(pretrained, str) and ("/" in pretrained or os.sep in pretrained) \
-            and not Path(pretrained).expanduser().is_absolute():
+    if (
+        isinstance(pretrained, str)
+        and ("/" in pretrained or os.sep in pretrained)
+        and not Path(pretrained).expanduser().is_absolute()
+    ):
         out["model"]["pretrained"] = str((path.parent / pretrained).resolve())
     return out
 
@@ -129,8 +135,10 @@ def resolve_site_settings(
     job_overrides = _nested(overrides)
     cfg = load_config(job_config, job_overrides)  # the job alone: its errors are the job's
     if cfg.dpac.negatives == "peers":
-        raise ConfigError("dpac.negatives: peers needs every other site's shared prompt each round, which this FLARE "
-                          "job does not send; use dpac.negatives: classes")
+        raise ConfigError(
+            "dpac.negatives: peers needs every other site's shared prompt each round, which this FLARE "
+            "job does not send; use dpac.negatives: classes"
+        )
     site_path = find_site_config(site, local_dir)
     if site_path is not None:
         site_values = read_site_config(site_path)
@@ -142,29 +150,39 @@ def resolve_site_settings(
     descriptions = cfg.prompt.class_descriptions
     if descriptions and job_config is not None and not Path(descriptions).expanduser().is_absolute():
         # the job's copy (fedrsclip job ships the file): relative to the job's config folder, on every site alike
-        cfg = dataclasses.replace(cfg, prompt=dataclasses.replace(
-            cfg.prompt, class_descriptions=str(Path(job_config).parent / descriptions)))
+        cfg = dataclasses.replace(
+            cfg, prompt=dataclasses.replace(cfg.prompt, class_descriptions=str(Path(job_config).parent / descriptions))
+        )
     workspace_root = Path(workspace_root)
     data = cfg.data
     if not Path(data.cache_dir).expanduser().is_absolute():
         data = dataclasses.replace(data, cache_dir=str(workspace_root / data.cache_dir))
     cfg = dataclasses.replace(cfg, data=data)
-    where = f"{site_path}" if site_path else f"{Path(local_dir or workspace_root / 'local') / SITE_CONFIG_FILE} " \
-                                               f"or ${SITE_CONFIG_ENV}"
+    where = (
+        f"{site_path}"
+        if site_path
+        else f"{Path(local_dir or workspace_root / 'local') / SITE_CONFIG_FILE} or ${SITE_CONFIG_ENV}"
+    )
     if data.source in ("synthetic", "synthetic-mm"):
         path = synthetic_manifest(data, workspace_root / SYNTHETIC_SUBDIR, modalities=cfg.multimodal.modalities)
         manifest = load_manifest(path)
         if site not in manifest["sites"]:
-            raise DataError(f"{site}: the synthetic dataset is partitioned over data.synthetic_sites = "
-                            f"{data.synthetic_sites} sites ({', '.join(manifest['sites'])}), which does not include "
-                            f"{site}; set data.synthetic_sites to the number of sites in the job's fedrsclip.yaml "
-                            "or overrides")
+            raise DataError(
+                f"{site}: the synthetic dataset is partitioned over data.synthetic_sites = "
+                f"{data.synthetic_sites} sites ({', '.join(manifest['sites'])}), which does not include "
+                f"{site}; set data.synthetic_sites to the number of sites in the job's fedrsclip.yaml "
+                "or overrides"
+            )
         return SiteSettings(cfg, manifest, site_path, describe_data(data, path, cfg.multimodal.modalities), path)
     if not data.manifest:
-        raise DataError(f"{site}: no data configured for this site: set data.manifest (the partition manifest that "
-                        f"names {site}) and, if the images are elsewhere, data.root, in {where}; or data.source: "
-                        "synthetic for the offline demo")
+        raise DataError(
+            f"{site}: no data configured for this site: set data.manifest (the partition manifest that "
+            f"names {site}) and, if the images are elsewhere, data.root, in {where}; or data.source: "
+            "synthetic for the offline demo"
+        )
     if not Path(data.manifest).expanduser().is_file():
-        raise DataError(f"{site}: data.manifest is {data.manifest}, which does not exist here; fix data.manifest "
-                        f"in {where} (create one with `fedrsclip data partition`)")
+        raise DataError(
+            f"{site}: data.manifest is {data.manifest}, which does not exist here; fix data.manifest "
+            f"in {where} (create one with `fedrsclip data partition`)"
+        )
     return SiteSettings(cfg, None, site_path, describe_data(data, data.manifest), Path(data.manifest))

@@ -8,14 +8,16 @@ import sys
 from pathlib import Path
 
 
-def simulator_command(job: str | Path, workspace: str | Path, sites: int, threads: int,
-                      portable: bool = False) -> list[str]:
+def simulator_command(
+    job: str | Path, workspace: str | Path, sites: int, threads: int, portable: bool = False
+) -> list[str]:
     """FLARE's simulator in this Python environment, run as FLARE's SimEnv runs it (its module: the `nvflare
     simulator` command prints a deprecation notice in favour of SimEnv); `portable`: `nvflare simulator` as a user
     types it. The simulator empties `workspace` (but startup/ and local/): it must never be the job folder or hold
     it."""
-    base = ["nvflare", "simulator"] if portable else \
-        [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator"]
+    base = (
+        ["nvflare", "simulator"] if portable else [sys.executable, "-m", "nvflare.private.fed.app.simulator.simulator"]
+    )
     return [*base, str(job), "-w", str(workspace), "-n", str(sites), "-t", str(threads)]
 
 
@@ -31,5 +33,7 @@ def check_workspace(ws: Path) -> None:
         raise ValueError(f"the workspace {ws} is a file; choose a new folder")
     other = sorted(p.name for p in ws.iterdir() if not SIMULATOR_ENTRIES.match(p.name))
     if other:
-        raise ValueError(f"the workspace {ws} holds {', '.join(other[:5])}, which is not a simulator workspace's: "
-                         "the simulator would delete it. Choose a new or empty folder (or an earlier run's workspace)")
+        raise ValueError(
+            f"the workspace {ws} holds {', '.join(other[:5])}, which is not a simulator workspace's: "
+            "the simulator would delete it. Choose a new or empty folder (or an earlier run's workspace)"
+        )

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey
@@ -122,8 +121,11 @@ class UploadAudit(FLComponent):
         if task not in self.task_names or not isinstance(result, Shareable):
             return
         try:
-            entry = {"task": task, "round": result.get_cookie(AppConstants.CONTRIBUTION_ROUND),
-                     **account(result, self.record_key)}
+            entry = {
+                "task": task,
+                "round": result.get_cookie(AppConstants.CONTRIBUTION_ROUND),
+                **account(result, self.record_key),
+            }
             site = fl_ctx.get_identity_name()
             run_dir = Path(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id()))
             path = run_dir / STATE_SUBDIR / AUDIT_FILE.format(site=site)

@@ -84,25 +84,35 @@ def run_demo(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fedrsclip-job-"))
     try:
-        spec = JobSpec(sites=sites, rounds=rounds, overrides=tuple(overrides), he=he, audit=audit,
-                       modalities=modalities)
+        spec = JobSpec(
+            sites=sites, rounds=rounds, overrides=tuple(overrides), he=he, audit=audit, modalities=modalities
+        )
         run_job = write_job(spec, tmp / spec.name)
         num_rounds = spec.total_rounds()
         if he:
             startup, made = prepare_simulator_contexts(ws)
             print(f"[demo] CKKS-encrypted updates; HE contexts {'made' if made else 'kept'} in {startup}", flush=True)
         cmd = simulator_command(run_job, ws, sites, threads)
-        print(f"[demo] nvflare simulator: {sites} sites, {num_rounds} rounds, {threads} threads; workspace {ws}; "
-              f"full log {log_path}", flush=True)
-        print(f"[demo] round 1 starts the {sites} site processes: each loads its CLIP and extracts its image "
-              "features first (the longest part of the run); a line per site when it is ready", flush=True)
+        print(
+            f"[demo] nvflare simulator: {sites} sites, {num_rounds} rounds, {threads} threads; workspace {ws}; "
+            f"full log {log_path}",
+            flush=True,
+        )
+        print(
+            f"[demo] round 1 starts the {sites} site processes: each loads its CLIP and extracts its image "
+            "features first (the longest part of the run); a line per site when it is ready",
+            flush=True,
+        )
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.setdefault("HF_HUB_OFFLINE", "1")  # the demo never downloads
         start = time.time()
         shown: set[str] = set()
-        with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace"
-        ) as proc:
+        with (
+            open(log_path, "w", encoding="utf-8") as log,
+            subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace"
+            ) as proc,
+        ):
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)

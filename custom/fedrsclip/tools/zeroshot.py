@@ -51,19 +51,31 @@ def manifest_items(manifest: dict[str, Any], split: str, root: str | None) -> li
     if split not in SPLITS:
         raise DataError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     parts = ("train", "test") if split == "all" else (split,)
-    items = [item for site in sorted(manifest["sites"], key=site_order) for part in parts
-             for item in site_split(manifest, site, part, root=root)]
+    items = [
+        item
+        for site in sorted(manifest["sites"], key=site_order)
+        for part in parts
+        for item in site_split(manifest, site, part, root=root)
+    ]
     missing = [p for p, _ in items if not p.is_file()]
     if missing:
-        raise DataError(f"{len(missing)} of the manifest's {len(items)} images are missing, e.g. {missing[0]}; set "
-                        "data.root (--set data.root=FOLDER) to the folder that holds the class folders")
+        raise DataError(
+            f"{len(missing)} of the manifest's {len(items)} images are missing, e.g. {missing[0]}; set "
+            "data.root (--set data.root=FOLDER) to the folder that holds the class folders"
+        )
     if not items:
         raise DataError(f"the manifest has no {split} images")
     return items
 
 
-def run_zeroshot(cfg: Config, manifest_path: str | Path, out: str | Path, template: str = DEFAULT_TEMPLATE,
-                 split: str = "all", progress: bool = True) -> dict[str, Any]:
+def run_zeroshot(
+    cfg: Config,
+    manifest_path: str | Path,
+    out: str | Path,
+    template: str = DEFAULT_TEMPLATE,
+    split: str = "all",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Evaluate zero-shot CLIP on the manifest's images, write the results (JSON) to `out` and the confusion
     matrix next to it (`figure_path`); returns the results. Raises DataError / ConfigError / BackboneError with
     what to fix."""
@@ -76,19 +88,36 @@ def run_zeroshot(cfg: Config, manifest_path: str | Path, out: str | Path, templa
     template = template_text(template)
     manifest = load_manifest(manifest_path)
     classes = list(manifest["classes"])
-    descriptions = load_class_descriptions(cfg.prompt.class_descriptions, classes) \
-        if cfg.prompt.class_descriptions else None
+    descriptions = (
+        load_class_descriptions(cfg.prompt.class_descriptions, classes) if cfg.prompt.class_descriptions else None
+    )
     items = manifest_items(manifest, split, cfg.data.root)
     backbone = open_backbone(cfg.model, cfg.data.cache_dir)
-    features = cached_features(backbone, items, Path(cfg.data.cache_dir) / CACHE_SUBDIR, f"{split}", progress=progress,
-                               image=settings_from_config(cfg.data, manifest.get("modality")))
+    features = cached_features(
+        backbone,
+        items,
+        Path(cfg.data.cache_dir) / CACHE_SUBDIR,
+        f"{split}",
+        progress=progress,
+        image=settings_from_config(cfg.data, manifest.get("modality")),
+    )
     result = zero_shot_accuracy(backbone, classes, features, template, descriptions)
-    results = {"kind": KIND, "manifest": str(Path(manifest_path).resolve()), "dataset": manifest.get("dataset"),
-               "split": split, "classes": classes, "class_descriptions": cfg.prompt.class_descriptions,
-               "backbone": backbone.description, "weights": backbone.weights, "data_source": "manifest",
-               "skipped": [list(s) for s in features.skipped], **result,
-               "warning": chance_warning(result, "all images of the manifest" if split == "all" else
-                                         f"the manifest's {split} images")}
+    results = {
+        "kind": KIND,
+        "manifest": str(Path(manifest_path).resolve()),
+        "dataset": manifest.get("dataset"),
+        "split": split,
+        "classes": classes,
+        "class_descriptions": cfg.prompt.class_descriptions,
+        "backbone": backbone.description,
+        "weights": backbone.weights,
+        "data_source": "manifest",
+        "skipped": [list(s) for s in features.skipped],
+        **result,
+        "warning": chance_warning(
+            result, "all images of the manifest" if split == "all" else f"the manifest's {split} images"
+        ),
+    }
     atomic_write_json(out, results)
     results["figure"] = str(write_figure(results, figure_path(out)))
     return results
@@ -99,9 +128,11 @@ def write_figure(results: dict[str, Any], path: Path) -> Path:
     from .reporting.figures import confusion_figure
 
     labels = [f"{c} ({'-' if a is None else f'{a:.0f}%'})" for c, a in zip(results["classes"], results["per_class"])]
-    title = (f"Zero-shot {results['backbone']}: {results['accuracy']:.1f}% top-1 on {results['samples']} images "
-             f"({results['split']})\nprompt \"{results['prompt'].format('{class}')}\"; chance "
-             f"{results['chance']:.1f}%; rows: true class (its accuracy)")
+    title = (
+        f"Zero-shot {results['backbone']}: {results['accuracy']:.1f}% top-1 on {results['samples']} images "
+        f'({results["split"]})\nprompt "{results["prompt"].format("{class}")}"; chance '
+        f"{results['chance']:.1f}%; rows: true class (its accuracy)"
+    )
     return confusion_figure(results["confusion"], results["classes"], title, path, caveat(results), row_labels=labels)
 
 
@@ -109,14 +140,16 @@ def format_results(results: dict[str, Any]) -> str:
     """The printed summary: accuracy, chance, the per-class accuracies, the warnings."""
     width = max(len(c) for c in results["classes"])
     totals = [sum(row) for row in results["confusion"]]
-    lines = [f"zero-shot: {results['backbone']} ({results['weights']})",
-             f"data: {results['manifest']} ({results['dataset']}, {results['split']}: {results['samples']} images, "
-             f"{len(results['classes'])} classes)",
-             f"prompt: \"{results['prompt'].format('{class}')}\""
-             + (f" with the descriptions of {results['class_descriptions']}" if results.get("class_descriptions")
-                else ""),
-             f"top-1 accuracy: {results['accuracy']:.2f}% (chance {results['chance']:.2f}%)", "",
-             f"{'class'.ljust(width)}  images  accuracy"]
+    lines = [
+        f"zero-shot: {results['backbone']} ({results['weights']})",
+        f"data: {results['manifest']} ({results['dataset']}, {results['split']}: {results['samples']} images, "
+        f"{len(results['classes'])} classes)",
+        f'prompt: "{results["prompt"].format("{class}")}"'
+        + (f" with the descriptions of {results['class_descriptions']}" if results.get("class_descriptions") else ""),
+        f"top-1 accuracy: {results['accuracy']:.2f}% (chance {results['chance']:.2f}%)",
+        "",
+        f"{'class'.ljust(width)}  images  accuracy",
+    ]
     for name, accuracy, total in zip(results["classes"], results["per_class"], totals):
         lines.append(f"{name.ljust(width)}  {total:6d}  {'-' if accuracy is None else f'{accuracy:7.1f}%'}")
     if results.get("skipped"):

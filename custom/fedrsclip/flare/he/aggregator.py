@@ -32,8 +32,9 @@ class CKKSAggregator(GatedAggregator):
     def _context(self, fl_ctx: FLContext):
         if self._ctx is None:
             self._ctx = load_workspace_context(self.context_file, fl_ctx)
-            self.log_info(fl_ctx, f"CKKS aggregation with {self.context_file} (no secret key: this server cannot "
-                                  "decrypt)")
+            self.log_info(
+                fl_ctx, f"CKKS aggregation with {self.context_file} (no secret key: this server cannot decrypt)"
+            )
         return self._ctx
 
     def _inspect(self, dxo: DXO, site: str, fl_ctx: FLContext) -> Any:
@@ -44,8 +45,9 @@ class CKKSAggregator(GatedAggregator):
             if claimed is None or abs(float(claimed) - update.weight) > 1e-6 * max(1.0, update.weight):
                 raise HEError(f"encrypted with weight {update.weight:g} but reports {claimed} training samples")
             previous = global_weights(fl_ctx)
-            expected = EncryptedUpdate.from_data(previous, "the global model").shapes \
-                if HEADER_KEY in previous else None
+            expected = (
+                EncryptedUpdate.from_data(previous, "the global model").shapes if HEADER_KEY in previous else None
+            )
             EncryptedSum(self._context(fl_ctx)).check(update, source, expected)  # deserializes, counts the values
         except HEError as exc:
             raise ContributionError(str(exc)) from None
@@ -58,9 +60,15 @@ class CKKSAggregator(GatedAggregator):
             update = EncryptedUpdate.from_data(from_shareable(held[site][0]).data, f"the update from {site}")
             total.add(update, f"the update from {site}")
             accepted.append(site)
-            self.log_info(fl_ctx, f"added the encrypted update of {site} (weight {update.weight:g}, "
-                                  f"{update.nbytes:,} bytes) without decrypting it")
+            self.log_info(
+                fl_ctx,
+                f"added the encrypted update of {site} (weight {update.weight:g}, "
+                f"{update.nbytes:,} bytes) without decrypting it",
+            )
         result = total.result()
-        self.log_info(fl_ctx, f"aggregated {result.contributions} encrypted updates (total weight "
-                              f"{result.weight:g}): {result.nbytes:,} bytes of ciphertext")
+        self.log_info(
+            fl_ctx,
+            f"aggregated {result.contributions} encrypted updates (total weight "
+            f"{result.weight:g}): {result.nbytes:,} bytes of ciphertext",
+        )
         return accepted, DXO(DataKind.WEIGHTS, data=result.to_data()).to_shareable()

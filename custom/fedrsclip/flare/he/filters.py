@@ -71,8 +71,11 @@ class CKKSEncryptor(_CKKSFilter):
         update = encrypt_update(self.context(fl_ctx), dxo.data, float(weight))
         record.bytes_up, record.bytes_up_plain, record.encryption = update.nbytes, payload_nbytes(dxo.data), ENCRYPTION
         meta = {**(dxo.meta or {}), META_KEY: record.check().to_wire()}
-        self.log_info(fl_ctx, f"{site}: shared-prompt update encrypted (CKKS, weight {weight:g}): "
-                              f"{update.nbytes:,} bytes of ciphertext for {payload_nbytes(dxo.data):,} bytes of values")
+        self.log_info(
+            fl_ctx,
+            f"{site}: shared-prompt update encrypted (CKKS, weight {weight:g}): "
+            f"{update.nbytes:,} bytes of ciphertext for {payload_nbytes(dxo.data):,} bytes of values",
+        )
         return DXO(DataKind.WEIGHTS, data=update.to_data(), meta=meta)
 
 
@@ -94,6 +97,8 @@ class CKKSDecryptor(_CKKSFilter):
         # An empty model (round 1: nothing aggregated yet) never reaches here: DXOFilter passes empty data through.
         update = EncryptedUpdate.from_data(dxo.data, f"{site}: the global model from the server")
         payload = decrypt_average(self.context(fl_ctx), update, f"{site}: the global model from the server")
-        self.log_info(fl_ctx, f"{site}: global model decrypted ({update.contributions} sites, {update.nbytes:,} bytes "
-                              "of ciphertext)")
+        self.log_info(
+            fl_ctx,
+            f"{site}: global model decrypted ({update.contributions} sites, {update.nbytes:,} bytes of ciphertext)",
+        )
         return DXO(DataKind.WEIGHTS, data=payload, meta={**(dxo.meta or {}), "ckks_bytes_down": update.nbytes})

@@ -10,37 +10,73 @@ from pathlib import Path
 from ...atomic import to_json
 from .common import DEFAULT_IMAGES
 
+
 def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("bench", help="measure step speed-up, feature throughput, upload sizes, memory and "
-                                            "FLARE overhead (last stdout line: one JSON object)")
+    p = subparsers.add_parser(
+        "bench",
+        help="measure step speed-up, feature throughput, upload sizes, memory and "
+        "FLARE overhead (last stdout line: one JSON object)",
+    )
     p.add_argument("--quick", action="store_true", help="reduced run, under two minutes on 2 CPU cores")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--json-out", metavar="FILE", help="also write the figures to this JSON file")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own)")
-    p.add_argument("--images", default=str(DEFAULT_IMAGES), metavar="DIR",
-                   help="UC Merced images to time on (default: %(default)s; synthetic scenes where it is absent)")
+    p.add_argument(
+        "--images",
+        default=str(DEFAULT_IMAGES),
+        metavar="DIR",
+        help="UC Merced images to time on (default: %(default)s; synthetic scenes where it is absent)",
+    )
     flare = p.add_mutually_exclusive_group()
-    flare.add_argument("--flare", dest="flare", action="store_true", default=None,
-                       help="run the FLARE simulator job even with --quick")
+    flare.add_argument(
+        "--flare", dest="flare", action="store_true", default=None, help="run the FLARE simulator job even with --quick"
+    )
     flare.add_argument("--no-flare", dest="flare", action="store_false", help="skip the FLARE simulator job")
-    p.add_argument("--flare-arch", metavar="MODEL", help="open_clip model the FLARE job's sites load, with random "
-                   "weights (default: the job's own; 10 ViT-B-16 sites need ~20 GB of RAM)")
-    p.add_argument("--scaling", action="store_true", help="instead: round time vs classes, images per site and sites "
-                   "(about 10 minutes on 2 CPU cores; with --quick a smoke run); writes scaling.json and scaling.png")
-    p.add_argument("--out-dir", help="where --scaling (default: workspaces/scaling) or --paper-scale N (default: "
-                                     "workspaces/paper-scale-N) writes")
+    p.add_argument(
+        "--flare-arch",
+        metavar="MODEL",
+        help="open_clip model the FLARE job's sites load, with random "
+        "weights (default: the job's own; 10 ViT-B-16 sites need ~20 GB of RAM)",
+    )
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead: round time vs classes, images per site and sites "
+        "(about 10 minutes on 2 CPU cores; with --quick a smoke run); writes scaling.json and scaling.png",
+    )
+    p.add_argument(
+        "--out-dir",
+        help="where --scaling (default: workspaces/scaling) or --paper-scale N (default: "
+        "workspaces/paper-scale-N) writes",
+    )
     paper = p.add_argument_group("--paper-scale: the paper's UC Merced federation with ViT-B/16 in the simulator")
-    paper.add_argument("--paper-scale", type=int, metavar="SITES", help="instead: Table I's UC Merced partition over "
-                       "SITES sites (10 or 40), ViT-B/16 with random weights from a local file, in `nvflare "
-                       "simulator`; wall time per round, memory and FLARE's share (README: Performance)")
-    paper.add_argument("--sim-threads", type=int, metavar="T", help="simulator threads (default: 10; one process per "
-                       "site at 10 sites)")
+    paper.add_argument(
+        "--paper-scale",
+        type=int,
+        metavar="SITES",
+        help="instead: Table I's UC Merced partition over "
+        "SITES sites (10 or 40), ViT-B/16 with random weights from a local file, in `nvflare "
+        "simulator`; wall time per round, memory and FLARE's share (README: Performance)",
+    )
+    paper.add_argument(
+        "--sim-threads", type=int, metavar="T", help="simulator threads (default: 10; one process per site at 10 sites)"
+    )
     paper.add_argument("--rounds", type=int, default=3, help="rounds (default: %(default)s)")
     paper.add_argument("--gpu", metavar="LIST", help="the simulator's -gpu, e.g. 0 or 0,1")
-    paper.add_argument("--cold", action="store_true", help="start the sites with empty feature caches (round 1 then "
-                       "loads the whole CLIP and extracts at every site at once)")
-    paper.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="another job setting, e.g. model.text_precision=bf16 (repeatable)")
+    paper.add_argument(
+        "--cold",
+        action="store_true",
+        help="start the sites with empty feature caches (round 1 then "
+        "loads the whole CLIP and extracts at every site at once)",
+    )
+    paper.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="another job setting, e.g. model.text_precision=bf16 (repeatable)",
+    )
     p.set_defaults(func=bench_command)
     return p
 
@@ -52,8 +88,16 @@ def bench_command(args: argparse.Namespace) -> int:
         if args.paper_scale < 1 or (args.sim_threads is not None and args.sim_threads < 1) or args.rounds < 1:
             print("error: --paper-scale, --sim-threads and --rounds must be at least 1", file=sys.stderr)
             return 2
-        return paper_scale_command(args.paper_scale, args.out_dir, args.sim_threads, args.rounds, args.images,
-                                   args.cold, args.gpu, args.overrides)
+        return paper_scale_command(
+            args.paper_scale,
+            args.out_dir,
+            args.sim_threads,
+            args.rounds,
+            args.images,
+            args.cold,
+            args.gpu,
+            args.overrides,
+        )
     if args.scaling:
         from .scaling import scaling_command
 
@@ -65,13 +109,22 @@ def bench_command(args: argparse.Namespace) -> int:
     from .run import run_bench  # torch, open_clip: only when the bench runs
 
     if args.json_out and Path(args.json_out).exists() and not _bench_output(Path(args.json_out)):
-        print(f"error: --json-out {args.json_out} exists and is not an earlier bench output: choose another file",
-              file=sys.stderr)
+        print(
+            f"error: --json-out {args.json_out} exists and is not an earlier bench output: choose another file",
+            file=sys.stderr,
+        )
         return 2
     from .table import format_table
 
-    results = run_bench(quick=args.quick, device=args.device, out=args.json_out, threads=args.threads,
-                        flare=args.flare, flare_arch=args.flare_arch, images=args.images)
+    results = run_bench(
+        quick=args.quick,
+        device=args.device,
+        out=args.json_out,
+        threads=args.threads,
+        flare=args.flare,
+        flare_arch=args.flare_arch,
+        images=args.images,
+    )
     print(format_table(results), flush=True)
     print(to_json(results, indent=None), flush=True)
     return 0

@@ -19,17 +19,74 @@ DEFAULT_IMAGES = Path("..") / "shared" / "data" / "ucmerced-sample"
 
 # The 21 UC Merced and 45 NWPU-RESISC45 scene classes (readable names, as the prompts use them).
 UCMERCED_CLASSES = [
-    "agricultural", "airplane", "baseball diamond", "beach", "buildings", "chaparral", "dense residential",
-    "forest", "freeway", "golf course", "harbor", "intersection", "medium residential", "mobile home park",
-    "overpass", "parking lot", "river", "runway", "sparse residential", "storage tanks", "tennis court",
+    "agricultural",
+    "airplane",
+    "baseball diamond",
+    "beach",
+    "buildings",
+    "chaparral",
+    "dense residential",
+    "forest",
+    "freeway",
+    "golf course",
+    "harbor",
+    "intersection",
+    "medium residential",
+    "mobile home park",
+    "overpass",
+    "parking lot",
+    "river",
+    "runway",
+    "sparse residential",
+    "storage tanks",
+    "tennis court",
 ]
 NWPU_CLASSES = [
-    "airplane", "airport", "baseball diamond", "basketball court", "beach", "bridge", "chaparral", "church",
-    "circular farmland", "cloud", "commercial area", "dense residential", "desert", "forest", "freeway",
-    "golf course", "ground track field", "harbor", "industrial area", "intersection", "island", "lake", "meadow",
-    "medium residential", "mobile home park", "mountain", "overpass", "palace", "parking lot", "railway",
-    "railway station", "rectangular farmland", "river", "roundabout", "runway", "sea ice", "ship", "snowberg",
-    "sparse residential", "stadium", "storage tank", "tennis court", "terrace", "thermal power station", "wetland",
+    "airplane",
+    "airport",
+    "baseball diamond",
+    "basketball court",
+    "beach",
+    "bridge",
+    "chaparral",
+    "church",
+    "circular farmland",
+    "cloud",
+    "commercial area",
+    "dense residential",
+    "desert",
+    "forest",
+    "freeway",
+    "golf course",
+    "ground track field",
+    "harbor",
+    "industrial area",
+    "intersection",
+    "island",
+    "lake",
+    "meadow",
+    "medium residential",
+    "mobile home park",
+    "mountain",
+    "overpass",
+    "palace",
+    "parking lot",
+    "railway",
+    "railway station",
+    "rectangular farmland",
+    "river",
+    "roundabout",
+    "runway",
+    "sea ice",
+    "ship",
+    "snowberg",
+    "sparse residential",
+    "stadium",
+    "storage tank",
+    "tennis court",
+    "terrace",
+    "thermal power station",
+    "wetland",
 ]
 
 # name -> (JSON key, comparison, threshold, shown as)
@@ -51,14 +108,46 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
 # full reference steps and proj_warmup project steps.
 # Site starts (`sitestart`): start_images train + start_images test images at the ViT-B/16 site, start_repeats warm
 # starts; the demo job at sim_sites sites with -t 1 and -t sim_sites (`simthreads`; with the FLARE part).
-FULL = dict(feature_images=64, feature_images_cuda=210, feature_repeats=3, ref_warmup=0, ref_repeats=4,
-            proj_warmup=2, proj_per_ref=3, class_counts=(21, 45), rss_images=48, rss_epochs=2, flare=True,
-            flare_sites=10, flare_rounds=3, site_images=105, site_rounds=2, start_images=105, start_repeats=3,
-            sim_sites=10)
-QUICK = dict(feature_images=32, feature_images_cuda=64, feature_repeats=1, ref_warmup=0, ref_repeats=1,
-             proj_warmup=1, proj_per_ref=3, class_counts=(21,), rss_images=12, rss_epochs=2, flare=False,
-             flare_sites=2, flare_rounds=2, site_images=32, site_rounds=1, start_images=8, start_repeats=1,
-             sim_sites=2)
+FULL = dict(
+    feature_images=64,
+    feature_images_cuda=210,
+    feature_repeats=3,
+    ref_warmup=0,
+    ref_repeats=4,
+    proj_warmup=2,
+    proj_per_ref=3,
+    class_counts=(21, 45),
+    rss_images=48,
+    rss_epochs=2,
+    flare=True,
+    flare_sites=10,
+    flare_rounds=3,
+    site_images=105,
+    site_rounds=2,
+    start_images=105,
+    start_repeats=3,
+    sim_sites=10,
+)
+QUICK = dict(
+    feature_images=32,
+    feature_images_cuda=64,
+    feature_repeats=1,
+    ref_warmup=0,
+    ref_repeats=1,
+    proj_warmup=1,
+    proj_per_ref=3,
+    class_counts=(21,),
+    rss_images=12,
+    rss_epochs=2,
+    flare=False,
+    flare_sites=2,
+    flare_rounds=2,
+    site_images=32,
+    site_rounds=1,
+    start_images=8,
+    start_repeats=1,
+    sim_sites=2,
+)
 
 
 _CLOCK = {"start": time.perf_counter()}
@@ -131,26 +220,45 @@ def bench_images(count: int, workdir: Path, real: Path | None = DEFAULT_IMAGES) 
                 if depth < len(by_class[label]) and len(items) < count:
                     items.append((by_class[label][depth], label))
             depth += 1
-        info = {"source": "ucmerced-sample (real images)", "path": str(real), "available": len(listing.records),
-                "classes": len(listing.classes), "class_names": list(listing.classes), "dataset": "ucmerced"}
+        info = {
+            "source": "ucmerced-sample (real images)",
+            "path": str(real),
+            "available": len(listing.records),
+            "classes": len(listing.classes),
+            "class_names": list(listing.classes),
+            "dataset": "ucmerced",
+        }
         return items, info
     from ...data.synth import MAX_CLASSES, make_synthetic
 
     classes = min(MAX_CLASSES, 21)
     per_class = max(1, math.ceil(count / classes))
-    root = make_synthetic(workdir / "synthetic", classes=classes, per_class=per_class, size=224, seed=0,
-                          progress=False)
+    root = make_synthetic(workdir / "synthetic", classes=classes, per_class=per_class, size=224, seed=0, progress=False)
     files = sorted(p for p in root.rglob("*.png"))
     names = sorted({p.parent.name for p in files})
     items = [(p, names.index(p.parent.name)) for p in files]
     items = sorted(items, key=lambda it: (int(it[0].stem.rsplit("_", 1)[1]), it[1]))[:count]
-    info = {"source": f"synthetic 224 px scenes (no real images at {real})", "path": str(root),
-            "available": len(files), "classes": classes, "class_names": names, "dataset": "synthetic"}
+    info = {
+        "source": f"synthetic 224 px scenes (no real images at {real})",
+        "path": str(root),
+        "available": len(files),
+        "classes": classes,
+        "class_names": names,
+        "dataset": "synthetic",
+    }
     return items, info
 
 
 def bench_config(device: str, algorithm: str = "fedrsclip", arch: str = ARCH, extra: Sequence[str] = ()):
     from ...config import load_config
 
-    return load_config(overrides=[f"model.arch={arch}", "model.pretrained=null", "model.random_init=true",
-                                  f"model.device={device}", f"algorithm={algorithm}", *extra])
+    return load_config(
+        overrides=[
+            f"model.arch={arch}",
+            "model.pretrained=null",
+            "model.random_init=true",
+            f"model.device={device}",
+            f"algorithm={algorithm}",
+            *extra,
+        ]
+    )

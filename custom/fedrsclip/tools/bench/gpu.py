@@ -22,8 +22,12 @@ from .common import DEFAULT_IMAGES
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedrsclip.tools.bench.gpu", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="workspaces/bench-gpu", help="output folder (default: %(default)s)")
-    parser.add_argument("--precision", choices=("bf16", "fp16"), default="bf16",
-                        help="the text encoder's autocast in the simulator job (default: %(default)s)")
+    parser.add_argument(
+        "--precision",
+        choices=("bf16", "fp16"),
+        default="bf16",
+        help="the text encoder's autocast in the simulator job (default: %(default)s)",
+    )
     parser.add_argument("--gpu", default="0", help="the simulator's -gpu list (default: %(default)s)")
     parser.add_argument("--sites", type=int, default=10, help="sites of the simulator job (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="its rounds (default: %(default)s)")
@@ -33,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("error: make bench-gpu needs an NVIDIA GPU that torch can use, and torch.cuda.is_available() is False "
-              f"here (torch {torch.__version__}, CUDA build {torch.version.cuda}). Run it on a machine with a GPU "
-              "and its driver; `make bench` gives the CPU figures.", file=sys.stderr)
+        print(
+            "error: make bench-gpu needs an NVIDIA GPU that torch can use, and torch.cuda.is_available() is False "
+            f"here (torch {torch.__version__}, CUDA build {torch.version.cuda}). Run it on a machine with a GPU "
+            "and its driver; `make bench` gives the CPU figures.",
+            file=sys.stderr,
+        )
         return 2
     from .paper import format_paper, run_paper_scale
     from .run import run_bench
@@ -46,20 +53,48 @@ def main(argv: list[str] | None = None) -> int:
     gpu_name = torch.cuda.get_device_name(0)
     bench = run_bench(device="cuda", out=str(out / "bench.json"), images=args.images)
     print(format_table(bench), flush=True)
-    paper = run_paper_scale(args.sites, out / f"paper-scale-{args.sites}", threads=args.sites, rounds=args.rounds,
-                            images=args.images, gpu=args.gpu,
-                            overrides=["model.device=cuda", f"model.text_precision={args.precision}"])
+    paper = run_paper_scale(
+        args.sites,
+        out / f"paper-scale-{args.sites}",
+        threads=args.sites,
+        rounds=args.rounds,
+        images=args.images,
+        gpu=args.gpu,
+        overrides=["model.device=cuda", f"model.text_precision={args.precision}"],
+    )
     print(format_paper(paper), flush=True)
-    summary = {"gpu": gpu_name, "torch": torch.__version__, "cuda": torch.version.cuda,
-               "text_precision": args.precision, "bench": bench, f"paper_scale_{args.sites}": paper}
+    summary = {
+        "gpu": gpu_name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "text_precision": args.precision,
+        "bench": bench,
+        f"paper_scale_{args.sites}": paper,
+    }
     atomic_write_json(out / "bench-gpu.json", summary)
     print(f"written: {out / 'bench-gpu.json'}", flush=True)
-    print(to_json({"gpu": gpu_name, "text_precision": args.precision,
-                   **{k: bench.get(k) for k in ("step_speedup_vs_reference", "feature_images_per_s_project",
-                                                "task_start_s_vitb16", "site_peak_rss_mb_train_vitb16")},
-                   "paper_round_s_after_first": paper.get("round_s_after_first"),
-                   "paper_flare_share": paper.get("flare_overhead_fraction"),
-                   "paper_status": paper.get("status")}, indent=None), flush=True)
+    print(
+        to_json(
+            {
+                "gpu": gpu_name,
+                "text_precision": args.precision,
+                **{
+                    k: bench.get(k)
+                    for k in (
+                        "step_speedup_vs_reference",
+                        "feature_images_per_s_project",
+                        "task_start_s_vitb16",
+                        "site_peak_rss_mb_train_vitb16",
+                    )
+                },
+                "paper_round_s_after_first": paper.get("round_s_after_first"),
+                "paper_flare_share": paper.get("flare_overhead_fraction"),
+                "paper_status": paper.get("status"),
+            },
+            indent=None,
+        ),
+        flush=True,
+    )
     ok = paper.get("simulator_exit_code") == 0 and paper.get("status") == "finished"
     return 0 if ok else 1
 

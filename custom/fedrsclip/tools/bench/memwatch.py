@@ -99,17 +99,22 @@ class MemoryWatch:
         sites = self.sites
         worst = max(sites.values(), key=lambda s: s["vmhwm_mb"], default=None)
         return {
-            "machine_used_mb_before": self.baseline_used_mb, "machine_used_mb_peak": self.peak_used_mb,
+            "machine_used_mb_before": self.baseline_used_mb,
+            "machine_used_mb_peak": self.peak_used_mb,
             "machine_used_mb_added_peak": self.peak_used_mb - self.baseline_used_mb,
-            "run_pss_mb_peak": self.peak_tree_pss_mb, "run_rss_mb_peak": self.peak_tree_rss_mb,
-            "server_process": self.server, "site_processes_at_once_max": self.max_site_processes,
+            "run_pss_mb_peak": self.peak_tree_pss_mb,
+            "run_rss_mb_peak": self.peak_tree_rss_mb,
+            "server_process": self.server,
+            "site_processes_at_once_max": self.max_site_processes,
             "site_peak_vmhwm_mb_max": worst["vmhwm_mb"] if worst else None,
             "site_peak_pss_mb_max": max((s["pss_mb"] for s in sites.values()), default=None),
             "site_peak_uss_mb_max": max((s["uss_mb"] for s in sites.values()), default=None),
-            "sites": sites, "samples": self.samples, "interval_s": self.interval,
+            "sites": sites,
+            "samples": self.samples,
+            "interval_s": self.interval,
             "how": "sampled every interval: machine = MemTotal - MemAvailable (other programs included); run = the "
-                   "simulator's process tree (server + site workers): sum of RSS, and of PSS (shared pages counted "
-                   "once); per site: the largest RSS, PSS, USS sampled and the process's own VmHWM",
+            "simulator's process tree (server + site workers): sum of RSS, and of PSS (shared pages counted "
+            "once); per site: the largest RSS, PSS, USS sampled and the process's own VmHWM",
         }
 
 

@@ -88,13 +88,26 @@ def reused_partition(root: str | Path, sites: int, seed: int = 0, per_class: int
         for split in part:
             part[split].sort(key=lambda rec: (rec[1], rec[0]))
     distinct = len(listing.records)
-    manifest = {"version": MANIFEST_VERSION, "dataset": "ucmerced", "root": str(Path(listing.root).resolve()),
-                "classes": list(listing.classes), "seed": int(seed), "scheme": "uniform",
-                "train_fraction": TRAIN_FRACTION, "sites": parts, "skipped": [],
-                "note": (f"Table I's UC Merced partition over {sites} sites ({per_class * len(listing.classes)} "
-                         f"training and as many test items) from {distinct} distinct images"
-                         + ("" if max(used.values()) == 1 else
-                            f": images REUSED, each up to {max(used.values())} times over the sites"))}
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "dataset": "ucmerced",
+        "root": str(Path(listing.root).resolve()),
+        "classes": list(listing.classes),
+        "seed": int(seed),
+        "scheme": "uniform",
+        "train_fraction": TRAIN_FRACTION,
+        "sites": parts,
+        "skipped": [],
+        "note": (
+            f"Table I's UC Merced partition over {sites} sites ({per_class * len(listing.classes)} "
+            f"training and as many test items) from {distinct} distinct images"
+            + (
+                ""
+                if max(used.values()) == 1
+                else f": images REUSED, each up to {max(used.values())} times over the sites"
+            )
+        ),
+    }
     if listing.class_folders is not None:
         manifest["class_folders"] = list(listing.class_folders)
     return manifest
@@ -119,17 +132,29 @@ def prepare_child(spec: str) -> None:
     manifest = load_manifest(cfg.data.manifest)
     image = settings_from_config(cfg.data, manifest.get("modality"))
     backbone = open_backbone(cfg.model, cfg.data.cache_dir)
-    splits = {(site, split): site_split(manifest, site, split, root=cfg.data.root)
-              for site in manifest["sites"] for split in ("train", "test")}
+    splits = {
+        (site, split): site_split(manifest, site, split, root=cfg.data.root)
+        for site in manifest["sites"]
+        for split in ("train", "test")
+    }
     distinct = {str(path): (path, label) for items in splits.values() for path, label in items}
     pool = extract_features(backbone, list(distinct.values()), progress=False, image=image, desc="distinct images")
     encoded = time.perf_counter()
     for (site, split), items in splits.items():
         seed_cache(backbone, items, Path(cfg.data.cache_dir) / site, split, pool, image)
     backbone.release_image_tower()
-    print(json.dumps({"seconds": time.perf_counter() - start, "encode_seconds": encoded - start,
-                      "distinct_images": len(distinct), "site_splits": len(splits),
-                      "peak_rss_mb": _vmhwm_self_mb(), "torch_threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - start,
+                "encode_seconds": encoded - start,
+                "distinct_images": len(distinct),
+                "site_splits": len(splits),
+                "peak_rss_mb": _vmhwm_self_mb(),
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 def _vmhwm_self_mb() -> float | None:
@@ -144,18 +169,32 @@ def _rounds_table(results: dict) -> list[dict[str, Any]]:
         if not isinstance(rnd.get("started"), (int, float)) or not isinstance(rnd.get("finished"), (int, float)):
             continue
         sites = [s for s in (rnd.get("sites") or {}).values() if isinstance(s.get("seconds"), (int, float))]
-        rows.append({"round": rnd["round"], "wall_s": rnd["finished"] - rnd["started"],
-                     "sites_reported": len(sites), "sites_missing": sum(1 for s in (rnd.get("sites") or {}).values()
-                                                                         if s.get("missing")),
-                     "slowest_site_s": max((s["seconds"] for s in sites), default=None),
-                     "median_site_s": statistics.median([s["seconds"] for s in sites]) if sites else None})
+        rows.append(
+            {
+                "round": rnd["round"],
+                "wall_s": rnd["finished"] - rnd["started"],
+                "sites_reported": len(sites),
+                "sites_missing": sum(1 for s in (rnd.get("sites") or {}).values() if s.get("missing")),
+                "slowest_site_s": max((s["seconds"] for s in sites), default=None),
+                "median_site_s": statistics.median([s["seconds"] for s in sites]) if sites else None,
+            }
+        )
     return rows
 
 
-def run_paper_scale(sites: int, out_dir: str | Path, threads: int | None = None, rounds: int = 3,
-                    images: str | Path = DEFAULT_IMAGES, cold: bool = False, gpu: str | None = None,
-                    overrides: Sequence[str] = (), interval: float = 1.0, per_class: int | None = None,
-                    arch: str = VITB16) -> dict[str, Any]:
+def run_paper_scale(
+    sites: int,
+    out_dir: str | Path,
+    threads: int | None = None,
+    rounds: int = 3,
+    images: str | Path = DEFAULT_IMAGES,
+    cold: bool = False,
+    gpu: str | None = None,
+    overrides: Sequence[str] = (),
+    interval: float = 1.0,
+    per_class: int | None = None,
+    arch: str = VITB16,
+) -> dict[str, Any]:
     """Run the paper-scale job (module doc) and return its figures (also written to <out_dir>/paper-scale-N.json).
 
     threads: simulator threads (default: DEFAULT_THREADS, else one per site). gpu: the simulator's -gpu list (e.g.
@@ -169,24 +208,36 @@ def run_paper_scale(sites: int, out_dir: str | Path, threads: int | None = None,
 
     images = Path(images)
     if not images.is_dir():
-        raise FileNotFoundError(f"no UC Merced images at {images}: give --images DIR (the UCMerced_LandUse folder "
-                                "or the sample)")
+        raise FileNotFoundError(
+            f"no UC Merced images at {images}: give --images DIR (the UCMerced_LandUse folder or the sample)"
+        )
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ws = out / "ws"
     check_workspace(ws)
     threads = threads or DEFAULT_THREADS.get(sites, sites)
     begin = time.perf_counter()
-    report: dict[str, Any] = {"sites": sites, "threads": threads, "rounds": rounds, "gpu": gpu, "cold": cold,
-                              "load_average_start": load_average(), "device": _device(gpu)}
+    report: dict[str, Any] = {
+        "sites": sites,
+        "threads": threads,
+        "rounds": rounds,
+        "gpu": gpu,
+        "cold": cold,
+        "load_average_start": load_average(),
+        "device": _device(gpu),
+    }
     progress(f"paper scale: {sites} sites, {rounds} rounds, {threads} simulator threads; output in {out}")
     checkpoint = write_random_checkpoint(out / f"{arch.lower()}-random.pt", arch)
     manifest = reused_partition(images, sites, per_class=per_class)
     manifest_path = write_manifest(manifest, out / f"manifest-{sites}.json")
     counts = [len(p["train"]) for p in manifest["sites"].values()]
-    report["data"] = {"manifest": str(manifest_path), "note": manifest["note"], "source": str(images),
-                      "train_per_site": sorted(set(counts)),
-                      "test_per_site": sorted({len(p["test"]) for p in manifest["sites"].values()})}
+    report["data"] = {
+        "manifest": str(manifest_path),
+        "note": manifest["note"],
+        "source": str(images),
+        "train_per_site": sorted(set(counts)),
+        "test_per_site": sorted({len(p["test"]) for p in manifest["sites"].values()}),
+    }
     report["model"] = f"{arch} with RANDOM weights (open_clip init, seed 0) from the local file {checkpoint.name}"
     cache = out / "cache"
     settings = [*vitb16_overrides(checkpoint, manifest_path, cache, arch), *overrides]
@@ -195,8 +246,10 @@ def run_paper_scale(sites: int, out_dir: str | Path, threads: int | None = None,
     if not cold:
         progress("paper scale: encoding each distinct image once and filling every site's feature cache")
         report["prepare"] = _prepare(spec)
-        progress(f"paper scale: caches filled in {report['prepare']['seconds']:.0f} s "
-                 f"({report['prepare']['distinct_images']} distinct images)")
+        progress(
+            f"paper scale: caches filled in {report['prepare']['seconds']:.0f} s "
+            f"({report['prepare']['distinct_images']} distinct images)"
+        )
     cmd = simulator_command(job, ws, sites, threads) + (["-gpu", gpu] if gpu else [])
     report["command"] = " ".join(cmd)
     progress(f"paper scale: {report['command']}")
@@ -208,10 +261,13 @@ def run_paper_scale(sites: int, out_dir: str | Path, threads: int | None = None,
         report["results_error"] = f"no results file: {exc}"
     table = _rounds_table(results)
     later = [r["wall_s"] for r in table if r["round"] != 1]
-    report.update(status=results.get("status"), rounds_table=table,
-                  round_1_s=next((r["wall_s"] for r in table if r["round"] == 1), None),
-                  round_s_after_first=statistics.median(later) if later else None,
-                  **{k: v for k, v in overhead_from_results(results).items() if k.startswith("flare_")})
+    report.update(
+        status=results.get("status"),
+        rounds_table=table,
+        round_1_s=next((r["wall_s"] for r in table if r["round"] == 1), None),
+        round_s_after_first=statistics.median(later) if later else None,
+        **{k: v for k, v in overhead_from_results(results).items() if k.startswith("flare_")},
+    )
     report["wall_s"] = time.perf_counter() - begin
     report["load_average_end"] = load_average()
     atomic_write_json(out / f"paper-scale-{sites}.json", report)
@@ -229,8 +285,9 @@ def _device(gpu: str | None) -> str:
 def _prepare(spec) -> dict[str, Any]:
     args = json.dumps({"job_config": str(spec.settings_file), "overrides": spec.job_overrides})
     code = f"from fedrsclip.tools.bench.paper import prepare_child; prepare_child({args!r})"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"filling the feature caches failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -248,44 +305,63 @@ def _simulate(cmd: list[str], log_path: Path, interval: float) -> dict[str, Any]
             rc = proc.wait()
         finally:
             memory = watch.stop()
-    return {"simulator_exit_code": rc, "job_wall_s": time.perf_counter() - start, "memory": memory,
-            "log": str(log_path)}
+    return {
+        "simulator_exit_code": rc,
+        "job_wall_s": time.perf_counter() - start,
+        "memory": memory,
+        "log": str(log_path),
+    }
 
 
 def format_paper(r: dict) -> str:
     mem = r["memory"]
-    lines = [f"paper scale: {r['sites']} sites x {r['rounds']} rounds, {r['threads']} simulator threads, "
-             f"{r['model']}", f"data: {r['data']['note']}; train/test per site {r['data']['train_per_site']}/"
-             f"{r['data']['test_per_site']}", f"device: {r['device']}; status {r.get('status')}, simulator exit "
-             f"{r['simulator_exit_code']}"]
+    lines = [
+        f"paper scale: {r['sites']} sites x {r['rounds']} rounds, {r['threads']} simulator threads, {r['model']}",
+        f"data: {r['data']['note']}; train/test per site {r['data']['train_per_site']}/{r['data']['test_per_site']}",
+        f"device: {r['device']}; status {r.get('status')}, simulator exit {r['simulator_exit_code']}",
+    ]
     if r.get("prepare"):
-        lines.append(f"feature caches filled beforehand: {r['prepare']['distinct_images']} distinct images, "
-                     f"{r['prepare']['seconds']:.0f} s, peak RSS {r['prepare']['peak_rss_mb']:.0f} MB")
+        lines.append(
+            f"feature caches filled beforehand: {r['prepare']['distinct_images']} distinct images, "
+            f"{r['prepare']['seconds']:.0f} s, peak RSS {r['prepare']['peak_rss_mb']:.0f} MB"
+        )
     for row in r["rounds_table"]:
-        lines.append(f"  round {row['round']:>2}: {row['wall_s']:7.1f} s  (slowest site "
-                     f"{row['slowest_site_s'] or 0:.1f} s, {row['sites_reported']} sites reported, "
-                     f"{row['sites_missing']} missing)")
+        lines.append(
+            f"  round {row['round']:>2}: {row['wall_s']:7.1f} s  (slowest site "
+            f"{row['slowest_site_s'] or 0:.1f} s, {row['sites_reported']} sites reported, "
+            f"{row['sites_missing']} missing)"
+        )
     after, share = r.get("round_s_after_first"), r.get("flare_overhead_fraction")
     after_text = "n/a" if after is None else f"{after:.1f} s"
     share_text = "n/a" if share is None else f"{share:.1%}"
-    lines += [f"job wall time {r['job_wall_s']:.0f} s; per round after round 1: {after_text}; FLARE's share "
-              f"{share_text}",
-              f"memory: machine {mem['machine_used_mb_peak']:,.0f} MB used at peak "
-              f"({mem['machine_used_mb_before']:,.0f} before the run, other programs included); the run's processes "
-              f"{mem['run_pss_mb_peak']:,.0f} MB PSS ({mem['run_rss_mb_peak']:,.0f} MB RSS); per site process at most "
-              f"{mem['site_peak_vmhwm_mb_max'] or 0:,.0f} MB RSS (VmHWM), {mem['site_peak_pss_mb_max'] or 0:,.0f} MB "
-              "PSS; up to "
-              f"{mem['site_processes_at_once_max']} site processes at once"]
+    lines += [
+        f"job wall time {r['job_wall_s']:.0f} s; per round after round 1: {after_text}; FLARE's share {share_text}",
+        f"memory: machine {mem['machine_used_mb_peak']:,.0f} MB used at peak "
+        f"({mem['machine_used_mb_before']:,.0f} before the run, other programs included); the run's processes "
+        f"{mem['run_pss_mb_peak']:,.0f} MB PSS ({mem['run_rss_mb_peak']:,.0f} MB RSS); per site process at most "
+        f"{mem['site_peak_vmhwm_mb_max'] or 0:,.0f} MB RSS (VmHWM), {mem['site_peak_pss_mb_max'] or 0:,.0f} MB "
+        "PSS; up to "
+        f"{mem['site_processes_at_once_max']} site processes at once",
+    ]
     return "\n".join(lines)
 
 
-def paper_scale_command(sites: int, out_dir: str | None, threads: int | None, rounds: int, images: str,
-                        cold: bool, gpu: str | None, overrides: Sequence[str]) -> int:
+def paper_scale_command(
+    sites: int,
+    out_dir: str | None,
+    threads: int | None,
+    rounds: int,
+    images: str,
+    cold: bool,
+    gpu: str | None,
+    overrides: Sequence[str],
+) -> int:
     """`fedrsclip bench --paper-scale N`: run, print the summary and, as the last line, the JSON."""
     out = out_dir or f"workspaces/paper-scale-{sites}"
     try:
-        report = run_paper_scale(sites, out, threads=threads, rounds=rounds, images=images, cold=cold, gpu=gpu,
-                                 overrides=overrides)
+        report = run_paper_scale(
+            sites, out, threads=threads, rounds=rounds, images=images, cold=cold, gpu=gpu, overrides=overrides
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -38,8 +38,20 @@ from pathlib import Path
 from typing import Any
 
 from ...atomic import atomic_write_text, to_json
-from .common import (ARCH, BATCH, DEFAULT_IMAGES, FULL, QUICK, TARGETS, bench_config, bench_images, device_name,
-                     load_average, progress, reset_clock)
+from .common import (
+    ARCH,
+    BATCH,
+    DEFAULT_IMAGES,
+    FULL,
+    QUICK,
+    TARGETS,
+    bench_config,
+    bench_images,
+    device_name,
+    load_average,
+    progress,
+    reset_clock,
+)
 from .features import bench_features
 from .memory import bench_peak_rss
 from .overhead import bench_flare_overhead, realistic_overhead
@@ -48,6 +60,7 @@ from .simthreads import bench_sim_threads
 from .sitestart import bench_site_start
 from .step import bench_step
 from .upload import ckks_upload, full_model_upload, plaintext_upload
+
 
 def target_rows(results: dict) -> dict:
     rows = {}
@@ -58,9 +71,15 @@ def target_rows(results: dict) -> dict:
     return rows
 
 
-def run_bench(quick: bool = False, device: str = "auto", out: str | None = None, threads: int | None = None,
-              flare: bool | None = None, flare_arch: str | None = None,
-              images: str | Path | None = DEFAULT_IMAGES) -> dict:
+def run_bench(
+    quick: bool = False,
+    device: str = "auto",
+    out: str | None = None,
+    threads: int | None = None,
+    flare: bool | None = None,
+    flare_arch: str | None = None,
+    images: str | Path | None = DEFAULT_IMAGES,
+) -> dict:
     """Measure everything (see the module doc) and return the figures; `out`: also write them there as JSON.
 
     quick: the reduced run (under two minutes on 2 CPU cores). threads: torch.set_num_threads (default: torch's).
@@ -80,15 +99,24 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     begin = reset_clock()
     dev = resolve_device(device)
-    results: dict[str, Any] = {"quick": quick, "device": device_name(dev), "device_type": dev.type,
-                               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                               "arch": f"{ARCH} (random weights)", "load_average_start": load_average()}
+    results: dict[str, Any] = {
+        "quick": quick,
+        "device": device_name(dev),
+        "device_type": dev.type,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "arch": f"{ARCH} (random weights)",
+        "load_average_start": load_average(),
+    }
     with tempfile.TemporaryDirectory(prefix="fedrsclip-bench-") as tmp:
         workdir = Path(tmp)
         if dev.type == "cuda":
             settings["feature_images"] = settings["feature_images_cuda"]
-        items, info = bench_images(max(settings["feature_images"], BATCH, settings["rss_images"],
-                                       2 * settings["start_images"]), workdir, Path(images) if images else None)
+        items, info = bench_images(
+            max(settings["feature_images"], BATCH, settings["rss_images"], 2 * settings["start_images"]),
+            workdir,
+            Path(images) if images else None,
+        )
         feature_items = items[: settings["feature_images"]]
         info["used_features"] = len(feature_items)
         info["used_step_batch"] = BATCH
@@ -98,13 +126,23 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
         # First, while this process holds no model (Linux counts the parent's memory at fork into the child's
         # ru_maxrss).
         results.update(bench_peak_rss(items[: settings["rss_images"]], settings["rss_epochs"], threads))
-        results.update(bench_site_start(workdir / "site-start", items, info["class_names"], settings["start_images"],
-                                        settings["start_repeats"], dataset=info["dataset"]))
+        results.update(
+            bench_site_start(
+                workdir / "site-start",
+                items,
+                info["class_names"],
+                settings["start_images"],
+                settings["start_repeats"],
+                dataset=info["dataset"],
+            )
+        )
 
         progress(f"loading {ARCH} with random weights")
         backbone = load_backbone(bench_config(device).model)
-        results["feature_extraction"] = "features.extract_features vs open_clip model.encode_image (both: load_rgb" \
-                                        " decode + the model's preprocess + encoder, batches of 64)"
+        results["feature_extraction"] = (
+            "features.extract_features vs open_clip model.encode_image (both: load_rgb"
+            " decode + the model's preprocess + encoder, batches of 64)"
+        )
         figures, features = bench_features(backbone, feature_items, settings["feature_repeats"])
         results.update(figures)
 
@@ -121,14 +159,24 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
         for k in (21, 45):
             key = f"k{k}"
             if k not in settings["class_counts"]:
-                results.update({f"step_ms_project_{key}": None, f"step_ms_reference_{key}": None,
-                                f"step_speedup_{key}": None, f"step_{key}_note": "skipped in --quick"})
+                results.update(
+                    {
+                        f"step_ms_project_{key}": None,
+                        f"step_ms_reference_{key}": None,
+                        f"step_speedup_{key}": None,
+                        f"step_{key}_note": "skipped in --quick",
+                    }
+                )
                 continue
             steps[k], trainer_payload = bench_step(backbone, images, labels, k, settings, cache=cache)
             payload = payload or trainer_payload
-            results.update({f"step_ms_project_{key}": steps[k]["project_ms"],
-                            f"step_ms_reference_{key}": steps[k]["reference_ms"],
-                            f"step_speedup_{key}": steps[k]["speedup"]})
+            results.update(
+                {
+                    f"step_ms_project_{key}": steps[k]["project_ms"],
+                    f"step_ms_reference_{key}": steps[k]["reference_ms"],
+                    f"step_speedup_{key}": steps[k]["speedup"],
+                }
+            )
         results["step_speedup_vs_reference"] = min(s["speedup"] for s in steps.values())
         for key in ("loss_max_abs_diff", "loss_abs_diff_fp16_cache", "grad_max_rel_diff"):
             results[key] = max(s[key] for s in steps.values())
@@ -142,15 +190,20 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
             "step_speedup_vs_reference = the smallest over the class counts measured; loss_max_abs_diff compares "
             "the project's code on the features the reference computed live with the reference, step by step from "
             "the same prompts; loss_abs_diff_fp16_cache: the project's first step on its fp16 cache vs the "
-            "reference's")
+            "reference's"
+        )
 
         n = settings["site_images"]
         progress(f"one site's round: K=21, {n} train + {n} test images (UC Merced at 10 sites)")
-        site_round = time_site_round(backbone, features, 21, n, rounds=settings["site_rounds"],
-                                     warmup=not quick)  # --quick: a single round, no warm-up
-        results["site_round"] = {**site_round, "how": "PromptTrainer.evaluate (test split) + train_round (batch 32, "
-                                 "1 local epoch), as a FLARE train task does; real image features repeated to the "
-                                 "count"}
+        site_round = time_site_round(
+            backbone, features, 21, n, rounds=settings["site_rounds"], warmup=not quick
+        )  # --quick: a single round, no warm-up
+        results["site_round"] = {
+            **site_round,
+            "how": "PromptTrainer.evaluate (test split) + train_round (batch 32, "
+            "1 local epoch), as a FLARE train task does; real image features repeated to the "
+            "count",
+        }
         results["site_round_s"] = site_round["round_s"]
         del backbone, features
 
@@ -160,16 +213,26 @@ def run_bench(quick: bool = False, device: str = "auto", out: str | None = None,
         results.update(full_model_upload(21))
 
         if settings["flare"]:
-            flare_figures = bench_flare_overhead(settings["flare_sites"], settings["flare_rounds"], workdir,
-                                                 arch=flare_arch)
+            flare_figures = bench_flare_overhead(
+                settings["flare_sites"], settings["flare_rounds"], workdir, arch=flare_arch
+            )
             results.update(flare_figures)
             results.update(realistic_overhead(flare_figures, results["site_round_s"]))
             results.update(bench_sim_threads(workdir / "sim-threads", settings["sim_sites"]))
         else:
-            skipped = ("skipped in --quick (a 10-site simulator job takes minutes); run `fedrsclip bench` without "
-                       "--quick")
-            results.update({"flare_overhead_fraction": None, "flare_overhead_note": skipped, "sim_demo_t1_s": None,
-                            "sim_demo_tn_s": None, "sim_demo_ratio": None, "sim_demo_note": skipped})
+            skipped = (
+                "skipped in --quick (a 10-site simulator job takes minutes); run `fedrsclip bench` without --quick"
+            )
+            results.update(
+                {
+                    "flare_overhead_fraction": None,
+                    "flare_overhead_note": skipped,
+                    "sim_demo_t1_s": None,
+                    "sim_demo_tn_s": None,
+                    "sim_demo_ratio": None,
+                    "sim_demo_note": skipped,
+                }
+            )
     results["wall_s"] = time.perf_counter() - begin
     results["load_average_end"] = load_average()
     results["targets"] = target_rows(results)

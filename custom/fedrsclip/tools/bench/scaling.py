@@ -28,8 +28,15 @@ from .overhead import bench_flare_overhead
 
 # Defaults of the full study (about 10 minutes on 2 CPU cores when the machine is otherwise idle). Images per site:
 # Table I's UC Merced training counts at 40, 10 and 2 sites; NWPU-RESISC45 at 10 sites has 630.
-SCALING = dict(classes=(21, 31, 45), class_images=105, images=(26, 105, 525), image_classes=21, rounds=1,
-               sites=(2, 5, 10, 20, 40), site_rounds=2)
+SCALING = dict(
+    classes=(21, 31, 45),
+    class_images=105,
+    images=(26, 105, 525),
+    image_classes=21,
+    rounds=1,
+    sites=(2, 5, 10, 20, 40),
+    site_rounds=2,
+)
 SITE_PROCESS_MB = 500  # resident memory of one simulated demo site process (measured: ~4.1 GB for 8 + the server)
 
 
@@ -40,8 +47,12 @@ def tile_features(features, count: int, num_classes: int):
     from ...features import FeatureSet
 
     index = torch.arange(count) % len(features)
-    return FeatureSet(features.global_feats[index], features.tokens[index], torch.arange(count) % num_classes,
-                      [features.paths[i] for i in index.tolist()])
+    return FeatureSet(
+        features.global_feats[index],
+        features.tokens[index],
+        torch.arange(count) % num_classes,
+        [features.paths[i] for i in index.tolist()],
+    )
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -52,8 +63,16 @@ def class_names(num_classes: int) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def time_site_round(backbone, features, num_classes: int, train_images: int, test_images: int | None = None,
-                    rounds: int = 2, arch: str = "ViT-B-16", warmup: bool = True) -> dict[str, Any]:
+def time_site_round(
+    backbone,
+    features,
+    num_classes: int,
+    train_images: int,
+    test_images: int | None = None,
+    rounds: int = 2,
+    arch: str = "ViT-B-16",
+    warmup: bool = True,
+) -> dict[str, Any]:
     """Seconds of one site's round (evaluate the test split + the local epochs), median of `rounds` after a warm-up
     round (none with warmup=False), with the package's default training settings (batch 32, one local epoch)."""
     from ...trainer import PromptTrainer
@@ -75,9 +94,16 @@ def time_site_round(backbone, features, num_classes: int, train_images: int, tes
             totals.append(end - start)
             evals.append(middle - start)
             trains.append(end - middle)
-    return {"classes": num_classes, "train_images": train_images, "test_images": len(test), "steps": steps,
-            "round_s": statistics.median(totals), "evaluate_s": statistics.median(evals),
-            "train_s": statistics.median(trains), "rounds_timed": rounds}
+    return {
+        "classes": num_classes,
+        "train_images": train_images,
+        "test_images": len(test),
+        "steps": steps,
+        "round_s": statistics.median(totals),
+        "evaluate_s": statistics.median(evals),
+        "train_s": statistics.median(trains),
+        "rounds_timed": rounds,
+    }
 
 
 def _available_mb() -> float | None:
@@ -105,14 +131,34 @@ def site_sweep(counts: Sequence[int], rounds: int, workdir: Path) -> list[dict]:
         threads = site_threads(sites, _available_mb())
         progress(f"scaling: {sites} sites, {rounds} rounds, {threads} simulator threads")
         figures = bench_flare_overhead(sites, rounds, workdir / f"sites-{sites}", threads=threads)
-        out.append({"sites": sites, "threads": threads, **{k: figures.get(k) for k in (
-            "flare_round_wall_s", "flare_site_seconds_max", "flare_overhead_s_per_round", "flare_overhead_fraction",
-            "flare_job_wall_s", "flare_exit_code", "flare_overhead_note")}})
+        out.append(
+            {
+                "sites": sites,
+                "threads": threads,
+                **{
+                    k: figures.get(k)
+                    for k in (
+                        "flare_round_wall_s",
+                        "flare_site_seconds_max",
+                        "flare_overhead_s_per_round",
+                        "flare_overhead_fraction",
+                        "flare_job_wall_s",
+                        "flare_exit_code",
+                        "flare_overhead_note",
+                    )
+                },
+            }
+        )
     return out
 
 
-def run_scaling(out_dir: str | Path, device: str = "auto", settings: dict | None = None, arch: str = "ViT-B-16",
-                feature_images: int = 32) -> dict[str, Any]:
+def run_scaling(
+    out_dir: str | Path,
+    device: str = "auto",
+    settings: dict | None = None,
+    arch: str = "ViT-B-16",
+    feature_images: int = 32,
+) -> dict[str, Any]:
     """Measure the three sweeps (see the module doc) and write scaling.json and scaling.png under `out_dir`."""
     from ...backbone import load_backbone
     from ...features import extract_features
@@ -126,21 +172,28 @@ def run_scaling(out_dir: str | Path, device: str = "auto", settings: dict | None
         workdir = Path(tmp)
         items, info = bench_images(feature_images, workdir)
         backbone = load_backbone(bench_config(device, arch=arch).model)
-        results: dict[str, Any] = {"device": device_name(backbone.device), "arch": f"{arch} (random weights)",
-                                   "torch_threads": _torch_threads(), "images": info, "settings": s,
-                                   "load_average_start": load_average()}
+        results: dict[str, Any] = {
+            "device": device_name(backbone.device),
+            "arch": f"{arch} (random weights)",
+            "torch_threads": _torch_threads(),
+            "images": info,
+            "settings": s,
+            "load_average_start": load_average(),
+        }
         progress(f"scaling: features of {len(items)} images ({info['source']}) with {arch}")
         features = extract_features(backbone, items, progress=False)
         results["classes"] = []
         for k in s["classes"]:
             progress(f"scaling: one site's round, K={k}, {s['class_images']} images")
-            results["classes"].append(time_site_round(backbone, features, k, s["class_images"], rounds=s["rounds"],
-                                                      arch=arch))
+            results["classes"].append(
+                time_site_round(backbone, features, k, s["class_images"], rounds=s["rounds"], arch=arch)
+            )
         results["images"] = []
         for n in s["images"]:
             progress(f"scaling: one site's round, K={s['image_classes']}, {n} images")
-            results["images"].append(time_site_round(backbone, features, s["image_classes"], n, rounds=s["rounds"],
-                                                     arch=arch))
+            results["images"].append(
+                time_site_round(backbone, features, s["image_classes"], n, rounds=s["rounds"], arch=arch)
+            )
         del backbone, features
         results["sites"] = site_sweep(s["sites"], s["site_rounds"], workdir) if s["sites"] else []
     results["wall_s"] = time.perf_counter() - begin
@@ -156,12 +209,15 @@ def check_scaling_out(out_dir: Path) -> None:
     data, figure = out_dir / "scaling.json", out_dir / "scaling.png"
     try:
         ours = isinstance(earlier := json.loads(data.read_text()), dict) and {"classes", "images", "wall_s"} <= set(
-            earlier)
+            earlier
+        )
     except (OSError, ValueError):
         ours = False
     if (data.exists() or figure.exists()) and not ours:
-        raise ValueError(f"--out-dir {out_dir} holds a {data.name if data.exists() else figure.name} that is not an "
-                         "earlier scaling study's: choose another --out-dir (nothing was written)")
+        raise ValueError(
+            f"--out-dir {out_dir} holds a {data.name if data.exists() else figure.name} that is not an "
+            "earlier scaling study's: choose another --out-dir (nothing was written)"
+        )
 
 
 def _torch_threads() -> int:
@@ -178,8 +234,10 @@ def plot_scaling(results: dict, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, x, label in ((axes[0], "classes", "classes", "classes K"),
-                              (axes[1], "images", "train_images", "training images per site")):
+    for ax, key, x, label in (
+        (axes[0], "classes", "classes", "classes K"),
+        (axes[1], "images", "train_images", "training images per site"),
+    ):
         rows = results.get(key) or []
         ax.plot([r[x] for r in rows], [r["round_s"] for r in rows], "o-", label="round (evaluate + train)")
         ax.plot([r[x] for r in rows], [r["train_s"] for r in rows], "s--", label="local training")
@@ -202,20 +260,30 @@ def plot_scaling(results: dict, path: str | Path) -> Path:
 
 
 def format_scaling(results: dict) -> str:
-    lines = [f"fedrsclip bench --scaling: {results['arch']} on {results['device']}", "",
-             "one site's round (evaluate + train, batch 32, 1 local epoch):"]
+    lines = [
+        f"fedrsclip bench --scaling: {results['arch']} on {results['device']}",
+        "",
+        "one site's round (evaluate + train, batch 32, 1 local epoch):",
+    ]
     for row in results["classes"] + results["images"]:
-        lines.append(f"  K={row['classes']:>3}  {row['train_images']:>4} images  {row['steps']:>3} steps  "
-                     f"round {row['round_s']:7.2f} s  (train {row['train_s']:.2f} s, evaluate "
-                     f"{row['evaluate_s']:.2f} s)")
+        lines.append(
+            f"  K={row['classes']:>3}  {row['train_images']:>4} images  {row['steps']:>3} steps  "
+            f"round {row['round_s']:7.2f} s  (train {row['train_s']:.2f} s, evaluate "
+            f"{row['evaluate_s']:.2f} s)"
+        )
     if results["sites"]:
         lines += ["", "FLARE simulator, the job's demo model (rounds after the first):"]
         for row in results["sites"]:
             wall = row.get("flare_round_wall_s")
-            lines.append(f"  {row['sites']:>3} sites ({row['threads']} threads)  " + (
-                f"round {wall:6.2f} s, slowest site {row['flare_site_seconds_max']:.2f} s, FLARE "
-                f"{row['flare_overhead_s_per_round']:.2f} s" if wall is not None
-                else f"n/a: {row.get('flare_overhead_note')}"))
+            lines.append(
+                f"  {row['sites']:>3} sites ({row['threads']} threads)  "
+                + (
+                    f"round {wall:6.2f} s, slowest site {row['flare_site_seconds_max']:.2f} s, FLARE "
+                    f"{row['flare_overhead_s_per_round']:.2f} s"
+                    if wall is not None
+                    else f"n/a: {row.get('flare_overhead_note')}"
+                )
+            )
     lines.append(f"\nwall time {results['wall_s']:.0f} s")
     return "\n".join(lines)
 

@@ -34,8 +34,11 @@ def _tasks(results: dict) -> tuple[int, float]:
 
 
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - ")
-_PHASES = {"ClientTaskWorker started to run": "worker", "Initialize ClientRunner for client": "runner",
-           "Finished one task run for client": "done"}
+_PHASES = {
+    "ClientTaskWorker started to run": "worker",
+    "Initialize ClientRunner for client": "runner",
+    "Finished one task run for client": "done",
+}
 
 
 def task_phases(log_path: str | Path) -> dict[str, Any] | None:
@@ -69,8 +72,7 @@ def task_phases(log_path: str | Path) -> dict[str, Any] | None:
             last = {"done": when}
     if not phases["task"]:
         return None
-    return {**{f"{k}_s": statistics.median(v) if v else None for k, v in phases.items()},
-            "tasks": len(phases["task"])}
+    return {**{f"{k}_s": statistics.median(v) if v else None for k, v in phases.items()}, "tasks": len(phases["task"])}
 
 
 def run_demo_timed(workdir: Path, sites: int, threads: int, rounds: int | None) -> dict[str, Any]:
@@ -79,8 +81,9 @@ def run_demo_timed(workdir: Path, sites: int, threads: int, rounds: int | None) 
     progress(f"simulator: the demo job, {sites} sites, -t {threads}; this takes minutes")
     start = time.perf_counter()
     with contextlib.redirect_stdout(_DemoLines()):
-        rc = run_demo(str(workspace), sites=sites, threads=threads, rounds=rounds,
-                      log_file=str(workdir / f"demo-t{threads}.log"))
+        rc = run_demo(
+            str(workspace), sites=sites, threads=threads, rounds=rounds, log_file=str(workdir / f"demo-t{threads}.log")
+        )
     wall = time.perf_counter() - start
     out: dict[str, Any] = {"threads": threads, "wall_s": wall, "exit_code": rc}
     try:
@@ -89,8 +92,13 @@ def run_demo_timed(workdir: Path, sites: int, threads: int, rounds: int | None) 
         out["error"] = f"no results file: {exc}"
         return out
     tasks, seconds = _tasks(results)
-    out.update(status=results.get("status"), rounds=len(results.get("rounds", [])), train_tasks=tasks,
-               site_seconds=seconds, wall_s_per_train_task=wall / tasks if tasks else None)
+    out.update(
+        status=results.get("status"),
+        rounds=len(results.get("rounds", [])),
+        train_tasks=tasks,
+        site_seconds=seconds,
+        wall_s_per_train_task=wall / tasks if tasks else None,
+    )
     if threads < sites:
         out["task_phases"] = task_phases(workdir / f"demo-t{threads}.log")
     return out
@@ -102,15 +110,22 @@ def bench_sim_threads(workdir: Path, sites: int = 10, rounds: int | None = None)
     many = run_demo_timed(workdir, sites, sites, rounds)
     one = run_demo_timed(workdir, sites, 1, rounds)
     ok = all(r["exit_code"] == 0 and r.get("status") == "finished" for r in (one, many))
-    out = {"sim_demo_t1_s": one["wall_s"] if ok else None, "sim_demo_tn_s": many["wall_s"] if ok else None,
-           "sim_demo_ratio": one["wall_s"] / many["wall_s"] if ok else None, "sim_demo_sites": sites,
-           "sim_demo_runs": {"t1": one, "tn": many},
-           "sim_demo_note": (f"the offline demo job (fedrsclip-tiny, random weights, synthetic scenes), {sites} sites, "
-                             f"{one.get('rounds', '?')} rounds, a fresh workspace each; -t 1: every task in a fresh "
-                             f"simulator worker process ({_per_task(one)})")}
+    out = {
+        "sim_demo_t1_s": one["wall_s"] if ok else None,
+        "sim_demo_tn_s": many["wall_s"] if ok else None,
+        "sim_demo_ratio": one["wall_s"] / many["wall_s"] if ok else None,
+        "sim_demo_sites": sites,
+        "sim_demo_runs": {"t1": one, "tn": many},
+        "sim_demo_note": (
+            f"the offline demo job (fedrsclip-tiny, random weights, synthetic scenes), {sites} sites, "
+            f"{one.get('rounds', '?')} rounds, a fresh workspace each; -t 1: every task in a fresh "
+            f"simulator worker process ({_per_task(one)})"
+        ),
+    }
     if not ok:
         out["sim_demo_note"] = "a simulator run failed: " + "; ".join(
-            f"-t {r['threads']}: exit {r['exit_code']}, {r.get('error') or r.get('status')}" for r in (one, many))
+            f"-t {r['threads']}: exit {r['exit_code']}, {r.get('error') or r.get('status')}" for r in (one, many)
+        )
     return out
 
 
@@ -118,11 +133,15 @@ def _per_task(run: dict) -> str:
     per = run.get("wall_s_per_train_task")
     if per is None:
         return "no task recorded"
-    text = (f"{per:.1f} s of job wall time per training task, of which the site's own seconds "
-            f"{run['site_seconds'] / max(run['train_tasks'], 1):.1f} s")
+    text = (
+        f"{per:.1f} s of job wall time per training task, of which the site's own seconds "
+        f"{run['site_seconds'] / max(run['train_tasks'], 1):.1f} s"
+    )
     phases = run.get("task_phases")
     if phases:
-        text += (f"; per task (medians): {phases['between_s'] or 0:.1f} s from the previous task's end to the new "
-                 f"worker, {phases['setup_s'] or 0:.1f} s of FLARE client set-up and module imports, "
-                 f"{phases['task_s']:.1f} s for the task itself")
+        text += (
+            f"; per task (medians): {phases['between_s'] or 0:.1f} s from the previous task's end to the new "
+            f"worker, {phases['setup_s'] or 0:.1f} s of FLARE client set-up and module imports, "
+            f"{phases['task_s']:.1f} s for the task itself"
+        )
     return text

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from .common import ARCH, NWPU_CLASSES, UCMERCED_CLASSES, bench_config, progress, timed
 
+
 def reference_text_features(learner, clip) -> Any:
     """Text features [P, K, E] of the learner's prompts as stock open_clip computes them (CoOp-style): token
     embeddings of the full 77-token sequences with the context vectors spliced in, + positional embedding, the
@@ -49,8 +50,7 @@ class _StepPath:
         with torch.no_grad():
             for param, value in zip(learner.contexts, self.init):
                 param.copy_(value)
-        self.optimizer = torch.optim.SGD(learner.contexts, lr=tc.lr, momentum=tc.momentum,
-                                         weight_decay=tc.weight_decay)
+        self.optimizer = torch.optim.SGD(learner.contexts, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
         self.trainer.model.train()
 
     def _step(self) -> tuple[float, Any]:
@@ -69,8 +69,9 @@ class _StepPath:
         return seconds, loss, grad
 
 
-def bench_step(backbone, images, labels, num_classes: int, settings: dict, arch: str = ARCH,
-               cache: tuple[Any, Any] | None = None) -> tuple[dict, dict]:
+def bench_step(
+    backbone, images, labels, num_classes: int, settings: dict, arch: str = ARCH, cache: tuple[Any, Any] | None = None
+) -> tuple[dict, dict]:
     """ms of one local step on both paths, the speed-up and the loss agreement, for `num_classes` classes.
 
     images: the preprocessed batch [B, 3, H, W]; cache: its (global, tokens) features as the project caches them
@@ -83,8 +84,13 @@ def bench_step(backbone, images, labels, num_classes: int, settings: dict, arch:
 
     from ...trainer import PromptTrainer
 
-    classnames = UCMERCED_CLASSES if num_classes == 21 else NWPU_CLASSES if num_classes == 45 else \
-        [f"class {i}" for i in range(num_classes)]
+    classnames = (
+        UCMERCED_CLASSES
+        if num_classes == 21
+        else NWPU_CLASSES
+        if num_classes == 45
+        else [f"class {i}" for i in range(num_classes)]
+    )
     cfg = bench_config(str(backbone.device), arch=arch)  # the backbone's own architecture
     device = backbone.device
     labels = (labels % num_classes).to(device)
@@ -107,8 +113,9 @@ def bench_step(backbone, images, labels, num_classes: int, settings: dict, arch:
         return live[0]
 
     ref_learner = trainers[0].model.learner
-    reference = _StepPath(trainers[0], lambda: reference_text_features(ref_learner, backbone.model),
-                          reference_feats, labels, init)
+    reference = _StepPath(
+        trainers[0], lambda: reference_text_features(ref_learner, backbone.model), reference_feats, labels, init
+    )
     project = _StepPath(trainers[1], trainers[1].model.learner.text_features, project_feats, labels, init)
     same = _StepPath(trainers[2], trainers[2].model.learner.text_features, same_feats, labels, init)
 
@@ -126,8 +133,10 @@ def bench_step(backbone, images, labels, num_classes: int, settings: dict, arch:
 
     repeats, per_ref = settings["ref_repeats"], settings["proj_per_ref"]
     tokens_ref, tokens_proj = int(ref_learner.token_ids.shape[1]), int(ref_learner.length)
-    progress(f"step K={num_classes}: {repeats} reference steps (image encoder + {tokens_ref}-token text encoder), "
-              f"each followed by {per_ref} project steps (cached features + {tokens_proj}-token text encoder)")
+    progress(
+        f"step K={num_classes}: {repeats} reference steps (image encoder + {tokens_ref}-token text encoder), "
+        f"each followed by {per_ref} project steps (cached features + {tokens_proj}-token text encoder)"
+    )
     ref_times, proj_times, ref_losses, same_losses, proj_losses = [], [], [], [], []
     ref_grad = same_grad = None
     for i in range(repeats):
@@ -142,8 +151,10 @@ def bench_step(backbone, images, labels, num_classes: int, settings: dict, arch:
             seconds, loss, _grad = project.step()
             proj_times.append(seconds)
             proj_losses.append(loss)
-        progress(f"step K={num_classes}: {i + 1}/{repeats}: reference {1e3 * ref_times[-1]:.0f} ms, project "
-                  f"{1e3 * statistics.median(proj_times[-per_ref:]):.0f} ms")
+        progress(
+            f"step K={num_classes}: {i + 1}/{repeats}: reference {1e3 * ref_times[-1]:.0f} ms, project "
+            f"{1e3 * statistics.median(proj_times[-per_ref:]):.0f} ms"
+        )
     ref_ms = 1e3 * statistics.median(ref_times)
     proj_ms = 1e3 * statistics.median(proj_times)
     figures = {

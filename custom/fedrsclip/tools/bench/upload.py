@@ -9,14 +9,18 @@ from typing import Any
 from ...protocol import payload_nbytes
 from .common import bench_config
 
+
 def plaintext_upload(payload: dict) -> dict:
     """The payload's values and bytes, and FLARE's serialized DXO around them alone (no FLARE headers, no round
     record: a lower bound; the full run replaces `upload_bytes_plain` with the real upload it measures)."""
     import numpy as np
 
-    out: dict[str, Any] = {"payload_values": int(sum(np.asarray(v).size for v in payload.values())),
-                           "upload_bytes_payload_nbytes": payload_nbytes(payload),
-                           "upload_bytes_plain_serialized": None, "upload_bytes_dxo_envelope": None}
+    out: dict[str, Any] = {
+        "payload_values": int(sum(np.asarray(v).size for v in payload.values())),
+        "upload_bytes_payload_nbytes": payload_nbytes(payload),
+        "upload_bytes_plain_serialized": None,
+        "upload_bytes_dxo_envelope": None,
+    }
     try:
         from nvflare.apis.dxo import DXO, DataKind, MetaKey
 
@@ -30,9 +34,11 @@ def plaintext_upload(payload: dict) -> dict:
         out["upload_bytes_plain_serialized"] = bare["total"]
         out["upload_bytes_dxo_envelope"] = size({})["total"]
         out["upload_dxo_breakdown"] = {k: bare[k] for k in ("values", "data_encoding", "meta", "envelope")}
-        out["upload_plain_how"] = ("lower bound: nvflare fobs.dumps of a WEIGHTS DXO shareable holding the payload and "
-                                   "the sample count only (FLARE's task headers and peer context and the executor's "
-                                   "round record come on top; the full run measures them)")
+        out["upload_plain_how"] = (
+            "lower bound: nvflare fobs.dumps of a WEIGHTS DXO shareable holding the payload and "
+            "the sample count only (FLARE's task headers and peer context and the executor's "
+            "round record come on top; the full run measures them)"
+        )
     except Exception as exc:  # nvflare missing or its API changed: the values' bytes only
         out["upload_plain_how"] = f"numpy nbytes only (FLARE serialization unavailable: {type(exc).__name__}: {exc})"
     out["upload_bytes_plain"] = out["upload_bytes_plain_serialized"] or out["upload_bytes_payload_nbytes"]
@@ -81,16 +87,19 @@ def ckks_upload(values, sites: int = 10) -> dict:
     expected = np.tensordot(weights / weights.sum(), np.stack(updates).astype(np.float64), axes=1)
     out["ckks_aggregation_max_error"] = float(np.abs(mean - expected).max())
 
-    stock = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40],
-                       encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC)
+    stock = ts.context(
+        ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40], encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC
+    )
     stock.generate_relin_keys()
-    stock.global_scale = 2 ** 40
+    stock.global_scale = 2**40
     out["upload_bytes_ckks_stock_flare"] = wire({"shared_ctx": ts.ckks_vector(stock, base.ravel().tolist())})
     params = DEFAULT_PARAMS
-    out["upload_ckks_how"] = (f"fobs of the WEIGHTS DXO: this project's CKKS update (N={params.poly_modulus_degree}, "
-                              f"moduli {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits}; error over "
-                              f"{sites} weighted sites after decryption) vs FLARE's stock HE path (N=8192, the "
-                              "context with every vector)")
+    out["upload_ckks_how"] = (
+        f"fobs of the WEIGHTS DXO: this project's CKKS update (N={params.poly_modulus_degree}, "
+        f"moduli {list(params.coeff_mod_bit_sizes)}, scale 2^{params.scale_bits}; error over "
+        f"{sites} weighted sites after decryption) vs FLARE's stock HE path (N=8192, the "
+        "context with every vector)"
+    )
     return out
 
 
@@ -100,9 +109,11 @@ def full_model_upload(num_classes: int = 21) -> dict:
     cfg = bench_config("cpu", algorithm="fedavg-full")
     model = build_classifier(cfg, num_classes)
     values = classifier_num_params(model)
-    return {"upload_bytes_full_model": 4 * values, "full_model_values": values,
-            "full_model_arch": f"{cfg.classifier.arch}, {num_classes} classes, float32"}
-
+    return {
+        "upload_bytes_full_model": 4 * values,
+        "full_model_values": values,
+        "full_model_arch": f"{cfg.classifier.arch}, {num_classes} classes, float32",
+    }
 
 
 def upload_from_audits(workspace: Path, values_bytes: int = 2048 * 4) -> dict:
@@ -120,14 +131,18 @@ def upload_from_audits(workspace: Path, values_bytes: int = 2048 * 4) -> dict:
     later = [e for e in entries if isinstance(e.get("round"), int) and e["round"] > 0] or entries
     typical = sorted(later, key=lambda e: e["total"])[len(later) // 2]  # the median upload
     out: dict[str, Any] = {
-        "upload_bytes_plain_measured": typical["total"], "upload_job_values_bytes": typical["values"],
+        "upload_bytes_plain_measured": typical["total"],
+        "upload_job_values_bytes": typical["values"],
         "upload_bytes_plain_first_round": max((e["total"] for e in entries if e.get("round") == 0), default=None),
         "upload_breakdown": {k: typical[k] for k in ("values", "data_encoding", "meta", "headers", "envelope")},
-        "upload_fields": typical["fields"], "upload_results_audited": len(entries)}
+        "upload_fields": typical["fields"],
+        "upload_results_audited": len(entries),
+    }
     if 256 <= typical["values"] < 65536 and 256 <= values_bytes < 65536:
         out["upload_bytes_plain"] = typical["total"] - typical["values"] + values_bytes
         out["upload_plain_how"] = (
             "measured: FOBS size of the train result each site sent in the 10-site simulator run (after FLARE added "
             "its headers and peer context; arrays inline), rounds after the first (the first also carries the run's "
-            f"descriptions), with the job's {typical['values']:,} B of values replaced by ViT-B/16's {values_bytes:,}")
+            f"descriptions), with the job's {typical['values']:,} B of values replaced by ViT-B/16's {values_bytes:,}"
+        )
     return out

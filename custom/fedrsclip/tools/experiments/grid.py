@@ -19,8 +19,7 @@ from .layout import CENTRALIZED, POOLED
 
 DEFAULT_SITES = "centralized,2,5,10,15,20,40"
 MAX_THREADS = 10  # simulator threads: one process per site up to this; more sites share them (fresh process per task)
-GRID_KEYS = ("algorithm", "train.seed", "data.synthetic_sites", "data.synthetic_scheme", "data.source",
-             "data.manifest")
+GRID_KEYS = ("algorithm", "train.seed", "data.synthetic_sites", "data.synthetic_scheme", "data.source", "data.manifest")
 # Multi-modal ablations (--ablate): the full framework (the settings' modules) and one cell per module switched off.
 MODULES = {"mf": "multimodal.fusion", "fw": "multimodal.whitening", "mim": "multimodal.mim"}
 FULL = "full"
@@ -34,14 +33,16 @@ def variant_overrides(variant: str) -> list[str]:
 
 
 def parse_ablate(text: str | None) -> list[str]:
-    """"mf,fw" -> ["full", "no-mf", "no-fw"]; None or "" -> [""] (no ablation axis). ValueError names a bad one."""
+    """ "mf,fw" -> ["full", "no-mf", "no-fw"]; None or "" -> [""] (no ablation axis). ValueError names a bad one."""
     if not text:
         return [""]
     parts = [p.strip().lower() for p in text.split(",") if p.strip()]
     bad = [p for p in parts if p not in MODULES]
     if bad or not parts:
-        raise ValueError(f"--ablate: {bad[0] if bad else text!r} is not a multi-modal module; give a comma-separated "
-                         f"list of {', '.join(MODULES)} (each is switched off in its own cells)")
+        raise ValueError(
+            f"--ablate: {bad[0] if bad else text!r} is not a multi-modal module; give a comma-separated "
+            f"list of {', '.join(MODULES)} (each is switched off in its own cells)"
+        )
     return [FULL, *(f"no-{p}" for p in dict.fromkeys(parts))]
 
 
@@ -72,7 +73,7 @@ class Cell:
 
 
 def parse_sites(text: str) -> list[int | None]:
-    """"centralized,2,5" -> [None, 2, 5]."""
+    """ "centralized,2,5" -> [None, 2, 5]."""
     out: list[int | None] = []
     for part in (p.strip() for p in text.split(",") if p.strip()):
         if part == CENTRALIZED:
@@ -86,8 +87,13 @@ def parse_sites(text: str) -> list[int | None]:
     return list(dict.fromkeys(out))
 
 
-def build_grid(algorithms: Sequence[str], sites: Sequence[int | None], partitions: Sequence[str],
-               seeds: Sequence[int], variants: Sequence[str] = ("",)) -> list[Cell]:
+def build_grid(
+    algorithms: Sequence[str],
+    sites: Sequence[int | None],
+    partitions: Sequence[str],
+    seeds: Sequence[int],
+    variants: Sequence[str] = ("",),
+) -> list[Cell]:
     """Every cell; `variants` (`parse_ablate`) multiplies each one."""
     for name in algorithms:
         get_algorithm(name)  # unknown names stop here, with the list of valid ones
@@ -118,28 +124,40 @@ class DataSource:
             raise ValueError("give either --manifest or --dataset/--root, not both")
         if bool(self.dataset) != bool(self.root):
             raise ValueError("--dataset and --root go together (the dataset layout and its folder)")
-        self.description = (f"manifests {self.manifest}" if self.manifest else
-                            f"{self.dataset} at {self.root}" if self.dataset else
-                            "synthetic (data.source: synthetic-mm)" if self.modalities else
-                            "synthetic (data.source: synthetic)")
+        self.description = (
+            f"manifests {self.manifest}"
+            if self.manifest
+            else f"{self.dataset} at {self.root}"
+            if self.dataset
+            else "synthetic (data.source: synthetic-mm)"
+            if self.modalities
+            else "synthetic (data.source: synthetic)"
+        )
         self._listing = None
 
     def check(self, sites: Sequence[int | None], partitions: Sequence[str]) -> None:
         if self.modalities and None in sites:
-            raise ValueError("--sites: a multi-modal grid (--modalities) has no centralized column (one site cannot "
-                             "stand for sites of different modalities); give site counts only, e.g. --sites 3,6")
+            raise ValueError(
+                "--sites: a multi-modal grid (--modalities) has no centralized column (one site cannot "
+                "stand for sites of different modalities); give site counts only, e.g. --sites 3,6"
+            )
         if self.manifest and "{sites}" not in self.manifest and len([n for n in sites if n is not None]) > 1:
-            raise ValueError(f"--manifest {self.manifest}: the grid has several site counts, so the pattern needs "
-                             "'{sites}' (e.g. ucm{sites}.json, made with fedrsclip data partition --sites N)")
+            raise ValueError(
+                f"--manifest {self.manifest}: the grid has several site counts, so the pattern needs "
+                "'{sites}' (e.g. ucm{sites}.json, made with fedrsclip data partition --sites N)"
+            )
         if self.manifest and "{partition}" not in self.manifest and len(partitions) > 1:
-            raise ValueError(f"--manifest {self.manifest}: the grid has several partition schemes, so the pattern "
-                             "needs '{partition}'")
+            raise ValueError(
+                f"--manifest {self.manifest}: the grid has several partition schemes, so the pattern "
+                "needs '{partition}'"
+            )
 
     def overrides(self, cell: Cell, grid_sites: Sequence[int | None], out: Path) -> list[str]:
         if not self.manifest and not self.dataset:
             scheme = "uniform" if cell.sites is None else cell.partition  # one site holds everything either way
-            source = ["data.source=synthetic-mm", "data.synthetic_size=48"] if self.modalities else \
-                ["data.source=synthetic"]  # 48 px: a multiple of 6, as the synthetic 60 m bands need
+            source = (
+                ["data.source=synthetic-mm", "data.synthetic_size=48"] if self.modalities else ["data.source=synthetic"]
+            )  # 48 px: a multiple of 6, as the synthetic 60 m bands need
             return [*source, f"data.synthetic_scheme={scheme}", f"data.synthetic_dir={out / 'data'}"]
         return ["data.source=manifest", f"data.manifest={self._manifest_for(cell, grid_sites, out)}"]
 
@@ -153,11 +171,17 @@ class DataSource:
                 write_manifest(build_manifest(self._listing, cell.num_sites, scheme, self.data_seed), path)
             return path
         federated = sorted(n for n in grid_sites if n is not None)
-        source = Path(self.manifest.format(sites=cell.sites or (federated[0] if federated else 1),
-                                           partition=cell.partition if cell.sites else "uniform")).expanduser()
+        source = Path(
+            self.manifest.format(
+                sites=cell.sites or (federated[0] if federated else 1),
+                partition=cell.partition if cell.sites else "uniform",
+            )
+        ).expanduser()
         if not source.is_file():
-            raise FileNotFoundError(f"--manifest: {source} does not exist (for {cell.describe()}); make it with "
-                                    f"fedrsclip data partition ... --out {source}")
+            raise FileNotFoundError(
+                f"--manifest: {source} does not exist (for {cell.describe()}); make it with "
+                f"fedrsclip data partition ... --out {source}"
+            )
         manifest = load_manifest(source)
         if cell.sites is None:  # all sites' data pooled at one site
             path = out / "data" / f"centralized-{source.stem}.json"
@@ -165,8 +189,10 @@ class DataSource:
                 write_manifest(centralized(manifest), path)
             return path
         if len(manifest["sites"]) != cell.sites:
-            raise ValueError(f"--manifest: {source} partitions the data over {len(manifest['sites'])} sites, the "
-                             f"cell needs {cell.sites}")
+            raise ValueError(
+                f"--manifest: {source} partitions the data over {len(manifest['sites'])} sites, the "
+                f"cell needs {cell.sites}"
+            )
         return source.resolve()
 
 
@@ -175,7 +201,9 @@ def check_overrides(overrides: Sequence[str], variants: Sequence[str] = ("",)) -
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         if key in GRID_KEYS or key == "multimodal.modalities":
-            raise ValueError(f"--set {item}: {key} is set per cell by the grid (--algorithms, --seeds, --sites, "
-                             "--partition, --manifest/--dataset, --modalities); leave it out")
+            raise ValueError(
+                f"--set {item}: {key} is set per cell by the grid (--algorithms, --seeds, --sites, "
+                "--partition, --manifest/--dataset, --modalities); leave it out"
+            )
         if key in ablated:
             raise ValueError(f"--set {item}: {key} is switched per cell by --ablate; leave it out")

@@ -1,10 +1,10 @@
 """Where an experiment folder keeps what (a leaf: the runner and the report both read it):
 
-    experiment.json        the grid and its settings (written at the start)
-    cells/<cell>.json      one results record per cell: the run's fedrsclip_results.json, the cell's settings, and
-                           each site's predictions file gathered from its own workspace (simulation: all local)
-    jobs/<cell>/           the generated job;  runs/<cell>/ its simulator workspace;  runs/<cell>.log its log
-    data/, features/       synthetic datasets / manifests and feature caches, shared by the cells that can share
+experiment.json        the grid and its settings (written at the start)
+cells/<cell>.json      one results record per cell: the run's fedrsclip_results.json, the cell's settings, and
+                       each site's predictions file gathered from its own workspace (simulation: all local)
+jobs/<cell>/           the generated job;  runs/<cell>/ its simulator workspace;  runs/<cell>.log its log
+data/, features/       synthetic datasets / manifests and feature caches, shared by the cells that can share
 """
 
 from __future__ import annotations

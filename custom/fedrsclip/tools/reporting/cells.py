@@ -25,8 +25,10 @@ def load_experiment(folder: str | Path) -> tuple[dict[str, Any], list[Record]]:
             record = json.loads(path.read_text())
             record["cell"]["algorithm"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not a fedrsclip experiment cell ({exc}); delete it and rerun "
-                             "fedrsclip experiment to redo that cell") from exc
+            raise ValueError(
+                f"{path} is not a fedrsclip experiment cell ({exc}); delete it and rerun "
+                "fedrsclip experiment to redo that cell"
+            ) from exc
         record["path"] = str(path)
         records.append(record)
     if not any(finished(r) for r in records):
@@ -64,5 +66,8 @@ def columns(records: Iterable[Record]) -> list[str]:
 
 def select(records: Iterable[Record], **where: Any) -> list[Record]:
     """The finished records whose cell has every `where` value (variant: "" matches cells without one)."""
-    return [r for r in records if finished(r) and all((r["cell"].get(k) or ("" if k == "variant" else None)) == v
-                                                      for k, v in where.items())]
+    return [
+        r
+        for r in records
+        if finished(r) and all((r["cell"].get(k) or ("" if k == "variant" else None)) == v for k, v in where.items())
+    ]

@@ -47,8 +47,9 @@ def _curve(record: Record, metric: str = "accuracy") -> list[float | None]:
     return out + [number(r.get(f"weighted_{metric}")) for r in results.get("rounds", [])]
 
 
-def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], partition: str, path: Path,
-                       metric: str = "accuracy") -> Path:
+def accuracy_per_round(
+    records: Sequence[Record], algorithms: Sequence[str], partition: str, path: Path, metric: str = "accuracy"
+) -> Path:
     """One panel per column (centralized, site counts); one line per algorithm, mean over seeds, band: min-max.
     `metric`: micro_f1 for multi-label runs."""
     cells = [r for r in select(records) if r["cell"]["partition"] in (partition, "pooled")]
@@ -68,7 +69,7 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
                     mean.append(statistics.mean(values))
                     low.append(min(values))
                     high.append(max(values))
-            line, = ax.plot(x, mean, marker="o", markersize=3, label=_label(algorithm))
+            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=_label(algorithm))
             if len(curves) > 1:
                 ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
         ax.set_title("centralized (1 site)" if col == "centralized" else f"{col} sites, {partition}")
@@ -78,21 +79,31 @@ def accuracy_per_round(records: Sequence[Record], algorithms: Sequence[str], par
     axes[0][0].set_ylabel(f"{METRIC_NAMES[metric]} (%), test-sample weighted")
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes[0][1:]:
-        for h, l in zip(*ax.get_legend_handles_labels()):
-            if l not in labels:
-                handles.append(h)
-                labels.append(l)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     note = _note(cells)
-    fig.suptitle(f"{TITLES[metric]} of the global model per round\n(each site on its own test "
-                 "split, test-sample weighted; "
-                 "mean over seeds, band: min-max)", fontsize=10, y=0.95 if note else 0.98)
+    fig.suptitle(
+        f"{TITLES[metric]} of the global model per round\n(each site on its own test "
+        "split, test-sample weighted; "
+        "mean over seeds, band: min-max)",
+        fontsize=10,
+        y=0.95 if note else 0.98,
+    )
     rows = (len(labels) + 4) // 5
     return save(fig, path, note, rect=(0, 0.05 + 0.05 * rows, 1, 0.94 if note else 1))
 
 
-def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], column: str, partition: str,
-                      path: Path, metric: str = "accuracy") -> Path:
+def per_site_accuracy(
+    records: Sequence[Record],
+    algorithms: Sequence[str],
+    column: str,
+    partition: str,
+    path: Path,
+    metric: str = "accuracy",
+) -> Path:
     """Final accuracy (or `metric`) of each site (mean over seeds), one bar per algorithm."""
     cells = select(records, column=column, partition=partition)
     sites = sorted({s for r in cells for s in (r["results"].get("final") or {}).get("sites", {})}, key=site_order)
@@ -103,8 +114,10 @@ def per_site_accuracy(records: Sequence[Record], algorithms: Sequence[str], colu
     for i, algorithm in enumerate(present):
         means = []
         for site in sites:
-            values = [number(((r["results"].get("final") or {}).get("sites", {}).get(site) or {}).get(metric))
-                      for r in select(cells, algorithm=algorithm)]
+            values = [
+                number(((r["results"].get("final") or {}).get("sites", {}).get(site) or {}).get(metric))
+                for r in select(cells, algorithm=algorithm)
+            ]
             values = [v for v in values if v is not None]
             means.append(statistics.mean(values) if values else np.nan)
         ax.bar(x + (i - (len(present) - 1) / 2) * width, means, width, label=_label(algorithm))
@@ -130,12 +143,27 @@ def stamp(fig: plt.Figure, note: str | None) -> None:
     """Write `note` (the synthetic/random caveat) across the top of the figure, in the image itself: a PNG is
     shown and shared without the report around it."""
     if note:
-        fig.text(0.5, 0.995, f"{note.upper()}", ha="center", va="top", fontsize=9, fontweight="bold",
-                 color="white", bbox={"facecolor": MISTAKE, "edgecolor": "none", "pad": 3})
+        fig.text(
+            0.5,
+            0.995,
+            f"{note.upper()}",
+            ha="center",
+            va="top",
+            fontsize=9,
+            fontweight="bold",
+            color="white",
+            bbox={"facecolor": MISTAKE, "edgecolor": "none", "pad": 3},
+        )
 
 
-def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str, path: Path,
-                     note: str | None = None, row_labels: Sequence[str] | None = None) -> Path:
+def confusion_figure(
+    counts: np.ndarray,
+    classes: Sequence[str],
+    title: str,
+    path: Path,
+    note: str | None = None,
+    row_labels: Sequence[str] | None = None,
+) -> Path:
     """A confusion matrix [true][predicted]: row-normalised colours, counts written in the cells (up to 31
     classes); `note`: a caveat stamped on the image; `row_labels`: the true classes' labels (default `classes`)."""
     counts = np.asarray(counts)
@@ -147,8 +175,15 @@ def confusion_figure(counts: np.ndarray, classes: Sequence[str], title: str, pat
         for i in range(len(classes)):
             for j in range(len(classes)):
                 if counts[i, j]:
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if rates[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(counts[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black",
+                    )
     ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(classes)), row_labels or classes, fontsize=8)
     ax.set_xlabel("predicted class")
@@ -165,10 +200,15 @@ def confusion_matrix(record: Record, path: Path) -> Path | None:
         return None
     counts = np.sum([np.asarray(p["confusion"]) for p in sites], axis=0)
     cell = record["cell"]
-    return confusion_figure(counts, sites[0]["classes"],
-                            f"Confusion matrix: {_label(cell['algorithm'])}, {cell['column']} sites, seed "
-                            f"{cell['seed']}\nsummed over {len(sites)} sites' test splits ({int(counts.sum())} "
-                            "images)", path, caveat(record.get("results") or {}))
+    return confusion_figure(
+        counts,
+        sites[0]["classes"],
+        f"Confusion matrix: {_label(cell['algorithm'])}, {cell['column']} sites, seed "
+        f"{cell['seed']}\nsummed over {len(sites)} sites' test splits ({int(counts.sum())} "
+        "images)",
+        path,
+        caveat(record.get("results") or {}),
+    )
 
 
 def _classes_to_show(classes: Sequence[str], limit: int) -> list[int]:
@@ -206,8 +246,9 @@ def prediction_grid(record: Record, path: Path, max_sites: int = 10, max_classes
         return None
     classes = predictions[sites[0]]["classes"]
     rows = _classes_to_show(classes, max_classes)
-    fig, axes = plt.subplots(len(rows), len(sites), figsize=(1.55 * len(sites) + 1.3, 1.75 * len(rows) + 0.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(sites), figsize=(1.55 * len(sites) + 1.3, 1.75 * len(rows) + 0.8), squeeze=False
+    )
     for j, site in enumerate(sites):
         by_class: dict[int, dict] = {}
         for sample in predictions[site]["samples"]:
@@ -227,19 +268,33 @@ def prediction_grid(record: Record, path: Path, max_sites: int = 10, max_classes
             try:
                 ax.imshow(sample_image(record, sample["path"]))
             except (ImageReadError, OSError) as exc:
-                ax.text(0.5, 0.5, "image not\nreadable here", ha="center", va="center", fontsize=7,
-                        transform=ax.transAxes)
+                ax.text(
+                    0.5, 0.5, "image not\nreadable here", ha="center", va="center", fontsize=7, transform=ax.transAxes
+                )
                 log.warning("prediction grid: %s", exc)
             wrong = sample["predicted"] != sample["true"]
             for spine in ax.spines.values():
                 spine.set_edgecolor(MISTAKE if wrong else "#bbbbbb")
                 spine.set_linewidth(3.5 if wrong else 0.8)
-            ax.text(0.5, 1.02, classes[sample["predicted"]], transform=ax.transAxes, ha="center", va="bottom",
-                    fontsize=7, color=MISTAKE if wrong else "black", fontweight="bold" if wrong else "normal")
+            ax.text(
+                0.5,
+                1.02,
+                classes[sample["predicted"]],
+                transform=ax.transAxes,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color=MISTAKE if wrong else "black",
+                fontweight="bold" if wrong else "normal",
+            )
     cell = record["cell"]
     note = caveat(record.get("results") or {})
-    fig.suptitle(f"Predictions of {_label(cell['algorithm'])}, {cell['column']} sites, seed {cell['seed']}\n"
-                 "rows: true class; caption: predicted; red frame: mistake", fontsize=8, y=0.97 if note else 0.98)
+    fig.suptitle(
+        f"Predictions of {_label(cell['algorithm'])}, {cell['column']} sites, seed {cell['seed']}\n"
+        "rows: true class; caption: predicted; red frame: mistake",
+        fontsize=8,
+        y=0.97 if note else 0.98,
+    )
     return save(fig, path, note, rect=(0, 0, 1, 1 - (0.75 if note else 0.45) / fig.get_figheight()))
 
 
@@ -257,8 +312,10 @@ def showcase(records: Sequence[Record], algorithms: Sequence[str], partition: st
 # ---- one run (fedrsclip report WORKSPACE) ----------------------------------------------------------------------------
 def _run_title(results: dict) -> str:
     where = "in-process" if results.get("runner") == "in-process" else "FLARE"
-    return (f"{_label(str(results.get('algorithm', '?')))} ({where}), {len(results.get('sites') or [])} sites; "
-            f"{results.get('backbone', '?')}")
+    return (
+        f"{_label(str(results.get('algorithm', '?')))} ({where}), {len(results.get('sites') or [])} sites; "
+        f"{results.get('backbone', '?')}"
+    )
 
 
 def run_accuracy_per_round(results: dict, path: Path) -> Path | None:
@@ -277,11 +334,20 @@ def run_accuracy_per_round(results: dict, path: Path) -> Path | None:
         xs = [x for x, p in points if number(((p.get("sites") or {}).get(site) or {}).get(metric)) is not None]
         ys = [number(((p.get("sites") or {}).get(site) or {}).get(metric)) for x, p in points if x in xs]
         ax.plot(xs, ys, color="#999999", linewidth=0.8, alpha=0.6)
-    for key, label, style in ((f"mean_{metric}", "mean over sites", "--"), (f"weighted_{metric}",
-                                                                              "test-sample weighted", "-")):
+    for key, label, style in (
+        (f"mean_{metric}", "mean over sites", "--"),
+        (f"weighted_{metric}", "test-sample weighted", "-"),
+    ):
         xs = [x for x, p in points if number(p.get(key)) is not None]
-        ax.plot(xs, [number(p[key]) for x, p in points if x in xs], style, marker="o", markersize=4, linewidth=2,
-                label=label)
+        ax.plot(
+            xs,
+            [number(p[key]) for x, p in points if x in xs],
+            style,
+            marker="o",
+            markersize=4,
+            linewidth=2,
+            label=label,
+        )
     ax.plot([], [], color="#999999", linewidth=0.8, label="each site")
     zero_shot = number((results.get("zero_shot") or {}).get("accuracy"))
     if zero_shot is not None:
@@ -303,8 +369,11 @@ def run_per_site_accuracy(results: dict, path: Path) -> Path | None:
     rounds = results.get("rounds") or []
     final = (results.get("final") or {}).get("sites") or (rounds[-1].get("sites") if rounds else {}) or {}
     initial = (results.get("initial") or {}).get("sites") or {}
-    sites = [s for s in (results.get("sites") or sorted(final, key=site_order))
-             if number((final.get(s) or {}).get(metric)) is not None]
+    sites = [
+        s
+        for s in (results.get("sites") or sorted(final, key=site_order))
+        if number((final.get(s) or {}).get(metric)) is not None
+    ]
     if not sites:
         return None
     note = caveat(results)
@@ -315,8 +384,14 @@ def run_per_site_accuracy(results: dict, path: Path) -> Path | None:
     ax.bar(x - 0.2, [np.nan if v is None else v for v in before], 0.4, label="initial model", color="#bbbbbb")
     bars = ax.bar(x + 0.2, after, 0.4, label="final model")
     for bar, site in zip(bars, sites):
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"n={final[site].get('samples')}",
-                ha="center", va="bottom", fontsize=6)
+        ax.text(
+            bar.get_x() + bar.get_width() / 2,
+            bar.get_height(),
+            f"n={final[site].get('samples')}",
+            ha="center",
+            va="bottom",
+            fontsize=6,
+        )
     ax.set_xticks(x, sites, rotation=45 if len(sites) > 10 else 0)
     ax.set_ylabel(f"{METRIC_NAMES[metric]} (%) on the site's own test split")
     ax.set_title(f"Per-site {METRIC_NAMES[metric]} (n: the site's test images)\n{_run_title(results)}", fontsize=9)
@@ -328,6 +403,8 @@ def run_per_site_accuracy(results: dict, path: Path) -> Path | None:
 def run_figures(results: dict, folder: Path, prefix: str = "") -> list[Path]:
     """The figures of one run written into `folder` (`prefix` + accuracy_per_round.png, per_site_accuracy.png)."""
     folder.mkdir(parents=True, exist_ok=True)
-    made = [run_accuracy_per_round(results, folder / f"{prefix}accuracy_per_round.png"),
-            run_per_site_accuracy(results, folder / f"{prefix}per_site_accuracy.png")]
+    made = [
+        run_accuracy_per_round(results, folder / f"{prefix}accuracy_per_round.png"),
+        run_per_site_accuracy(results, folder / f"{prefix}per_site_accuracy.png"),
+    ]
     return [p for p in made if p is not None]

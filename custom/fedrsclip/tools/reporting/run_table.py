@@ -25,9 +25,11 @@ def _cell(record: Mapping[str, Any] | None, metric: str = "accuracy") -> str:
 
 def is_multi_label(results: Mapping[str, Any]) -> bool:
     """True when the run's evaluations are multi-label (micro F1, macro F1, mAP instead of accuracy)."""
-    entries = [*((results.get("initial") or {}).get("sites") or {}).values(),
-               *((results.get("final") or {}).get("sites") or {}).values(),
-               *(v for r in results.get("rounds", []) for v in (r.get("sites") or {}).values())]
+    entries = [
+        *((results.get("initial") or {}).get("sites") or {}).values(),
+        *((results.get("final") or {}).get("sites") or {}).values(),
+        *(v for r in results.get("rounds", []) for v in (r.get("sites") or {}).values()),
+    ]
     return any(isinstance(e, Mapping) and number(e.get("micro_f1")) is not None for e in entries)
 
 
@@ -41,13 +43,23 @@ def multilabel_lines(results: Mapping[str, Any]) -> list[str]:
     every site's predictions together), and per modality alone."""
     final = results.get("final") or {}
     rows = [(s, v) for s, v in (final.get("sites") or {}).items() if not v.get("missing")]
-    rows.append(("overall (weighted)", {k: final.get(f"weighted_{k}") for k in MULTILABEL_KEYS}
-                 | {"samples": sum(v.get("samples") or 0 for _, v in rows)}))
+    rows.append(
+        (
+            "overall (weighted)",
+            {k: final.get(f"weighted_{k}") for k in MULTILABEL_KEYS}
+            | {"samples": sum(v.get("samples") or 0 for _, v in rows)},
+        )
+    )
     if results.get("pooled"):
         rows.append(("pooled (in-process)", results["pooled"]))
     for modality, block in (final.get("modalities") or {}).items():
-        rows.append((f"{modality} only", {k: block.get(f"weighted_{k}") for k in MULTILABEL_KEYS}
-                     | {"samples": sum(v.get("samples") or 0 for v in (block.get("sites") or {}).values())}))
+        rows.append(
+            (
+                f"{modality} only",
+                {k: block.get(f"weighted_{k}") for k in MULTILABEL_KEYS}
+                | {"samples": sum(v.get("samples") or 0 for v in (block.get("sites") or {}).values())},
+            )
+        )
     header = ["final model", "micro F1", "macro F1", "mAP", "test images"]
     body = [[name, *(_pct(v.get(k)) for k in MULTILABEL_KEYS), str(v.get("samples") or "-")] for name, v in rows]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
@@ -55,11 +67,17 @@ def multilabel_lines(results: Mapping[str, Any]) -> list[str]:
     def line(row: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
-    out = ["", "the final global model, multi-label (%; a class is predicted where its sigmoid >= 0.5):",
-           line(header), line(["-" * w for w in widths]), *(line(r) for r in body)]
+    out = [
+        "",
+        "the final global model, multi-label (%; a class is predicted where its sigmoid >= 0.5):",
+        line(header),
+        line(["-" * w for w in widths]),
+        *(line(r) for r in body),
+    ]
     if final.get("modalities"):
-        out.append("<m> only: every site holding m scored on its test scenes of m alone (the missing-modality "
-                   "evaluation)")
+        out.append(
+            "<m> only: every site holding m scored on its test scenes of m alone (the missing-modality evaluation)"
+        )
     return out
 
 
@@ -111,8 +129,10 @@ def timing_lines(rounds: list[Mapping[str, Any]]) -> list[str]:
             slowest.append((record.get("round"), site["seconds"], site.get("timings") or {}))
     if not slowest:
         return []
-    out = ["seconds at the slowest site of each round, by phase (start: process start to first task; load: "
-           "weights and state; extract: image features):"]
+    out = [
+        "seconds at the slowest site of each round, by phase (start: process start to first task; load: "
+        "weights and state; extract: image features):"
+    ]
     plain = []
     for rnd, seconds, timings in slowest:
         if any(k in timings for k in SETUP_PHASES):
@@ -124,8 +144,9 @@ def timing_lines(rounds: list[Mapping[str, Any]]) -> list[str]:
         low, high = min(s for _, s in plain), max(s for _, s in plain)
         other = " other" if len(plain) < len(slowest) else ""
         rounds_text = f"in round {plain[0][0]}" if len(plain) == 1 else f"the{other} {len(plain)} rounds"
-        out.append(f"  {rounds_text}: {low:.1f}" + (f" to {high:.1f}" if high - low >= 0.05 else "")
-                   + " (evaluate + train)")
+        out.append(
+            f"  {rounds_text}: {low:.1f}" + (f" to {high:.1f}" if high - low >= 0.05 else "") + " (evaluate + train)"
+        )
     return out
 
 
@@ -142,14 +163,27 @@ def format_table(results: Mapping[str, Any]) -> str:
     rows: list[tuple[str, list[str], float | None, float | None]] = []
     initial = results.get("initial") or {}
     if initial.get("sites"):
-        rows.append(("init", [_cell(initial["sites"].get(s), metric) for s in sites],
-                     number(initial.get(f"mean_{metric}")), number(initial.get(f"weighted_{metric}"))))
+        rows.append(
+            (
+                "init",
+                [_cell(initial["sites"].get(s), metric) for s in sites],
+                number(initial.get(f"mean_{metric}")),
+                number(initial.get(f"weighted_{metric}")),
+            )
+        )
     for record in rounds:
-        rows.append((str(record.get("round")), [_cell(record.get("sites", {}).get(s), metric) for s in sites],
-                     number(record.get(f"mean_{metric}")), number(record.get(f"weighted_{metric}"))))
+        rows.append(
+            (
+                str(record.get("round")),
+                [_cell(record.get("sites", {}).get(s), metric) for s in sites],
+                number(record.get(f"mean_{metric}")),
+                number(record.get(f"weighted_{metric}")),
+            )
+        )
     header = ["round", *sites, "mean", "weighted"]
-    body = [[name, *cells, "-" if m is None else f"{m:.1f}", "-" if w is None else f"{w:.1f}"]
-            for name, cells, m, w in rows]
+    body = [
+        [name, *cells, "-" if m is None else f"{m:.1f}", "-" if w is None else f"{w:.1f}"] for name, cells, m, w in rows
+    ]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(row: list[str]) -> str:
@@ -158,12 +192,18 @@ def format_table(results: Mapping[str, Any]) -> str:
     where = "in-process" if results.get("runner") == "in-process" else "on FLARE"
     numbers = [r["round"] for r in rounds if isinstance(r.get("round"), int)]
     # rounds trained in this run (a resumed run's first row is the resumed model's evaluation, trained before)
-    trained = [r["round"] for r in rounds if isinstance(r.get("round"), int) and
-               any("samples_train" in v or v.get("missing") for v in r.get("sites", {}).values())] or numbers
+    trained = [
+        r["round"]
+        for r in rounds
+        if isinstance(r.get("round"), int)
+        and any("samples_train" in v or v.get("missing") for v in r.get("sites", {}).values())
+    ] or numbers
     last, first = (max(numbers), min(trained)) if numbers else (0, 1)
     resumed = f" (rounds {first}-{last} in this run, resumed after round {first - 1})" if first > 1 else ""
-    title = f"FedRSCLIP {where}: {results.get('algorithm', '?')}, {len(sites)} sites, " \
-            f"{last}/{results.get('num_rounds') or last} rounds{resumed}, status {results.get('status', '?')}"
+    title = (
+        f"FedRSCLIP {where}: {results.get('algorithm', '?')}, {len(sites)} sites, "
+        f"{last}/{results.get('num_rounds') or last} rounds{resumed}, status {results.get('status', '?')}"
+    )
     out = []
     note = caveat(results)
     if note:
@@ -173,9 +213,13 @@ def format_table(results: Mapping[str, Any]) -> str:
         if results.get(key):
             out.append(f"{key}: {results[key]}")
     what = "micro F1 (%, multi-label scenes)" if multi else "accuracy (%)"
-    out += [f"{what} of the global model after each round on each site's own test split (dual-prompt "
-            "algorithms: with the site's private prompt)", line(header), line(["-" * w for w in widths]),
-            *(line(r) for r in body)]
+    out += [
+        f"{what} of the global model after each round on each site's own test split (dual-prompt "
+        "algorithms: with the site's private prompt)",
+        line(header),
+        line(["-" * w for w in widths]),
+        *(line(r) for r in body),
+    ]
     cells = {c for _, row, _, _ in rows for c in row}
     if "miss" in cells or "?" in cells:
         out.append("miss: no result from the site in that round; ?: not measured (the site's next task failed)")
@@ -184,29 +228,41 @@ def format_table(results: Mapping[str, Any]) -> str:
     best, chosen = results.get("best"), best_value(results.get("best"))
     if isinstance(best, Mapping) and chosen is not None:
         name = "accuracy" if chosen[0] == "accuracy" else "micro F1"
-        out.append(f"best: after round {best.get('round')}, weighted {name} {chosen[1]:.1f}% "
-                   f"({best.get('selected_by', '')})")
+        out.append(
+            f"best: after round {best.get('round')}, weighted {name} {chosen[1]:.1f}% ({best.get('selected_by', '')})"
+        )
     zero_shot = results.get("zero_shot")
     if isinstance(zero_shot, Mapping) and number(zero_shot.get("accuracy")) is not None:
         prompt = str(zero_shot.get("prompt") or "").replace("{}", "{class}")
-        out.append(f"zero-shot CLIP (\"{prompt}\", no training): {zero_shot['accuracy']:.1f}% on "
-                   f"{zero_shot.get('samples')} test images of all sites"
-                   + (f" (chance {zero_shot['chance']:.1f}%)" if number(zero_shot.get("chance")) else ""))
+        out.append(
+            f'zero-shot CLIP ("{prompt}", no training): {zero_shot["accuracy"]:.1f}% on '
+            f"{zero_shot.get('samples')} test images of all sites"
+            + (f" (chance {zero_shot['chance']:.1f}%)" if number(zero_shot.get("chance")) else "")
+        )
         if zero_shot.get("warning"):
             out.append(f"warning: {zero_shot['warning']}")
     elif isinstance(zero_shot, Mapping) and number(zero_shot.get("mAP")) is not None:  # multi-label: no threshold
         prompt = str(zero_shot.get("prompt") or "").replace("{}", "{class}")
-        out.append(f"zero-shot CLIP (\"{prompt}\", no training): mAP {zero_shot['mAP']:.1f}% on "
-                   f"{zero_shot.get('samples')} test scenes of all sites")
+        out.append(
+            f'zero-shot CLIP ("{prompt}", no training): mAP {zero_shot["mAP"]:.1f}% on '
+            f"{zero_shot.get('samples')} test scenes of all sites"
+        )
     out += timing_lines(rounds)
     out += _data_notes(rounds)
-    bytes_up = [v.get("bytes_up") for r in rounds for v in r.get("sites", {}).values()
-                if isinstance(v.get("bytes_up"), int)]
-    plain = [v.get("bytes_up_plain") for r in rounds for v in r.get("sites", {}).values()
-             if isinstance(v.get("bytes_up_plain"), int)]
+    bytes_up = [
+        v.get("bytes_up") for r in rounds for v in r.get("sites", {}).values() if isinstance(v.get("bytes_up"), int)
+    ]
+    plain = [
+        v.get("bytes_up_plain")
+        for r in rounds
+        for v in r.get("sites", {}).values()
+        if isinstance(v.get("bytes_up_plain"), int)
+    ]
     if bytes_up:
-        out.append(f"sent per site and round: {max(bytes_up):,} bytes up"
-                   + (f" (CKKS ciphertext of {max(plain):,} bytes of values)" if plain else ""))
+        out.append(
+            f"sent per site and round: {max(bytes_up):,} bytes up"
+            + (f" (CKKS ciphertext of {max(plain):,} bytes of values)" if plain else "")
+        )
     for warning in results.get("warnings") or []:
         out.append(f"warning: {warning.get('message')}")
     errors = results.get("errors") or []
@@ -222,17 +278,19 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-
 def _data_notes(rounds: list) -> list[str]:
     """Unreadable files per site, and MIM asked for but active at no site, from the sites' round entries."""
     entries = [(s, v) for r in rounds for s, v in (r.get("sites") or {}).items()]
     out = []
     skipped = {s: v["skipped_images"] for s, v in entries if isinstance(v.get("skipped_images"), int)}
     if skipped:
-        out.append("unreadable images skipped (the files and why are in each site's log): "
-                   + ", ".join(f"{s} {n}" for s, n in sorted(skipped.items(), key=lambda x: site_order(x[0]))))
+        out.append(
+            "unreadable images skipped (the files and why are in each site's log): "
+            + ", ".join(f"{s} {n}" for s, n in sorted(skipped.items(), key=lambda x: site_order(x[0])))
+        )
     mim = [v.get("mim_steps") for _, v in entries if "mim_steps" in v]
     if mim and not any(mim):
-        out.append("MIM (multimodal.mim) was inactive at every site: no site holds paired modalities of the same "
-                   "scenes")
+        out.append(
+            "MIM (multimodal.mim) was inactive at every site: no site holds paired modalities of the same scenes"
+        )
     return out
