@@ -263,7 +263,7 @@ def test_bad_updates_are_rejected_and_shown_as_missing(tmp_path):
     round1, round2 = missing(results, 1), missing(results, 2)
     assert set(round1) == {"site-2", "site-4"} and set(round2) == {"site-3", "site-4"}
     assert all(e["kind"] == "rejected" for e in [*round1.values(), *round2.values()])
-    assert "shared_ctx holds 1 NaN or Inf values (of 256)" in round1["site-2"]["error"]
+    assert "shared_ctx holds 1 NaN or Inf values (of 256" in round1["site-2"]["error"]
     assert "shared_ctx has shape (5, 64), the global model's is (4, 64)" in round2["site-3"]["error"]
     assert "trained on another class list (5:" in round1["site-4"]["error"]
     assert "update of site-2 for round 1 rejected, not aggregated" in log
