@@ -72,28 +72,15 @@ def test_version(capsys):
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"fedrsclip {__version__}"
 
 
+def partition(root, *options) -> int:
+    """`fedrsclip data partition` of the synthetic dataset at `root`, with `options`."""
+    return main(["data", "partition", "--dataset", "synthetic", "--root", str(root), *options])
+
+
 def test_partition_speaks_of_sites_and_keeps_clients_for_one_release(synth_root, tmp_path, capsys):
     """`data partition` took --clients where every other command takes --sites."""
     out = tmp_path / "m.json"
-    assert (
-        main(
-            [
-                "data",
-                "partition",
-                "--dataset",
-                "synthetic",
-                "--root",
-                str(synth_root),
-                "--sites",
-                "2",
-                "--quiet",
-                "--no-verify",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert partition(synth_root, "--sites", "2", "--quiet", "--no-verify", "--out", str(out)) == 0
     assert len(json.loads(out.read_text())["sites"]) == 2
     help_text = subprocess.run(
         [sys.executable, "-m", "fedrsclip.cli", "data", "partition", "--help"], env=ENV, capture_output=True, text=True
@@ -103,115 +90,27 @@ def test_partition_speaks_of_sites_and_keeps_clients_for_one_release(synth_root,
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # run_data_command prints the warning instead of raising it
         assert (
-            main(
-                [
-                    "data",
-                    "partition",
-                    "--dataset",
-                    "synthetic",
-                    "--root",
-                    str(synth_root),
-                    "--clients",
-                    "3",
-                    "--quiet",
-                    "--no-verify",
-                    "--out",
-                    str(tmp_path / "old.json"),
-                ]
-            )
-            == 0
+            partition(synth_root, "--clients", "3", "--quiet", "--no-verify", "--out", str(tmp_path / "old.json")) == 0
         )
     assert "--clients is now --sites" in capsys.readouterr().err
     assert len(json.loads((tmp_path / "old.json").read_text())["sites"]) == 3
-    assert (
-        main(
-            [
-                "data",
-                "partition",
-                "--dataset",
-                "synthetic",
-                "--root",
-                str(synth_root),
-                "--quiet",
-                "--out",
-                str(tmp_path / "none.json"),
-            ]
-        )
-        == 2
-    )
+    assert partition(synth_root, "--quiet", "--out", str(tmp_path / "none.json")) == 2
     assert "--sites N" in capsys.readouterr().err
 
 
 def test_a_per_class_limit_or_fraction_gives_a_quick_look(synth_root, tmp_path, capsys):
     out = tmp_path / "quick.json"
-    assert (
-        main(
-            [
-                "data",
-                "partition",
-                "--dataset",
-                "synthetic",
-                "--root",
-                str(synth_root),
-                "--sites",
-                "2",
-                "--quiet",
-                "--per-class",
-                "6",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert partition(synth_root, "--sites", "2", "--quiet", "--per-class", "6", "--out", str(out)) == 0
     manifest = json.loads(out.read_text())
     labels = [label for site in manifest["sites"].values() for split in ("train", "test") for _, label in site[split]]
     assert len(labels) == 6 * len(manifest["classes"]) and {labels.count(k) for k in set(labels)} == {6}
     assert manifest["subset"] == {"per_class": 6, "fraction": None, "seed": 0}
     assert "a subset for a quick look: at most 6 images per class" in capsys.readouterr().out
     again = tmp_path / "again.json"
-    assert (
-        main(
-            [
-                "data",
-                "partition",
-                "--dataset",
-                "synthetic",
-                "--root",
-                str(synth_root),
-                "--sites",
-                "2",
-                "--quiet",
-                "--per-class",
-                "6",
-                "--out",
-                str(again),
-            ]
-        )
-        == 0
-    )
+    assert partition(synth_root, "--sites", "2", "--quiet", "--per-class", "6", "--out", str(again)) == 0
     assert json.loads(again.read_text())["sites"] == manifest["sites"]  # seeded: the same subset
     part = tmp_path / "part.json"
-    assert (
-        main(
-            [
-                "data",
-                "partition",
-                "--dataset",
-                "synthetic",
-                "--root",
-                str(synth_root),
-                "--sites",
-                "2",
-                "--quiet",
-                "--fraction",
-                "0.25",
-                "--out",
-                str(part),
-            ]
-        )
-        == 0
-    )
+    assert partition(synth_root, "--sites", "2", "--quiet", "--fraction", "0.25", "--out", str(part)) == 0
     sites = json.loads(part.read_text())["sites"].values()
     assert sum(len(s["train"]) + len(s["test"]) for s in sites) == 10 * 10  # 40 per class: 10 each
 

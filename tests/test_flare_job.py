@@ -201,23 +201,9 @@ def test_every_printed_run_command_runs_as_printed_and_keeps_the_job(tmp_path, c
     """`fedrsclip job --out workspaces/X` once printed a simulator command whose workspace was the job folder (the
     simulator empties its workspace). Every printed command runs here, as printed, and the job is intact after."""
     out = tmp_path / where / "demo2"
-    assert (
-        main(
-            [
-                "job",
-                "--algorithm",
-                "fedrsclip",
-                "--sites",
-                "2",
-                "--rounds",
-                "1",
-                "--out",
-                str(out),
-                *[f"--set={s}" for s in TINY_DATA],
-            ]
-        )
-        == 0
-    )
+    make = ["job", "--algorithm", "fedrsclip", "--sites", "2", "--rounds", "1", "--out", str(out)]
+    make += [f"--set={s}" for s in TINY_DATA]
+    assert main(make) == 0
     printed = capsys.readouterr().out
     (command,) = _printed(printed, "run it: ")
     before = _tree(out)
@@ -228,23 +214,7 @@ def test_every_printed_run_command_runs_as_printed_and_keeps_the_job(tmp_path, c
     workspace = Path(shlex.split(command)[shlex.split(command).index("-w") + 1])
     assert load_results(find_results(workspace))["status"] == "finished"
     # run again: the same command must still be safe (the workspace is now an earlier simulator run's)
-    assert (
-        main(
-            [
-                "job",
-                "--algorithm",
-                "fedrsclip",
-                "--sites",
-                "2",
-                "--rounds",
-                "1",
-                "--out",
-                str(out),
-                *[f"--set={s}" for s in TINY_DATA],
-            ]
-        )
-        == 0
-    )
+    assert main(make) == 0
     assert _printed(capsys.readouterr().out, "run it: ") == [command]
 
 

@@ -40,11 +40,12 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 
 from ..atomic import atomic_write_json, to_json
-from ..config import Config, load_config, read_yaml_mapping
+from ..config import Config, ConfigError, load_config
 from ..data.errors import DataError
 from ..data.manifest import load_manifest
 from ..data.synth import SCENES
 from ..he import HEADER_KEY as HE_HEADER_KEY
+from ..prompts import load_class_descriptions
 from ..protocol import site_order
 from ..results_file import RESULTS_FILE, load_results
 from .aggregator import ValidatingAggregator
@@ -315,18 +316,14 @@ def class_descriptions_file(cfg: Config) -> tuple[Path, str] | None:
             f"prompt.class_descriptions: {source} does not exist here; the job carries a copy of the "
             "file to every site, so make the job where the file is"
         )
-    loaded = read_yaml_mapping(source, JobError, "class descriptions file (prompt.class_descriptions)")
-    if not loaded or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in loaded.items()):
-        raise JobError(f"class descriptions file {source}: each entry must map a class name to a non-empty text")
-    classes = _known_classes(cfg)
-    if classes is not None:  # every class needs its text: checked now rather than at every site after start-up
-        missing = [c for c in classes if c.replace("_", " ") not in {k.replace("_", " ") for k in loaded}]
-        if missing:
-            raise JobError(
-                f"class descriptions file {source} has no description for {len(missing)} of the job's "
-                f"{len(classes)} classes: {', '.join(repr(m) for m in missing[:10])}; every class needs "
-                "one, keyed by its name"
-            )
+    classes = _known_classes(cfg)  # every class needs its text: checked now rather than at every site
+    try:
+        loaded = load_class_descriptions(source, classes)
+    except ConfigError as exc:
+        known = f" (checked against all of the job's {len(classes)} classes)" if classes else ""
+        raise JobError(f"{exc}{known}") from None
+    if not loaded:
+        raise JobError(f"class descriptions file {source} is empty: map each class name to its description")
     return source, DESCRIPTIONS_FILE + (source.suffix.lower() if source.suffix.lower() == ".json" else ".yaml")
 
 
