@@ -55,6 +55,9 @@ EXPECTED_KEYS: dict[str, tuple] = {
     "sim_demo_t1_s": (*NUMBER, type(None)),
     "sim_demo_tn_s": (*NUMBER, type(None)),
     "sim_demo_ratio": (*NUMBER, type(None)),
+    "sim_floor_t1_s": (*NUMBER, type(None)),
+    "sim_floor_ratio": (*NUMBER, type(None)),
+    "sim_demo_t1_over_floor": (*NUMBER, type(None)),
     "sim_demo_note": (str,),
     "targets": (dict,),
     "wall_s": NUMBER,
@@ -216,6 +219,7 @@ def test_quick_bench_cli(tmp_path):
     assert results["step_speedup_k45"] is None and results["step_k45_note"]
     assert results["flare_overhead_fraction"] is None and "quick" in results["flare_overhead_note"]
     assert results["sim_demo_ratio"] is None and "quick" in results["sim_demo_note"]
+    assert results["sim_demo_t1_over_floor"] is None and "-t 1 / FLARE floor" in proc.stdout
     assert 0 < results["task_start_s_demo"] < 120 and 0 < results["task_start_s_vitb16"] < 300
     assert 100 < results["site_peak_rss_mb_train_vitb16"] < results["site_peak_rss_mb_extract_vitb16"] < 64_000
     assert "task start ViT-B/16" in proc.stdout and "-t 1 / -t N" in proc.stdout

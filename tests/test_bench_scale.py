@@ -188,3 +188,30 @@ def test_task_phases_from_a_simulator_log(tmp_path):
     assert phases["setup_s"] == pytest.approx(2.75) and phases["task_s"] == pytest.approx(1.0)
     log.write_text(lines[0] + "\n")
     assert task_phases(log) is None
+
+
+def test_flare_floor_job_is_flares_numpy_federation(tmp_path):
+    """The floor job: FLARE's stock numpy components only, the sites and rounds asked for, this job's server timing."""
+    from fedrsclip.flare.job import TASK_REQUEST_INTERVAL
+    from fedrsclip.tools.bench.floor import floor_job
+
+    job = floor_job(3, 4, tmp_path)
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    workflow = server["workflows"][0]
+    assert workflow["path"].endswith("ScatterAndGather")
+    assert workflow["args"]["num_rounds"] == 4 and workflow["args"]["min_clients"] == 3
+    assert server["server"]["task_request_interval"] == TASK_REQUEST_INTERVAL
+    assert [e["executor"]["path"] for e in client["executors"]] == ["nvflare.app_common.np.np_trainer.NPTrainer"]
+    assert "fedrsclip" not in json.dumps(server) + json.dumps(client)
+
+
+@pytest.mark.slow
+def test_flare_floor_runs_every_task_in_a_fresh_worker(tmp_path):
+    """FLARE's numpy federation with -t 1: every round finishes and every task's worker phases are in the log."""
+    from fedrsclip.tools.bench.floor import bench_flare_floor
+
+    out = bench_flare_floor(tmp_path, sites=2, rounds=2, threads=1)
+    assert out["ok"] and out["rounds_finished"] == 2 and out["tasks"] == 4
+    assert out["task_phases"]["tasks"] == 4
+    assert 0 < out["task_phases"]["task_s"] < out["wall_s_per_task"] < out["wall_s"]

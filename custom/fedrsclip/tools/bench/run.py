@@ -230,6 +230,9 @@ def run_bench(
                     "sim_demo_t1_s": None,
                     "sim_demo_tn_s": None,
                     "sim_demo_ratio": None,
+                    "sim_floor_t1_s": None,
+                    "sim_floor_ratio": None,
+                    "sim_demo_t1_over_floor": None,
                     "sim_demo_note": skipped,
                 }
             )

@@ -83,6 +83,14 @@ def format_table(r: dict) -> str:
             else r.get("sim_demo_note", ""),
         ),
         (
+            "-t 1: demo job / FLARE's numpy job (floor)",
+            f"{_fmt(r.get('sim_demo_t1_s'), '.0f')} / {_fmt(r.get('sim_floor_t1_s'), '.0f')} s",
+            f"{_fmt(r.get('sim_demo_t1_over_floor'), '.2f', 'x')}; the floor alone is "
+            f"{_fmt(r.get('sim_floor_ratio'), '.2f', 'x')} the demo job's -t N"
+            if r.get("sim_demo_t1_over_floor") is not None
+            else "n/a",
+        ),
+        (
             "one ViT-B/16 site's round (evaluate + train)",
             f"{_fmt(r.get('site_round_s'), '.2f')} s",
             f"K=21, {r['site_round']['train_images']} train + {r['site_round']['test_images']} test images, "
