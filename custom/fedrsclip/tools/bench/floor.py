@@ -62,8 +62,9 @@ def floor_job(sites: int, rounds: int, out: Path) -> Path:
 
 def bench_flare_floor(workdir: Path, sites: int, rounds: int, threads: int = 1) -> dict[str, Any]:
     """Run FLARE's numpy federation in the simulator (`sites` sites, `rounds` rounds, `threads` threads; a fresh
-    workspace under `workdir`) and time it. Returns wall_s, exit_code, ok (exit 0 and every round finished), tasks (sites x rounds), wall_s_per_task and,
-    with fewer threads than sites, the per-task phases from the simulator's log (`simthreads.task_phases`)."""
+    workspace under `workdir`) and time it. Returns wall_s, exit_code, ok (exit 0 and every round finished), tasks
+    (sites x rounds), wall_s_per_task and, with fewer threads than sites, the per-task phases from the simulator's
+    log (`simthreads.task_phases`)."""
     from .simthreads import task_phases
 
     workspace = workdir / f"floor-t{threads}"
