@@ -36,6 +36,8 @@ RESULTS_FILE = "fedrsclip_results.json"
 RESULTS_FORMAT = 1
 SIMULATOR_RESULTS = Path("server") / "simulate_job" / "app_server" / RESULTS_FILE  # under a simulator workspace
 
+_START_PHASES = ("start", "load", "extract")  # a site process's start-up: its first task only (README: Progress)
+
 
 def find_results(workspace: str | Path) -> Path:
     """The results file of a run: `workspace` itself if it is the file, the simulator's place under it, else the
@@ -220,7 +222,8 @@ class ResultsBook:
     def progress_line(self, rnd: int) -> str:
         """One line after round `rnd`: its wall time, the sites that answered, the slowest site's phases, the
         latest mean accuracy or micro F1 (the model received in this round: after round rnd - 1) and the time left
-        (estimated from the rounds after the first, which also starts the sites, or from the first alone)."""
+        (estimated from the rounds after the first, which also starts the sites, or from the first alone less the
+        slowest site's start-up phases)."""
         record = self.rounds.get(rnd, {})
         done = {r: v["finished"] - v["started"] for r, v in self.rounds.items() if "finished" in v and "started" in v}
         text = f"round {rnd}/{self.num_rounds or '?'} done" + (f" in {done[rnd]:.1f}s" if rnd in done else "")
@@ -250,6 +253,9 @@ class ResultsBook:
         left = (self.num_rounds or 0) - rnd
         later = [d for r, d in done.items() if r > min(done)] if done else []
         per_round = (sum(later) / len(later)) if later else done.get(rnd)
+        if not later and per_round is not None and timed:
+            # only the first round so far: it also started the sites, which later rounds do not repeat
+            per_round = max(per_round - max(sum(t.get(k) or 0.0 for k in _START_PHASES) for _, _, t in timed), 0.0)
         if left > 0 and per_round is not None:
             text += f"; about {_duration(left * per_round)} left for {left} round{'s' * (left != 1)}"
         return text
