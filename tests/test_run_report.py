@@ -188,3 +188,15 @@ def test_a_long_extraction_without_a_bar_logs_its_progress(tiny_backbone, synth_
         features.extract_features(tiny_backbone, items, batch_size=8, progress=False, desc="train features")
     notes = [r.getMessage() for r in caplog.records if "images/s, about" in r.getMessage()]
     assert notes and notes[0].startswith("train features: 8/40 images (")
+
+
+def test_a_run_no_site_reported_to_says_so_in_its_header():
+    """A failed run whose sites never sent their first upload: the header names what is unknown, not '?'."""
+    book = ResultsBook("flare", sites=["site-1", "site-2"], num_rounds=3)
+    book.round_started(1)
+    book.round_done(1)
+    results = book.snapshot()
+    results["status"] = "failed"
+    title = format_table(results).splitlines()[0]
+    assert "not recorded (no site reported), 2 sites" in title and "status failed" in title
+    assert "?" not in title

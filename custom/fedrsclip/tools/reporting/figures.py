@@ -17,7 +17,7 @@ import numpy as np
 
 from ...protocol import site_order
 from .cells import Record, column_key, columns, number, select
-from .run_table import caveat, is_multi_label
+from .run_table import UNRECORDED, caveat, is_multi_label
 from .tables import LABELS
 
 log = logging.getLogger(__name__)
@@ -313,8 +313,8 @@ def showcase(records: Sequence[Record], algorithms: Sequence[str], partition: st
 def _run_title(results: dict) -> str:
     where = "in-process" if results.get("runner") == "in-process" else "FLARE"
     return (
-        f"{_label(str(results.get('algorithm', '?')))} ({where}), {len(results.get('sites') or [])} sites; "
-        f"{results.get('backbone', '?')}"
+        f"{_label(str(results.get('algorithm') or UNRECORDED))} ({where}), {len(results.get('sites') or [])} sites; "
+        f"{results.get('backbone') or UNRECORDED}"
     )
 
 

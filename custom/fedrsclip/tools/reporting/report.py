@@ -9,7 +9,7 @@ from pathlib import Path
 from ...atomic import atomic_write
 from . import figures
 from .cells import Record, column_key, load_experiment, multi_label, select
-from .run_table import caveat
+from .run_table import UNRECORDED, caveat
 from .tables import ABLATIONS, COMPARISON, ordered, table, variant_table
 
 METRICS = {"accuracy": "accuracy (%)", "micro_f1": "micro F1 (%)", "mAP": "mAP (%)"}
@@ -35,8 +35,9 @@ def _header(grid: dict, done: list[Record], records: list[Record], multi: bool =
             "",
         ]
     lines += [
-        f"- backbone and weights: {'; '.join(_distinct(done, 'backbone')) or '?'}",
-        f"- data: {grid.get('data', '?')}; as the sites saw it: {'; '.join(_distinct(done, 'data')) or '?'}",
+        f"- backbone and weights: {'; '.join(_distinct(done, 'backbone')) or UNRECORDED}",
+        f"- data: {grid.get('data') or 'not given'}; "
+        f"as the sites saw it: {'; '.join(_distinct(done, 'data')) or UNRECORDED}",
         f"- seeds (train.seed): {', '.join(map(str, seeds))}: each entry is the mean ± sample std over seeds "
         "(one value: one seed)",
         f"- rounds: {', '.join(map(str, rounds))}; settings for every cell: "
@@ -123,7 +124,7 @@ def write_report(folder: str | Path) -> Path:
         lines += [f"![{p.stem}]({p.name})" for p in pictures if p is not None] + [""]
     lines += ["## Cells", "", "| cell | status | seconds | results |", "|---|---|---|---|"]
     for r in sorted(records, key=lambda r: r["cell"]["name"]):
-        status = (r.get("results") or {}).get("status", "?")
+        status = (r.get("results") or {}).get("status") or "no results file"
         lines.append(
             f"| {r['cell']['name']} | {status} | {r.get('seconds', 0):.0f} | {Path(r['path']).relative_to(folder)} |"
         )

@@ -13,6 +13,9 @@ from .cells import number
 
 CAVEAT = "synthetic data, RANDOM-weight CLIP — not meaningful accuracy"
 
+# what a header says of a field the sites send with their first upload, when none arrived (e.g. a failed run)
+UNRECORDED = "not recorded (no site reported)"
+
 
 def _cell(record: Mapping[str, Any] | None, metric: str = "accuracy") -> str:
     if not record:
@@ -201,8 +204,8 @@ def format_table(results: Mapping[str, Any]) -> str:
     last, first = (max(numbers), min(trained)) if numbers else (0, 1)
     resumed = f" (rounds {first}-{last} in this run, resumed after round {first - 1})" if first > 1 else ""
     title = (
-        f"FedRSCLIP {where}: {results.get('algorithm', '?')}, {len(sites)} sites, "
-        f"{last}/{results.get('num_rounds') or last} rounds{resumed}, status {results.get('status', '?')}"
+        f"FedRSCLIP {where}: {results.get('algorithm') or UNRECORDED}, {len(sites)} sites, "
+        f"{last}/{results.get('num_rounds') or last} rounds{resumed}, status {results.get('status') or 'not recorded'}"
     )
     out = []
     note = caveat(results)
