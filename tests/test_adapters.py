@@ -73,8 +73,10 @@ def test_load_payload_checks_everything_before_loading_anything():
     assert all(np.array_equal(adapters.payload(["s2", "s1"])[k], before[k]) for k in before)  # s2 not loaded either
     with pytest.raises(ValueError, match="without adapter.s2.up.weight"):
         adapters.load_payload({"adapter.s2.down.weight": update["adapter.s2.down.weight"]})
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="NaN or Inf"):
         adapters.load_payload(dict(update, **{"adapter.s2.down.weight": np.full((4, 16), np.nan, np.float32)}))
+    with pytest.raises(ValueError, match="beyond float32's range"):  # finite in float64, inf once cast
+        adapters.load_payload(dict(update, **{"adapter.s2.down.weight": np.full((4, 16), 1e39, np.float64)}))
     with pytest.raises(ValueError, match="modality 's1'"):
         ModalityAdapters(["s2"], dim=16, rank=4).load_payload(update)
     assert adapters.load_payload({SHARED: np.zeros((4, 8)), **update}) == ["s1", "s2"]

@@ -21,7 +21,7 @@ from fedrsclip.data.synth_mm import make_synthetic_mm
 from fedrsclip.factory import make_site
 from fedrsclip.inprocess import run_inprocess
 from fedrsclip.privacy import PrivacyError, check_outgoing
-from fedrsclip.protocol import SHARED, adapter_keys, weighted_mean
+from fedrsclip.protocol import SHARED, PayloadError, adapter_keys, weighted_mean
 from fedrsclip.tools.reporting.run_table import format_table
 from helpers import TINY, tiny_config
 
@@ -105,6 +105,32 @@ def test_an_adapter_is_averaged_only_within_its_modality(listing, cache, tmp_pat
     # The received global model loads every group: site-1 now holds the s1 adapter the federation averaged.
     site.trainer.set_global(mean)
     np.testing.assert_array_equal(site.trainer.model.adapter["s1"].up.weight.detach().numpy(), mean[s1[1]])
+
+
+def test_an_implausible_global_adapter_is_refused_like_an_implausible_prompt(listing, cache, tmp_path):
+    """train.max_global_change bounds each modality's adapter as it bounds the shared prompt: a global adapter far
+    from the previous one (a hostile or broken aggregate) is refused by name and nothing is loaded; the same
+    change within the bound loads (before: any finite adapter was loaded)."""
+    manifest = mm_manifest(listing, "s2,s1,s2")
+    cfg = tiny_config("algorithm=fedrsclip", "train.rounds=1", *FAST, "train.max_global_change=1", cache_dir=cache)
+    site = make_site(cfg, "site-1", manifest, state_dir=tmp_path / "state", progress=False)
+    update = site.run_round(None, 0)
+    shared_before = site.trainer.model.learner.shared_ctx.detach().clone().numpy()
+    s1 = adapter_keys(["s1"])
+    hostile = {**update.payload, **{k: site.trainer.model.adapter.payload(["s1"])[k] + 5.0 for k in s1}}
+    before = {k: v.copy() for k, v in site.trainer.model.adapter.payload(["s1", "s2"]).items()}
+    with pytest.raises(
+        PayloadError,
+        match=r"site-1: the received global adapter of modality s1 is implausible.*"
+        r"train\.max_global_change",
+    ):
+        site.trainer.set_global(hostile)
+    after = site.trainer.model.adapter.payload(["s1", "s2"])
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    np.testing.assert_array_equal(site.trainer.model.learner.shared_ctx.detach().numpy(), shared_before)
+    plausible = {**update.payload, **{k: site.trainer.model.adapter.payload(["s1"])[k] + 0.5 for k in s1}}
+    site.trainer.set_global(plausible)
+    np.testing.assert_array_equal(site.trainer.model.adapter.payload(["s1"])[s1[0]], plausible[s1[0]])
 
 
 def test_dp_clips_and_noises_the_adapters_with_the_shared_prompt(listing, cache, tmp_path):

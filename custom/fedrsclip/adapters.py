@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .data.composite import MODALITIES
-from .protocol import ADAPTER_PARAMETERS, ADAPTER_PREFIX, COMMON, adapter_key, adapter_keys
+from .protocol import ADAPTER_PARAMETERS, ADAPTER_PREFIX, COMMON, adapter_key, adapter_keys, as_float32
 from .protocol import key_group as protocol_key_group
 
 PREFIX = ADAPTER_PREFIX
@@ -138,9 +138,13 @@ class ModalityAdapters(nn.ModuleDict):
                         f"received {key} of shape {value.shape}; this model needs "
                         f"{tuple(current[name].shape)} (check model.arch and the adapter rank)"
                     )
-                if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
-                    raise ValueError(f"received {key} with dtype {value.dtype} or non-finite values; not loaded")
-            staged[m] = {name: torch.from_numpy(v.astype(np.float32)) for name, v in tensors.items()}
+                if not np.issubdtype(value.dtype, np.floating):
+                    raise ValueError(f"received {key} with dtype {value.dtype}, expected floats; not loaded")
+                if as_float32(value)[1]:  # checked as it will be used: 1e39 is finite in float64, inf in float32
+                    raise ValueError(
+                        f"received {key} with NaN or Inf values (beyond float32's range counts as Inf); not loaded"
+                    )
+            staged[m] = {name: torch.from_numpy(as_float32(v)[0]) for name, v in tensors.items()}
         for m, state in staged.items():
             self[m].load_state_dict(state)
         return sorted(staged)

@@ -197,22 +197,51 @@ class PromptTrainer:
                 "only if such a change is expected"
             )
         if self.model.adapter is not None:  # checked whole before anything is loaded (`load_payload`)
+            adapters = {k: v for k, v in payload.items() if key_group(k) != COMMON}
+            self._check_adapter_change(adapters)
             try:
-                self.model.adapter.load_payload({k: v for k, v in payload.items() if key_group(k) != COMMON})
+                self.model.adapter.load_payload(adapters)
             except ValueError as exc:
                 raise PayloadError(f"{self.site}: {exc}; not loaded") from None
         with torch.no_grad():
             param.copy_(torch.from_numpy(value))
 
-    def global_change_bound(self) -> float:
-        """The largest root-mean-square change per value from one global shared prompt to the next that this site
-        accepts: train.max_global_change, plus with DP the most the clipped, noised updates can move the mean (a
-        site's update: at most C in L2 norm plus Gaussian noise of std sigma*C on each of its n values, whose root
-        mean square exceeds sigma*C*(1 + 5/sqrt(2n)) with probability below 1e-6; the mean over sites has less)."""
+    def _check_adapter_change(self, adapters: Payload) -> None:
+        """The plausibility bound of the shared prompt, per modality's adapter: the received group against the
+        adapter as this round started (this site's own) or as last received (the others'). Groups that do not fit
+        in shape are left to `load_payload`'s message. PayloadError names the modality."""
+        current = self.model.adapter.payload(self.model.adapter)
+        groups: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        for key, value in adapters.items():
+            reference = self.round_start.get(key, current.get(key))
+            value = np.asarray(value)
+            if reference is None or value.shape != reference.shape or not np.issubdtype(value.dtype, np.floating):
+                continue
+            received, before = groups.setdefault(key_group(key), ([], []))
+            received.append(value.astype(np.float64).ravel())
+            before.append(np.asarray(reference, dtype=np.float64).ravel())
+        for modality, (received, before) in groups.items():
+            values = np.concatenate(received)
+            with np.errstate(over="ignore", invalid="ignore"):
+                change = float(np.sqrt(np.mean((values - np.concatenate(before)) ** 2)))
+            bound = self.global_change_bound(values.size)
+            if change > bound:  # NaN (NaN values) is left to load_payload's message
+                raise PayloadError(
+                    f"{self.site}: the received global adapter of modality {modality} is implausible: it differs "
+                    f"from the previous one by {change:.3g} (root mean square per value), more than the {bound:.3g} "
+                    "this site accepts (train.max_global_change); not loaded"
+                )
+
+    def global_change_bound(self, values: int | None = None) -> float:
+        """The largest root-mean-square change per value from one global shared prompt (or adapter: `values` of
+        them) to the next that this site accepts: train.max_global_change, plus with DP the most the clipped, noised
+        updates can move the mean (a site's update: at most C in L2 norm plus Gaussian noise of std sigma*C on each
+        of its n values, whose root mean square exceeds sigma*C*(1 + 5/sqrt(2n)) with probability below 1e-6; the
+        mean over sites has less)."""
         bound = self.cfg.train.max_global_change
         pc = self.cfg.privacy
         if pc.dp_clip_norm is not None:
-            values = int(np.prod(self.model.learner.shared_ctx.shape))
+            values = values or int(np.prod(self.model.learner.shared_ctx.shape))
             noise = pc.dp_noise_multiplier * pc.dp_clip_norm * (1 + 5 / np.sqrt(2 * values))
             bound += pc.dp_clip_norm / np.sqrt(values) + noise
         return float(bound)
