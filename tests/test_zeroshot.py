@@ -184,3 +184,30 @@ def test_the_sites_reference_uses_the_class_descriptions(synth_manifest, feature
     names_only = zero_shot_accuracy(site.backbone, classes, site.test_set)
     assert with_texts["confusion"] != names_only["confusion"]  # the texts matter for this model and data
     assert site.zero_shot()["confusion"] == with_texts["confusion"]
+
+
+BIGEARTHNET = REAL_DATA.parent / "bigearthnet-sample"
+
+
+@pytest.mark.skipif(not BIGEARTHNET.is_dir(), reason=f"no BigEarthNet sample at {BIGEARTHNET}")
+def test_zeroshot_on_a_multi_label_manifest_gives_map_and_per_class_ap(tmp_path, capsys):
+    """BigEarthNet's label sets (the real S1 sample): the ranking measure, mAP and each class's AP, with a bar chart
+    (before: the command stopped, the single-label path refusing the manifest)."""
+    manifest = tmp_path / "ben.json"
+    args = ["data", "partition", "--dataset", "bigearthnet-s1", "--root", str(BIGEARTHNET), "--sites", "1"]
+    assert main([*args, "--quiet", "--out", str(manifest)]) == 0
+    out = tmp_path / "zs.json"
+    rc = main(
+        ["zeroshot", "--manifest", str(manifest), "--out", str(out), *TINY_SET, f"--set=data.cache_dir={tmp_path}"]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    results = json.loads(out.read_text())
+    present = [ap for ap, n in zip(results["per_class_ap"], results["positives"]) if n]
+    assert results["accuracy"] is None and results["samples"] == 6 and len(results["classes"]) == 19
+    assert sum(results["positives"]) >= 6 and all(0 <= ap <= 100 for ap in present)
+    assert [ap is None for ap in results["per_class_ap"]] == [n == 0 for n in results["positives"]]
+    assert results["mAP"] == pytest.approx(np.mean(present))
+    assert "mAP:" in printed and "multi-label" in printed and "per-class AP" in printed
+    with Image.open(tmp_path / "zs-ap.png") as image:
+        assert image.size[0] > 300

@@ -326,7 +326,8 @@ def _zeroshot(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _overrides(args))
     results = run_zeroshot(cfg, args.manifest, args.out, template=args.template, split=args.split)
     print(format_results(results))
-    print(f"results file: {args.out}; confusion matrix: {results['figure']}")
+    shown = "per-class AP" if results["accuracy"] is None else "confusion matrix"
+    print(f"results file: {args.out}; {shown}: {results['figure']}")
     return 0
 
 

@@ -85,21 +85,26 @@ def zero_shot_accuracy(
     Returns {"accuracy", "samples", "prompt" (the template), "chance" (100 / K, %), "per_class" (accuracy % of
     each class, None for a class without images), "confusion" ([true][predicted] counts, K x K)}. Multi-label
     features (multi-hot labels [N, K]): {"accuracy": None, "mAP" (%, over the classes present), "samples",
-    "prompt"}: a zero-shot model has no threshold, so the ranking measure only.
+    "prompt", "per_class_ap" (AP % of each class, None for a class without positives), "positives" (images of each
+    class)}: a zero-shot model has no threshold, so the ranking measure only.
     """
     if features.labels.ndim == 2:
         from .multilabel import average_precision
 
         scores = zero_shot_scores(backbone, classnames, features, template, descriptions).numpy()
         positives = features.labels.numpy() > 0
-        ap = [
-            average_precision(scores[:, k], positives[:, k]) for k in range(positives.shape[1]) if positives[:, k].any()
+        per_class_ap = [
+            float(average_precision(scores[:, k], positives[:, k])) * 100.0 if positives[:, k].any() else None
+            for k in range(positives.shape[1])
         ]
+        ap = [a for a in per_class_ap if a is not None]
         return {
             "accuracy": None,
-            "mAP": float(np.mean(ap)) * 100.0 if ap else None,
+            "mAP": float(np.mean(ap)) if ap else None,
             "samples": len(features),
             "prompt": template_text(template),
+            "per_class_ap": per_class_ap,
+            "positives": positives.sum(axis=0).astype(int).tolist(),
         }
     labels = features.labels.numpy().astype(np.int64)
     pred = zero_shot_predict(backbone, classnames, features, template, descriptions).numpy()

@@ -193,6 +193,24 @@ def confusion_figure(
     return save(fig, path, note, rect=(0, 0, 1, 0.97 if note else 1))
 
 
+def per_class_bars(
+    values: Sequence[float | None], classes: Sequence[str], title: str, path: Path, note: str | None, label: str
+) -> Path:
+    """One horizontal bar per class (`values` in %, None: no images of that class, drawn as a gap and marked)."""
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.32 * len(classes) + 1.5 + (0.3 if note else 0))))
+    y = np.arange(len(classes))
+    ax.barh(y, [0.0 if v is None else v for v in values], color="#4477aa")
+    for i, v in enumerate(values):
+        if v is None:
+            ax.text(1, i, "no images", va="center", fontsize=7, color="grey")
+    ax.set_yticks(y, classes, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(label)
+    ax.set_title(title, fontsize=10)
+    return save(fig, path, note, rect=(0, 0, 1, 0.97 if note else 1))
+
+
 def confusion_matrix(record: Record, path: Path) -> Path | None:
     """Summed over the cell's sites: row-normalised colours, counts written in the cells."""
     sites = [p for p in (record.get("site_predictions") or {}).values() if p.get("confusion")]
