@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ...flare.job import TASK_REQUEST_INTERVAL
-from ...flare.simulator import check_workspace, simulator_command
+from ...flare.simulator import check_workspace, simulator_command, task_phases
 from .common import progress
 
 _ROUND_DONE = re.compile(r" - Round \d+ finished\.$", re.MULTILINE)  # ScatterAndGather's line per round
@@ -64,8 +64,7 @@ def bench_flare_floor(workdir: Path, sites: int, rounds: int, threads: int = 1) 
     """Run FLARE's numpy federation in the simulator (`sites` sites, `rounds` rounds, `threads` threads; a fresh
     workspace under `workdir`) and time it. Returns wall_s, exit_code, ok (exit 0 and every round finished), tasks
     (sites x rounds), wall_s_per_task and, with fewer threads than sites, the per-task phases from the simulator's
-    log (`simthreads.task_phases`)."""
-    from .simthreads import task_phases
+    log (`flare.simulator.task_phases`)."""
 
     workspace = workdir / f"floor-t{threads}"
     check_workspace(workspace)
