@@ -14,7 +14,9 @@ from typing import Sequence
 
 from ...algorithms import get_algorithm
 from ...data.manifest import build_manifest, centralized, load_manifest, write_manifest
+from ...data.multimodal import parse_site_modalities
 from ...data.readers import list_dataset
+from ...data.synth_mm import SYNTHETIC_MODALITIES
 from .layout import CENTRALIZED, POOLED
 
 DEFAULT_SITES = "centralized,2,5,10,15,20,40"
@@ -141,6 +143,14 @@ class DataSource:
                 "--sites: a multi-modal grid (--modalities) has no centralized column (one site cannot "
                 "stand for sites of different modalities); give site counts only, e.g. --sites 3,6"
             )
+        if self.modalities:  # the one parser, against the grid's fewest sites and what its data can hold
+            fewest = min(n for n in sites if n is not None)
+            synthetic = None if self.manifest or self.dataset else SYNTHETIC_MODALITIES
+            try:
+                parse_site_modalities(self.modalities, fewest, synthetic)
+            except ValueError as exc:
+                where = " (synthetic S2/S1 scenes)" if synthetic else ""
+                raise ValueError(f"{exc}{where}; the grid's fewest sites: --sites {fewest}") from None
         if self.manifest and "{sites}" not in self.manifest and len([n for n in sites if n is not None]) > 1:
             raise ValueError(
                 f"--manifest {self.manifest}: the grid has several site counts, so the pattern needs "
