@@ -106,8 +106,10 @@ def no_test_message(empty: Sequence[str], num_sites: int, test_images: int, sche
     )
     return (
         f"{len(empty)} of {num_sites} sites get no test images ({named}): {why}; their evaluation cells will be "
-        "empty (no test images, nothing to measure). Use fewer sites (--sites), a larger dataset, or a smaller "
-        "train fraction (--train-fraction)" + (", or a milder skew" if scheme != "uniform" else "")
+        "empty (no test images, nothing to measure). Use "
+        + ("fewer sites (--sites), " if num_sites > 1 else "")
+        + "a larger dataset, or a smaller train fraction (--train-fraction)"
+        + (", or a milder skew" if scheme != "uniform" else "")
     )
 
 
