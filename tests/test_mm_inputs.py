@@ -18,7 +18,8 @@ from fedrsclip.config import ConfigError
 from fedrsclip.data import list_dataset
 from fedrsclip.data.errors import DataError
 from fedrsclip.data.manifest import load_manifest
-from fedrsclip.data.multimodal import build_mm_manifest, parse_site_modalities
+from fedrsclip.data.modalities import parse_site_modalities
+from fedrsclip.data.multimodal import build_mm_manifest
 from fedrsclip.data.partition import NoTestImagesWarning, partition
 from fedrsclip.data.synth import make_synthetic
 from fedrsclip.data.synth_mm import make_synthetic_mm

@@ -185,7 +185,7 @@ class MultiModalConfig:
         (fedrsclip.data.multimodal.parse_site_modalities: the one parser of the list)."""
         if self.modalities is None:
             return None
-        from .data.multimodal import parse_site_modalities
+        from .data.modalities import parse_site_modalities
 
         return parse_site_modalities(str(self.modalities))
 
@@ -270,8 +270,7 @@ class Config:
     def _validate_synthetic_modalities(self) -> None:
         """data.source synthetic-mm: the sites' modalities are ones the synthetic scenes have, one item per site at
         most (the items are repeated over data.synthetic_sites)."""
-        from .data.multimodal import parse_site_modalities
-        from .data.synth_mm import SYNTHETIC_MODALITIES
+        from .data.modalities import SYNTHETIC_MODALITIES, parse_site_modalities
 
         if self.multimodal.modalities is None:
             raise ConfigError(

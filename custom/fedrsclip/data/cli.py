@@ -19,7 +19,8 @@ from .classnames import class_name_problems, name_token_limit, token_count
 from .composite import DynamicRangeWarning, describe, modality_table, settings_from_config
 from .errors import DataError
 from .manifest import build_manifest, load_manifest, site_counts_table, write_manifest
-from .multimodal import MULTI, build_mm_manifest, modalities_text
+from .modalities import modalities_text
+from .multimodal import MULTI, build_mm_manifest
 from .partition import SCHEMES
 from .readers import DATASETS, dataset_modality, list_dataset
 from .split import DEFAULT_TRAIN_FRACTION

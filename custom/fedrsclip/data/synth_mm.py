@@ -34,7 +34,6 @@ S2_BANDS_10M = ("B02", "B03", "B04", "B08")
 S2_BANDS_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
 S2_BANDS_60M = ("B01", "B09")
 _S2_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
-SYNTHETIC_MODALITIES = ("s2", "s1")  # what each synthetic scene is rendered as (its records s2, partners s1)
 MIN_COVER = 0.05  # a class covering less of the scene is not in its labels
 
 # class: (CORINE level-3 name, S2 reflectance x 10000 in _S2_ORDER, S1 (VV, VH) in dB)

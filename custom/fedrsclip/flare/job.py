@@ -43,7 +43,7 @@ from ..atomic import atomic_write_json, to_json
 from ..config import Config, ConfigError, load_config
 from ..data.errors import DataError
 from ..data.manifest import load_manifest
-from ..data.multimodal import parse_site_modalities
+from ..data.modalities import parse_site_modalities
 from ..data.synth import SCENES
 from ..he import HEADER_KEY as HE_HEADER_KEY
 from ..prompts import load_class_descriptions

@@ -14,9 +14,8 @@ from typing import Sequence
 
 from ...algorithms import get_algorithm
 from ...data.manifest import build_manifest, centralized, load_manifest, write_manifest
-from ...data.multimodal import parse_site_modalities
+from ...data.modalities import SYNTHETIC_MODALITIES, parse_site_modalities
 from ...data.readers import list_dataset
-from ...data.synth_mm import SYNTHETIC_MODALITIES
 from .layout import CENTRALIZED, POOLED
 
 DEFAULT_SITES = "centralized,2,5,10,15,20,40"
