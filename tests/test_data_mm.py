@@ -114,7 +114,7 @@ def test_site_modalities_spec_repeats_and_refuses_unknown_modalities():
         parse_site_modalities("s2,rgb", 2, ["s2", "s1"])
     with pytest.raises(DataError, match="twice"):
         parse_site_modalities("s2+s2", 1, ["s2", "s1"])
-    with pytest.raises(DataError, match="one item per site"):
+    with pytest.raises(DataError, match="has an empty item"):
         parse_site_modalities("s2,,s1", 2, ["s2", "s1"])
 
 

@@ -86,8 +86,10 @@ def test_fedrsclip_job_modalities_writes_them_for_every_site(tmp_path, capsys):
     assert f"multimodal.modalities={MODALITIES}" in text and "data.source=synthetic-mm" in text
     capsys.readouterr()
     # bad input stops before anything is written, naming the setting and what to do
-    assert main(["job", "--algorithm", "fedrsclip", "--out", str(tmp_path / "bad"), "--modalities", "s2,s9"]) == 2
-    assert "multimodal.modalities: 's9' is not a modality" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # refused by the option's type, where the list is given
+        main(["job", "--algorithm", "fedrsclip", "--out", str(tmp_path / "bad"), "--modalities", "s2,s9"])
+    assert refused.value.code == 2
+    assert "--modalities (multimodal.modalities): 's9' is not a modality" in capsys.readouterr().err
     assert main(["job", "--algorithm", "fedavg-full", "--out", str(tmp_path / "full"), "--modalities", "s2,s1"]) == 2
     assert "algorithm fedavg-full has no modality adapters" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists() and not (tmp_path / "full").exists()

@@ -359,7 +359,7 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.cli import add_data_commands, checked, non_negative_int, positive_int
+    from .data.cli import add_data_commands, checked, modalities_option, non_negative_int, positive_int
     from .he import DEFAULT_PARAMS
     from .tools.bench.cli import add_bench_command
     from .tools.experiments.grid import DEFAULT_SITES, MAX_THREADS
@@ -434,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--modalities",
+        type=modalities_option,
         help="a multi-modal federation on synthetic S2/S1 scenes: what each site holds, "
         "e.g. s2,s1 (alternating) or s2,s1,s2+s1 (README: Multi-modal federations)",
     )
@@ -504,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--modalities",
+        type=modalities_option,
         help="a multi-modal federation: the sites' modalities, e.g. s2,s1 (repeated over "
         "the sites; s2+s1 a site holding both): an adapter per modality, averaged "
         "among its sites only (README: Multi-modal federations)",
@@ -645,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--modalities",
+        type=modalities_option,
         help="a multi-modal federation in every cell: the sites' modalities, e.g. "
         "s2,s1,s2+s1 (synthetic S2/S1 scenes unless --manifest/--dataset; README: "
         "Multi-modal federations)",

@@ -181,23 +181,13 @@ class MultiModalConfig:
     mim_temperature: float = ranged(0.1, "(0, inf)")  # tau of the InfoNCE term
 
     def site_modalities(self) -> list[tuple[str, ...]] | None:
-        """The `modalities` items as tuples ("s2+s1" -> ("s2", "s1")), None when unset; ValueError naming a bad one."""
+        """The `modalities` items as tuples ("s2+s1" -> ("s2", "s1")), None when unset; ValueError naming a bad one
+        (fedrsclip.data.multimodal.parse_site_modalities: the one parser of the list)."""
         if self.modalities is None:
             return None
-        from .data.composite import MODALITIES
+        from .data.modalities import parse_site_modalities
 
-        items = [item.strip() for item in str(self.modalities).split(",")]
-        out = []
-        for item in items:
-            mods = tuple(m.strip().lower() for m in item.split("+"))
-            unknown = [m for m in mods if m not in MODALITIES]
-            if not item or unknown or len(set(mods)) != len(mods):
-                raise ValueError(
-                    f"multimodal.modalities: {item!r} is not a modality or modalities joined by '+' "
-                    f"(known: {', '.join(MODALITIES)}; each once), e.g. s2,s1 or s2,s1,s2+s1"
-                )
-            out.append(mods)
-        return out
+        return parse_site_modalities(str(self.modalities))
 
     def modules(self, multi_modal: bool) -> tuple[bool, bool]:
         """(FW on, MIM on) for a run that is (or is not) a multi-modal federation: null follows it."""
@@ -261,17 +251,14 @@ class Config:
                 f"multimodal.modalities is set but algorithm {self.algorithm} has no modality adapters "
                 f"(multi-modal federations train prompts); use one of: {able}, or drop the modalities"
             )
-        if self.data.source == "synthetic-mm" and self.multimodal.modalities is None:
-            raise ConfigError(
-                "data.source is synthetic-mm but multimodal.modalities is null: say which modalities "
-                "the synthetic sites hold, e.g. multimodal.modalities=s2,s1"
-            )
         for section in fields(self):  # every numeric setting against the range declared next to it
             if dataclasses.is_dataclass(value := getattr(self, section.name)):
                 try:
                     check_ranges(value, f"{section.name}.")
                 except ValueError as exc:
                     raise ConfigError(str(exc)) from exc
+        if self.data.source == "synthetic-mm":
+            self._validate_synthetic_modalities()
         self._validate_privacy(ALGORITHMS[self.algorithm])
         if self.model.pretrained is None and not self.model.random_init:
             raise ConfigError(
@@ -279,6 +266,21 @@ class Config:
                 "(e.g. openai) or a local checkpoint file, or set model.random_init: true for a random-weights run"
             )
         return self
+
+    def _validate_synthetic_modalities(self) -> None:
+        """data.source synthetic-mm: the sites' modalities are ones the synthetic scenes have, one item per site at
+        most (the items are repeated over data.synthetic_sites)."""
+        from .data.modalities import SYNTHETIC_MODALITIES, parse_site_modalities
+
+        if self.multimodal.modalities is None:
+            raise ConfigError(
+                "data.source is synthetic-mm but multimodal.modalities is null: say which modalities "
+                "the synthetic sites hold, e.g. multimodal.modalities=s2,s1"
+            )
+        try:
+            parse_site_modalities(str(self.multimodal.modalities), self.data.synthetic_sites, SYNTHETIC_MODALITIES)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (data.source synthetic-mm: synthetic S2/S1 scenes)") from None
 
     def _validate_privacy(self, algorithm) -> None:
         pc = self.privacy  # the values' ranges are checked with the others'

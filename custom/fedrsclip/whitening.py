@@ -134,8 +134,9 @@ def fit_whitening(features: FeatureSet, max_samples: int = MAX_SAMPLES, seed: in
     """FW statistics from a site's training FeatureSet (one modality). ValueError for fewer than 2 images."""
     if len(features) < 2:
         raise ValueError(
-            f"feature whitening needs at least 2 training images at a site; this split has "
-            f"{len(features)} (turn FW off for this site, or give it more images)"
+            f"feature whitening (multimodal.whitening) needs at least 2 training images at a site; this site's "
+            f"training split has {len(features)}: set multimodal.whitening: false (--set multimodal.whitening=false), "
+            "or give the site more training images (fewer sites, or a larger dataset)"
         )
     return FeatureWhitening(
         fit_stats(features.global_feats, max_samples, seed), fit_stats(features.tokens, max_samples, seed)

@@ -19,6 +19,7 @@ from .classnames import class_name_problems, name_token_limit, token_count
 from .composite import DynamicRangeWarning, describe, modality_table, settings_from_config
 from .errors import DataError
 from .manifest import build_manifest, load_manifest, site_counts_table, write_manifest
+from .modalities import modalities_text
 from .multimodal import MULTI, build_mm_manifest
 from .partition import SCHEMES
 from .readers import DATASETS, dataset_modality, list_dataset
@@ -40,6 +41,15 @@ def checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: 
         return value
 
     return parse
+
+
+def modalities_option(text: str) -> str:
+    """An argparse `type` for every --modalities: the list checked by its one parser
+    (`multimodal.parse_site_modalities`), normalised; the parser's message when it is refused."""
+    try:
+        return modalities_text(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 positive_int = checked(int, lambda v: v >= 1, "a positive integer")
@@ -102,6 +112,7 @@ def add_data_commands(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument(
         "--modalities",
         default=None,
+        type=modalities_option,
         metavar="SPEC",
         help="bigearthnet-mm only: each site's modalities, e.g. s2,s1 (alternating) or s2,s1,s2+s1 "
         "(a site with both holds them paired by scene); repeated over the sites",

@@ -28,35 +28,10 @@ from typing import Any
 
 from .errors import DataError
 from .manifest import SPLITS, build_manifest, confine
+from .modalities import parse_site_modalities
 from .readers import DatasetListing
 
 MULTI = "multi"  # the top-level "modality" of a multi-modal manifest: every site declares its own
-
-
-def parse_site_modalities(
-    spec: str | Sequence[str], num_clients: int, available: Sequence[str]
-) -> list[tuple[str, ...]]:
-    """Per-site modality tuples from "s2,s1,s2+s1" (or a list of such items), repeated to `num_clients` sites.
-
-    DataError naming the item for a modality the dataset does not have, a repeated modality within an item, or an
-    empty spec.
-    """
-    items = [x.strip() for x in spec.split(",")] if isinstance(spec, str) else [str(x).strip() for x in spec]
-    if not items or not all(items):
-        raise DataError(f"site modalities {spec!r}: give one item per site such as s2,s1 or s2+s1 (both, paired)")
-    parsed = []
-    for item in items:
-        mods = tuple(m.strip().lower() for m in item.split("+"))
-        unknown = [m for m in mods if m not in available]
-        if unknown:
-            raise DataError(
-                f"site modalities: {item!r} names {', '.join(unknown)}, which this dataset does not "
-                f"have (it has {', '.join(available)})"
-            )
-        if len(set(mods)) != len(mods):
-            raise DataError(f"site modalities: {item!r} names a modality twice")
-        parsed.append(mods)
-    return [parsed[i % len(parsed)] for i in range(num_clients)]
 
 
 def build_mm_manifest(

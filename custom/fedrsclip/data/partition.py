@@ -62,9 +62,12 @@ def partition(
     train_recs = as_records(train)
     test_recs = as_records(test)
     if len(train_recs) < num_clients:
+        idle = site_names(num_clients)[len(train_recs) :]
         raise DataError(
-            f"only {len(train_recs)} training images for {num_clients} sites; every site needs "
-            "at least one: use fewer clients, a larger train fraction or more images"
+            f"only {len(train_recs)} training images for {num_clients} sites: {len(idle)} site"
+            f"{'s' if len(idle) > 1 else ''} ({', '.join(idle[:5])}{', ...' if len(idle) > 5 else ''}) would get "
+            "none and could never train; use fewer sites (--sites), a larger train fraction (--train-fraction) "
+            "or more images"
         )
 
     if num_clients == 1:
@@ -80,19 +83,34 @@ def partition(
             sites_train, sites_test = _dirichlet(train_recs, test_recs, num_clients, dirichlet_beta, rng)
 
     names = site_names(num_clients)
-    if test_recs:
-        empty = [names[i] for i, recs in enumerate(sites_test) if not recs]
-        if empty:
-            warnings.warn(
-                f"{len(empty)} of {num_clients} sites get no test images with scheme '{scheme}' "
-                f"({', '.join(empty[:5])}{'...' if len(empty) > 5 else ''}); "
-                "use fewer clients or a milder skew",
-                stacklevel=2,
-            )
+    empty = [names[i] for i, recs in enumerate(sites_test) if not recs]
+    if empty:  # such a site trains but can never be measured: its evaluation cells stay empty
+        warnings.warn(no_test_message(empty, num_clients, len(test_recs), scheme), NoTestImagesWarning, stacklevel=2)
     return {
         name: {"train": sorted(tr, key=_key), "test": sorted(te, key=_key)}
         for name, tr, te in zip(names, sites_train, sites_test)
     }
+
+
+class NoTestImagesWarning(UserWarning):
+    """A partition gives some site no test images: the site trains, but nothing of it is ever measured."""
+
+
+def no_test_message(empty: Sequence[str], num_sites: int, test_images: int, scheme: str) -> str:
+    """What `NoTestImagesWarning` says: the sites (the first 5), why, and what to do."""
+    named = f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}"
+    why = (
+        "the split left no test images at all (a class with a single image goes to training)"
+        if test_images == 0
+        else f"{test_images} test images over {num_sites} sites with scheme '{scheme}'"
+    )
+    return (
+        f"{len(empty)} of {num_sites} sites get no test images ({named}): {why}; their evaluation cells will be "
+        "empty (no test images, nothing to measure). Use "
+        + ("fewer sites (--sites), " if num_sites > 1 else "")
+        + "a larger dataset, or a smaller train fraction (--train-fraction)"
+        + (", or a milder skew" if scheme != "uniform" else "")
+    )
 
 
 def _key(rec: Record) -> tuple[int, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,11 +205,36 @@ def _resolve_base(dataset: str, root: Path) -> Path:
     return root
 
 
-def _layout_error(dataset: str, base: Path) -> DataError:
+OUTSIDE = "outside the data root"  # the skip kind of an entry (a symlink) that resolves out of the data root
+
+
+def _outside_note(skipped: Sequence[tuple[str, str]], root: Path) -> str:
+    """What a "nothing found" message adds when entries were skipped because they lead out of the data root
+    (symlinks): how many, the first and where it leads, why, and what to do; "" when none was."""
+    outside = [(rel, reason) for rel, reason in skipped if reason.startswith(OUTSIDE)]
+    if not outside:
+        return ""
+    n = len(outside)
+    rel, reason = outside[0]
+    return (
+        f"; {n} entr{'y' if n == 1 else 'ies'} there {'was' if n == 1 else 'were'} skipped because "
+        f"{'it resolves' if n == 1 else 'they resolve'} outside the data root {root} (symlinks; first: {rel}, "
+        f"{reason.removeprefix(OUTSIDE + ': ')}): a site reads only files under its data root, so give --root the "
+        "folder the links lead to, or copy the data in instead of linking it (README 'Datasets (Fed-RSIC)': paths stay "
+        "inside the data root)"
+    )
+
+
+def _layout_error(
+    dataset: str, base: Path, skipped: Sequence[tuple[str, str]] = (), root: Path | None = None
+) -> DataError:
     msg = (
         f"no class folders with images found under {base} for dataset '{dataset}'; "
         f"expected {_LAYOUTS[dataset].expected}"
     )
+    note = _outside_note(skipped, root or base)
+    if note:  # the folders are there, but as links out of the root
+        return DataError(msg + note)
     loose = sum(1 for e in os.scandir(base) if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     if loose:
         msg += f". Found {loose} image files directly in {base}: put each class in its own sub-folder"
@@ -240,7 +266,7 @@ def _scan_class(base: Path, folder: str, root: Path) -> tuple[list[str], list[tu
             continue
         if entry.is_symlink() and _outside(entry.path, root):
             target = Path(entry.path).resolve()
-            unsupported.append((rel, skip_reason("outside the data root", f"a symlink to {target}")))
+            unsupported.append((rel, skip_reason(OUTSIDE, f"a symlink to {target}")))
             continue
         if entry.is_dir():
             subdirs.append(rel)
@@ -363,8 +389,9 @@ def list_dataset(
         scanned = {
             f: (subsample(f, images, per_class, fraction, subset_seed), *rest) for f, (images, *rest) in scanned.items()
         }
+    outside_skips = [(f, skip_reason(OUTSIDE, f"class folder resolves to {(base / f).resolve()}")) for f in outside]
     if not any(scanned[f][0] for f in folders):
-        raise _layout_error(dataset, base)
+        raise _layout_error(dataset, base, outside_skips + [e for f in folders for e in scanned[f][1]], root)
     for folder in folders:
         images, _, subdirs = scanned[folder]
         if not images:
@@ -376,7 +403,7 @@ def list_dataset(
             )
             raise DataError(
                 f"class folder {base / folder} contains no images{hint}; remove it or restore its "
-                f"images (expected layout: {layout.expected})"
+                f"images (expected layout: {layout.expected}){_outside_note(scanned[folder][1], root)}"
             )
     if len(folders) < 2:
         raise DataError(
@@ -390,9 +417,7 @@ def list_dataset(
         for f in folders
         for d in scanned[f][2]
     ]
-    other_files += [
-        (f, skip_reason("outside the data root", f"class folder resolves to {(base / f).resolve()}")) for f in outside
-    ]
+    other_files += outside_skips
     if other_files:
         warnings.warn(
             f"ignored {len(other_files)} entries that are not images under {base} "
@@ -446,7 +471,7 @@ def _list_patches(
     patches: list[str] = []
     for name in _class_dirs(base):
         if _outside(base / name, root):
-            skipped.append((name, skip_reason("outside the data root", f"resolves to {(base / name).resolve()}")))
+            skipped.append((name, skip_reason(OUTSIDE, f"resolves to {(base / name).resolve()}")))
         elif bigearthnet.is_patch(base / name):
             patches.append(name)
         elif not _is_quiet(name):
@@ -454,6 +479,7 @@ def _list_patches(
     if not patches:
         raise DataError(
             f"no BigEarthNet patches found under {base} for dataset '{dataset}'; expected {layout.expected}"
+            + _outside_note(skipped, root)
         )
     label_sets: dict[str, list[int]] = {}
 

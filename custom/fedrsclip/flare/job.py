@@ -43,6 +43,7 @@ from ..atomic import atomic_write_json, to_json
 from ..config import Config, ConfigError, load_config
 from ..data.errors import DataError
 from ..data.manifest import load_manifest
+from ..data.modalities import parse_site_modalities
 from ..data.synth import SCENES
 from ..he import HEADER_KEY as HE_HEADER_KEY
 from ..prompts import load_class_descriptions
@@ -141,6 +142,11 @@ class JobSpec:
                     f"the run to resume had {len(self.resume.sites)} sites ({', '.join(self.resume.sites)})"
                     f" and this job is made for {self.sites}: give --sites {len(self.resume.sites)}"
                 )
+        if self.modalities is not None:  # the one parser: an empty list or item, or an item no site gets, refused
+            try:
+                parse_site_modalities(self.modalities, self.sites)
+            except DataError as exc:
+                raise JobError(f"{exc} (the job is made for --sites {self.sites})") from None
         object.__setattr__(self, "overrides", tuple(self.overrides))
 
     @property
@@ -159,7 +165,7 @@ class JobSpec:
     def modality_overrides(self) -> list[str]:
         """multimodal.modalities; and when the settings use the offline demo's synthetic scenes, the synthetic
         multi-modal scenes instead (48 px: a multiple of 6, as their 60 m bands need)."""
-        if not self.modalities:
+        if self.modalities is None:
             return []
         out = [f"multimodal.modalities={self.modalities}"]
         if self.settings_file.is_file() and load_config(self.settings_file).data.source == "synthetic":

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from ...algorithms import get_algorithm
 from ...data.manifest import build_manifest, centralized, load_manifest, write_manifest
+from ...data.modalities import SYNTHETIC_MODALITIES, parse_site_modalities
 from ...data.readers import list_dataset
 from .layout import CENTRALIZED, POOLED
 
@@ -141,6 +142,14 @@ class DataSource:
                 "--sites: a multi-modal grid (--modalities) has no centralized column (one site cannot "
                 "stand for sites of different modalities); give site counts only, e.g. --sites 3,6"
             )
+        if self.modalities:  # the one parser, against the grid's fewest sites and what its data can hold
+            fewest = min(n for n in sites if n is not None)
+            synthetic = None if self.manifest or self.dataset else SYNTHETIC_MODALITIES
+            try:
+                parse_site_modalities(self.modalities, fewest, synthetic)
+            except ValueError as exc:
+                where = " (synthetic S2/S1 scenes)" if synthetic else ""
+                raise ValueError(f"{exc}{where}; the grid's fewest sites: --sites {fewest}") from None
         if self.manifest and "{sites}" not in self.manifest and len([n for n in sites if n is not None]) > 1:
             raise ValueError(
                 f"--manifest {self.manifest}: the grid has several site counts, so the pattern needs "

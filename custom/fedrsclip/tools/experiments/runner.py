@@ -165,8 +165,8 @@ def run_experiment(
     for algorithm in algorithms:  # refuse bad settings before running anything (a seed too large: train.seed)
         for seed in seeds:
             for variant in variants:
-                JobSpec(
-                    sites=1,
+                JobSpec(  # the fewest sites of the grid: a --modalities list is checked against them
+                    sites=min((n for n in sites if n is not None), default=1),
                     rounds=rounds,
                     settings=settings,
                     modalities=data.modalities,

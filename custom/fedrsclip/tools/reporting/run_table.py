@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from ...data.composite import MODALITIES
 from ...protocol import MULTILABEL_KEYS, site_order
 from ...results_file import best_value
 from .cells import number
@@ -17,28 +18,48 @@ CAVEAT = "synthetic data, RANDOM-weight CLIP — not meaningful accuracy"
 UNRECORDED = "not recorded (no site reported)"
 
 
+NO_TEST = "none"  # the cell of a site without test images: nothing to measure (not a failure)
+# what each kind of empty cell means, in the legend's order
+LEGEND = {
+    "miss": "miss: no result from the site in that round",
+    NO_TEST: f"{NO_TEST}: the site has no test images (nothing to measure; not a failure)",
+    "?": "?: not measured (the site's next task failed)",
+}
+MULTILABEL_TRAINING = ("train_bce", "train_asl")  # the training metrics only a multi-label site reports
+
+
 def _cell(record: Mapping[str, Any] | None, metric: str = "accuracy") -> str:
     if not record:
         return "-"
     if record.get("missing"):
         return "miss"
     acc = number(record.get(metric))
-    return f"{acc:.1f}" if acc is not None else "?"
+    if acc is not None:
+        return f"{acc:.1f}"
+    return NO_TEST if record.get("samples") == 0 else "?"
 
 
 def is_multi_label(results: Mapping[str, Any]) -> bool:
-    """True when the run's evaluations are multi-label (micro F1, macro F1, mAP instead of accuracy)."""
+    """True when the run is multi-label (micro F1, macro F1, mAP instead of accuracy): an evaluation says so, or,
+    where no site had test images to evaluate, a site's multi-label training loss."""
     entries = [
         *((results.get("initial") or {}).get("sites") or {}).values(),
         *((results.get("final") or {}).get("sites") or {}).values(),
         *(v for r in results.get("rounds", []) for v in (r.get("sites") or {}).values()),
     ]
-    return any(isinstance(e, Mapping) and number(e.get("micro_f1")) is not None for e in entries)
+    return any(
+        isinstance(e, Mapping) and (number(e.get("micro_f1")) is not None or any(k in e for k in MULTILABEL_TRAINING))
+        for e in entries
+    )
 
 
 def _pct(value: Any) -> str:
     value = number(value)
     return "-" if value is None else f"{value:.1f}"
+
+
+def _count(value: Any) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else "-"
 
 
 def multilabel_lines(results: Mapping[str, Any]) -> list[str]:
@@ -55,7 +76,7 @@ def multilabel_lines(results: Mapping[str, Any]) -> list[str]:
     )
     if results.get("pooled"):
         rows.append(("pooled (in-process)", results["pooled"]))
-    for modality, block in (final.get("modalities") or {}).items():
+    for modality, block in sorted((final.get("modalities") or {}).items(), key=lambda item: _modality_order(item[0])):
         rows.append(
             (
                 f"{modality} only",
@@ -64,7 +85,7 @@ def multilabel_lines(results: Mapping[str, Any]) -> list[str]:
             )
         )
     header = ["final model", "micro F1", "macro F1", "mAP", "test images"]
-    body = [[name, *(_pct(v.get(k)) for k in MULTILABEL_KEYS), str(v.get("samples") or "-")] for name, v in rows]
+    body = [[name, *(_pct(v.get(k)) for k in MULTILABEL_KEYS), _count(v.get("samples"))] for name, v in rows]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
     def line(row: list[str]) -> str:
@@ -82,6 +103,12 @@ def multilabel_lines(results: Mapping[str, Any]) -> list[str]:
             "<m> only: every site holding m scored on its test scenes of m alone (the missing-modality evaluation)"
         )
     return out
+
+
+def _modality_order(modality: str) -> tuple[int, str]:
+    """The modality rows in one order whatever order the sites reported in: the composites' (s2, then s1)."""
+    known = list(MODALITIES)
+    return (known.index(modality), "") if modality in known else (len(known), modality)
 
 
 _OLD_RANDOM = re.compile(r"^\S+ with RANDOM weights \(seed \d+\)")  # what load_backbone wrote before `weights`
@@ -224,15 +251,17 @@ def format_table(results: Mapping[str, Any]) -> str:
         *(line(r) for r in body),
     ]
     cells = {c for _, row, _, _ in rows for c in row}
-    if "miss" in cells or "?" in cells:
-        out.append("miss: no result from the site in that round; ?: not measured (the site's next task failed)")
+    if cells & set(LEGEND):
+        out.append("; ".join(text for cell, text in LEGEND.items() if cell in cells))
     if multi:
         out += multilabel_lines(results)
     best, chosen = results.get("best"), best_value(results.get("best"))
     if isinstance(best, Mapping) and chosen is not None:
         name = "accuracy" if chosen[0] == "accuracy" else "micro F1"
         out.append(
-            f"best: after round {best.get('round')}, weighted {name} {chosen[1]:.1f}% ({best.get('selected_by', '')})"
+            f"best: after round {best.get('round')}, weighted {name} {chosen[1]:.1f}% (sites weighted by their "
+            "training images, as the model selector weights them; the table's 'weighted' column weights by test "
+            f"images; {best.get('selected_by', '')})"
         )
     zero_shot = results.get("zero_shot")
     if isinstance(zero_shot, Mapping) and number(zero_shot.get("accuracy")) is not None:
@@ -251,7 +280,7 @@ def format_table(results: Mapping[str, Any]) -> str:
             f"{zero_shot.get('samples')} test scenes of all sites"
         )
     out += timing_lines(rounds)
-    out += _data_notes(rounds)
+    out += _data_notes(rounds, results.get("warnings") or [])
     bytes_up = [
         v.get("bytes_up") for r in rounds for v in r.get("sites", {}).values() if isinstance(v.get("bytes_up"), int)
     ]
@@ -262,8 +291,10 @@ def format_table(results: Mapping[str, Any]) -> str:
         if isinstance(v.get("bytes_up_plain"), int)
     ]
     if bytes_up:
+        low, high = min(bytes_up), max(bytes_up)
         out.append(
-            f"sent per site and round: {max(bytes_up):,} bytes up"
+            "sent per site and round: "
+            + (f"{high:,} bytes up" if low == high else f"{low:,} to {high:,} bytes up (by site)")
             + (f" (CKKS ciphertext of {max(plain):,} bytes of values)" if plain else "")
         )
     for warning in results.get("warnings") or []:
@@ -281,7 +312,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _data_notes(rounds: list) -> list[str]:
+def _data_notes(rounds: list, warnings: list) -> list[str]:
     """Unreadable files per site, and MIM asked for but active at no site, from the sites' round entries."""
     entries = [(s, v) for r in rounds for s, v in (r.get("sites") or {}).items()]
     out = []
@@ -291,9 +322,23 @@ def _data_notes(rounds: list) -> list[str]:
             "unreadable images skipped (the files and why are in each site's log): "
             + ", ".join(f"{s} {n}" for s, n in sorted(skipped.items(), key=lambda x: site_order(x[0])))
         )
-    mim = [v.get("mim_steps") for _, v in entries if "mim_steps" in v]
-    if mim and not any(mim):
-        out.append(
-            "MIM (multimodal.mim) was inactive at every site: no site holds paired modalities of the same scenes"
-        )
+    mim = {s: v.get("mim_steps") for s, v in entries if "mim_steps" in v}
+    active = {s for s, v in entries if v.get("mim_steps")}
+    if mim and not active and not any(w.get("kind") == "mim_inactive" for w in warnings):
+        out.append(f"MIM (multimodal.mim) was inactive at every site: {_mim_reason(entries)}")
     return out
+
+
+def _mim_reason(entries: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """Why MIM was active in no step, as far as the round entries tell: InfoNCE needs a site holding paired
+    modalities with at least 2 paired scenes in a training batch (the in-process runner says separately, as a
+    `mim_inactive` warning, when no site holds paired modalities)."""
+    train = {}
+    for site, v in entries:
+        if isinstance(v.get("samples_train"), int):
+            train[site] = max(train.get(site, 0), v["samples_train"])
+    few = sorted((s for s, n in train.items() if n < 2), key=site_order)
+    need = "it needs a site holding paired modalities (e.g. s2+s1) with at least 2 paired training scenes in a batch"
+    if train and len(few) == len(train):
+        return f"{need}, and every site has fewer than 2 training scenes ({', '.join(few)})"
+    return f"{need} (each site's log says why it was inactive)"
