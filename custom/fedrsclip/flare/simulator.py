@@ -37,3 +37,14 @@ def check_workspace(ws: Path) -> None:
             f"the workspace {ws} holds {', '.join(other[:5])}, which is not a simulator workspace's: "
             "the simulator would delete it. Choose a new or empty folder (or an earlier run's workspace)"
         )
+
+
+def last_error_line(log: Path, limit: int = 300) -> str:
+    """The last line of a simulator log that reports an error (FLARE's `ERROR` lines, a Python `...Error:`), at most
+    `limit` characters; "" when there is none or the log cannot be read."""
+    try:
+        text = Path(log).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if re.search(r"ERROR|Error|error:", line)]
+    return lines[-1].strip()[-limit:] if lines else ""

@@ -3,13 +3,16 @@ else synthetic scenes), timing with CUDA synchronised, the machine's load, and p
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import logging
 import math
 import os
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 ARCH = "ViT-B-16"
 BATCH = 32
@@ -161,6 +164,35 @@ def reset_clock() -> float:
 
 def progress(message: str) -> None:
     print(f"[bench {time.perf_counter() - _CLOCK['start']:4.0f}s] {message}", file=sys.stderr, flush=True)
+
+
+class _OpenClipChatter(logging.Filter):
+    """Drops open_clip's own notices, which it logs on the root logger (`logging.info("Loaded ViT-B-16 model
+    config.")`, `logging.warning("No pretrained weights loaded ...")`): the bench says itself that its weights are
+    random. Errors, and every other logger's records, pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        spec = importlib.util.find_spec("open_clip")  # finds the package without importing it
+        self.folders = (
+            tuple(str(Path(f).resolve()) + os.sep for f in (spec.submodule_search_locations or [])) if spec else ()
+        )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == "root" and record.levelno < logging.ERROR
+        return not (ours and str(Path(record.pathname).resolve()).startswith(self.folders))
+
+
+@contextlib.contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """While the bench runs (its command only: library users' logging is left as it is), open_clip's root-logger
+    notices are not printed (`_OpenClipChatter`); the filter is removed afterwards."""
+    chatter = _OpenClipChatter()
+    logging.root.addFilter(chatter)  # a logger's own filter sees only the records logged on it: open_clip's
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(chatter)
 
 
 # ---- timing helpers -------------------------------------------------------------------------------------------------
