@@ -287,3 +287,18 @@ def test_written_report_is_json(tmp_path):
     mark_written(tmp_path, ["b"], made_by="x", marker=".m.json")
     saved = json.loads((tmp_path / ".m.json").read_text())
     assert saved["made_by"] == "x" and set(saved["files"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize("name", ["bench.json", "bench-gpu.json", "paper-scale-10/notes.txt"])
+def test_make_bench_gpu_refuses_a_folder_of_the_users_first(tmp_path, name, capsys):
+    """`make bench-gpu --out DIR` (same kind: it wrote bench.json and bench-gpu.json by name, and checked its
+    paper-scale folder only after the minutes-long bench): refused up front, with or without a GPU."""
+    from fedrsclip.tools.bench.gpu import main
+
+    out = tmp_path / "gpu"
+    (out / name).parent.mkdir(parents=True)
+    (out / name).write_text("the user's\n")
+    before = _snapshot(out)
+    assert main(["--out", str(out)]) == 2
+    assert f"--out {out}" in capsys.readouterr().err
+    assert _snapshot(out) == before

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ...atomic import to_json
 from ...data.cli import positive_int
-from .common import DEFAULT_IMAGES, quiet_open_clip
+from .common import DEFAULT_IMAGES, is_bench_output, quiet_open_clip
 
 
 def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -117,7 +116,7 @@ def _bench_command(args: argparse.Namespace) -> int:
         return scaling_command(args.out_dir or "workspaces/scaling", args.device, quick=args.quick)
     from .run import run_bench  # torch, open_clip: only when the bench runs
 
-    if args.json_out and Path(args.json_out).exists() and not _bench_output(Path(args.json_out)):
+    if args.json_out and Path(args.json_out).exists() and not is_bench_output(Path(args.json_out)):
         print(
             f"error: --json-out {args.json_out} exists and is not an earlier bench output: choose another file",
             file=sys.stderr,
@@ -137,10 +136,3 @@ def _bench_command(args: argparse.Namespace) -> int:
     print(format_table(results), flush=True)
     print(to_json(results, indent=None), flush=True)
     return 0
-
-
-def _bench_output(path: Path) -> bool:
-    try:
-        return "step_speedup_vs_reference" in json.loads(path.read_text())
-    except (OSError, ValueError, TypeError):
-        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -160,6 +161,14 @@ _CLOCK = {"start": time.perf_counter()}
 def reset_clock() -> float:
     _CLOCK["start"] = time.perf_counter()
     return _CLOCK["start"]
+
+
+def is_bench_output(path: Path) -> bool:
+    """Whether `path` is a JSON file `fedrsclip bench` wrote (its figures): one it may write again."""
+    try:
+        return "step_speedup_vs_reference" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def progress(message: str) -> None:

@@ -213,20 +213,20 @@ def written_files(sites: int) -> tuple[str, ...]:
     return (f"manifest-{sites}.json", "ws.log", f"paper-scale-{sites}.json")
 
 
-def check_paper_out(out: Path, sites: int) -> None:
+def check_paper_out(out: Path, sites: int, option: str = "--out-dir") -> None:
     """The output folder must be new, empty or an earlier output of `fedrsclip bench --paper-scale` (its MARKER)
     whose files this run writes again are as it wrote them, its job folder the job `write_job` made and its ws/ a
-    simulator workspace: JobError/ValueError naming --out-dir otherwise. Other files in an earlier output are left
+    simulator workspace: JobError/ValueError naming `option` otherwise. Other files in an earlier output are left
     alone; nothing is ever deleted or overwritten that this command did not write."""
     from ...flare.job import check_replaceable
     from ..demo import check_workspace
 
-    check_replaceable(out, "--out-dir", made_by=MADE_BY, marker=MARKER, replaced=written_files(sites))
-    check_replaceable(out / "job" / f"paper-scale-{sites}", "--out-dir", made_by=MADE_BY)
+    check_replaceable(out, option, made_by=MADE_BY, marker=MARKER, replaced=written_files(sites))
+    check_replaceable(out / "job" / f"paper-scale-{sites}", option, made_by=MADE_BY)
     try:
         check_workspace(out / "ws")
     except ValueError as exc:
-        raise ValueError(f"--out-dir {out}: {exc}") from None
+        raise ValueError(f"{option} {out}: {exc}") from None
 
 
 def run_paper_scale(
