@@ -179,7 +179,7 @@ def test_bench_gpu_stops_clearly_without_cuda(tmp_path, capsys):
 
 def test_task_phases_from_a_simulator_log(tmp_path):
     """-t 1: the gaps between FLARE's lines for each task's worker process (times as the simulator logs them)."""
-    from fedrsclip.tools.bench.simthreads import task_phases
+    from fedrsclip.tools.bench.floor import task_phases
 
     lines = [
         "2026-01-01 10:00:00,000 - INFO - Round 0 started.",

@@ -12,10 +12,12 @@ simulator mode. What the demo job costs above this floor is the site's: torch's 
 from __future__ import annotations
 
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +66,7 @@ def bench_flare_floor(workdir: Path, sites: int, rounds: int, threads: int = 1) 
     """Run FLARE's numpy federation in the simulator (`sites` sites, `rounds` rounds, `threads` threads; a fresh
     workspace under `workdir`) and time it. Returns wall_s, exit_code, ok (exit 0 and every round finished), tasks
     (sites x rounds), wall_s_per_task and, with fewer threads than sites, the per-task phases from the simulator's
-    log (`simthreads.task_phases`)."""
-    from .simthreads import task_phases
-
+    log (`task_phases`)."""
     workspace = workdir / f"floor-t{threads}"
     check_workspace(workspace)
     log_path = workdir / f"floor-t{threads}.log"
@@ -99,3 +99,45 @@ def bench_flare_floor(workdir: Path, sites: int, rounds: int, threads: int = 1) 
             file=sys.stderr,
         )
     return out
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - ")
+_PHASES = {
+    "ClientTaskWorker started to run": "worker",
+    "Initialize ClientRunner for client": "runner",
+    "Finished one task run for client": "done",
+}
+
+
+def task_phases(log_path: str | Path) -> dict[str, Any] | None:
+    """Where a task's time goes when each task has its own worker process (`-t 1`), from the simulator's log:
+    `between` = the previous task's end to the new worker's first line (FLARE's 1 s pause between tasks, the process
+    start, nvflare's imports); `setup` = to "Initialize ClientRunner" (FLARE's client, cell and app set up,
+    importing the executor's module: torch); `task` = to "Finished one task run" (the site built from disk, the
+    round, the reply). Medians over the tasks; None when the log has none."""
+    events: list[tuple[str, float]] = []
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            match = _STAMP.match(line)
+            if not match:
+                continue
+            kind = next((k for text, k in _PHASES.items() if text in line), None)
+            if kind:
+                when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                events.append((kind, when))
+    phases: dict[str, list[float]] = {"between": [], "setup": [], "task": []}
+    last: dict[str, float] = {}
+    for kind, when in events:
+        if kind == "worker":
+            if "done" in last:
+                phases["between"].append(when - last["done"])
+            last = {"done": last.get("done", when), "worker": when}
+        elif kind == "runner" and "worker" in last:
+            phases["setup"].append(when - last["worker"])
+            last["runner"] = when
+        elif kind == "done" and "runner" in last:
+            phases["task"].append(when - last["runner"])
+            last = {"done": when}
+    if not phases["task"]:
+        return None
+    return {**{f"{k}_s": statistics.median(v) if v else None for k, v in phases.items()}, "tasks": len(phases["task"])}

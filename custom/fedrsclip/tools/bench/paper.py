@@ -251,6 +251,8 @@ def run_paper_scale(
     written: FileNotFoundError without UC Merced images, ValueError (DataError, ConfigError, JobError) for images
     that are not a UC Merced folder, bad options or settings, or an output folder that is not this command's.
     """
+    from ...config import ConfigError
+    from ...data.errors import DataError
     from ...data.manifest import write_manifest
     from ...flare.job import JobSpec, mark_written, write_job
     from ..demo import simulator_command
@@ -262,7 +264,10 @@ def run_paper_scale(
         raise FileNotFoundError(
             f"no UC Merced images at {images}: give --images DIR (the UCMerced_LandUse folder or the sample)"
         )
-    manifest = reused_partition(images, sites, per_class=per_class)  # reads only: bad --images stop here
+    try:  # reads only: bad --images stop here
+        manifest = reused_partition(images, sites, per_class=per_class)
+    except DataError as exc:
+        raise DataError(f"--images {images}: {exc}") from None
     out = Path(out_dir).expanduser().absolute()
     check_paper_out(out, sites)
     manifest_path, checkpoint_path, cache = (
@@ -272,7 +277,10 @@ def run_paper_scale(
     )
     settings = [*vitb16_overrides(checkpoint_path, manifest_path, cache, arch), *overrides]
     spec = JobSpec(name=f"paper-scale-{sites}", sites=sites, rounds=rounds, overrides=tuple(settings))
-    spec.config()  # ConfigError names a bad --set before anything is written
+    try:
+        spec.config()  # a bad --set stops here, before anything is written
+    except ConfigError as exc:
+        raise ConfigError(f"--set: {exc}") from None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -9,17 +9,14 @@ workspace each, one after the other on the same machine.
 from __future__ import annotations
 
 import contextlib
-import re
-import statistics
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ...results_file import SIMULATOR_RESULTS, load_results
 from ..demo import run_demo
 from .common import progress
-from .floor import bench_flare_floor
+from .floor import bench_flare_floor, task_phases
 from .overhead import _DemoLines
 
 
@@ -32,48 +29,6 @@ def _tasks(results: dict) -> tuple[int, float]:
                 count += 1
                 seconds += float(site["seconds"])
     return count, seconds
-
-
-_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - ")
-_PHASES = {
-    "ClientTaskWorker started to run": "worker",
-    "Initialize ClientRunner for client": "runner",
-    "Finished one task run for client": "done",
-}
-
-
-def task_phases(log_path: str | Path) -> dict[str, Any] | None:
-    """Where a task's time goes when each task has its own worker process (`-t 1`), from the simulator's log:
-    `between` = the previous task's end to the new worker's first line (FLARE's 1 s pause between tasks, the process
-    start, nvflare's imports); `setup` = to "Initialize ClientRunner" (FLARE's client, cell and app set up,
-    importing the executor's module: torch); `task` = to "Finished one task run" (the site built from disk, the
-    round, the reply). Medians over the tasks; None when the log has none."""
-    events: list[tuple[str, float]] = []
-    with open(log_path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            match = _STAMP.match(line)
-            if not match:
-                continue
-            kind = next((k for text, k in _PHASES.items() if text in line), None)
-            if kind:
-                when = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                events.append((kind, when))
-    phases: dict[str, list[float]] = {"between": [], "setup": [], "task": []}
-    last: dict[str, float] = {}
-    for kind, when in events:
-        if kind == "worker":
-            if "done" in last:
-                phases["between"].append(when - last["done"])
-            last = {"done": last.get("done", when), "worker": when}
-        elif kind == "runner" and "worker" in last:
-            phases["setup"].append(when - last["worker"])
-            last["runner"] = when
-        elif kind == "done" and "runner" in last:
-            phases["task"].append(when - last["runner"])
-            last = {"done": when}
-    if not phases["task"]:
-        return None
-    return {**{f"{k}_s": statistics.median(v) if v else None for k, v in phases.items()}, "tasks": len(phases["task"])}
 
 
 def run_demo_timed(workdir: Path, sites: int, threads: int, rounds: int | None) -> dict[str, Any]:
