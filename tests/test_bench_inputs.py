@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,16 @@ def test_sim_threads_above_the_sites_is_refused_up_front(tmp_path, images):
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=r"--sim-threads 3 is more than the 2 sites .* give --sim-threads 2 or fewer"):
         _run(out, images, threads=3)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("gpu, says", [("0,1,2", "makes 3 GPU groups, more than the 2 sites"), ("[0", "GPU list")])
+def test_a_gpu_list_the_simulator_refuses_is_refused_up_front(tmp_path, images, gpu, says):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=rf"^--gpu {re.escape(gpu)} .*{says}"):
+        from fedrsclip.tools.bench.paper import run_paper_scale
+
+        run_paper_scale(2, out, rounds=1, images=images, per_class=1, arch=TINY, gpu=gpu, cold=True)
     assert not out.exists()
 
 

@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=3, help="its rounds (default: %(default)s)")
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="UC Merced images (default: %(default)s)")
     args = parser.parse_args(argv)
+    from .paper import check_paper_options
+
     try:  # before anything runs (the bench takes minutes): nothing of the user's is overwritten
+        check_paper_options(args.sites, None, args.rounds, args.gpu)
         check_gpu_out(Path(args.out).expanduser().absolute(), args.sites)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

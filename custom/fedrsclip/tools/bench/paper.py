@@ -195,9 +195,10 @@ def _rounds_table(results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def check_paper_options(sites: int, threads: int | None, rounds: int) -> None:
-    """ValueError naming the option when --paper-scale, --sim-threads or --rounds is out of range (the simulator
-    runs at most one thread per site; it would stop with the reason only in its log)."""
+def check_paper_options(sites: int, threads: int | None, rounds: int, gpu: str | None = None) -> None:
+    """ValueError naming the option when --paper-scale, --sim-threads or --rounds is out of range, or --gpu is not
+    the simulator's GPU list or has more groups than sites (the simulator runs at most one thread per site and
+    needs a site per GPU group; it would stop with the reason only in its log)."""
     for option, value in (("--paper-scale", sites), ("--sim-threads", threads), ("--rounds", rounds)):
         if value is not None and value < 1:
             raise ValueError(f"{option} must be at least 1, got {value}")
@@ -206,6 +207,18 @@ def check_paper_options(sites: int, threads: int | None, rounds: int) -> None:
             f"--sim-threads {threads} is more than the {sites} sites of --paper-scale {sites}: the simulator runs at "
             f"most one thread per site; give --sim-threads {sites} or fewer"
         )
+    if gpu:
+        from nvflare.private.fed.utils.fed_utils import split_gpus  # the simulator's own reading of -gpu
+
+        try:
+            groups = split_gpus(gpu)
+        except ValueError as exc:
+            raise ValueError(f"--gpu {gpu} is not a GPU list such as 0 or 0,1 or [0,1],[2]: {exc}") from None
+        if len(groups) > sites:
+            raise ValueError(
+                f"--gpu {gpu} makes {len(groups)} GPU groups, more than the {sites} sites: the simulator needs a site "
+                "per group; list fewer GPUs"
+            )
 
 
 def written_files(sites: int) -> tuple[str, ...]:
@@ -257,7 +270,7 @@ def run_paper_scale(
     from ...flare.job import JobSpec, mark_written, write_job
     from ..demo import simulator_command
 
-    check_paper_options(sites, threads, rounds)
+    check_paper_options(sites, threads, rounds, gpu)
     threads = min(threads or DEFAULT_THREADS.get(sites, sites), sites)
     images = Path(images)
     if not images.is_dir():
