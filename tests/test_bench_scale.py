@@ -152,6 +152,15 @@ def test_paper_scale_run_on_the_tiny_clip(tmp_path):
     assert "paper scale: 2 sites" in format_paper(report)
     log = (tmp_path / "out" / "ws.log").read_text(errors="replace")
     assert "extracting features" not in log  # every site started from its filled cache
+    assert report["data"]["same_image_at_a_site_max"] == 1 and "same image" not in report["data"]["note"]
+    # a rerun into its own output: allowed, its files replaced, a file the user added there left alone
+    (tmp_path / "out" / "notes.txt").write_text("the user's\n")
+    again = run_paper_scale(
+        2, tmp_path / "out", threads=2, rounds=1, images=REAL_DATA, per_class=3, arch="fedrsclip-tiny"
+    )
+    assert again["status"] == "finished" and [r["round"] for r in again["rounds_table"]] == [1]
+    assert json.loads((tmp_path / "out" / "paper-scale-2.json").read_text())["rounds"] == 1
+    assert (tmp_path / "out" / "notes.txt").read_text() == "the user's\n"
     assert time.perf_counter() - start < 600
 
 

@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
@@ -271,41 +271,66 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _files(folder: Path) -> dict[str, str]:
+def _files(folder: Path, marker: str = MARKER) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): _digest(p)
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MARKER
+        if p.is_file() and p.name != marker
     }
 
 
-def check_replaceable(out: Path) -> None:
-    """Refuse (JobError) to write the job into `out` unless it is absent, empty, or a job folder `write_job` made
-    whose files are all as it wrote them: nothing the command did not write is ever deleted."""
+def check_replaceable(
+    out: Path,
+    option: str = "--out",
+    *,
+    made_by: str = "fedrsclip job",
+    marker: str = MARKER,
+    replaced: Sequence[str] | None = None,
+) -> None:
+    """Refuse (JobError) to write into `out` unless it is absent, empty, or a folder `made_by` made (its `marker`
+    file lists the files it wrote and their hashes) whose files it replaces are all as it wrote them: nothing the
+    command did not write is ever deleted or overwritten.
+
+    replaced: the files (paths relative to `out`) the command writes again; default: every file in `out`
+    (`write_job` replaces the whole folder). option: the command's option the messages name (`--out`)."""
     if not out.exists():
         return
     if not out.is_dir():
-        raise JobError(f"--out {out} is a file, not a folder: choose another --out")
+        raise JobError(f"{option} {out} is a file, not a folder: choose another {option}")
     if not any(out.iterdir()):
         return
-    marker = out / MARKER
-    if not marker.is_file():
+    if not (out / marker).is_file():
         raise JobError(
-            f"--out {out} is not empty and was not made by fedrsclip job: nothing in it is deleted; "
-            "choose a new or empty folder for --out"
+            f"{option} {out} is not empty and was not made by {made_by}: nothing in it is deleted; "
+            f"choose a new or empty folder for {option}"
         )
     try:
-        written = json.loads(marker.read_text())["files"]
+        written = json.loads((out / marker).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise JobError(f"--out {out}: its {MARKER} cannot be read ({exc}); choose another --out") from None
-    present = _files(out)
+        raise JobError(f"{option} {out}: its {marker} cannot be read ({exc}); choose another {option}") from None
+    if replaced is None:
+        present = _files(out, marker)
+    else:  # a folder named as a file the command writes is in the way too
+        present = {k: _digest(out / k) if (out / k).is_file() else "" for k in replaced if (out / k).exists()}
     changed = sorted(k for k in present if written.get(k) != present[k])
     if changed:
         raise JobError(
-            f"--out {out} holds files fedrsclip job did not write or that changed since "
+            f"{option} {out} holds files {made_by} did not write or that changed since "
             f"({', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}): nothing in it is deleted; "
-            "move them away or choose another --out"
+            f"move them away or choose another {option}"
         )
+
+
+def mark_written(out: Path, names: Sequence[str], *, made_by: str, marker: str) -> None:
+    """Record in `out`'s `marker` (made when missing) that `made_by` wrote the files `names` (paths relative to
+    `out`) as they are now, so that `check_replaceable(out, made_by=made_by, marker=marker, ...)` lets it replace
+    them later; written atomically."""
+    try:
+        files = json.loads((out / marker).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        files = {}
+    files.update({k: _digest(out / k) for k in names})
+    atomic_write_json(out / marker, {"made_by": made_by, "files": files})
 
 
 def class_descriptions_file(cfg: Config) -> tuple[Path, str] | None:

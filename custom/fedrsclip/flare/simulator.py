@@ -82,3 +82,14 @@ def task_phases(log_path: str | Path) -> dict[str, Any] | None:
     if not phases["task"]:
         return None
     return {**{f"{k}_s": statistics.median(v) if v else None for k, v in phases.items()}, "tasks": len(phases["task"])}
+
+
+def last_error_line(log: Path, limit: int = 300) -> str:
+    """The last line of a simulator log that reports an error (FLARE's `ERROR` lines, a Python `...Error:`), at most
+    `limit` characters; "" when there is none or the log cannot be read."""
+    try:
+        text = Path(log).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if re.search(r"ERROR|Error|error:", line)]
+    return lines[-1].strip()[-limit:] if lines else ""

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from ..flare.he.context import prepare_simulator_contexts
 from ..flare.job import JobSpec, write_job
-from ..flare.simulator import check_workspace, simulator_command
+from ..flare.simulator import check_workspace, last_error_line, simulator_command
 from ..results_file import SIMULATOR_RESULTS, load_results
 from .reporting.run_table import format_table
 
@@ -72,6 +72,13 @@ def run_demo(
     """
     if sites < 1:
         print("error: --sites must be at least 1", file=sys.stderr)
+        return 1
+    if threads is not None and threads > sites:  # the simulator would stop with the reason only in its log
+        print(
+            f"error: --threads {threads} is more than --sites {sites}: the simulator runs at most one thread per "
+            f"site; give --threads {sites} or fewer",
+            file=sys.stderr,
+        )
         return 1
     threads = threads or sites
     ws = Path(workspace).expanduser().resolve()
@@ -127,7 +134,8 @@ def run_demo(
     try:
         results = load_results(ws / SIMULATOR_RESULTS)
     except (OSError, ValueError) as exc:
-        print(f"error: the run left no results ({exc}); see {log_path}", file=sys.stderr)
+        error = last_error_line(log_path) if rc != 0 else ""
+        print(f"error: the run left no results ({exc}){'; ' + error if error else ''}; see {log_path}", file=sys.stderr)
         return rc or 1
     print()
     print(format_table(results))

@@ -3,13 +3,17 @@ else synthetic scenes), timing with CUDA synchronised, the machine's load, and p
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import json
+import logging
 import math
 import os
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 ARCH = "ViT-B-16"
 BATCH = 32
@@ -159,8 +163,45 @@ def reset_clock() -> float:
     return _CLOCK["start"]
 
 
+def is_bench_output(path: Path) -> bool:
+    """Whether `path` is a JSON file `fedrsclip bench` wrote (its figures): one it may write again."""
+    try:
+        return "step_speedup_vs_reference" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def progress(message: str) -> None:
     print(f"[bench {time.perf_counter() - _CLOCK['start']:4.0f}s] {message}", file=sys.stderr, flush=True)
+
+
+class _OpenClipChatter(logging.Filter):
+    """Drops open_clip's own notices, which it logs on the root logger (`logging.info("Loaded ViT-B-16 model
+    config.")`, `logging.warning("No pretrained weights loaded ...")`): the bench says itself that its weights are
+    random. Errors, and every other logger's records, pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        spec = importlib.util.find_spec("open_clip")  # finds the package without importing it
+        self.folders = (
+            tuple(str(Path(f).resolve()) + os.sep for f in (spec.submodule_search_locations or [])) if spec else ()
+        )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name == "root" and record.levelno < logging.ERROR
+        return not (ours and str(Path(record.pathname).resolve()).startswith(self.folders))
+
+
+@contextlib.contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """While the bench runs (its command only: library users' logging is left as it is), open_clip's root-logger
+    notices are not printed (`_OpenClipChatter`); the filter is removed afterwards."""
+    chatter = _OpenClipChatter()
+    logging.root.addFilter(chatter)  # a logger's own filter sees only the records logged on it: open_clip's
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(chatter)
 
 
 # ---- timing helpers -------------------------------------------------------------------------------------------------

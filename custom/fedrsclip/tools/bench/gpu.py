@@ -6,17 +6,44 @@
    (`model.text_precision`, bf16 by default; OT stays fp32), written to paper-scale-10/;
 3. both, with the GPU's name, in bench-gpu.json (atomically), whose summary is the last stdout line.
 
-Stops with exit code 2 and a message where torch sees no CUDA device: nothing is measured on the CPU instead.
+Stops with exit code 2 and a message where torch sees no CUDA device (nothing is measured on the CPU instead), or
+where --out holds files it did not write (checked first: nothing of the user's is overwritten).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from ...atomic import atomic_write_json, to_json
-from .common import DEFAULT_IMAGES
+from ...data.cli import positive_int
+from .common import DEFAULT_IMAGES, is_bench_output
+
+
+def check_gpu_out(out: Path, sites: int) -> None:
+    """`out` may be new, or an earlier output of this command: its bench.json and bench-gpu.json earlier ones, its
+    paper-scale-N/ as `paper.check_paper_out` allows. ValueError naming --out otherwise."""
+    from .paper import check_paper_out
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: choose another --out")
+    summary = out / "bench-gpu.json"
+    for path, ours in ((out / "bench.json", is_bench_output), (summary, _gpu_summary)):
+        if path.exists() and not ours(path):
+            raise ValueError(
+                f"--out {out} holds a {path.name} that is not an earlier output of make bench-gpu: choose another "
+                "--out (nothing was written)"
+            )
+    check_paper_out(out / f"paper-scale-{sites}", sites, "--out")
+
+
+def _gpu_summary(path: Path) -> bool:
+    try:
+        return {"gpu", "bench", "text_precision"} <= set(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,10 +56,20 @@ def main(argv: list[str] | None = None) -> int:
         help="the text encoder's autocast in the simulator job (default: %(default)s)",
     )
     parser.add_argument("--gpu", default="0", help="the simulator's -gpu list (default: %(default)s)")
-    parser.add_argument("--sites", type=int, default=10, help="sites of the simulator job (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="its rounds (default: %(default)s)")
+    parser.add_argument(
+        "--sites", type=positive_int, default=10, help="sites of the simulator job (default: %(default)s)"
+    )
+    parser.add_argument("--rounds", type=positive_int, default=3, help="its rounds (default: %(default)s)")
     parser.add_argument("--images", default=str(DEFAULT_IMAGES), help="UC Merced images (default: %(default)s)")
     args = parser.parse_args(argv)
+    from .paper import check_paper_options
+
+    try:  # before anything runs (the bench takes minutes): nothing of the user's is overwritten
+        check_paper_options(args.sites, None, args.rounds, args.gpu)
+        check_gpu_out(Path(args.out).expanduser().absolute(), args.sites)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     import torch
 

@@ -10,7 +10,8 @@ What runs, and what stands in for what this machine lacks:
   210-image sample is (`../shared/data/ucmerced-sample`: 10 per class), its images are REUSED: each class's sample
   images (its training ones for training, its test ones for testing) are dealt round-robin over the sites as the
   full dataset's would be, each standing for 10 of the full dataset's. At 10 sites every site holds the whole
-  sample; a site never holds one image twice (while it needs no more of a class than the sample has).
+  sample; a site never holds one image twice while a class has at least as many images in a split as a site takes
+  of it (5 at 10 sites; with fewer, e.g. `--images` holding 2 per class, the note says how often it does).
 * features: by default the sites start with their feature caches filled (`--paper-scale N` first encodes each
   distinct image once, in one process, and writes every site's cache, `features.seed_cache`), as after a first
   run; `--cold` leaves the caches empty, so that round 1 loads the whole CLIP and extracts at every site at once.
@@ -31,11 +32,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 from ...atomic import atomic_write_json, to_json
+from ...flare.simulator import last_error_line
 from ...results_file import SIMULATOR_RESULTS, load_results
 from .common import DEFAULT_IMAGES, device_name, load_average, progress
 from .overhead import overhead_from_results
@@ -44,6 +47,8 @@ from .sitestart import VITB16, vitb16_overrides, write_random_checkpoint
 FULL_PER_CLASS = 100  # UC Merced: 21 classes x 100 images
 TRAIN_FRACTION = 0.5  # the paper's UC Merced split (the reader's default)
 DEFAULT_THREADS = {10: 10, 40: 10}  # simulator threads: one process per site at 10; at 40, 10 processes at a time
+MADE_BY = "fedrsclip bench --paper-scale"
+MARKER = ".fedrsclip-paper-scale.json"  # in an output folder this command made: the files it wrote, their hashes
 
 
 def reused_partition(root: str | Path, sites: int, seed: int = 0, per_class: int | None = None) -> dict[str, Any]:
@@ -53,7 +58,8 @@ def reused_partition(root: str | Path, sites: int, seed: int = 0, per_class: int
     each class then contributes FULL_PER_CLASS x TRAIN_FRACTION items to each split, dealt round-robin over the
     sites (carrying on from class to class, so every site gets the floor or ceiling of the total / sites), each item
     one of the class's images in that split, a site taking them in turn from its own offset (no image twice at a
-    site while the class has enough). With the full dataset every image is used once; with fewer, reused.
+    site while the class has enough: with fewer images in a split than a site takes of the class, a site holds some
+    several times, and the note says so). With the full dataset every image is used once; with fewer, reused.
     per_class: items per class and split (default: the full dataset's, FULL_PER_CLASS x TRAIN_FRACTION = 50).
     Returns the manifest (`fedrsclip.data.manifest` format; a "note" says how images were reused).
     """
@@ -88,6 +94,7 @@ def reused_partition(root: str | Path, sites: int, seed: int = 0, per_class: int
         for split in part:
             part[split].sort(key=lambda rec: (rec[1], rec[0]))
     distinct = len(listing.records)
+    at_a_site = _repeats_at_a_site(parts)
     manifest = {
         "version": MANIFEST_VERSION,
         "dataset": "ucmerced",
@@ -105,6 +112,12 @@ def reused_partition(root: str | Path, sites: int, seed: int = 0, per_class: int
                 ""
                 if max(used.values()) == 1
                 else f": images REUSED, each up to {max(used.values())} times over the sites"
+            )
+            + (
+                ""
+                if at_a_site == 1
+                else f"; a site holds the same image up to {at_a_site} times (a class has fewer images in a split "
+                "than a site takes of it)"
             )
         ),
     }
@@ -182,6 +195,53 @@ def _rounds_table(results: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def check_paper_options(sites: int, threads: int | None, rounds: int, gpu: str | None = None) -> None:
+    """ValueError naming the option when --paper-scale, --sim-threads or --rounds is out of range, or --gpu is not
+    the simulator's GPU list or has more groups than sites (the simulator runs at most one thread per site and
+    needs a site per GPU group; it would stop with the reason only in its log)."""
+    for option, value in (("--paper-scale", sites), ("--sim-threads", threads), ("--rounds", rounds)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be at least 1, got {value}")
+    if threads is not None and threads > sites:
+        raise ValueError(
+            f"--sim-threads {threads} is more than the {sites} sites of --paper-scale {sites}: the simulator runs at "
+            f"most one thread per site; give --sim-threads {sites} or fewer"
+        )
+    if gpu:
+        from nvflare.private.fed.utils.fed_utils import split_gpus  # the simulator's own reading of -gpu
+
+        try:
+            groups = split_gpus(gpu)
+        except ValueError as exc:
+            raise ValueError(f"--gpu {gpu} is not a GPU list such as 0 or 0,1 or [0,1],[2]: {exc}") from None
+        if len(groups) > sites:
+            raise ValueError(
+                f"--gpu {gpu} makes {len(groups)} GPU groups, more than the {sites} sites: the simulator needs a site "
+                "per group; list fewer GPUs"
+            )
+
+
+def written_files(sites: int) -> tuple[str, ...]:
+    """The files `run_paper_scale` writes (again) by name at the top of its output folder."""
+    return (f"manifest-{sites}.json", "ws.log", f"paper-scale-{sites}.json")
+
+
+def check_paper_out(out: Path, sites: int, option: str = "--out-dir") -> None:
+    """The output folder must be new, empty or an earlier output of `fedrsclip bench --paper-scale` (its MARKER)
+    whose files this run writes again are as it wrote them, its job folder the job `write_job` made and its ws/ a
+    simulator workspace: JobError/ValueError naming `option` otherwise. Other files in an earlier output are left
+    alone; nothing is ever deleted or overwritten that this command did not write."""
+    from ...flare.job import check_replaceable
+    from ..demo import check_workspace
+
+    check_replaceable(out, option, made_by=MADE_BY, marker=MARKER, replaced=written_files(sites))
+    check_replaceable(out / "job" / f"paper-scale-{sites}", option, made_by=MADE_BY)
+    try:
+        check_workspace(out / "ws")
+    except ValueError as exc:
+        raise ValueError(f"{option} {out}: {exc}") from None
+
+
 def run_paper_scale(
     sites: int,
     out_dir: str | Path,
@@ -197,25 +257,50 @@ def run_paper_scale(
 ) -> dict[str, Any]:
     """Run the paper-scale job (module doc) and return its figures (also written to <out_dir>/paper-scale-N.json).
 
-    threads: simulator threads (default: DEFAULT_THREADS, else one per site). gpu: the simulator's -gpu list (e.g.
-    "0"). overrides: more job settings ("section.key=value"), e.g. model.text_precision=bf16. per_class: items per
-    class and split (`reused_partition`; default: Table I's). arch: the model (random weights; tests: fedrsclip-tiny).
-    Raises FileNotFoundError without UC Merced images, ValueError for a workspace holding other files.
+    threads: simulator threads (default: DEFAULT_THREADS, else one per site; at most `sites`). gpu: the simulator's
+    -gpu list (e.g. "0"). overrides: more job settings ("section.key=value"), e.g. model.text_precision=bf16.
+    per_class: items per class and split (`reused_partition`; default: Table I's). arch: the model (random weights;
+    tests: fedrsclip-tiny). Every input and the output folder (`check_paper_out`) are checked before anything is
+    written: FileNotFoundError without UC Merced images, ValueError (DataError, ConfigError, JobError) for images
+    that are not a UC Merced folder, bad options or settings, or an output folder that is not this command's.
     """
+    from ...config import ConfigError
+    from ...data.errors import DataError
     from ...data.manifest import write_manifest
-    from ...flare.job import JobSpec, write_job
-    from ..demo import check_workspace, simulator_command
+    from ...flare.job import JobSpec, mark_written, write_job
+    from ..demo import simulator_command
 
+    check_paper_options(sites, threads, rounds, gpu)
+    threads = min(threads or DEFAULT_THREADS.get(sites, sites), sites)
     images = Path(images)
     if not images.is_dir():
         raise FileNotFoundError(
             f"no UC Merced images at {images}: give --images DIR (the UCMerced_LandUse folder or the sample)"
         )
-    out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # reads only: bad --images stop here
+        manifest = reused_partition(images, sites, per_class=per_class)
+    except DataError as exc:
+        raise DataError(f"--images {images}: {exc}") from None
+    out = Path(out_dir).expanduser().absolute()
+    check_paper_out(out, sites)
+    manifest_path, checkpoint_path, cache = (
+        out / f"manifest-{sites}.json",
+        out / f"{arch.lower()}-random.pt",
+        out / "cache",
+    )
+    settings = [*vitb16_overrides(checkpoint_path, manifest_path, cache, arch), *overrides]
+    spec = JobSpec(name=f"paper-scale-{sites}", sites=sites, rounds=rounds, overrides=tuple(settings))
+    try:
+        spec.config()  # a bad --set stops here, before anything is written
+    except ConfigError as exc:
+        raise ConfigError(f"--set: {exc}") from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out-dir {out} cannot be made ({exc}): choose another --out-dir") from None
+    mark = partial(mark_written, out, made_by=MADE_BY, marker=MARKER)
+    mark([])  # the folder is this command's from now on: a rerun may write into it again
     ws = out / "ws"
-    check_workspace(ws)
-    threads = threads or DEFAULT_THREADS.get(sites, sites)
     begin = time.perf_counter()
     report: dict[str, Any] = {
         "sites": sites,
@@ -227,9 +312,9 @@ def run_paper_scale(
         "device": _device(gpu),
     }
     progress(f"paper scale: {sites} sites, {rounds} rounds, {threads} simulator threads; output in {out}")
-    checkpoint = write_random_checkpoint(out / f"{arch.lower()}-random.pt", arch)
-    manifest = reused_partition(images, sites, per_class=per_class)
-    manifest_path = write_manifest(manifest, out / f"manifest-{sites}.json")
+    checkpoint = write_random_checkpoint(checkpoint_path, arch)
+    write_manifest(manifest, manifest_path)
+    mark([manifest_path.name])
     counts = [len(p["train"]) for p in manifest["sites"].values()]
     report["data"] = {
         "manifest": str(manifest_path),
@@ -237,11 +322,9 @@ def run_paper_scale(
         "source": str(images),
         "train_per_site": sorted(set(counts)),
         "test_per_site": sorted({len(p["test"]) for p in manifest["sites"].values()}),
+        "same_image_at_a_site_max": _repeats_at_a_site(manifest["sites"]),
     }
     report["model"] = f"{arch} with RANDOM weights (open_clip init, seed 0) from the local file {checkpoint.name}"
-    cache = out / "cache"
-    settings = [*vitb16_overrides(checkpoint, manifest_path, cache, arch), *overrides]
-    spec = JobSpec(name=f"paper-scale-{sites}", sites=sites, rounds=rounds, overrides=tuple(settings))
     job = write_job(spec, out / "job" / spec.name)
     if not cold:
         progress("paper scale: encoding each distinct image once and filling every site's feature cache")
@@ -253,7 +336,12 @@ def run_paper_scale(
     cmd = simulator_command(job, ws, sites, threads) + (["-gpu", gpu] if gpu else [])
     report["command"] = " ".join(cmd)
     progress(f"paper scale: {report['command']}")
-    report.update(_simulate(cmd, out / "ws.log", interval))
+    try:
+        report.update(_simulate(cmd, out / "ws.log", interval))
+    finally:  # also when interrupted: the log is this command's to replace
+        mark(["ws.log"] if (out / "ws.log").is_file() else [])
+    if report["simulator_exit_code"] != 0:
+        report["simulator_error"] = last_error_line(out / "ws.log")
     try:
         results = load_results(ws / SIMULATOR_RESULTS)
     except (OSError, ValueError) as exc:
@@ -271,7 +359,14 @@ def run_paper_scale(
     report["wall_s"] = time.perf_counter() - begin
     report["load_average_end"] = load_average()
     atomic_write_json(out / f"paper-scale-{sites}.json", report)
+    mark([f"paper-scale-{sites}.json"])
     return report
+
+
+def _repeats_at_a_site(parts: dict[str, dict[str, list]]) -> int:
+    """The most times one site holds the same image in one split of a manifest's "sites" (1: never twice)."""
+    counts = [Counter(rel for rel, _ in part[split]) for part in parts.values() for split in part]
+    return max((max(c.values()) for c in counts if c), default=1)
 
 
 def _device(gpu: str | None) -> str:
@@ -334,8 +429,15 @@ def format_paper(r: dict) -> str:
     after, share = r.get("round_s_after_first"), r.get("flare_overhead_fraction")
     after_text = "n/a" if after is None else f"{after:.1f} s"
     share_text = "n/a" if share is None else f"{share:.1%}"
+    if r["simulator_exit_code"] != 0:
+        error = r.get("simulator_error") or "no error line in it"
+        lines.append(f"the simulator failed (exit {r['simulator_exit_code']}): {error}; full log: {r['log']}")
+    lines.append(
+        f"job wall time {r['job_wall_s']:.0f} s; per round after round 1: {after_text}; FLARE's share {share_text}"
+    )
+    if not mem["site_processes_at_once_max"]:  # no site process started: no memory figures to show
+        return "\n".join(lines)
     lines += [
-        f"job wall time {r['job_wall_s']:.0f} s; per round after round 1: {after_text}; FLARE's share {share_text}",
         f"memory: machine {mem['machine_used_mb_peak']:,.0f} MB used at peak "
         f"({mem['machine_used_mb_before']:,.0f} before the run, other programs included); the run's processes "
         f"{mem['run_pss_mb_peak']:,.0f} MB PSS ({mem['run_rss_mb_peak']:,.0f} MB RSS); per site process at most "
@@ -356,7 +458,8 @@ def paper_scale_command(
     gpu: str | None,
     overrides: Sequence[str],
 ) -> int:
-    """`fedrsclip bench --paper-scale N`: run, print the summary and, as the last line, the JSON."""
+    """`fedrsclip bench --paper-scale N`: run, print the summary and, as the last line, the JSON. Exit code 2 with
+    a message (and nothing written) for bad options, inputs or output folder; 1 when the run did not finish."""
     out = out_dir or f"workspaces/paper-scale-{sites}"
     try:
         report = run_paper_scale(

@@ -63,11 +63,15 @@ from .upload import ckks_upload, full_model_upload, plaintext_upload
 
 
 def target_rows(results: dict) -> dict:
+    """Each of TARGETS with its value and verdict (None: not measured). A value that is only a lower bound (its
+    `<key>_bound` says so) misses a `<=` target when it exceeds it, and gives no verdict when it does not."""
     rows = {}
     for name, (key, op, limit, shown) in TARGETS.items():
-        value = results.get(key)
+        value, bound = results.get(key), results.get(f"{key}_bound")
         ok = None if value is None else (value >= limit if op == ">=" else value <= limit)
-        rows[name] = {"key": key, "value": value, "target": shown, "pass": ok}
+        if bound and ok == (op == "<="):  # a lower bound settles only a miss of "<=" or a pass of ">="
+            ok = None
+        rows[name] = {"key": key, "value": value, "target": shown, "pass": ok, "note": bound}
     return rows
 
 

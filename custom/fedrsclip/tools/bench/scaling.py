@@ -206,6 +206,8 @@ def run_scaling(
 def check_scaling_out(out_dir: Path) -> None:
     """`out_dir` may be new or hold an earlier study (its scaling.json and scaling.png are then replaced); a
     scaling.json or scaling.png that is not a study's is refused (ValueError): never overwritten by name."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir} is a file, not a folder: choose another --out-dir (nothing was written)")
     data, figure = out_dir / "scaling.json", out_dir / "scaling.png"
     try:
         ours = isinstance(earlier := json.loads(data.read_text()), dict) and {"classes", "images", "wall_s"} <= set(

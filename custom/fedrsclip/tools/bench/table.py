@@ -109,12 +109,7 @@ def format_table(r: dict) -> str:
     ]
     width = max(len(a) for a, _, _ in rows)
     lines += [f"  {a:<{width}}  {b:<26} {c}" for a, b, c in rows]
-    lines += ["", "targets:"]
-    for name, row in r["targets"].items():
-        verdict = {True: "PASS", False: "MISS", None: "n/a "}[row["pass"]]
-        value = row["value"]
-        shown = "n/a" if value is None else f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-        lines.append(f"  {verdict}  {name:<20} {shown:>12}   target {row['target']}")
+    lines += ["", "targets:", *format_targets(r["targets"])]
     lines.append(f"\nwall time {r['wall_s']:.0f} s")
     loads = [x for x in (r.get("load_average_start"), r.get("load_average_end")) if x]
     if r.get("device_type") == "cpu" and loads and max(x[0] for x in loads) > (os.cpu_count() or 1):
@@ -123,3 +118,15 @@ def format_table(r: dict) -> str:
             f"{max(x[0] for x in loads):.1f} on {os.cpu_count()} cores): CPU timings are noisy"
         )
     return "\n".join(lines)
+
+
+def format_targets(rows: dict) -> list[str]:
+    """One line per target (`run.target_rows`): verdict, value, target, and what the value is when only a bound."""
+    lines = []
+    for name, row in rows.items():
+        verdict = {True: "PASS", False: "MISS", None: "n/a "}[row["pass"]]
+        value = row["value"]
+        shown = "n/a" if value is None else f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        note = f" ({row['note']})" if row.get("note") else ""
+        lines.append(f"  {verdict}  {name:<20} {shown:>12}   target {row['target']}{note}")
+    return lines

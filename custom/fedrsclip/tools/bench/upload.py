@@ -12,7 +12,8 @@ from .common import bench_config
 
 def plaintext_upload(payload: dict) -> dict:
     """The payload's values and bytes, and FLARE's serialized DXO around them alone (no FLARE headers, no round
-    record: a lower bound; the full run replaces `upload_bytes_plain` with the real upload it measures)."""
+    record: a lower bound, which `upload_bytes_plain_bound` says; the full run replaces `upload_bytes_plain` with
+    the real upload it measures)."""
     import numpy as np
 
     out: dict[str, Any] = {
@@ -42,6 +43,10 @@ def plaintext_upload(payload: dict) -> dict:
     except Exception as exc:  # nvflare missing or its API changed: the values' bytes only
         out["upload_plain_how"] = f"numpy nbytes only (FLARE serialization unavailable: {type(exc).__name__}: {exc})"
     out["upload_bytes_plain"] = out["upload_bytes_plain_serialized"] or out["upload_bytes_payload_nbytes"]
+    out["upload_bytes_plain_bound"] = (
+        f"lower bound: {'bare DXO' if out['upload_bytes_plain_serialized'] else 'the values alone'}; "
+        "the full bench measures the size as sent"
+    )
     return out
 
 
@@ -140,6 +145,7 @@ def upload_from_audits(workspace: Path, values_bytes: int = 2048 * 4) -> dict:
     }
     if 256 <= typical["values"] < 65536 and 256 <= values_bytes < 65536:
         out["upload_bytes_plain"] = typical["total"] - typical["values"] + values_bytes
+        out["upload_bytes_plain_bound"] = None  # the size as sent: no longer a bound
         out["upload_plain_how"] = (
             "measured: FOBS size of the train result each site sent in the 10-site simulator run (after FLARE added "
             "its headers and peer context; arrays inline), rounds after the first (the first also carries the run's "

@@ -10,7 +10,6 @@ folder: nothing else in it is ever deleted.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from ...atomic import atomic_write_json
 from ...data.partition import SCHEMES
 from ...flare.job import JobSpec, write_job
-from ...flare.simulator import simulator_command
+from ...flare.simulator import last_error_line, simulator_command
 from ...predictions import gather_site_predictions
 from ...results_file import SIMULATOR_RESULTS, load_results
 from .grid import MAX_THREADS, Cell, DataSource, build_grid, check_overrides, parse_ablate, variant_overrides
@@ -42,13 +41,7 @@ def _first_error(results: dict[str, Any], log: Path) -> str:
     errors = results.get("errors") or []
     if errors:
         return f"{errors[0].get('site')}: {errors[0].get('error')}"
-    try:
-        lines = [
-            line for line in log.read_text(errors="replace").splitlines() if re.search(r"ERROR|Error|error:", line)
-        ]
-    except OSError:
-        return ""
-    return lines[-1][-300:] if lines else ""
+    return last_error_line(log)
 
 
 def run_cell(
