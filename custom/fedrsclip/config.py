@@ -182,7 +182,7 @@ class MultiModalConfig:
 
     def site_modalities(self) -> list[tuple[str, ...]] | None:
         """The `modalities` items as tuples ("s2+s1" -> ("s2", "s1")), None when unset; ValueError naming a bad one
-        (fedrsclip.data.multimodal.parse_site_modalities: the one parser of the list)."""
+        (fedrsclip.data.modalities.parse_site_modalities: the one parser of the list)."""
         if self.modalities is None:
             return None
         from .data.modalities import parse_site_modalities

@@ -184,7 +184,7 @@ class PromptTrainer:
                 f"{value.size}; beyond float32's range counts as Inf); not loaded"
             )
         reference = self.round_start_shared if self.round_start_shared is not None else param.detach().cpu().numpy()
-        change = float(np.sqrt(np.mean((value.astype(np.float64) - reference) ** 2)))
+        change = rms_change(value, reference)
         bound = self.global_change_bound()
         if not change <= bound:
             raise PayloadError(
@@ -222,8 +222,7 @@ class PromptTrainer:
             before.append(np.asarray(reference, dtype=np.float64).ravel())
         for modality, (received, before) in groups.items():
             values = np.concatenate(received)
-            with np.errstate(over="ignore", invalid="ignore"):
-                change = float(np.sqrt(np.mean((values - np.concatenate(before)) ** 2)))
+            change = rms_change(values, np.concatenate(before))
             bound = self.global_change_bound(values.size)
             if change > bound:  # NaN (NaN values) is left to load_payload's message
                 raise PayloadError(
@@ -541,6 +540,13 @@ class PromptTrainer:
                 **{k: row[k] for k in ("micro_f1", "macro_f1", "mAP")},
             }
         return out
+
+
+def rms_change(value: np.ndarray, reference: np.ndarray) -> float:
+    """Root-mean-square change per value from `reference` to `value` (same shape), in float64; inf on overflow, NaN
+    where a value is NaN: what `set_global` bounds by train.max_global_change."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.sqrt(np.mean((np.asarray(value, np.float64) - np.asarray(reference, np.float64)) ** 2)))
 
 
 def _views(features: Features) -> list[tuple[str | None, FeatureSet]]:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ...atomic import atomic_write_json, to_json
-from ...flare.simulator import last_error_line
+from ...flare.simulator import check_workspace, last_error_line, simulator_command
 from ...results_file import SIMULATOR_RESULTS, load_results
 from .common import DEFAULT_IMAGES, device_name, load_average, progress
 from .overhead import overhead_from_results
@@ -232,7 +232,6 @@ def check_paper_out(out: Path, sites: int, option: str = "--out-dir") -> None:
     simulator workspace: JobError/ValueError naming `option` otherwise. Other files in an earlier output are left
     alone; nothing is ever deleted or overwritten that this command did not write."""
     from ...flare.job import check_replaceable
-    from ..demo import check_workspace
 
     check_replaceable(out, option, made_by=MADE_BY, marker=MARKER, replaced=written_files(sites))
     check_replaceable(out / "job" / f"paper-scale-{sites}", option, made_by=MADE_BY)
@@ -268,7 +267,6 @@ def run_paper_scale(
     from ...data.errors import DataError
     from ...data.manifest import write_manifest
     from ...flare.job import JobSpec, mark_written, write_job
-    from ..demo import simulator_command
 
     check_paper_options(sites, threads, rounds, gpu)
     threads = min(threads or DEFAULT_THREADS.get(sites, sites), sites)
