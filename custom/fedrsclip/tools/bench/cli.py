@@ -57,14 +57,14 @@ def add_bench_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         type=positive_int,
         metavar="SITES",
         help="instead: Table I's UC Merced partition over "
-        "SITES sites (10 or 40), ViT-B/16 with random weights from a local file, in `nvflare "
+        "SITES sites (Table I has 10 and 40), ViT-B/16 with random weights from a local file, in `nvflare "
         "simulator`; wall time per round, memory and FLARE's share (README: Performance)",
     )
     paper.add_argument(
         "--sim-threads",
         type=positive_int,
         metavar="T",
-        help="simulator threads, at most the sites (default: 10; one process per site at 10 sites)",
+        help="simulator threads, at most the sites (default: 10 at 10 and 40 sites, else one per site)",
     )
     paper.add_argument("--rounds", type=positive_int, default=3, help="rounds (default: %(default)s)")
     paper.add_argument("--gpu", metavar="LIST", help="the simulator's -gpu, e.g. 0 or 0,1")
